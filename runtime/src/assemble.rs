@@ -1,0 +1,244 @@
+//! Turns a checked [`Config`] into runnable pipelines: load every component, check each one's
+//! world against the role it plays, check its configuration keys against its metadata, then
+//! create and `init` one instance per stage.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{Config, PluginDecl, PluginRef, Role};
+use crate::contract::{ConfigEntry, Metadata, PluginState};
+use crate::plugin::{Instance, LoadedPlugin, Runtime};
+use crate::route::{PipelinePlan, StageInstance};
+
+/// Problems found while assembling, one line each, ready to print.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct AssembleError {
+    /// `file:line:col: …` or `pipeline …: …` lines.
+    pub problems: Vec<String>,
+}
+
+impl AssembleError {
+    fn check(problems: Vec<String>) -> Result<(), AssembleError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(AssembleError { problems })
+        }
+    }
+}
+
+/// Loaded components and their metadata, by plugin name.
+pub struct Loaded {
+    /// Components.
+    pub plugins: BTreeMap<String, LoadedPlugin>,
+    /// What each plugin says about itself.
+    pub metadata: BTreeMap<String, Metadata>,
+}
+
+/// Load and check every plugin the file declares: file, pin, component, world, role in each
+/// pipeline, config keys. Nothing is initialised and no data moves.
+pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, AssembleError> {
+    let mut problems = Vec::new();
+    let mut plugins = BTreeMap::new();
+    for (name, decl) in &config.plugins {
+        match runtime.load(&decl.path, decl.sha256.as_deref()) {
+            Ok(loaded) => {
+                plugins.insert(name.clone(), loaded);
+            }
+            Err(e) => problems.push(format!("{}: plugin `{name}`: {e}", decl.path_loc)),
+        }
+    }
+    AssembleError::check(problems)?;
+
+    let mut problems = Vec::new();
+    for pipeline in &config.pipelines {
+        let mut expect = |r: &PluginRef, role: Role| {
+            if let Some(loaded) = plugins.get(&r.name)
+                && loaded.role != role
+            {
+                problems.push(format!(
+                    "{}: pipeline `{}`: plugin `{}` is a {} (it implements world `{}`), but it is \
+                     used here as a {role}; use a {role} plugin here or move `{}` to the {} list",
+                    r.loc,
+                    pipeline.name,
+                    r.name,
+                    loaded.role,
+                    loaded.role,
+                    r.name,
+                    match loaded.role {
+                        Role::Source => "`source`",
+                        Role::Transform => "`transforms`",
+                        Role::Sink => "`sinks`",
+                    }
+                ));
+            }
+        };
+        expect(&pipeline.source, Role::Source);
+        for t in &pipeline.transforms {
+            expect(t, Role::Transform);
+        }
+        for s in &pipeline.sinks {
+            expect(s, Role::Sink);
+        }
+    }
+    AssembleError::check(problems)?;
+
+    let mut problems = Vec::new();
+    let mut metadata = BTreeMap::new();
+    for (name, decl) in &config.plugins {
+        let Some(loaded) = plugins.get(name) else {
+            continue;
+        };
+        let label: Arc<str> = Arc::from(name.as_str());
+        let result = runtime
+            .instantiate(
+                loaded,
+                label.clone(),
+                label,
+                &decl.grants,
+                &decl.limits,
+                PluginState::default(),
+            )
+            .await;
+        let mut instance = match result {
+            Ok(i) => i,
+            Err(e) => {
+                problems.push(format!("{}: plugin `{name}`: {e:#}", decl.path_loc));
+                continue;
+            }
+        };
+        match instance.metadata().await {
+            Ok(meta) => {
+                check_keys(decl, &meta, &mut problems);
+                metadata.insert(name.clone(), meta);
+            }
+            Err(trap) => problems.push(format!("{}: {trap}", decl.path_loc)),
+        }
+    }
+    AssembleError::check(problems)?;
+    Ok(Loaded { plugins, metadata })
+}
+
+fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
+    let known: Vec<&str> = meta.config_keys.iter().map(|k| k.name.as_str()).collect();
+    for entry in &decl.config {
+        if !known.contains(&entry.key.as_str()) {
+            problems.push(format!(
+                "{}: plugin `{}` ({} {}) has no config key `{}`; it accepts: {} (see `patchbay inspect {}`)",
+                entry.loc,
+                decl.name,
+                meta.name,
+                meta.version,
+                entry.key,
+                if known.is_empty() {
+                    "no keys".to_owned()
+                } else {
+                    known.join(", ")
+                },
+                decl.path.display()
+            ));
+        }
+    }
+    for key in meta.config_keys.iter().filter(|k| k.required) {
+        if !decl.config.iter().any(|e| e.key == key.name) {
+            problems.push(format!(
+                "{}: plugin `{}` requires config key `{}` ({}); add it under [plugins.{}.config]",
+                decl.path_loc, decl.name, key.name, key.description, decl.name
+            ));
+        }
+    }
+}
+
+/// Create and `init` one instance per stage of every pipeline.
+pub async fn plan(
+    runtime: &Runtime,
+    config: &Config,
+    loaded: &Loaded,
+) -> Result<Vec<PipelinePlan>, AssembleError> {
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for pipeline in &config.pipelines {
+        let mut stage = async |r: &PluginRef, role: Role| -> Option<StageInstance> {
+            let (Some(decl), Some(component)) =
+                (config.plugins.get(&r.name), loaded.plugins.get(&r.name))
+            else {
+                problems.push(format!("{}: plugin `{}` is not loaded", r.loc, r.name));
+                return None;
+            };
+            match start_instance(runtime, &pipeline.name, decl, component).await {
+                Ok(instance) => Some(StageInstance {
+                    plugin: r.name.clone(),
+                    instance,
+                }),
+                Err(e) => {
+                    problems.push(format!(
+                        "pipeline `{}`: {role} `{}` could not start: {e}",
+                        pipeline.name, r.name
+                    ));
+                    None
+                }
+            }
+        };
+        let source = stage(&pipeline.source, Role::Source).await;
+        let mut transforms = Vec::new();
+        for t in &pipeline.transforms {
+            transforms.push(stage(t, Role::Transform).await);
+        }
+        let mut sinks = Vec::new();
+        for s in &pipeline.sinks {
+            sinks.push(stage(s, Role::Sink).await);
+        }
+        if let (Some(source), Some(transforms), Some(sinks)) = (
+            source,
+            transforms.into_iter().collect::<Option<Vec<_>>>(),
+            sinks.into_iter().collect::<Option<Vec<_>>>(),
+        ) {
+            plans.push(PipelinePlan {
+                name: pipeline.name.clone(),
+                source,
+                transforms,
+                sinks,
+                batch_size: pipeline.batch_size,
+                buffer: pipeline.buffer as usize,
+            });
+        }
+    }
+    AssembleError::check(problems)?;
+    Ok(plans)
+}
+
+async fn start_instance(
+    runtime: &Runtime,
+    pipeline: &str,
+    decl: &PluginDecl,
+    component: &LoadedPlugin,
+) -> anyhow::Result<Instance> {
+    let label: Arc<str> = Arc::from(format!("{pipeline}/{}", decl.name));
+    let mut instance = runtime
+        .instantiate(
+            component,
+            label,
+            Arc::from(decl.name.as_str()),
+            &decl.grants,
+            &decl.limits,
+            PluginState::default(),
+        )
+        .await?;
+    let entries: Vec<ConfigEntry> = decl
+        .config
+        .iter()
+        .map(|e| ConfigEntry {
+            key: e.key.clone(),
+            value: e.value.clone(),
+        })
+        .collect();
+    match instance.init(&entries).await? {
+        Ok(()) => Ok(instance),
+        Err(error) => anyhow::bail!(
+            "`init` returned {}; fix [plugins.{}.config] in the pipeline file",
+            crate::contract::describe(&error),
+            decl.name
+        ),
+    }
+}

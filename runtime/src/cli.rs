@@ -1,0 +1,398 @@
+//! The `patchbay` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::assemble;
+use crate::config::{Config, Role, parse_duration};
+use crate::contract::PluginState;
+use crate::plugin::Runtime;
+use crate::route::{self, Control, Counters, Report};
+use crate::scaffold;
+
+/// Patchbay: an integration server made of sandboxed WebAssembly component plugins.
+#[derive(Debug, Parser)]
+#[command(name = "patchbay", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level filter for the runtime's own log (stderr), e.g. `info`, `debug`,
+    /// `patchbay_runtime=trace`. `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Compile plugins every time instead of using the precompiled cache
+    /// (`$PATCHBAY_CACHE_DIR`, else `~/.cache/patchbay`).
+    #[arg(long, global = true)]
+    no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every pipeline of a pipeline file until its sources end (or Ctrl-C: drain, then exit).
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// How often to print progress (messages/s and totals) on stderr; `0s` turns it off.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        progress: Duration,
+    },
+    /// Check a pipeline file: syntax, plugin files, worlds, roles and config keys. Runs nothing.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Show a plugin's world, metadata, config keys and imports.
+    Inspect {
+        /// The component file (.wasm).
+        plugin: PathBuf,
+    },
+    /// Create a new plugin crate that builds as is.
+    New {
+        /// What the plugin is.
+        kind: Kind,
+        /// Crate and plugin name, e.g. `my-thing`.
+        name: String,
+        /// Directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Path of the patchbay-sdk crate (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// Plugin kinds for `patchbay new`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// Brings messages in.
+    Source,
+    /// Changes messages.
+    Transform,
+    /// Delivers messages out.
+    Sink,
+}
+
+impl From<Kind> for Role {
+    fn from(kind: Kind) -> Role {
+        match kind {
+            Kind::Source => Role::Source,
+            Kind::Transform => Role::Transform,
+            Kind::Sink => Role::Sink,
+        }
+    }
+}
+
+/// Parse arguments, run the command, return the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::New {
+            kind,
+            name,
+            dir,
+            sdk,
+        } => scaffold::create(kind.into(), &name, dir.as_deref(), sdk.as_deref()),
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            runtime.block_on(async_main(command, cli.no_cache))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    for line in message.lines() {
+        eprintln!("error: {line}");
+    }
+    ExitCode::FAILURE
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode> {
+    let cache = if no_cache {
+        None
+    } else {
+        Runtime::default_cache_dir()
+    };
+    let runtime = Runtime::new(cache)?;
+    match command {
+        Command::Run { pipeline, progress } => run(&runtime, &pipeline, progress).await,
+        Command::Validate { pipeline } => validate(&runtime, &pipeline).await,
+        Command::Inspect { plugin } => inspect(&runtime, &plugin).await,
+        Command::New { .. } => Ok(ExitCode::FAILURE),
+    }
+}
+
+async fn validate(runtime: &Runtime, path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let loaded = assemble::load(runtime, &config).await?;
+    println!(
+        "{}: ok: {} pipeline{}, {} plugin{}",
+        path.display(),
+        config.pipelines.len(),
+        plural(config.pipelines.len()),
+        loaded.plugins.len(),
+        plural(loaded.plugins.len())
+    );
+    for pipeline in &config.pipelines {
+        let mut chain = vec![pipeline.source.name.clone()];
+        chain.extend(pipeline.transforms.iter().map(|t| t.name.clone()));
+        let sinks: Vec<&str> = pipeline.sinks.iter().map(|s| s.name.as_str()).collect();
+        println!(
+            "  pipeline `{}`: {} → [{}]",
+            pipeline.name,
+            chain.join(" → "),
+            sinks.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+async fn run(runtime: &Runtime, path: &Path, progress: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let loaded = assemble::load(runtime, &config).await?;
+    let plans = assemble::plan(runtime, &config, &loaded).await?;
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let control = Control {
+        drain: drain_rx,
+        abort: abort_rx,
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing the messages in flight (interrupt again to abort)");
+        let _ = drain_tx.send(true);
+        wait_for_signal().await;
+        tracing::warn!("aborting: messages in flight are not acknowledged and will be redelivered");
+        let _ = abort_tx.send(true);
+    });
+
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    let mut live: Vec<(String, Arc<Counters>)> = Vec::new();
+    for plan in plans {
+        let counters = plan.counters();
+        live.push((plan.name.clone(), counters.clone()));
+        handles.push(tokio::spawn(route::run(plan, control.clone(), counters)));
+    }
+
+    let mut ticker = tokio::time::interval(if progress.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        progress
+    });
+    ticker.tick().await;
+    let mut last: Vec<u64> = vec![0; live.len()];
+    let mut last_at = Instant::now();
+    let all = futures_join(handles);
+    tokio::pin!(all);
+    let reports: Vec<Report> = loop {
+        tokio::select! {
+            reports = &mut all => break reports,
+            _ = ticker.tick(), if !progress.is_zero() => {
+                let now = Instant::now();
+                let secs = now.duration_since(last_at).as_secs_f64().max(1e-9);
+                for (i, (name, counters)) in live.iter().enumerate() {
+                    let polled = counters.polled.load(Ordering::Relaxed);
+                    let rate = (polled - last[i]) as f64 / secs;
+                    last[i] = polled;
+                    let written: u64 = counters.written.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+                    eprintln!(
+                        "progress: pipeline `{name}`: {polled} in, {written} written, {:.0} msg/s, {:.0}s",
+                        rate,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                last_at = now;
+            }
+        }
+    };
+
+    let mut failed = false;
+    for report in &reports {
+        print_summary(report);
+        if let Some(failure) = &report.failure {
+            failed = true;
+            eprintln!("error: {failure}");
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<Report>>) -> Vec<Report> {
+    let mut reports = Vec::new();
+    for handle in handles {
+        match handle.await {
+            Ok(report) => reports.push(report),
+            Err(e) => tracing::error!("a pipeline task ended abnormally: {e}"),
+        }
+    }
+    reports
+}
+
+fn print_summary(report: &Report) {
+    let c = &report.counters;
+    let polled = c.polled.load(Ordering::Relaxed);
+    let secs = report.elapsed.as_secs_f64();
+    let sinks: Vec<String> = report
+        .sinks
+        .iter()
+        .zip(&c.written)
+        .map(|(name, n)| format!("{} written to `{name}`", n.load(Ordering::Relaxed)))
+        .collect();
+    eprintln!(
+        "pipeline `{}`: {} in, {} dropped, {}; {:.2}s, {:.0} msg/s",
+        report.name,
+        polled,
+        c.dropped.load(Ordering::Relaxed),
+        sinks.join(", "),
+        secs,
+        if secs > 0.0 {
+            polled as f64 / secs
+        } else {
+            0.0
+        }
+    );
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = runtime.load(path, None)?;
+    let label: Arc<str> = Arc::from("inspect");
+    let mut instance = runtime
+        .instantiate(
+            &loaded,
+            label.clone(),
+            label,
+            &Default::default(),
+            &Default::default(),
+            PluginState::default(),
+        )
+        .await?;
+    let meta = instance.metadata().await?;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!("plugin   {} {}", meta.name, meta.version);
+    println!("world    {} (patchbay:connector@0.1.0)", loaded.role);
+    println!("about    {}", meta.description);
+    println!(
+        "file     {} ({})",
+        path.display(),
+        bytesize::ByteSize(size).display().iec()
+    );
+    println!("sha256   {}", loaded.sha256);
+    println!();
+    if meta.config_keys.is_empty() {
+        println!("config keys: none");
+    } else {
+        println!("config keys:");
+        let width = meta
+            .config_keys
+            .iter()
+            .map(|k| k.name.len())
+            .max()
+            .unwrap_or(0);
+        for key in &meta.config_keys {
+            let need = if key.required {
+                "required".to_owned()
+            } else {
+                match &key.default_value {
+                    Some(d) => format!("default {d}"),
+                    None => "optional".to_owned(),
+                }
+            };
+            println!("  {:width$}  {}  [{need}]", key.name, key.description);
+        }
+    }
+    println!();
+    println!("imports (capability, then the interface):");
+    for import in &loaded.imports {
+        println!("  {:12} {import}", capability(import));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The capability an import stands for, as operators think of it.
+pub fn capability(import: &str) -> &'static str {
+    let name = import.split('@').next().unwrap_or(import);
+    match name {
+        n if n.starts_with("patchbay:connector/logging") => "log",
+        n if n.starts_with("patchbay:connector/metrics") => "metrics",
+        n if n.starts_with("patchbay:connector/state") => "state",
+        n if n.starts_with("wasi:filesystem") => "filesystem",
+        n if n.starts_with("wasi:sockets/ip-name-lookup") => "dns",
+        n if n.starts_with("wasi:sockets") => "network",
+        n if n.starts_with("wasi:http") => "http",
+        "wasi:cli/environment" => "env",
+        n if n.starts_with("wasi:cli/stdin") || n.starts_with("wasi:cli/terminal-stdin") => "stdin",
+        n if n.starts_with("wasi:cli/stdout")
+            || n.starts_with("wasi:cli/stderr")
+            || n.starts_with("wasi:cli/terminal") =>
+        {
+            "stdio"
+        }
+        "wasi:cli/exit" => "exit",
+        n if n.starts_with("wasi:clocks") => "clocks",
+        n if n.starts_with("wasi:random") => "random",
+        n if n.starts_with("wasi:io") => "io",
+        _ => "other",
+    }
+}

@@ -1,0 +1,762 @@
+//! The pipeline file: a typed TOML document, parsed once into validated types.
+//!
+//! ```toml
+//! [plugins.gen]
+//! path = "../../target/plugins/generator.wasm"
+//! config = { count = 1000 }
+//!
+//! [plugins.out]
+//! path = "../../target/plugins/file-sink.wasm"
+//! config = { path = "-" }
+//! grants = { stdout = true }
+//!
+//! [[pipeline]]
+//! name = "demo"
+//! source = "gen"
+//! sinks = ["out"]
+//! ```
+//!
+//! Every error names the file, line and column it comes from and says what to change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+/// Default largest number of messages a source returns per poll.
+pub const DEFAULT_BATCH_SIZE: u32 = 256;
+/// Default number of batches buffered between two stages.
+pub const DEFAULT_BUFFER: u32 = 4;
+/// Default cap of a plugin's linear memory.
+pub const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
+/// Default deadline of one data call (poll, process, write, ack).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default deadline of `init` (connectors may dial a broker there).
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest accepted `batch_size`.
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+
+// ---------------------------------------------------------------------------------------------
+// The file as written
+
+/// The whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    /// Plugins, keyed by the name pipelines use to refer to them: `[plugins.NAME]`.
+    #[serde(default)]
+    plugins: BTreeMap<Spanned<String>, RawPlugin>,
+    /// Pipelines, each a `[[pipeline]]` table. They run concurrently.
+    #[serde(default)]
+    pipeline: Vec<Spanned<RawPipeline>>,
+}
+
+/// One plugin declaration: a component file, its configuration, grants and limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    /// Path of the component (`.wasm`), relative to the pipeline file.
+    path: Spanned<String>,
+    /// Optional integrity pin: the hex sha256 of the component file. A mismatch refuses to load.
+    #[serde(default)]
+    sha256: Option<Spanned<String>>,
+    /// Configuration handed to the plugin's `init`. Keys must be ones the plugin declares.
+    #[serde(default)]
+    config: BTreeMap<Spanned<String>, toml::Value>,
+    /// What the plugin may touch. Everything not granted is denied.
+    #[serde(default)]
+    grants: RawGrants,
+    /// Resource limits for each instance of the plugin.
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// Capability grants. Empty means deny all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    /// Host directories the plugin may open, each mounted at a guest path.
+    #[serde(default)]
+    dirs: Vec<RawDirGrant>,
+    /// Let the plugin read the runtime's standard input.
+    #[serde(default)]
+    stdin: bool,
+    /// Let the plugin write to the runtime's standard output (otherwise it goes to the log).
+    #[serde(default)]
+    stdout: bool,
+}
+
+/// One directory grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirGrant {
+    /// Directory on the host, relative to the pipeline file. It must exist.
+    host: Spanned<String>,
+    /// Absolute path at which the plugin sees it, e.g. `/data`.
+    guest: Spanned<String>,
+    /// `ro` (default) or `rw`.
+    #[serde(default)]
+    mode: DirMode,
+}
+
+/// Access to a granted directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirMode {
+    /// Read-only.
+    #[default]
+    Ro,
+    /// Read and write, create and delete.
+    Rw,
+}
+
+/// Resource limits for one plugin instance.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    /// Cap of linear memory, e.g. `"64MiB"` (the default).
+    #[serde(default)]
+    memory: Option<Size>,
+    /// Deadline of each data call, e.g. `"1s"` (the default).
+    #[serde(default)]
+    call_timeout: Option<HumanDuration>,
+    /// Deadline of `init`, e.g. `"10s"` (the default).
+    #[serde(default)]
+    init_timeout: Option<HumanDuration>,
+}
+
+/// One pipeline: a source, a chain of transforms, one or more sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    /// Unique name, used in logs and metrics.
+    name: Spanned<String>,
+    /// Name of the source plugin (a key of `[plugins]`).
+    source: Spanned<String>,
+    /// Names of transform plugins, applied in order.
+    #[serde(default)]
+    transforms: Vec<Spanned<String>>,
+    /// Names of sink plugins; every message goes to each of them.
+    #[serde(default)]
+    sinks: Vec<Spanned<String>>,
+    /// Largest number of messages the source returns per poll (default 256).
+    #[serde(default)]
+    batch_size: Option<Spanned<u32>>,
+    /// Batches buffered between two stages (default 4). A full buffer pauses the source.
+    #[serde(default)]
+    buffer: Option<Spanned<u32>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value types with their own syntax
+
+/// A size such as `"64MiB"`, `"512KiB"` or `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_size(&text).map(Size).map_err(de::Error::custom)
+    }
+}
+
+/// Parse a size with a unit: `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let has_unit = trimmed.chars().any(|c| c.is_ascii_alphabetic());
+    if has_unit && let Ok(size) = trimmed.parse::<bytesize::ByteSize>() {
+        return Ok(size.as_u64());
+    }
+    Err(format!(
+        "invalid size `{text}`: write a number and a unit, e.g. \"64MiB\", \"512KiB\", \"1GB\""
+    ))
+}
+
+/// A duration such as `"250ms"`, `"5s"` or `"1m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Parse a duration with a unit: `ms`, `s`, `m`, `h` (and combinations like `1m30s`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|_| {
+        format!(
+            "invalid duration `{text}`: write a number and a unit, e.g. \"250ms\", \"5s\", \"1m\""
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration
+
+/// A place in the pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loc {
+    /// The pipeline file.
+    pub file: Arc<Path>,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub col: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+/// A parsed, checked pipeline file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: Arc<Path>,
+    /// Declared plugins by name.
+    pub plugins: BTreeMap<String, PluginDecl>,
+    /// Pipelines in file order.
+    pub pipelines: Vec<PipelineDecl>,
+}
+
+/// A checked plugin declaration.
+#[derive(Debug, Clone)]
+pub struct PluginDecl {
+    /// The name under `[plugins]`.
+    pub name: String,
+    /// Component file, absolute or relative to the working directory.
+    pub path: PathBuf,
+    /// Where `path` was written.
+    pub path_loc: Loc,
+    /// Integrity pin, lowercase hex.
+    pub sha256: Option<String>,
+    /// `init` entries: key, value (raw string or JSON), where the key was written.
+    pub config: Vec<ConfigEntry>,
+    /// What the plugin may touch.
+    pub grants: Grants,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// One `init` entry.
+#[derive(Debug, Clone)]
+pub struct ConfigEntry {
+    /// Key.
+    pub key: String,
+    /// Raw string for TOML strings, JSON text otherwise.
+    pub value: String,
+    /// Where the key was written.
+    pub loc: Loc,
+}
+
+/// Checked grants.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Directory preopens.
+    pub dirs: Vec<DirGrant>,
+    /// Inherit the runtime's stdin.
+    pub stdin: bool,
+    /// Inherit the runtime's stdout.
+    pub stdout: bool,
+}
+
+/// A checked directory grant.
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    /// Host directory (exists).
+    pub host: PathBuf,
+    /// Guest mount point.
+    pub guest: String,
+    /// Access mode.
+    pub mode: DirMode,
+}
+
+/// Checked limits, defaults applied.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory cap in bytes.
+    pub memory: u64,
+    /// Deadline of each data call.
+    pub call_timeout: Duration,
+    /// Deadline of `init`.
+    pub init_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: DEFAULT_MEMORY,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+        }
+    }
+}
+
+/// A checked pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineDecl {
+    /// Unique name.
+    pub name: String,
+    /// Where the pipeline table starts.
+    pub loc: Loc,
+    /// Source plugin name.
+    pub source: PluginRef,
+    /// Transform plugin names in order.
+    pub transforms: Vec<PluginRef>,
+    /// Sink plugin names.
+    pub sinks: Vec<PluginRef>,
+    /// Largest batch per poll.
+    pub batch_size: u32,
+    /// Batches buffered between stages.
+    pub buffer: u32,
+}
+
+/// A reference to a declared plugin, with where it was written.
+#[derive(Debug, Clone)]
+pub struct PluginRef {
+    /// Plugin name.
+    pub name: String,
+    /// Where it was written.
+    pub loc: Loc,
+}
+
+/// Everything wrong with a pipeline file, each with its place.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// One line per problem, each `file:line:col: what; what to do`.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.problems.join("\n"))
+    }
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// Maps byte offsets of the file to lines and columns.
+struct Locator {
+    file: Arc<Path>,
+    line_starts: Vec<usize>,
+    text: String,
+}
+
+impl Locator {
+    fn new(file: Arc<Path>, text: &str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Locator {
+            file,
+            line_starts,
+            text: text.to_owned(),
+        }
+    }
+
+    fn loc(&self, offset: usize) -> Loc {
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts[line - 1];
+        let col = self
+            .text
+            .get(start..offset)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        Loc {
+            file: self.file.clone(),
+            line,
+            col,
+        }
+    }
+
+    fn at<T>(&self, spanned: &Spanned<T>) -> Loc {
+        self.loc(spanned.span().start)
+    }
+}
+
+impl Config {
+    /// Read and check a pipeline file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(format!(
+                "{}: cannot read the pipeline file: {e}",
+                path.display()
+            ))
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Check a pipeline file's text. `path` locates errors and relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: Arc<Path> = Arc::from(path);
+        let locator = Locator::new(file.clone(), text);
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let loc = e
+                .span()
+                .map(|s| locator.loc(s.start))
+                .unwrap_or_else(|| locator.loc(0));
+            ConfigError::one(format!("{loc}: {}", e.message().trim_end()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let mut problems = Vec::new();
+
+        let mut plugins = BTreeMap::new();
+        for (name, raw_plugin) in raw.plugins {
+            let loc = locator.at(&name);
+            let name = name.into_inner();
+            if let Some(decl) =
+                check_plugin(&name, &loc, raw_plugin, &base, &locator, &mut problems)
+            {
+                plugins.insert(name, decl);
+            }
+        }
+
+        if raw.pipeline.is_empty() {
+            problems.push(format!(
+                "{}: no pipeline defined; add a [[pipeline]] table with a name, a source and sinks",
+                locator.loc(0)
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut pipelines = Vec::new();
+        for spanned in raw.pipeline {
+            let loc = locator.at(&spanned);
+            let raw_pipeline = spanned.into_inner();
+            let name_loc = locator.at(&raw_pipeline.name);
+            let name = raw_pipeline.name.get_ref().clone();
+            if name.trim().is_empty() {
+                problems.push(format!(
+                    "{name_loc}: pipeline name is empty; give every pipeline a unique name"
+                ));
+            } else if !names.insert(name.clone()) {
+                problems.push(format!(
+                    "{name_loc}: duplicate pipeline name `{name}`; pipeline names must be unique"
+                ));
+            }
+            let reference = |r: &Spanned<String>,
+                             role: Role,
+                             problems: &mut Vec<String>|
+             -> PluginRef {
+                let plugin_ref = PluginRef {
+                    name: r.get_ref().clone(),
+                    loc: locator.at(r),
+                };
+                if !plugins.contains_key(&plugin_ref.name) {
+                    let known = plugins.keys().cloned().collect::<Vec<_>>().join(", ");
+                    problems.push(format!(
+                            "{}: pipeline `{name}`: {} `{}` is not declared; declare [plugins.{}] or use one of: {}",
+                            plugin_ref.loc,
+                            role.noun(),
+                            plugin_ref.name,
+                            plugin_ref.name,
+                            if known.is_empty() { "(none declared)".to_owned() } else { known }
+                        ));
+                }
+                plugin_ref
+            };
+            let source = reference(&raw_pipeline.source, Role::Source, &mut problems);
+            let transforms = raw_pipeline
+                .transforms
+                .iter()
+                .map(|t| reference(t, Role::Transform, &mut problems))
+                .collect();
+            let sinks: Vec<PluginRef> = raw_pipeline
+                .sinks
+                .iter()
+                .map(|s| reference(s, Role::Sink, &mut problems))
+                .collect();
+            if sinks.is_empty() {
+                problems.push(format!(
+                    "{loc}: pipeline `{name}` has no sinks; add sinks = [\"NAME\"] naming at least one sink plugin"
+                ));
+            }
+            let mut seen_sinks = BTreeSet::new();
+            for sink in &sinks {
+                if !seen_sinks.insert(&sink.name) {
+                    problems.push(format!(
+                        "{}: pipeline `{name}` lists sink `{}` twice; every message would be delivered twice",
+                        sink.loc, sink.name
+                    ));
+                }
+            }
+            let batch_size = match raw_pipeline.batch_size {
+                Some(b) if *b.get_ref() == 0 || *b.get_ref() > MAX_BATCH_SIZE => {
+                    problems.push(format!(
+                        "{}: batch_size {} is out of range; use 1 to {MAX_BATCH_SIZE}",
+                        locator.at(&b),
+                        b.get_ref()
+                    ));
+                    DEFAULT_BATCH_SIZE
+                }
+                Some(b) => b.into_inner(),
+                None => DEFAULT_BATCH_SIZE,
+            };
+            let buffer = match raw_pipeline.buffer {
+                Some(b) if *b.get_ref() == 0 || *b.get_ref() > 1024 => {
+                    problems.push(format!(
+                        "{}: buffer {} is out of range; use 1 to 1024 batches",
+                        locator.at(&b),
+                        b.get_ref()
+                    ));
+                    DEFAULT_BUFFER
+                }
+                Some(b) => b.into_inner(),
+                None => DEFAULT_BUFFER,
+            };
+            pipelines.push(PipelineDecl {
+                name,
+                loc,
+                source,
+                transforms,
+                sinks,
+                batch_size,
+                buffer,
+            });
+        }
+
+        if problems.is_empty() {
+            Ok(Config {
+                file,
+                plugins,
+                pipelines,
+            })
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// The role a plugin plays in a pipeline, matching the WIT world it must implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// World `source`.
+    Source,
+    /// World `transform`.
+    Transform,
+    /// World `sink`.
+    Sink,
+}
+
+impl Role {
+    /// Lowercase name, equal to the WIT world's name.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Transform => "transform",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.noun())
+    }
+}
+
+fn check_plugin(
+    name: &str,
+    loc: &Loc,
+    raw: RawPlugin,
+    base: &Path,
+    locator: &Locator,
+    problems: &mut Vec<String>,
+) -> Option<PluginDecl> {
+    let before = problems.len();
+    if !valid_name(name) {
+        problems.push(format!(
+            "{loc}: plugin name `{name}` is not allowed; use letters, digits, `-` and `_`"
+        ));
+    }
+    let path_loc = locator.at(&raw.path);
+    let path = base.join(raw.path.get_ref());
+    if raw.path.get_ref().trim().is_empty() {
+        problems.push(format!(
+            "{path_loc}: plugin `{name}`: path is empty; give the component file (.wasm)"
+        ));
+    } else if !path.is_file() {
+        problems.push(format!(
+            "{path_loc}: plugin `{name}`: component file `{}` not found (resolved to `{}`); build the plugins with `cargo xtask build` or fix `path` (it is relative to the pipeline file)",
+            raw.path.get_ref(),
+            path.display()
+        ));
+    }
+    let sha256 = raw.sha256.and_then(|pin| {
+        let hex = pin.get_ref().trim().to_ascii_lowercase();
+        if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            Some(hex)
+        } else {
+            problems.push(format!(
+                "{}: plugin `{name}`: sha256 must be 64 hex digits (run `sha256sum` on the .wasm file)",
+                locator.at(&pin)
+            ));
+            None
+        }
+    });
+    let config = raw
+        .config
+        .into_iter()
+        .map(|(key, value)| ConfigEntry {
+            loc: locator.at(&key),
+            key: key.into_inner(),
+            value: config_value_text(value),
+        })
+        .collect();
+    let mut dirs = Vec::new();
+    let mut guests = BTreeSet::new();
+    for dir in raw.grants.dirs {
+        let host = base.join(dir.host.get_ref());
+        if !host.is_dir() {
+            problems.push(format!(
+                "{}: plugin `{name}`: granted directory `{}` does not exist (resolved to `{}`); create it or fix `host`",
+                locator.at(&dir.host),
+                dir.host.get_ref(),
+                host.display()
+            ));
+        }
+        let guest = dir.guest.get_ref().clone();
+        if !guest.starts_with('/') || guest.split('/').any(|part| part == "..") {
+            problems.push(format!(
+                "{}: plugin `{name}`: guest path `{guest}` must be absolute without `..`, e.g. \"/data\"",
+                locator.at(&dir.guest)
+            ));
+        } else if !guests.insert(guest.clone()) {
+            problems.push(format!(
+                "{}: plugin `{name}`: guest path `{guest}` is granted twice",
+                locator.at(&dir.guest)
+            ));
+        }
+        dirs.push(DirGrant {
+            host,
+            guest,
+            mode: dir.mode,
+        });
+    }
+    let defaults = Limits::default();
+    let limits = Limits {
+        memory: raw.limits.memory.map_or(defaults.memory, |s| s.0),
+        call_timeout: raw
+            .limits
+            .call_timeout
+            .map_or(defaults.call_timeout, |d| d.0),
+        init_timeout: raw
+            .limits
+            .init_timeout
+            .map_or(defaults.init_timeout, |d| d.0),
+    };
+    if limits.memory < 64 * 1024 {
+        problems.push(format!(
+            "{loc}: plugin `{name}`: limits.memory is below one Wasm page (64KiB)"
+        ));
+    }
+    if limits.call_timeout.is_zero() || limits.init_timeout.is_zero() {
+        problems.push(format!(
+            "{loc}: plugin `{name}`: a timeout of zero would stop every call; use e.g. \"1s\""
+        ));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(PluginDecl {
+        name: name.to_owned(),
+        path,
+        path_loc,
+        sha256,
+        config,
+        grants: Grants {
+            dirs,
+            stdin: raw.grants.stdin,
+            stdout: raw.grants.stdout,
+        },
+        limits,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A TOML string is passed as itself; anything else as JSON text.
+fn config_value_text(value: toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s,
+        other => toml_to_json(other).to_string(),
+    }
+}
+
+fn toml_to_json(value: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(items.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => J::Object(
+            table
+                .into_iter()
+                .map(|(k, v)| (k, toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert!(parse_size("64").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn values_become_text() {
+        assert_eq!(config_value_text(toml::Value::String("a".into())), "a");
+        assert_eq!(config_value_text(toml::Value::Integer(3)), "3");
+        let table: toml::Table = toml::from_str("x = { a = [1, true] }").unwrap();
+        assert_eq!(config_value_text(table["x"].clone()), r#"{"a":[1,true]}"#);
+    }
+
+    #[test]
+    fn unknown_key_has_location() {
+        let err = Config::parse(
+            Path::new("p.toml"),
+            "[[pipeline]]\nname = \"a\"\nsorce = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("p.toml:3:1: unknown field `sorce`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! Patchbay runtime: loads WebAssembly component plugins (sources, transforms, sinks described
+//! by the WIT package `patchbay:connector@0.1.0`), gives each only what it was granted, and
+//! pipes batches of messages between them.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use patchbay_runtime::{assemble, config::Config, plugin::Runtime, route};
+//! let config = Config::load("examples/quickstart/pipeline.toml".as_ref())?;
+//! let runtime = Runtime::new(Runtime::default_cache_dir())?;
+//! let loaded = assemble::load(&runtime, &config).await?;
+//! for plan in assemble::plan(&runtime, &config, &loaded).await? {
+//!     let (_drain_tx, drain) = tokio::sync::watch::channel(false);
+//!     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
+//!     let counters = plan.counters();
+//!     let report = route::run(plan, route::Control { drain, abort }, counters).await;
+//!     println!("{}: {:?}", report.name, report.failure);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod assemble;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod plugin;
+pub mod route;
+pub mod sandbox;
+pub mod scaffold;

@@ -1,0 +1,5 @@
+//! The `patchbay` binary.
+
+fn main() -> std::process::ExitCode {
+    patchbay_runtime::cli::main()
+}

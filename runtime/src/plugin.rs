@@ -1,0 +1,542 @@
+//! Loading plugins (read, pin check, compile with a precompiled cache, world check) and running
+//! instances (one store each, limits and deadlines, calls that tell a trap from a WIT error).
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::{Engine, Store, StoreLimits, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{Grants, Limits, Role};
+use crate::contract::{
+    self, ConfigEntry, HostImports, Message, Metadata, Outcome, PluginMetrics, PluginState,
+    PollResult, WitError, sink, source, transform,
+};
+use crate::sandbox;
+
+/// Everything one plugin instance's store holds.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    imports: HostImports,
+    deadline: Instant,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The sha256 pin does not match.
+    #[error(
+        "`{path}`: sha256 mismatch: the config pins {expected} but the file has {actual}; \
+         the file changed since it was pinned: check where it came from, then update `sha256`"
+    )]
+    PinMismatch {
+        /// File.
+        path: PathBuf,
+        /// Pinned hash.
+        expected: String,
+        /// Actual hash.
+        actual: String,
+    },
+    /// Not a component.
+    #[error("`{path}` is not a WebAssembly component: {reason}")]
+    NotAComponent {
+        /// File.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+    /// The component does not implement a Patchbay world.
+    #[error("`{path}` does not implement a patchbay:connector@0.1.0 world: {reason}")]
+    NoWorld {
+        /// File.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error(
+        "`{path}` imports {import}, which Patchbay does not provide; a plugin may import \
+         patchbay:connector/{{logging,metrics,state}}@0.1.0 and WASI 0.2 interfaces"
+    )]
+    UnknownImport {
+        /// File.
+        path: PathBuf,
+        /// The import wasmtime could not satisfy.
+        import: String,
+    },
+}
+
+/// A plugin call that did not return normally: the instance is gone.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin `{plugin}` trapped in `{function}`: {reason}")]
+pub struct Trap {
+    /// `pipeline/plugin`.
+    pub plugin: Arc<str>,
+    /// The exported function that was running.
+    pub function: &'static str,
+    /// What happened, with the plugin's last words on stderr when it left some.
+    pub reason: String,
+}
+
+/// The shared engine, linker and compile cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    engine_key: String,
+    metrics: PluginMetrics,
+    _ticker: sandbox::EpochTicker,
+}
+
+/// A loaded, checked component, ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// File it came from.
+    pub path: PathBuf,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// The world it implements.
+    pub role: Role,
+    /// Everything it imports, as `name` strings.
+    pub imports: Vec<String>,
+    pre: RolePre,
+}
+
+#[derive(Clone)]
+enum RolePre {
+    Source(source::SourcePre<HostState>),
+    Transform(transform::TransformPre<HostState>),
+    Sink(sink::SinkPre<HostState>),
+}
+
+enum Bindings {
+    Source(source::Source),
+    Transform(transform::Transform),
+    Sink(sink::Sink),
+}
+
+impl Runtime {
+    /// Create the engine (async, epoch interruption) and the linker with WASI and host imports.
+    /// `cache_dir` holds precompiled components; `None` compiles every time.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        contract::add_to_linker(&mut linker, |s: &mut HostState| &mut s.imports)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+        let ticker = sandbox::EpochTicker::start(&engine)?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            engine_key,
+            metrics: PluginMetrics::default(),
+            _ticker: ticker,
+        })
+    }
+
+    /// The default cache directory: `$PATCHBAY_CACHE_DIR`, else `$XDG_CACHE_HOME/patchbay`,
+    /// else `$HOME/.cache/patchbay`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("PATCHBAY_CACHE_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+            return Some(PathBuf::from(dir).join("patchbay"));
+        }
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/patchbay"))
+    }
+
+    /// Metrics plugins reported through the host interface.
+    pub fn plugin_metrics(&self) -> &PluginMetrics {
+        &self.metrics
+    }
+
+    /// Read, verify, compile and check a component.
+    pub fn load(&self, path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        if let Some(expected) = pin
+            && expected != sha256
+        {
+            return Err(LoadError::PinMismatch {
+                path: path.to_owned(),
+                expected: expected.to_owned(),
+                actual: sha256,
+            });
+        }
+        check_header(path, &bytes)?;
+        let component = self.compile(path, &bytes, &sha256)?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        let role = if has("poll") && has("ack") {
+            Role::Source
+        } else if has("process") {
+            Role::Transform
+        } else if has("write") {
+            Role::Sink
+        } else {
+            let found = if exports.is_empty() {
+                "it exports no functions".to_owned()
+            } else {
+                format!("it exports {}", exports.join(", "))
+            };
+            return Err(LoadError::NoWorld {
+                path: path.to_owned(),
+                reason: format!(
+                    "{found}; a source exports metadata, init, poll and ack, a transform metadata, \
+                     init and process, a sink metadata, init and write"
+                ),
+            });
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            let text = format!("{e:#}");
+            match text.split('`').nth(1) {
+                Some(import) if text.contains("matching implementation was not found") => {
+                    LoadError::UnknownImport {
+                        path: path.to_owned(),
+                        import: format!("`{import}`"),
+                    }
+                }
+                _ => LoadError::UnknownImport {
+                    path: path.to_owned(),
+                    import: text,
+                },
+            }
+        })?;
+        let world_error = |e: wasmtime::Error| LoadError::NoWorld {
+            path: path.to_owned(),
+            reason: format!(
+                "it looks like a {role} but its exports do not match world `{role}`: {e:#}"
+            ),
+        };
+        let pre = match role {
+            Role::Source => {
+                RolePre::Source(source::SourcePre::new(instance_pre).map_err(world_error)?)
+            }
+            Role::Transform => {
+                RolePre::Transform(transform::TransformPre::new(instance_pre).map_err(world_error)?)
+            }
+            Role::Sink => RolePre::Sink(sink::SinkPre::new(instance_pre).map_err(world_error)?),
+        };
+        Ok(LoadedPlugin {
+            path: path.to_owned(),
+            sha256,
+            role,
+            imports,
+            pre,
+        })
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+        let invalid = |e: wasmtime::Error| LoadError::NotAComponent {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(invalid);
+        };
+        let cached = dir.join(format!("{sha256}-{}.cwasm", self.engine_key));
+        if cached.is_file() {
+            match deserialize_cached(&self.engine, &cached) {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::debug!("ignoring cache entry {}: {e:#}", cached.display()),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+        if let Err(e) = store_cached(dir, &cached, &component) {
+            tracing::debug!("cannot write cache entry {}: {e:#}", cached.display());
+        }
+        Ok(component)
+    }
+
+    /// Create an instance of a loaded plugin, with its own store, grants and limits. `init` is
+    /// not called.
+    pub async fn instantiate(
+        &self,
+        plugin: &LoadedPlugin,
+        label: Arc<str>,
+        plugin_name: Arc<str>,
+        grants: &Grants,
+        limits: &Limits,
+        state: PluginState,
+    ) -> anyhow::Result<Instance> {
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let wasi = sandbox::wasi_ctx(&label, grants, stderr_tail.clone())?;
+        let host = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: sandbox::store_limits(limits),
+            imports: HostImports {
+                label: label.clone(),
+                plugin: plugin_name,
+                state,
+                metrics: self.metrics.clone(),
+            },
+            deadline: Instant::now() + limits.init_timeout,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        let mut instance = Instance {
+            store,
+            bindings: None,
+            label,
+            limits: *limits,
+            stderr_tail,
+        };
+        let result = match &plugin.pre {
+            RolePre::Source(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::Source),
+            RolePre::Transform(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::Transform),
+            RolePre::Sink(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::Sink),
+        };
+        match result {
+            Ok(bindings) => instance.bindings = Some(bindings),
+            Err(e) => return Err(instance.trap("instantiate", limits.init_timeout, e).into()),
+        }
+        Ok(instance)
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by `store_cached` from `Component::serialize` into the
+    // user's own cache directory, under a name that includes the component's sha256 and the
+    // engine's compatibility hash; wasmtime also checks the header and engine settings.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+fn store_cached(dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = component.serialize()?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let fail = |reason: &str| {
+        Err(LoadError::NotAComponent {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if bytes.len() < 8 {
+        return fail("the file is too short to be WebAssembly (truncated?)");
+    }
+    if &bytes[0..4] != b"\0asm" {
+        return fail(
+            "the file does not start with the WebAssembly magic number; is it the right file?",
+        );
+    }
+    match bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => fail(
+            "it is a core WebAssembly module; build the plugin for the wasm32-wasip2 target (which \
+             emits a component) or wrap it with `wasm-tools component new`",
+        ),
+        [_, _, 0x01, 0x00] => Ok(()),
+        _ => fail("unknown WebAssembly version or layer"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of a file, as lowercase hex.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+}
+
+/// One live plugin instance. After a [`Trap`] it must be discarded.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Option<Bindings>,
+    label: Arc<str>,
+    limits: Limits,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Instance {
+    fn arm(&mut self, timeout: Duration) {
+        self.store.data_mut().deadline = Instant::now() + timeout;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn trap(&self, function: &'static str, timeout: Duration, e: wasmtime::Error) -> Trap {
+        let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "the call ran past its deadline of {} and was stopped (limits.{})",
+                humantime::format_duration(timeout),
+                if function == "init" || function == "instantiate" {
+                    "init_timeout"
+                } else {
+                    "call_timeout"
+                }
+            ),
+            Some(wasmtime::Trap::StackOverflow) => {
+                "call stack exhausted (runaway recursion?)".to_owned()
+            }
+            _ => {
+                let text = format!("{e:#}");
+                if text.contains("forcing trap when growing memory") {
+                    format!(
+                        "memory limit of {} reached (limits.memory)",
+                        bytesize::ByteSize(self.limits.memory).display().iec()
+                    )
+                } else {
+                    text.lines().next().unwrap_or("unknown trap").to_owned()
+                }
+            }
+        };
+        let tail = match self.stderr_tail.lock() {
+            Ok(tail) => tail.iter().cloned().collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        };
+        if !tail.is_empty() {
+            reason.push_str("; the plugin's last stderr output: ");
+            reason.push_str(&tail.join(" | "));
+        }
+        Trap {
+            plugin: self.label.clone(),
+            function,
+            reason,
+        }
+    }
+
+    fn wrong_role(&self, function: &'static str) -> Trap {
+        Trap {
+            plugin: self.label.clone(),
+            function,
+            reason: "this function is not part of the plugin's world".to_owned(),
+        }
+    }
+
+    /// `metadata()`.
+    pub async fn metadata(&mut self) -> Result<Metadata, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let result = match &self.bindings {
+            Some(Bindings::Source(b)) => b.call_metadata(&mut self.store).await,
+            Some(Bindings::Transform(b)) => b.call_metadata(&mut self.store).await,
+            Some(Bindings::Sink(b)) => b.call_metadata(&mut self.store).await,
+            None => return Err(self.wrong_role("metadata")),
+        };
+        result.map_err(|e| self.trap("metadata", timeout, e))
+    }
+
+    /// `init(config)`.
+    pub async fn init(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
+        let timeout = self.limits.init_timeout;
+        self.arm(timeout);
+        let result = match &self.bindings {
+            Some(Bindings::Source(b)) => b.call_init(&mut self.store, config).await,
+            Some(Bindings::Transform(b)) => b.call_init(&mut self.store, config).await,
+            Some(Bindings::Sink(b)) => b.call_init(&mut self.store, config).await,
+            None => return Err(self.wrong_role("init")),
+        };
+        result.map_err(|e| self.trap("init", timeout, e))
+    }
+
+    /// `poll(max)` of a source.
+    pub async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let Some(Bindings::Source(b)) = &self.bindings else {
+            return Err(self.wrong_role("poll"));
+        };
+        let result = b.call_poll(&mut self.store, max).await;
+        result.map_err(|e| self.trap("poll", timeout, e))
+    }
+
+    /// `ack(checkpoint)` of a source.
+    pub async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let Some(Bindings::Source(b)) = &self.bindings else {
+            return Err(self.wrong_role("ack"));
+        };
+        let result = b.call_ack(&mut self.store, checkpoint).await;
+        result.map_err(|e| self.trap("ack", timeout, e))
+    }
+
+    /// `process(batch)` of a transform.
+    pub async fn process(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let Some(Bindings::Transform(b)) = &self.bindings else {
+            return Err(self.wrong_role("process"));
+        };
+        let result = b.call_process(&mut self.store, batch).await;
+        result.map_err(|e| self.trap("process", timeout, e))
+    }
+
+    /// `write(batch)` of a sink.
+    pub async fn write(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let Some(Bindings::Sink(b)) = &self.bindings else {
+            return Err(self.wrong_role("write"));
+        };
+        let result = b.call_write(&mut self.store, batch).await;
+        result.map_err(|e| self.trap("write", timeout, e))
+    }
+}

@@ -1,0 +1,213 @@
+//! Turns a plugin's grants and limits into what wasmtime enforces: a WASI context that holds
+//! only the granted capabilities, store limits, and the epoch ticker behind call deadlines.
+//!
+//! Deny by default: no environment, no arguments, no stdin, no preopened directories, no
+//! network. A plugin's stdout and stderr go to the runtime's log with its name, rate-limited,
+//! unless it is granted the real stdout.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWrite;
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::AsyncStdoutStream;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+use crate::config::{DirMode, Grants, Limits};
+
+/// Interval of the epoch ticker: the granularity of deadlines and of yielding.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// Most log lines a plugin's stdout/stderr may produce per second; more are counted and dropped.
+const LOG_LINES_PER_SECOND: u32 = 100;
+/// Longest log line kept from a plugin's output, in bytes.
+const LOG_LINE_MAX: usize = 4096;
+
+/// Build the WASI context for one plugin instance from its grants.
+/// `stderr_tail` receives the plugin's last few stderr lines, for trap reports.
+pub fn wasi_ctx(
+    label: &Arc<str>,
+    grants: &Grants,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+) -> anyhow::Result<WasiCtx> {
+    let mut builder = WasiCtxBuilder::new();
+    if grants.stdin {
+        builder.inherit_stdin();
+    }
+    if grants.stdout {
+        builder.inherit_stdout();
+    } else {
+        builder.stdout(AsyncStdoutStream::new(
+            8192,
+            LogWriter::new(label.clone(), "stdout", None),
+        ));
+    }
+    builder.stderr(AsyncStdoutStream::new(
+        8192,
+        LogWriter::new(label.clone(), "stderr", Some(stderr_tail)),
+    ));
+    for dir in &grants.dirs {
+        let perms = match dir.mode {
+            DirMode::Ro => FsPerms::ReadOnly,
+            DirMode::Rw => FsPerms::ReadWrite,
+        };
+        builder
+            .preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "plugin `{label}`: cannot open granted directory `{}`: {e:#}",
+                    dir.host.display()
+                )
+            })?;
+    }
+    Ok(builder.build())
+}
+
+/// Memory, table and instance caps for one plugin instance.
+pub fn store_limits(limits: &Limits) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
+        .table_elements(100_000)
+        .instances(100)
+        .tables(100)
+        .memories(100)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
+/// Advances the engine's epoch every [`TICK`] until dropped. Calls check their deadline at each
+/// tick and yield to the async runtime, so a busy plugin never starves the others.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    /// Start the ticker thread.
+    pub fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("patchbay-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker thread")?;
+        Ok(EpochTicker { stop })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends a plugin's output stream to the log, one line per event, rate-limited.
+struct LogWriter {
+    label: Arc<str>,
+    stream: &'static str,
+    line: Vec<u8>,
+    window: Instant,
+    lines_in_window: u32,
+    suppressed: u64,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+}
+
+/// Lines of stderr kept for trap reports.
+const TAIL_LINES: usize = 4;
+
+impl LogWriter {
+    fn new(
+        label: Arc<str>,
+        stream: &'static str,
+        tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    ) -> Self {
+        LogWriter {
+            label,
+            stream,
+            line: Vec::new(),
+            window: Instant::now(),
+            lines_in_window: 0,
+            suppressed: 0,
+            tail,
+        }
+    }
+
+    fn emit(&mut self) {
+        if let Some(tail) = &self.tail
+            && let Ok(mut tail) = tail.lock()
+        {
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(String::from_utf8_lossy(&self.line).trim_end().to_owned());
+        }
+        let now = Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    plugin = &*self.label,
+                    stream = self.stream,
+                    "{} lines of plugin output dropped by the rate limit",
+                    self.suppressed
+                );
+            }
+            self.window = now;
+            self.lines_in_window = 0;
+            self.suppressed = 0;
+        }
+        if self.lines_in_window < LOG_LINES_PER_SECOND {
+            self.lines_in_window += 1;
+            let text = String::from_utf8_lossy(&self.line);
+            tracing::info!(
+                plugin = &*self.label,
+                stream = self.stream,
+                "{}",
+                text.trim_end()
+            );
+        } else {
+            self.suppressed += 1;
+        }
+        self.line.clear();
+    }
+}
+
+impl AsyncWrite for LogWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        for &byte in buf {
+            if byte == b'\n' {
+                self.emit();
+            } else if self.line.len() < LOG_LINE_MAX {
+                self.line.push(byte);
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,143 @@
+//! `inspect`, `validate` and `new` as a user runs them.
+
+use std::process::Command;
+
+use crate::{Scratch, plugin, plugins_dir, root, text};
+
+#[test]
+fn inspect_shows_world_metadata_config_keys_and_imports() {
+    let s = Scratch::new();
+    let out = s.run(&["inspect", &plugin("json-map")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("plugin   json-map 0.1.0"), "{stdout}");
+    assert!(
+        stdout.contains("world    transform (patchbay:connector@0.1.0)"),
+        "{stdout}"
+    );
+    for key in ["rename", "copy", "drop", "set"] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(key)),
+            "config key {key} missing:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("log          patchbay:connector/logging@0.1.0"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn inspect_names_the_role_of_each_first_party_plugin() {
+    let s = Scratch::new();
+    for (name, world) in [
+        ("generator", "source"),
+        ("file-source", "source"),
+        ("file-sink", "sink"),
+        ("json-map", "transform"),
+        ("csv-to-json", "transform"),
+        ("filter", "transform"),
+    ] {
+        let out = s.run(&["inspect", &plugin(name)]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert!(
+            stdout.contains(&format!("plugin   {name} 0.1.0")),
+            "{name}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("world    {world} ")),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn validate_accepts_the_quickstart() {
+    let out = crate::run_in(
+        &root().join("examples/quickstart"),
+        &["validate", "pipeline.toml"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("pipeline.toml: ok: 1 pipeline, 4 plugins"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("pipeline `orders`: orders → to-json → reshape → [jsonl]"),
+        "{stdout}"
+    );
+}
+
+/// `patchbay new transform my-thing`, build it as the generated README says, and validate a
+/// pipeline that uses it.
+#[test]
+fn a_new_transform_builds_and_validates() {
+    let s = Scratch::new();
+    let out = s.run(&["new", "transform", "my-thing"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("created my-thing/"), "{stdout}");
+    let crate_dir = s.path().join("my-thing");
+    let target = plugins_dir().join("../scaffold-target");
+    let build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_thing.wasm");
+    assert!(wasm.is_file());
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = 10 }}
+
+[plugins.mine]
+path = "{}"
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "-" }}
+grants = {{ stdout = true }}
+
+[[pipeline]]
+name = "mine"
+source = "gen"
+transforms = ["mine"]
+sinks = ["out"]
+"#,
+            wasm.display()
+        ),
+    );
+    let out = s.run(&["validate", "p.toml"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("ok: 1 pipeline, 3 plugins"), "{stdout}");
+    let out = s.run(&["run", "p.toml"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+}
+
+#[test]
+fn new_refuses_an_existing_directory() {
+    let s = Scratch::new();
+    s.mkdir("taken");
+    let out = s.run(&["new", "sink", "taken"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("error: `taken` already exists; choose another name or pass --dir"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,183 @@
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! - `build`: install the wasm32-wasip2 target if missing, build every plugin (release, wasm32-wasip2)
+//!   into `target/plugins/<name>.wasm`, and the `patchbay` binary (release).
+//! - `quickstart`: `build`, then run `examples/quickstart/pipeline.toml` and show the output.
+//! - `test`: `build`, then fmt check, clippy (host and guests), and the whole test suite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// First-party plugins (plugins/) and test-only plugins (tests/plugins/): package names.
+const PLUGINS: &[&str] = &[
+    "generator",
+    "file-source",
+    "file-sink",
+    "json-map",
+    "csv-to-json",
+    "filter",
+];
+const TEST_PLUGINS: &[&str] = &["test-trap", "test-bad-count"];
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build(),
+        Some("quickstart") => quickstart(),
+        Some("test") => test(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <build|quickstart|test>\n\n  build       build the runtime and every plugin\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy and the whole test suite"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn ensure_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output();
+    match installed {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip2") => Ok(()),
+        Ok(_) => run(Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .current_dir(root())),
+        Err(e) => Err(format!(
+            "rustup not found ({e}); install Rust with rustup, or add the wasm32-wasip2 target to your toolchain"
+        )),
+    }
+}
+
+fn build_plugins() -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for p in PLUGINS.iter().chain(TEST_PLUGINS) {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)?;
+    let out_dir = target_dir().join("plugins");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let built = target_dir().join("wasm32-wasip2").join("release");
+    for p in PLUGINS.iter().chain(TEST_PLUGINS) {
+        let from = built.join(format!("{}.wasm", p.replace('-', "_")));
+        let to = out_dir.join(format!("{p}.wasm"));
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+    }
+    eprintln!(
+        "xtask: {} plugins in {}",
+        PLUGINS.len() + TEST_PLUGINS.len(),
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    ensure_target()?;
+    build_plugins()?;
+    run(cargo().args(["build", "--release", "-p", "patchbay-runtime"]))
+}
+
+fn quickstart() -> Result<()> {
+    build()?;
+    let example = root().join("examples").join("quickstart");
+    let out = example.join("out");
+    let _ = std::fs::remove_file(out.join("orders.jsonl"));
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let patchbay = target_dir().join("release").join("patchbay");
+    run(Command::new(&patchbay)
+        .args(["run", "pipeline.toml"])
+        .current_dir(&example))?;
+    let input = std::fs::read_to_string(example.join("orders.csv"))
+        .map_err(|e| format!("cannot read the quickstart input: {e}"))?;
+    let output = std::fs::read_to_string(out.join("orders.jsonl"))
+        .map_err(|e| format!("cannot read the quickstart output: {e}"))?;
+    let rows = input.lines().filter(|l| !l.trim().is_empty()).count() - 1;
+    let lines = output.lines().count();
+    eprintln!("\nxtask: examples/quickstart/out/orders.jsonl (first lines):");
+    for line in output.lines().take(3) {
+        eprintln!("  {line}");
+    }
+    if rows != lines {
+        return Err(format!(
+            "quickstart: {rows} input rows but {lines} output records"
+        ));
+    }
+    eprintln!("xtask: quickstart ok: {rows} CSV rows in, {lines} JSON records out");
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    build()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let mut guests = cargo();
+    guests.args([
+        "clippy",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "-p",
+        "patchbay-sdk",
+    ]);
+    for p in PLUGINS.iter().chain(TEST_PLUGINS) {
+        guests.args(["-p", p]);
+    }
+    guests.args(["--", "-D", "warnings"]);
+    run(&mut guests)?;
+    // Default members: the runtime (with the integration tests in tests/it), the SDK, xtask.
+    let cache = target_dir().join("patchbay-cache");
+    run(cargo()
+        .args(["test", "--release"])
+        .env("PATCHBAY_CACHE_DIR", cache))
+}
