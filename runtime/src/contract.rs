@@ -24,7 +24,12 @@ pub mod transform {
         path: "../wit",
         world: "transform",
         exports: { default: async },
-        with: { "patchbay:connector": super::source::patchbay::connector },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
     });
 }
 
@@ -35,7 +40,12 @@ pub mod sink {
         path: "../wit",
         world: "sink",
         exports: { default: async },
-        with: { "patchbay:connector": super::source::patchbay::connector },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
     });
 }
 

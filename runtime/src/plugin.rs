@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -41,7 +41,7 @@ impl WasiView for HostState {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Read {
         /// File.
         path: PathBuf,
@@ -202,31 +202,34 @@ impl Runtime {
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
-            .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
             .map(|(name, _)| name.to_owned())
             .collect();
         let imports: Vec<String> = ty
             .imports(&self.engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        let has = |name: &str| exports.iter().any(|e| e == name);
-        let role = if has("poll") && has("ack") {
+        let exports_api = |api: &str| {
+            exports
+                .iter()
+                .any(|e| e == &format!("patchbay:connector/{api}@0.1.0"))
+        };
+        let role = if exports_api("source-api") {
             Role::Source
-        } else if has("process") {
+        } else if exports_api("transform-api") {
             Role::Transform
-        } else if has("write") {
+        } else if exports_api("sink-api") {
             Role::Sink
         } else {
             let found = if exports.is_empty() {
-                "it exports no functions".to_owned()
+                "it exports nothing".to_owned()
             } else {
                 format!("it exports {}", exports.join(", "))
             };
             return Err(LoadError::NoWorld {
                 path: path.to_owned(),
                 reason: format!(
-                    "{found}; a source exports metadata, init, poll and ack, a transform metadata, \
-                     init and process, a sink metadata, init and write"
+                    "{found}; a plugin exports patchbay:connector/plugin@0.1.0 and one of \
+                     source-api, transform-api or sink-api (see wit/worlds.wit)"
                 ),
             });
         };
@@ -475,12 +478,24 @@ impl Instance {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
         let result = match &self.bindings {
-            Some(Bindings::Source(b)) => b.call_metadata(&mut self.store).await,
-            Some(Bindings::Transform(b)) => b.call_metadata(&mut self.store).await,
-            Some(Bindings::Sink(b)) => b.call_metadata(&mut self.store).await,
+            Some(Bindings::Source(b)) => {
+                b.patchbay_connector_plugin()
+                    .call_describe(&mut self.store)
+                    .await
+            }
+            Some(Bindings::Transform(b)) => {
+                b.patchbay_connector_plugin()
+                    .call_describe(&mut self.store)
+                    .await
+            }
+            Some(Bindings::Sink(b)) => {
+                b.patchbay_connector_plugin()
+                    .call_describe(&mut self.store)
+                    .await
+            }
             None => return Err(self.wrong_role("metadata")),
         };
-        result.map_err(|e| self.trap("metadata", timeout, e))
+        result.map_err(|e| self.trap("describe", timeout, e))
     }
 
     /// `init(config)`.
@@ -488,9 +503,21 @@ impl Instance {
         let timeout = self.limits.init_timeout;
         self.arm(timeout);
         let result = match &self.bindings {
-            Some(Bindings::Source(b)) => b.call_init(&mut self.store, config).await,
-            Some(Bindings::Transform(b)) => b.call_init(&mut self.store, config).await,
-            Some(Bindings::Sink(b)) => b.call_init(&mut self.store, config).await,
+            Some(Bindings::Source(b)) => {
+                b.patchbay_connector_plugin()
+                    .call_init(&mut self.store, config)
+                    .await
+            }
+            Some(Bindings::Transform(b)) => {
+                b.patchbay_connector_plugin()
+                    .call_init(&mut self.store, config)
+                    .await
+            }
+            Some(Bindings::Sink(b)) => {
+                b.patchbay_connector_plugin()
+                    .call_init(&mut self.store, config)
+                    .await
+            }
             None => return Err(self.wrong_role("init")),
         };
         result.map_err(|e| self.trap("init", timeout, e))
@@ -503,7 +530,10 @@ impl Instance {
         let Some(Bindings::Source(b)) = &self.bindings else {
             return Err(self.wrong_role("poll"));
         };
-        let result = b.call_poll(&mut self.store, max).await;
+        let result = b
+            .patchbay_connector_source_api()
+            .call_poll(&mut self.store, max)
+            .await;
         result.map_err(|e| self.trap("poll", timeout, e))
     }
 
@@ -514,7 +544,10 @@ impl Instance {
         let Some(Bindings::Source(b)) = &self.bindings else {
             return Err(self.wrong_role("ack"));
         };
-        let result = b.call_ack(&mut self.store, checkpoint).await;
+        let result = b
+            .patchbay_connector_source_api()
+            .call_ack(&mut self.store, checkpoint)
+            .await;
         result.map_err(|e| self.trap("ack", timeout, e))
     }
 
@@ -525,7 +558,10 @@ impl Instance {
         let Some(Bindings::Transform(b)) = &self.bindings else {
             return Err(self.wrong_role("process"));
         };
-        let result = b.call_process(&mut self.store, batch).await;
+        let result = b
+            .patchbay_connector_transform_api()
+            .call_process(&mut self.store, batch)
+            .await;
         result.map_err(|e| self.trap("process", timeout, e))
     }
 
@@ -536,7 +572,10 @@ impl Instance {
         let Some(Bindings::Sink(b)) = &self.bindings else {
             return Err(self.wrong_role("write"));
         };
-        let result = b.call_write(&mut self.store, batch).await;
+        let result = b
+            .patchbay_connector_sink_api()
+            .call_write(&mut self.store, batch)
+            .await;
         result.map_err(|e| self.trap("write", timeout, e))
     }
 }

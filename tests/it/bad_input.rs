@@ -78,12 +78,13 @@ sinks = ["out"]
 "#
         ),
     );
+    let config = format!("{file}.toml");
     for args in [
-        vec!["validate", &format!("{file}.toml")],
-        vec!["run", &format!("{file}.toml")],
-        vec!["inspect", file],
+        ["validate", config.as_str()],
+        ["run", config.as_str()],
+        ["inspect", file],
     ] {
-        let out = s.run(&args.iter().map(|a| a.as_str()).collect::<Vec<_>>());
+        let out = s.run(&args);
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
         assert!(
