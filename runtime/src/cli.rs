@@ -377,6 +377,7 @@ pub fn capability(import: &str) -> &'static str {
         n if n.starts_with("patchbay:connector/logging") => "log",
         n if n.starts_with("patchbay:connector/metrics") => "metrics",
         n if n.starts_with("patchbay:connector/state") => "state",
+        n if n.starts_with("patchbay:connector/types") => "contract",
         n if n.starts_with("wasi:filesystem") => "filesystem",
         n if n.starts_with("wasi:sockets/ip-name-lookup") => "dns",
         n if n.starts_with("wasi:sockets") => "network",

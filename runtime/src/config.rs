@@ -413,11 +413,18 @@ impl Config {
                 .span()
                 .map(|s| locator.loc(s.start))
                 .unwrap_or_else(|| locator.loc(0));
-            ConfigError::one(format!("{loc}: {}", e.message().trim_end()))
+            let message = e.message().trim_end();
+            let hint = if message == "duplicate key" {
+                "; a table or key appears twice: each [plugins.NAME] and each key may be defined once"
+            } else {
+                ""
+            };
+            ConfigError::one(format!("{loc}: {message}{hint}"))
         })?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut problems = Vec::new();
 
+        let declared: BTreeSet<String> = raw.plugins.keys().map(|k| k.get_ref().clone()).collect();
         let mut plugins = BTreeMap::new();
         for (name, raw_plugin) in raw.plugins {
             let loc = locator.at(&name);
@@ -459,8 +466,8 @@ impl Config {
                     name: r.get_ref().clone(),
                     loc: locator.at(r),
                 };
-                if !plugins.contains_key(&plugin_ref.name) {
-                    let known = plugins.keys().cloned().collect::<Vec<_>>().join(", ");
+                if !declared.contains(&plugin_ref.name) {
+                    let known = declared.iter().cloned().collect::<Vec<_>>().join(", ");
                     problems.push(format!(
                             "{}: pipeline `{name}`: {} `{}` is not declared; declare [plugins.{}] or use one of: {}",
                             plugin_ref.loc,
@@ -596,7 +603,7 @@ fn check_plugin(
         problems.push(format!(
             "{path_loc}: plugin `{name}`: component file `{}` not found (resolved to `{}`); build the plugins with `cargo xtask build` or fix `path` (it is relative to the pipeline file)",
             raw.path.get_ref(),
-            path.display()
+            absolute(&path).display()
         ));
     }
     let sha256 = raw.sha256.and_then(|pin| {
@@ -629,7 +636,7 @@ fn check_plugin(
                 "{}: plugin `{name}`: granted directory `{}` does not exist (resolved to `{}`); create it or fix `host`",
                 locator.at(&dir.host),
                 dir.host.get_ref(),
-                host.display()
+                absolute(&host).display()
             ));
         }
         let guest = dir.guest.get_ref().clone();
@@ -688,6 +695,10 @@ fn check_plugin(
         },
         limits,
     })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn valid_name(name: &str) -> bool {

@@ -22,7 +22,12 @@ fn inspect_shows_world_metadata_config_keys_and_imports() {
         );
     }
     assert!(
-        stdout.contains("log          patchbay:connector/logging@0.1.0"),
+        stdout.contains("contract     patchbay:connector/types@0.1.0"),
+        "{stdout}"
+    );
+    // Rust std always imports the environment interface; inspect names the capability.
+    assert!(
+        stdout.contains("env          wasi:cli/environment@0.2."),
         "{stdout}"
     );
 }

@@ -228,7 +228,7 @@ sinks = ["out"]
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         stdout,
-        "{\"big\":true,\"customer\":\"ada\"}\n{\"big\":true,\"customer\":\"grace\"}\n"
+        "{\"customer\":\"ada\",\"big\":true}\n{\"customer\":\"grace\",\"big\":true}\n"
     );
     assert!(
         stderr.contains("pipeline `stdio`: 4 in, 2 dropped, 2 written to `out`"),
