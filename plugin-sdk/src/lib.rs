@@ -1,0 +1,89 @@
+//! Write Patchbay plugins in Rust.
+//!
+//! A complete transform that upper-cases UTF-8 payloads, with one optional config key:
+//!
+//! ```no_run
+//! use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
+//!
+//! struct Upper {
+//!     prefix: String,
+//! }
+//!
+//! impl Transform for Upper {
+//!     fn metadata() -> Metadata {
+//!         Metadata::new("upper", env!("CARGO_PKG_VERSION"), "Upper-cases UTF-8 payloads.")
+//!             .key(ConfigKey::optional("prefix", "Text put before every payload.", ""))
+//!     }
+//!
+//!     fn init(config: Config) -> Result<Self, Error> {
+//!         let prefix = config.get("prefix").unwrap_or_default().to_owned();
+//!         Ok(Upper { prefix })
+//!     }
+//!
+//!     fn process(&mut self, message: &Message) -> Outcome {
+//!         match message.payload_str() {
+//!             Ok(text) if text.chars().all(|c| !c.is_lowercase()) && self.prefix.is_empty() => {
+//!                 Outcome::Keep // nothing to change: nothing is copied back
+//!             }
+//!             Ok(text) => {
+//!                 let upper = format!("{}{}", self.prefix, text.to_uppercase());
+//!                 Outcome::Replace(vec![message.with_payload(upper)])
+//!             }
+//!             Err(e) => Outcome::Fail(e),
+//!         }
+//!     }
+//! }
+//!
+//! patchbay_sdk::export_transform!(Upper);
+//! # fn main() {}
+//! ```
+//!
+//! In the plugin's `Cargo.toml` set `crate-type = ["cdylib"]`; then
+//! `cargo build --release --target wasm32-wasip2` writes the component to
+//! `target/wasm32-wasip2/release/<crate_name>.wasm` (rustc emits a component directly for this
+//! target; no other tool is needed).
+//!
+//! # What is here
+//!
+//! - The three roles as traits: [`Source`], [`Transform`], [`Sink`], and the macros that export
+//!   a type implementing one of them as the component: [`export_source!`],
+//!   [`export_transform!`], [`export_sink!`]. The SDK keeps the instance `init` builds and
+//!   answers every data call made before a successful `init` with the fatal error
+//!   `plugin used before init`.
+//! - The contract's types ([`Message`], [`Outcome`], [`Error`], [`Metadata`]…), generated from
+//!   `wit/` (package `patchbay:connector@0.1.0`), with constructors such as
+//!   [`Error::fatal`] and [`Message::new`].
+//! - [`Config`]: typed access to the configuration `init` receives, with error messages that
+//!   name the key, the expected format and the value found.
+//! - The host's services as plain functions: [`log`], [`metrics`], [`state`].
+//! - [`json`] (feature `json`, on by default): dotted paths (`a.b.c`) into JSON objects.
+//!
+//! The rules a plugin follows (one outcome per input, errors vs traps, checkpoints…) are in
+//! `wit/README.md`.
+
+/// Raw wit-bindgen output, used by the export macros; prefer the re-exports at the root.
+#[doc(hidden)]
+pub mod bindings;
+mod config;
+#[doc(hidden)]
+pub mod export;
+#[cfg(feature = "json")]
+pub mod json;
+pub mod log;
+pub mod metrics;
+mod roles;
+pub mod state;
+mod types;
+
+pub use config::Config;
+pub use roles::{Sink, Source, Transform};
+pub use types::{
+    ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome, PollResult,
+    SourceBatch,
+};
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+// `WIT_TEXT` and the export macros, written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/wit.rs"));
