@@ -47,11 +47,8 @@ impl Config {
 
     /// The raw text of a key that must be present.
     pub fn required(&self, key: &str) -> Result<&str, Error> {
-        self.get(key).ok_or_else(|| {
-            Error::fatal(format!(
-                "config key `{key}` is required; set it in the plugin's `config` table"
-            ))
-        })
+        self.get(key)
+            .ok_or_else(|| Error::fatal(format!("config key `{key}` is required but missing")))
     }
 
     /// Parse a key with [`FromStr`] (integers, floats, booleans, chars…), ignoring surrounding

@@ -21,16 +21,16 @@
 //!     }
 //!
 //!     fn process(&mut self, message: &Message) -> Outcome {
-//!         match message.payload_str() {
-//!             Ok(text) if text.chars().all(|c| !c.is_lowercase()) && self.prefix.is_empty() => {
-//!                 Outcome::Keep // nothing to change: nothing is copied back
-//!             }
-//!             Ok(text) => {
-//!                 let upper = format!("{}{}", self.prefix, text.to_uppercase());
-//!                 Outcome::Replace(vec![message.with_payload(upper)])
-//!             }
-//!             Err(e) => Outcome::Fail(e),
+//!         let text = match message.payload_str() {
+//!             Ok(text) => text,
+//!             Err(e) => return Outcome::Fail(e), // invalid-data: "payload is not UTF-8 text: …"
+//!         };
+//!         let upper = format!("{}{}", self.prefix, text.to_uppercase());
+//!         if upper == text {
+//!             return Outcome::Keep; // unchanged: nothing is copied back to the host
 //!         }
+//!         // Same key, headers and timestamp; new payload.
+//!         Outcome::Replace(vec![message.with_payload(upper)])
 //!     }
 //! }
 //!

@@ -64,18 +64,18 @@ macro_rules! __log_error {
     ($($arg:tt)*) => { $crate::log::error(&::std::format!($($arg)*)) };
 }
 
-/// `log::debug!("...", args)`: [`debug`] with `format!` arguments.
+/// `log::debug!("...", args)`: [`debug()`] with `format!` arguments.
 #[doc(inline)]
 pub use crate::__log_debug as debug;
-/// `log::error!("...", args)`: [`error`] with `format!` arguments.
+/// `log::error!("...", args)`: [`error()`] with `format!` arguments.
 #[doc(inline)]
 pub use crate::__log_error as error;
-/// `log::info!("...", args)`: [`info`] with `format!` arguments.
+/// `log::info!("...", args)`: [`info()`] with `format!` arguments.
 #[doc(inline)]
 pub use crate::__log_info as info;
-/// `log::trace!("...", args)`: [`trace`] with `format!` arguments.
+/// `log::trace!("...", args)`: [`trace()`] with `format!` arguments.
 #[doc(inline)]
 pub use crate::__log_trace as trace;
-/// `log::warn!("...", args)`: [`warn`] with `format!` arguments.
+/// `log::warn!("...", args)`: [`warn()`] with `format!` arguments.
 #[doc(inline)]
 pub use crate::__log_warn as warn;

@@ -1,0 +1,142 @@
+//! `generator`: a source of synthetic, sequence-numbered messages, for demos, tests and
+//! benchmarks.
+//!
+//! ```toml
+//! [plugins.numbers]
+//! path = "target/plugins/generator.wasm"
+//! config = { count = 10000, size = 128, rate = 500 }
+//! ```
+//!
+//! - `format = "json"` (default): each payload is `{"seq":N,"data":"xxxx…"}`, padded with `x`
+//!   to `size` bytes (longer when `size` is too small for the sequence number).
+//! - `format = "raw"`: the sequence number in decimal, zero-padded to `size` digits.
+//!
+//! Sequence numbers run from `start`; the key of each message is its sequence number in
+//! decimal (unless `key = false`). The checkpoint of a batch is the sequence number of its last
+//! message (an empty batch repeats the previous checkpoint). After `count` messages the source
+//! ends; `count = 0` never ends. With `rate` set, message `k` is due `k / rate` seconds after
+//! `init`, and `poll` returns only what is due by the wall clock.
+
+use std::time::Instant;
+
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source};
+
+struct Generator {
+    /// Sequence number of the next message.
+    next: u64,
+    /// One past the last sequence number, `None` when unbounded.
+    end: Option<u64>,
+    size: usize,
+    json: bool,
+    key: bool,
+    rate: f64,
+    started: Instant,
+    produced: u64,
+    checkpoint: u64,
+}
+
+impl Source for Generator {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "generator",
+            env!("CARGO_PKG_VERSION"),
+            "Synthetic sequence-numbered messages (JSON or raw), for demos, tests and benchmarks.",
+        )
+        .key(ConfigKey::optional(
+            "count",
+            "Unsigned integer: how many messages to produce before end-of-stream; 0 means never end.",
+            "1000",
+        ))
+        .key(ConfigKey::optional(
+            "size",
+            "Unsigned integer: payload size in bytes (json: padded with `x` to about this size; raw: zero-padded digits).",
+            "64",
+        ))
+        .key(ConfigKey::optional(
+            "format",
+            "`json` ({\"seq\":N,\"data\":\"xxx…\"}) or `raw` (the zero-padded decimal sequence number).",
+            "json",
+        ))
+        .key(ConfigKey::optional(
+            "start",
+            "Unsigned integer: the first sequence number.",
+            "0",
+        ))
+        .key(ConfigKey::optional(
+            "key",
+            "Boolean: set each message's key to its sequence number in decimal.",
+            "true",
+        ))
+        .key(ConfigKey::optional(
+            "rate",
+            "Number: messages per second, paced by the wall clock; 0 means as fast as the pipeline takes them.",
+            "0",
+        ))
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let count: u64 = config.parse("count")?.unwrap_or(1000);
+        let start: u64 = config.parse("start")?.unwrap_or(0);
+        let rate: f64 = config.parse("rate")?.unwrap_or(0.0);
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(config.invalid("rate", "a number of messages per second, 0 or more"));
+        }
+        Ok(Generator {
+            next: start,
+            end: (count > 0).then(|| start.saturating_add(count)),
+            size: config.parse("size")?.unwrap_or(64),
+            json: config.choice("format", &["json", "raw"], "json")? == "json",
+            key: config.parse("key")?.unwrap_or(true),
+            rate,
+            started: Instant::now(),
+            produced: 0,
+            checkpoint: start.saturating_sub(1),
+        })
+    }
+
+    fn poll(&mut self, max: u32) -> Result<PollResult, Error> {
+        let mut n = u64::from(max);
+        if let Some(end) = self.end {
+            if self.next >= end {
+                return Ok(PollResult::EndOfStream);
+            }
+            n = n.min(end - self.next);
+        }
+        if self.rate > 0.0 {
+            // Message k (from 0) is due k / rate seconds after init.
+            let due = (self.started.elapsed().as_secs_f64() * self.rate) as u64 + 1;
+            n = n.min(due.saturating_sub(self.produced));
+        }
+        let messages: Vec<Message> = (self.next..self.next + n)
+            .map(|seq| self.message(seq))
+            .collect();
+        if let Some(last) = n.checked_sub(1) {
+            self.checkpoint = self.next + last;
+        }
+        self.next += n;
+        self.produced += n;
+        Ok(PollResult::batch(messages, self.checkpoint))
+    }
+}
+
+impl Generator {
+    fn message(&self, seq: u64) -> Message {
+        let payload = if self.json {
+            let mut text = format!("{{\"seq\":{seq},\"data\":\"");
+            let pad = self.size.saturating_sub(text.len() + 2);
+            text.extend(std::iter::repeat_n('x', pad));
+            text.push_str("\"}");
+            text
+        } else {
+            format!("{seq:0width$}", width = self.size)
+        };
+        let message = Message::new(payload);
+        if self.key {
+            message.with_key(seq.to_string())
+        } else {
+            message
+        }
+    }
+}
+
+patchbay_sdk::export_source!(Generator);
