@@ -191,11 +191,11 @@ impl logging::Host for HostImports {
     fn log(&mut self, level: logging::Level, message: String) {
         let plugin = &*self.label;
         match level {
-            logging::Level::Trace => tracing::trace!(plugin, "{message}"),
-            logging::Level::Debug => tracing::debug!(plugin, "{message}"),
-            logging::Level::Info => tracing::info!(plugin, "{message}"),
-            logging::Level::Warn => tracing::warn!(plugin, "{message}"),
-            logging::Level::Error => tracing::error!(plugin, "{message}"),
+            logging::Level::Trace => tracing::trace!("{plugin}: {message}"),
+            logging::Level::Debug => tracing::debug!("{plugin}: {message}"),
+            logging::Level::Info => tracing::info!("{plugin}: {message}"),
+            logging::Level::Warn => tracing::warn!("{plugin}: {message}"),
+            logging::Level::Error => tracing::error!("{plugin}: {message}"),
         }
     }
 }

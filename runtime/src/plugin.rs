@@ -438,15 +438,16 @@ impl Instance {
             Some(wasmtime::Trap::StackOverflow) => {
                 "call stack exhausted (runaway recursion?)".to_owned()
             }
-            _ => {
-                let text = format!("{e:#}");
+            Some(trap) => trap.to_string(),
+            None => {
+                let text = e.root_cause().to_string();
                 if text.contains("forcing trap when growing memory") {
                     format!(
                         "memory limit of {} reached (limits.memory)",
                         bytesize::ByteSize(self.limits.memory).display().iec()
                     )
                 } else {
-                    text.lines().next().unwrap_or("unknown trap").to_owned()
+                    text
                 }
             }
         };
@@ -455,8 +456,15 @@ impl Instance {
             Err(_) => Vec::new(),
         };
         if !tail.is_empty() {
-            reason.push_str("; the plugin's last stderr output: ");
-            reason.push_str(&tail.join(" | "));
+            let said: Vec<&str> = tail
+                .iter()
+                .map(|line| match line.strip_prefix("thread '") {
+                    Some(rest) => rest.split_once(") ").map_or(line.as_str(), |(_, r)| r),
+                    None => line.as_str(),
+                })
+                .collect();
+            reason.push_str("; its last words on stderr: ");
+            reason.push_str(&said.join(" "));
         }
         Trap {
             plugin: self.label.clone(),

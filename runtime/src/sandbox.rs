@@ -146,21 +146,26 @@ impl LogWriter {
     }
 
     fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line).trim_end().to_owned();
+        self.line.clear();
+        if text.trim().is_empty() || text.starts_with("note: run with `RUST_BACKTRACE") {
+            return;
+        }
         if let Some(tail) = &self.tail
             && let Ok(mut tail) = tail.lock()
         {
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
-            tail.push_back(String::from_utf8_lossy(&self.line).trim_end().to_owned());
+            tail.push_back(text.clone());
         }
         let now = Instant::now();
         if now.duration_since(self.window) >= Duration::from_secs(1) {
             if self.suppressed > 0 {
                 tracing::warn!(
-                    plugin = &*self.label,
-                    stream = self.stream,
-                    "{} lines of plugin output dropped by the rate limit",
+                    "{} ({}): {} lines dropped by the rate limit ({LOG_LINES_PER_SECOND}/s)",
+                    self.label,
+                    self.stream,
                     self.suppressed
                 );
             }
@@ -170,17 +175,10 @@ impl LogWriter {
         }
         if self.lines_in_window < LOG_LINES_PER_SECOND {
             self.lines_in_window += 1;
-            let text = String::from_utf8_lossy(&self.line);
-            tracing::info!(
-                plugin = &*self.label,
-                stream = self.stream,
-                "{}",
-                text.trim_end()
-            );
+            tracing::info!("{} ({}): {text}", self.label, self.stream);
         } else {
             self.suppressed += 1;
         }
-        self.line.clear();
     }
 }
 
