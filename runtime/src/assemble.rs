@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{Config, PluginDecl, PluginRef, Role};
+use crate::config::{Config, PipelineDecl, PluginDecl, PluginRef, Role};
 use crate::contract::{ConfigEntry, Metadata, PluginState};
+use crate::dead_letter::DeadLetters;
 use crate::plugin::{Instance, LoadedPlugin, Runtime};
-use crate::route::{PipelinePlan, StageInstance};
+use crate::route::{PipelinePlan, Replayed, Restart, Router, SourcePlan, StageInstance};
 
 /// Problems found while assembling, one line each, ready to print.
 #[derive(Debug, thiserror::Error)]
@@ -152,60 +153,148 @@ fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
 
 /// Create and `init` one instance per stage of every pipeline.
 pub async fn plan(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     config: &Config,
     loaded: &Loaded,
 ) -> Result<Vec<PipelinePlan>, AssembleError> {
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for pipeline in &config.pipelines {
-        let mut stage = async |r: &PluginRef, role: Role| -> Option<StageInstance> {
-            let (Some(decl), Some(component)) =
-                (config.plugins.get(&r.name), loaded.plugins.get(&r.name))
-            else {
-                problems.push(format!("{}: plugin `{}` is not loaded", r.loc, r.name));
-                return None;
-            };
-            match start_instance(runtime, &pipeline.name, decl, component).await {
-                Ok(instance) => Some(StageInstance {
-                    plugin: r.name.clone(),
-                    instance,
-                }),
-                Err(e) => {
-                    problems.push(format!(
-                        "pipeline `{}`: {role} `{}` could not start: {e}",
-                        pipeline.name, r.name
-                    ));
-                    None
-                }
-            }
-        };
-        let source = stage(&pipeline.source, Role::Source).await;
-        let mut transforms = Vec::new();
-        for t in &pipeline.transforms {
-            transforms.push(stage(t, Role::Transform).await);
-        }
-        let mut sinks = Vec::new();
-        for s in &pipeline.sinks {
-            sinks.push(stage(s, Role::Sink).await);
-        }
-        if let (Some(source), Some(transforms), Some(sinks)) = (
-            source,
-            transforms.into_iter().collect::<Option<Vec<_>>>(),
-            sinks.into_iter().collect::<Option<Vec<_>>>(),
-        ) {
-            plans.push(PipelinePlan {
-                name: pipeline.name.clone(),
-                source,
-                transforms,
-                sinks,
-                batch_size: pipeline.batch_size,
-                buffer: pipeline.buffer as usize,
-            });
+        if let Some(plan) = plan_one(runtime, config, loaded, pipeline, None, &mut problems).await {
+            plans.push(plan);
         }
     }
     AssembleError::check(problems)?;
     Ok(plans)
+}
+
+/// Plan one pipeline whose source is replaced by dead letters to put back.
+pub async fn plan_replay(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    loaded: &Loaded,
+    pipeline: &PipelineDecl,
+    entries: Vec<Replayed>,
+) -> Result<PipelinePlan, AssembleError> {
+    let mut problems = Vec::new();
+    let plan = plan_one(
+        runtime,
+        config,
+        loaded,
+        pipeline,
+        Some(entries),
+        &mut problems,
+    )
+    .await;
+    AssembleError::check(problems)?;
+    plan.ok_or_else(|| AssembleError {
+        problems: vec![format!("pipeline `{}` could not start", pipeline.name)],
+    })
+}
+
+async fn plan_one(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    loaded: &Loaded,
+    pipeline: &PipelineDecl,
+    replay: Option<Vec<Replayed>>,
+    problems: &mut Vec<String>,
+) -> Option<PipelinePlan> {
+    let mut stage = async |r: &PluginRef, role: Role| -> Option<StageInstance> {
+        let (Some(decl), Some(component)) =
+            (config.plugins.get(&r.name), loaded.plugins.get(&r.name))
+        else {
+            problems.push(format!("{}: plugin `{}` is not loaded", r.loc, r.name));
+            return None;
+        };
+        let version = loaded
+            .metadata
+            .get(&r.name)
+            .map(|m| m.version.clone())
+            .unwrap_or_default();
+        // One state store per plugin per pipeline, shared by every instance it will have.
+        let state = PluginState::default();
+        let restart = restarter(runtime, &pipeline.name, decl, component, &state);
+        match start_instance(runtime, &pipeline.name, decl, component, state).await {
+            Ok(instance) => Some(StageInstance {
+                plugin: r.name.clone(),
+                version,
+                instance,
+                restart,
+            }),
+            Err(e) => {
+                problems.push(format!(
+                    "pipeline `{}`: {role} `{}` could not start: {e}",
+                    pipeline.name, r.name
+                ));
+                None
+            }
+        }
+    };
+    let source = match replay {
+        Some(entries) => Some(SourcePlan::Replay(entries)),
+        None => stage(&pipeline.source, Role::Source)
+            .await
+            .map(|s| SourcePlan::Plugin(Box::new(s))),
+    };
+    let mut transforms = Vec::new();
+    for t in &pipeline.transforms {
+        transforms.push(stage(t, Role::Transform).await);
+    }
+    let mut sinks = Vec::new();
+    for s in &pipeline.sinks {
+        sinks.push(stage(s, Role::Sink).await);
+    }
+    let router = if pipeline.routes.is_empty() {
+        None
+    } else {
+        match Router::new(&pipeline.routes, pipeline.routing) {
+            Ok(router) => Some(Arc::new(router)),
+            Err(e) => {
+                problems.push(format!(
+                    "{}: pipeline `{}`: {e}",
+                    pipeline.loc, pipeline.name
+                ));
+                return None;
+            }
+        }
+    };
+    Some(PipelinePlan {
+        router,
+        name: pipeline.name.clone(),
+        source: source?,
+        transforms: transforms.into_iter().collect::<Option<Vec<_>>>()?,
+        sinks: sinks.into_iter().collect::<Option<Vec<_>>>()?,
+        batch_size: pipeline.batch_size,
+        buffer: pipeline.buffer as usize,
+        max_in_flight: pipeline.max_in_flight,
+        on_error: pipeline.on_error,
+        retry: pipeline.retry,
+        breaker: pipeline.breaker,
+        dead_letters: Arc::new(DeadLetters::new(pipeline.dead_letter.clone())),
+    })
+}
+
+fn restarter(
+    runtime: &Arc<Runtime>,
+    pipeline: &str,
+    decl: &PluginDecl,
+    component: &LoadedPlugin,
+    state: &PluginState,
+) -> Restart {
+    let runtime = runtime.clone();
+    let pipeline = pipeline.to_owned();
+    let decl = decl.clone();
+    let component = component.clone();
+    let state = state.clone();
+    Arc::new(move || {
+        let runtime = runtime.clone();
+        let pipeline = pipeline.clone();
+        let decl = decl.clone();
+        let component = component.clone();
+        let state = state.clone();
+        Box::pin(async move { start_instance(&runtime, &pipeline, &decl, &component, state).await })
+    })
 }
 
 async fn start_instance(
@@ -213,6 +302,7 @@ async fn start_instance(
     pipeline: &str,
     decl: &PluginDecl,
     component: &LoadedPlugin,
+    state: PluginState,
 ) -> anyhow::Result<Instance> {
     let label: Arc<str> = Arc::from(format!("{pipeline}/{}", decl.name));
     let mut instance = runtime
@@ -222,7 +312,7 @@ async fn start_instance(
             Arc::from(decl.name.as_str()),
             &decl.grants,
             &decl.limits,
-            PluginState::default(),
+            state,
         )
         .await?;
     let entries: Vec<ConfigEntry> = decl

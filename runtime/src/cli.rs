@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::assemble;
 use crate::config::{Config, Role, parse_duration};
 use crate::contract::PluginState;
+use crate::dead_letter;
 use crate::plugin::Runtime;
 use crate::route::{self, Control, Counters, Report};
 use crate::scaffold;
@@ -53,6 +54,11 @@ enum Command {
         /// The component file (.wasm).
         plugin: PathBuf,
     },
+    /// Work with a pipeline's dead-letter channel.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Create a new plugin crate that builds as is.
     New {
         /// What the plugin is.
@@ -65,6 +71,22 @@ enum Command {
         /// Path of the patchbay-sdk crate (default: the one this binary was built from).
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Put dead letters back through their pipeline, each at the stage that failed it. Entries
+    /// that fail again land in the dead-letter channel again; nothing is dropped.
+    Replay {
+        /// The pipeline file (TOML).
+        pipeline_file: PathBuf,
+        /// The pipeline whose dead letters to replay.
+        #[arg(long = "pipeline")]
+        name: String,
+        /// Read entries from this file instead of the pipeline's dead-letter file.
+        #[arg(long)]
+        from: Option<PathBuf>,
     },
 }
 
@@ -143,9 +165,17 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
     } else {
         Runtime::default_cache_dir()
     };
-    let runtime = Runtime::new(cache)?;
+    let runtime = Arc::new(Runtime::new(cache)?);
     match command {
         Command::Run { pipeline, progress } => run(&runtime, &pipeline, progress).await,
+        Command::Dlq {
+            action:
+                DlqAction::Replay {
+                    pipeline_file,
+                    name,
+                    from,
+                },
+        } => replay(&runtime, &pipeline_file, &name, from.as_deref()).await,
         Command::Validate { pipeline } => validate(&runtime, &pipeline).await,
         Command::Inspect { plugin } => inspect(&runtime, &plugin).await,
         Command::New { .. } => Ok(ExitCode::FAILURE),
@@ -181,7 +211,7 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-async fn run(runtime: &Runtime, path: &Path, progress: Duration) -> anyhow::Result<ExitCode> {
+async fn run(runtime: &Arc<Runtime>, path: &Path, progress: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let loaded = assemble::load(runtime, &config).await?;
     let plans = assemble::plan(runtime, &config, &loaded).await?;
@@ -268,6 +298,114 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<Report>>) -> Vec<Repo
     reports
 }
 
+async fn replay(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    name: &str,
+    from: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let Some(pipeline) = config.pipelines.iter().find(|p| p.name == name) else {
+        let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!(
+            "{}: no pipeline named `{name}`; it has: {}",
+            path.display(),
+            names.join(", ")
+        );
+    };
+    let file = from.map_or_else(|| pipeline.dead_letter.clone(), Path::to_path_buf);
+    if !file.exists() && from.is_none() {
+        println!(
+            "pipeline `{name}`: no dead letters ({} does not exist)",
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries = dead_letter::read(&file).map_err(anyhow::Error::msg)?;
+    let mut replayed = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let line = i + 1;
+        let where_ = format!("{}: entry {line}", file.display());
+        if entry.pipeline != name {
+            anyhow::bail!(
+                "{where_} belongs to pipeline `{}`, not `{name}`; replay it with --pipeline {}",
+                entry.pipeline,
+                entry.pipeline
+            );
+        }
+        let expected = match entry.stage.as_str() {
+            "transform" => pipeline.transforms.get(entry.stage_index.wrapping_sub(1)),
+            "sink" => pipeline.sinks.get(entry.stage_index.wrapping_sub(1)),
+            other => anyhow::bail!("{where_}: unknown stage `{other}`"),
+        };
+        match expected {
+            Some(r) if r.name == entry.plugin => {}
+            _ => anyhow::bail!(
+                "{where_} failed at {} #{} (`{}`), which pipeline `{name}` no longer has at that \
+                 place; restore the pipeline as it was, or edit the entry's stage_index",
+                entry.stage,
+                entry.stage_index,
+                entry.plugin
+            ),
+        }
+        let message = entry
+            .message
+            .to_message()
+            .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
+        replayed.push(route::Replayed { entry, message });
+    }
+    if replayed.is_empty() {
+        println!("pipeline `{name}`: no dead letters in {}", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let count = replayed.len();
+    // New failures must not land in the file being read: set it aside first.
+    let aside = if file == pipeline.dead_letter {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let aside = file.with_extension(format!("jsonl.replaying-{millis}"));
+        std::fs::rename(&file, &aside)
+            .map_err(|e| anyhow::anyhow!("cannot move {} aside for replay: {e}", file.display()))?;
+        Some(aside)
+    } else {
+        None
+    };
+    let loaded = assemble::load(runtime, &config).await?;
+    let plan = assemble::plan_replay(runtime, &config, &loaded, pipeline, replayed).await?;
+    let (_drain_tx, drain) = watch::channel(false);
+    let (_abort_tx, abort) = watch::channel(false);
+    let counters = plan.counters();
+    let report = route::run(plan, Control { drain, abort }, counters).await;
+    print_summary(&report);
+    if let Some(failure) = &report.failure {
+        if let Some(aside) = &aside {
+            eprintln!(
+                "error: replay stopped; the entries being replayed are kept in {}",
+                aside.display()
+            );
+        }
+        eprintln!("error: {failure}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(aside) = aside {
+        std::fs::remove_file(&aside)
+            .map_err(|e| anyhow::anyhow!("replayed, but cannot remove {}: {e}", aside.display()))?;
+    }
+    let again = report.counters.dead_lettered.load(Ordering::Relaxed);
+    println!(
+        "replayed {count} dead letters of pipeline `{name}`: {} delivered, {again} dead-lettered again{}",
+        count as u64 - again,
+        if again > 0 {
+            format!(" (in {})", pipeline.dead_letter.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_summary(report: &Report) {
     let c = &report.counters;
     let polled = c.polled.load(Ordering::Relaxed);
@@ -278,8 +416,14 @@ fn print_summary(report: &Report) {
         .zip(&c.written)
         .map(|(name, n)| format!("{} written to `{name}`", n.load(Ordering::Relaxed)))
         .collect();
+    let dead = c.dead_lettered.load(Ordering::Relaxed);
+    let dead = if dead > 0 {
+        format!(", {dead} dead-lettered")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "pipeline `{}`: {} in, {} dropped, {}; {:.2}s, {:.0} msg/s",
+        "pipeline `{}`: {} in, {} dropped, {}{dead}; {:.2}s, {:.0} msg/s",
         report.name,
         polled,
         c.dropped.load(Ordering::Relaxed),

@@ -38,6 +38,8 @@ pub const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default deadline of `init` (connectors may dial a broker there).
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default in-flight byte budget of a pipeline.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 /// Largest accepted `batch_size`.
 pub const MAX_BATCH_SIZE: u32 = 65_536;
 
@@ -150,6 +152,155 @@ struct RawPipeline {
     /// Batches buffered between two stages (default 4). A full buffer pauses the source.
     #[serde(default)]
     buffer: Option<Spanned<u32>>,
+    /// Most payload bytes polled and not yet delivered, e.g. "64MiB" (the default). When the
+    /// budget is spent the source is not polled until earlier batches are settled.
+    #[serde(default)]
+    max_in_flight: Option<Size>,
+    /// What happens to a record a plugin refuses, after retries: `stop` the pipeline (default)
+    /// or send it to the `dead-letter` channel and go on.
+    #[serde(default)]
+    on_error: OnError,
+    /// Retries of `retryable` errors and of traps, per stage.
+    #[serde(default)]
+    retry: RawRetry,
+    /// The dead-letter channel (used with `on_error = "dead-letter"`).
+    #[serde(default)]
+    dead_letter: Option<RawDeadLetter>,
+    /// Circuit breaker of each stage against a plugin that keeps trapping.
+    #[serde(default)]
+    breaker: RawBreaker,
+    /// How routes choose sinks: `all` matching routes (recipient list, the default) or only the
+    /// `first` one that matches.
+    #[serde(default)]
+    routing: RoutingMode,
+    /// Content-based routes, tried in order (`[[pipeline.route]]`). Without routes every
+    /// message goes to every sink.
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+/// One content-based route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    /// CEL condition over `json`, `payload`, `key` and `headers`; absent means always.
+    #[serde(default)]
+    when: Option<Spanned<String>>,
+    /// Sinks that get matching messages; an empty list drops them (a filter).
+    to: Spanned<Vec<Spanned<String>>>,
+}
+
+/// How routes choose destinations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Every route that matches (recipient list, fan-out).
+    #[default]
+    All,
+    /// The first route that matches (content-based router).
+    First,
+}
+
+/// A checked route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteDecl {
+    /// CEL condition; `None` always matches.
+    pub when: Option<String>,
+    /// Positions in the pipeline's `sinks`.
+    pub to: Vec<usize>,
+}
+
+/// Retry policy of a pipeline's stages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    /// Most attempts per record, the first one included (default 10; 1 = no retry).
+    #[serde(default)]
+    attempts: Option<Spanned<u32>>,
+    /// Wait before the first retry (default "50ms"); it doubles per attempt, with jitter.
+    #[serde(default)]
+    backoff: Option<HumanDuration>,
+    /// Longest wait between two attempts (default "5s").
+    #[serde(default)]
+    max_backoff: Option<HumanDuration>,
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    /// Traps within `window` that open the breaker (default 5).
+    #[serde(default)]
+    traps: Option<Spanned<u32>>,
+    /// The window traps are counted in (default "10s").
+    #[serde(default)]
+    window: Option<HumanDuration>,
+    /// How long the breaker stays open before one trial batch is let through (default "30s").
+    #[serde(default)]
+    cooldown: Option<HumanDuration>,
+}
+
+/// A checked circuit breaker: while open, a stage's batches skip the plugin and are settled by
+/// `on_error` (dead-lettered, or the pipeline stops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Traps that open it.
+    pub traps: u32,
+    /// Counting window.
+    pub window: Duration,
+    /// Open time before a trial.
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            traps: 5,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where dead letters go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeadLetter {
+    /// JSON Lines file, relative to the pipeline file (default `dead-letter/PIPELINE.jsonl`).
+    path: Spanned<String>,
+}
+
+/// What to do with a record that failed for good.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Stop the pipeline with an error naming the plugin, stage and cause (nothing is acked
+    /// past the failed record).
+    #[default]
+    Stop,
+    /// Store the record with its context in the dead-letter channel, then go on.
+    DeadLetter,
+}
+
+/// A checked retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Most attempts, first included.
+    pub attempts: u32,
+    /// First back-off.
+    pub backoff: Duration,
+    /// Back-off cap.
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 10,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,6 +472,20 @@ pub struct PipelineDecl {
     pub batch_size: u32,
     /// Batches buffered between stages.
     pub buffer: u32,
+    /// In-flight byte budget.
+    pub max_in_flight: u64,
+    /// Policy for records that failed for good.
+    pub on_error: OnError,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Circuit breaker.
+    pub breaker: Breaker,
+    /// Dead-letter file (JSON Lines).
+    pub dead_letter: PathBuf,
+    /// Routing mode.
+    pub routing: RoutingMode,
+    /// Routes; empty means every sink gets every message.
+    pub routes: Vec<RouteDecl>,
 }
 
 /// A reference to a declared plugin, with where it was written.
@@ -528,14 +693,117 @@ impl Config {
                 Some(b) => b.into_inner(),
                 None => DEFAULT_BUFFER,
             };
+            let defaults = Retry::default();
+            let attempts = match raw_pipeline.retry.attempts {
+                Some(a) if *a.get_ref() == 0 => {
+                    problems.push(format!(
+                        "{}: retry.attempts must be at least 1 (1 means no retry)",
+                        locator.at(&a)
+                    ));
+                    1
+                }
+                Some(a) => a.into_inner(),
+                None => defaults.attempts,
+            };
+            let retry = Retry {
+                attempts,
+                backoff: raw_pipeline.retry.backoff.map_or(defaults.backoff, |d| d.0),
+                max_backoff: raw_pipeline
+                    .retry
+                    .max_backoff
+                    .map_or(defaults.max_backoff, |d| d.0),
+            };
+            let breaker_defaults = Breaker::default();
+            let breaker = Breaker {
+                traps: match raw_pipeline.breaker.traps {
+                    Some(t) if *t.get_ref() == 0 => {
+                        problems.push(format!(
+                            "{}: breaker.traps must be at least 1",
+                            locator.at(&t)
+                        ));
+                        1
+                    }
+                    Some(t) => t.into_inner(),
+                    None => breaker_defaults.traps,
+                },
+                window: raw_pipeline
+                    .breaker
+                    .window
+                    .map_or(breaker_defaults.window, |d| d.0),
+                cooldown: raw_pipeline
+                    .breaker
+                    .cooldown
+                    .map_or(breaker_defaults.cooldown, |d| d.0),
+            };
+            let dead_letter = match &raw_pipeline.dead_letter {
+                Some(d) => base.join(d.path.get_ref()),
+                None => base.join("dead-letter").join(format!("{name}.jsonl")),
+            };
+            if raw_pipeline.dead_letter.is_some() && raw_pipeline.on_error == OnError::Stop {
+                problems.push(format!(
+                    "{loc}: pipeline `{name}` configures dead_letter but on_error is \"stop\"; set on_error = \"dead-letter\" to use it"
+                ));
+            }
+            let mut routes = Vec::new();
+            for raw_route in &raw_pipeline.route {
+                let mut to = Vec::new();
+                for target in raw_route.to.get_ref() {
+                    match sinks.iter().position(|s| &s.name == target.get_ref()) {
+                        Some(i) => to.push(i),
+                        None => problems.push(format!(
+                            "{}: pipeline `{name}`: route target `{}` is not one of its sinks ({}); add it to `sinks` or fix the name",
+                            locator.at(target),
+                            target.get_ref(),
+                            sinks.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                        )),
+                    }
+                }
+                let when = raw_route.when.as_ref().map(|w| {
+                    if let Err(e) = cel::Program::compile(w.get_ref()) {
+                        let first = e.to_string();
+                        let first = first
+                            .lines()
+                            .next()
+                            .unwrap_or("syntax error")
+                            .trim()
+                            .to_owned();
+                        problems.push(format!(
+                            "{}: pipeline `{name}`: route condition `{}` is not valid CEL: {first}",
+                            locator.at(w),
+                            w.get_ref()
+                        ));
+                    }
+                    w.get_ref().clone()
+                });
+                routes.push(RouteDecl { when, to });
+            }
+            if !raw_pipeline.route.is_empty() {
+                for (i, sink) in sinks.iter().enumerate() {
+                    if !routes.iter().any(|r| r.to.contains(&i)) {
+                        problems.push(format!(
+                            "{}: pipeline `{name}`: sink `{}` is the target of no route, so it would never get a message; route to it or remove it from `sinks`",
+                            sink.loc, sink.name
+                        ));
+                    }
+                }
+            }
             pipelines.push(PipelineDecl {
                 name,
                 loc,
                 source,
                 transforms,
                 sinks,
+                routing: raw_pipeline.routing,
+                routes,
                 batch_size,
                 buffer,
+                max_in_flight: raw_pipeline
+                    .max_in_flight
+                    .map_or(DEFAULT_MAX_IN_FLIGHT, |s| s.0),
+                on_error: raw_pipeline.on_error,
+                retry,
+                breaker,
+                dead_letter,
             });
         }
 

@@ -14,6 +14,7 @@ pub mod source {
         path: "../wit",
         world: "source",
         exports: { default: async },
+        additional_derives: [PartialEq],
     });
 }
 

@@ -6,7 +6,7 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! use patchbay_runtime::{assemble, config::Config, plugin::Runtime, route};
 //! let config = Config::load("examples/quickstart/pipeline.toml".as_ref())?;
-//! let runtime = Runtime::new(Runtime::default_cache_dir())?;
+//! let runtime = std::sync::Arc::new(Runtime::new(Runtime::default_cache_dir())?);
 //! let loaded = assemble::load(&runtime, &config).await?;
 //! for plan in assemble::plan(&runtime, &config, &loaded).await? {
 //!     let (_drain_tx, drain) = tokio::sync::watch::channel(false);
@@ -23,6 +23,7 @@ pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod dead_letter;
 pub mod plugin;
 pub mod route;
 pub mod sandbox;

@@ -6,6 +6,7 @@
 mod bad_input;
 mod cli;
 mod pipelines;
+mod routing;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -116,4 +117,26 @@ impl Scratch {
     pub fn run(&self, args: &[&str]) -> Output {
         run_in(self.path(), args)
     }
+}
+
+/// Sequence numbers of a JSON Lines file of generator messages, with how often each occurs.
+pub fn seq_counts(jsonl: &str) -> std::collections::BTreeMap<u64, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in jsonl.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts.entry(v["seq"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    counts
+}
+
+pub fn dead_letter_seqs(jsonl: &str) -> Vec<u64> {
+    jsonl
+        .lines()
+        .map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            let payload: serde_json::Value =
+                serde_json::from_str(entry["message"]["payload"].as_str().unwrap()).unwrap();
+            payload["seq"].as_u64().unwrap()
+        })
+        .collect()
 }

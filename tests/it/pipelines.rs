@@ -260,7 +260,8 @@ name = "traps"
 source = "gen"
 transforms = ["boom"]
 sinks = ["out"]
-batch_size = 5
+batch_size = 20
+retry = { attempts = 2, backoff = "1ms" }
 "#,
     );
     let out = s.run(&["run", "p.toml"]);
@@ -271,12 +272,13 @@ batch_size = 5
         "{stderr}"
     );
     assert!(stderr.contains("test-trap: deliberate panic"), "{stderr}");
+    assert!(stderr.contains("(after 2 attempts)"), "{stderr}");
     assert!(
         !stderr.contains("panicked at runtime"),
         "host panic: {stderr}"
     );
-    // The two batches before the trap were delivered; nothing after it.
-    assert_eq!(seqs(&stdout), (0..10).collect::<Vec<_>>());
+    // Every fresh instance traps again on the first batch: nothing is delivered, nothing acked.
+    assert_eq!(stdout, "");
 }
 
 #[test]

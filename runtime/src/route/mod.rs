@@ -10,18 +10,31 @@
 //! through every stage, so a checkpoint is acknowledged only after every sink accepted every
 //! record up to it.
 
+// A failure ends its pipeline: the error path is cold, and carrying the whole context by value
+// keeps the code plain.
+#![allow(clippy::result_large_err)]
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::Role;
-use crate::contract::{ErrorKind, Message, Outcome, PollResult, WitError};
+use crate::config::{Breaker, OnError, Retry, Role};
+use crate::contract::{ErrorKind, Message, PollResult, WitError};
+use crate::dead_letter::{DeadLetters, Entry};
 use crate::plugin::{Instance, Trap};
+
+mod router;
+mod stage;
+
+pub use router::Router;
+
+use stage::{Policy, Stage, run_sink, run_transform};
+pub use stage::{Restart, backoff};
 
 /// How long a source that returned an empty batch rests before it is polled again.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
@@ -33,8 +46,28 @@ const MAX_POLL_BACKOFF: Duration = Duration::from_secs(5);
 pub struct StageInstance {
     /// Name under `[plugins]`.
     pub plugin: String,
+    /// The plugin's own version (from its metadata).
+    pub version: String,
     /// The instance.
     pub instance: Instance,
+    /// Creates a fresh instance after a trap.
+    pub restart: Restart,
+}
+
+/// Where a pipeline's messages come from.
+pub enum SourcePlan {
+    /// Its source plugin.
+    Plugin(Box<StageInstance>),
+    /// Dead letters put back through the pipeline, each entering at the stage that failed it.
+    Replay(Vec<Replayed>),
+}
+
+/// A dead letter to put back, with its message decoded.
+pub struct Replayed {
+    /// The entry as stored.
+    pub entry: Entry,
+    /// Its message.
+    pub message: Message,
 }
 
 /// A pipeline ready to run.
@@ -42,7 +75,7 @@ pub struct PipelinePlan {
     /// Pipeline name.
     pub name: String,
     /// Source.
-    pub source: StageInstance,
+    pub source: SourcePlan,
     /// Transforms in order.
     pub transforms: Vec<StageInstance>,
     /// Sinks.
@@ -51,6 +84,18 @@ pub struct PipelinePlan {
     pub batch_size: u32,
     /// Batches buffered between stages.
     pub buffer: usize,
+    /// What happens to records that failed for good.
+    pub on_error: OnError,
+    /// Retry policy of every stage.
+    pub retry: Retry,
+    /// Circuit breaker settings of every stage.
+    pub breaker: Breaker,
+    /// The dead-letter channel.
+    pub dead_letters: Arc<DeadLetters>,
+    /// Content-based routes; `None` sends every message to every sink.
+    pub router: Option<Arc<Router>>,
+    /// Most payload bytes polled and not yet settled; a full budget pauses the source.
+    pub max_in_flight: u64,
 }
 
 /// Live counters of a pipeline, readable while it runs.
@@ -66,6 +111,12 @@ pub struct Counters {
     pub written: Vec<AtomicU64>,
     /// Checkpoints acknowledged to the source.
     pub acked_batches: AtomicU64,
+    /// Records stored in the dead-letter channel.
+    pub dead_lettered: AtomicU64,
+    /// Retry rounds (a batch's failed records sent again).
+    pub retries: AtomicU64,
+    /// Instances replaced after a trap.
+    pub restarts: AtomicU64,
 }
 
 /// Where a failure happened.
@@ -104,6 +155,8 @@ pub enum Cause {
     },
     /// The plugin broke a MUST rule of the contract.
     Contract(String),
+    /// The stage's circuit breaker is open after repeated traps.
+    CircuitOpen(String),
 }
 
 /// A pipeline that stopped because of a failure.
@@ -134,6 +187,7 @@ impl fmt::Display for PipelineFailure {
                 write!(f, " with {}", crate::contract::describe(error))
             }
             Cause::Contract(text) => write!(f, "broke the plugin contract: {text}"),
+            Cause::CircuitOpen(text) => write!(f, "is shut off: {text}"),
         }
     }
 }
@@ -156,11 +210,27 @@ pub struct Report {
 struct Batch {
     seq: u64,
     records: Vec<Message>,
+    enter: Enter,
+}
+
+/// Where a batch joins the pipeline: at the start, or (replayed dead letters) at the stage that
+/// failed it. Stages before that point pass it on untouched; other sinks skip it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enter {
+    Source,
+    /// 0-based transform position.
+    Transform(usize),
+    /// 0-based sink position.
+    Sink(usize),
 }
 
 enum Downstream {
     Stage(mpsc::Sender<Batch>),
-    Sinks(Vec<mpsc::Sender<Arc<Batch>>>),
+    Sinks {
+        txs: Vec<mpsc::Sender<Arc<Batch>>>,
+        router: Option<Arc<Router>>,
+        counters: Arc<Counters>,
+    },
 }
 
 impl Downstream {
@@ -168,7 +238,26 @@ impl Downstream {
     async fn send(&self, batch: Batch) -> bool {
         match self {
             Downstream::Stage(tx) => tx.send(batch).await.is_ok(),
-            Downstream::Sinks(txs) => {
+            Downstream::Sinks {
+                txs,
+                router: Some(router),
+                counters,
+            } if !matches!(batch.enter, Enter::Sink(_)) => {
+                let (per_sink, unrouted) = route_batch(router, batch.records, txs.len());
+                counters.dropped.fetch_add(unrouted, Ordering::Relaxed);
+                for (tx, records) in txs.iter().zip(per_sink) {
+                    let part = Arc::new(Batch {
+                        seq: batch.seq,
+                        records,
+                        enter: batch.enter,
+                    });
+                    if tx.send(part).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            Downstream::Sinks { txs, .. } => {
                 let batch = Arc::new(batch);
                 for tx in txs {
                     if tx.send(batch.clone()).await.is_err() {
@@ -179,6 +268,32 @@ impl Downstream {
             }
         }
     }
+}
+
+/// Split a batch by destination; also returns how many messages matched no route.
+fn route_batch(router: &Router, records: Vec<Message>, sinks: usize) -> (Vec<Vec<Message>>, u64) {
+    let root = cel::Context::default();
+    let mut per_sink: Vec<Vec<Message>> = (0..sinks).map(|_| Vec::new()).collect();
+    let mut flags = vec![false; sinks];
+    let mut unrouted = 0;
+    for message in records {
+        router.destinations(&root, &message, &mut flags);
+        let targets: Vec<usize> = flags
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &f)| f.then_some(i))
+            .collect();
+        match targets.split_last() {
+            None => unrouted += 1,
+            Some((&last, rest)) => {
+                for &i in rest {
+                    per_sink[i].push(message.clone());
+                }
+                per_sink[last].push(message);
+            }
+        }
+    }
+    (per_sink, unrouted)
 }
 
 /// Signals from the supervisor to the pipeline's tasks.
@@ -212,62 +327,89 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
 
     let mut tasks: JoinSet<Result<(), PipelineFailure>> = JoinSet::new();
 
+    let policy = Policy {
+        pipeline: name.clone(),
+        on_error: plan.on_error,
+        retry: plan.retry,
+        breaker: plan.breaker,
+        dead_letters: plan.dead_letters.clone(),
+        counters: counters.clone(),
+    };
+    let stage = |si: StageInstance, role: Role, index: usize| Stage {
+        stage: StageRef {
+            plugin: si.plugin,
+            role,
+            index,
+        },
+        version: si.version,
+        instance: si.instance,
+        restart: si.restart,
+        policy: policy.clone(),
+        circuit: stage::Circuit::default(),
+    };
+
     // Sinks first, so every channel has its receiver.
     let mut sink_txs = Vec::new();
     for (i, sink) in plan.sinks.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Arc<Batch>>(plan.buffer);
         sink_txs.push(tx);
-        let stage = StageRef {
-            plugin: sink.plugin.clone(),
-            role: Role::Sink,
-            index: i + 1,
-        };
         tasks.spawn(run_sink(
-            name.clone(),
-            stage,
-            sink.instance,
+            stage(sink, Role::Sink, i + 1),
+            i,
             rx,
             done_tx.clone(),
-            counters.clone(),
-            i,
         ));
     }
     drop(done_tx);
-    let mut downstream = Downstream::Sinks(sink_txs);
+    let mut downstream = Downstream::Sinks {
+        txs: sink_txs,
+        router: plan.router.clone(),
+        counters: counters.clone(),
+    };
     for (i, transform) in plan.transforms.into_iter().enumerate().rev() {
         let (tx, rx) = mpsc::channel::<Batch>(plan.buffer);
-        let stage = StageRef {
-            plugin: transform.plugin.clone(),
-            role: Role::Transform,
-            index: i + 1,
-        };
         tasks.spawn(run_transform(
-            name.clone(),
-            stage,
-            transform.instance,
+            stage(transform, Role::Transform, i + 1),
+            i,
             rx,
             downstream,
-            counters.clone(),
         ));
         downstream = Downstream::Stage(tx);
     }
-    let source_stage = StageRef {
-        plugin: plan.source.plugin.clone(),
-        role: Role::Source,
-        index: 1,
-    };
-    tasks.spawn(run_source(SourceTask {
-        pipeline: name.clone(),
-        stage: source_stage,
-        instance: plan.source.instance,
-        batch_size: plan.batch_size,
-        downstream,
-        done: done_rx,
-        sinks: sink_count,
-        counters: counters.clone(),
-        drain: control.drain.clone(),
-        abort: abort_rx,
-    }));
+    let budget_units =
+        u32::try_from((plan.max_in_flight as usize / BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+    match plan.source {
+        SourcePlan::Plugin(source) => {
+            let source_stage = StageRef {
+                plugin: source.plugin.clone(),
+                role: Role::Source,
+                index: 1,
+            };
+            tasks.spawn(run_source(SourceTask {
+                pipeline: name.clone(),
+                stage: source_stage,
+                instance: source.instance,
+                batch_size: plan.batch_size,
+                downstream,
+                done: done_rx,
+                sinks: sink_count,
+                counters: counters.clone(),
+                drain: control.drain.clone(),
+                abort: abort_rx,
+                budget: Arc::new(Semaphore::new(budget_units as usize)),
+                budget_units,
+            }));
+        }
+        SourcePlan::Replay(entries) => {
+            tasks.spawn(run_replay(
+                entries,
+                plan.batch_size as usize,
+                downstream,
+                done_rx,
+                counters.clone(),
+            ));
+        }
+    }
 
     let mut failure = None;
     loop {
@@ -320,33 +462,58 @@ struct SourceTask {
     counters: Arc<Counters>,
     drain: watch::Receiver<bool>,
     abort: watch::Receiver<bool>,
+    /// In-flight byte budget, in units of [`BUDGET_UNIT`] bytes.
+    budget: Arc<Semaphore>,
+    budget_units: u32,
 }
+
+/// Granularity of the in-flight byte budget.
+const BUDGET_UNIT: usize = 1024;
 
 /// Batches sent and not yet accepted by every sink, oldest first.
 struct AckTracker {
-    /// (seq, checkpoint, sinks still to finish)
-    pending: VecDeque<(u64, u64, usize)>,
+    pending: VecDeque<InFlight>,
     first_seq: u64,
 }
 
+/// A batch sent on and not yet settled by every sink.
+struct InFlight {
+    checkpoint: u64,
+    /// Sinks still to finish it.
+    remaining: usize,
+    /// Its share of the pipeline's in-flight byte budget, returned when it is settled.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
 impl AckTracker {
-    fn push(&mut self, seq: u64, checkpoint: u64, sinks: usize) {
+    fn push(
+        &mut self,
+        seq: u64,
+        checkpoint: u64,
+        sinks: usize,
+        budget: Option<OwnedSemaphorePermit>,
+    ) {
         if self.pending.is_empty() {
             self.first_seq = seq;
         }
-        self.pending.push_back((seq, checkpoint, sinks));
+        self.pending.push_back(InFlight {
+            checkpoint,
+            remaining: sinks,
+            _budget: budget,
+        });
     }
 
     /// A sink finished batch `seq`. Returns the newest checkpoint that is now fully delivered.
     fn done(&mut self, seq: u64) -> Option<u64> {
         let index = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
         if let Some(entry) = self.pending.get_mut(index) {
-            entry.2 = entry.2.saturating_sub(1);
+            entry.remaining = entry.remaining.saturating_sub(1);
         }
         let mut newest = None;
-        while let Some(&(_, checkpoint, 0)) = self.pending.front() {
-            newest = Some(checkpoint);
-            self.pending.pop_front();
+        while self.pending.front().is_some_and(|f| f.remaining == 0) {
+            if let Some(front) = self.pending.pop_front() {
+                newest = Some(front.checkpoint);
+            }
             self.first_seq += 1;
         }
         newest
@@ -448,12 +615,41 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
         task.counters
             .polled
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
-        tracker.push(seq, batch.checkpoint, task.sinks);
+        // Wait for room in the in-flight byte budget, settling finished batches meanwhile.
+        let bytes: usize = batch
+            .messages
+            .iter()
+            .map(|m| m.payload.len() + m.key.as_ref().map_or(0, Vec::len))
+            .sum();
+        let units = u32::try_from(
+            bytes
+                .div_ceil(BUDGET_UNIT)
+                .clamp(1, task.budget_units as usize),
+        )
+        .unwrap_or(task.budget_units);
+        let mut newest = None;
+        let budget = loop {
+            tokio::select! {
+                permit = task.budget.clone().acquire_many_owned(units) => break permit.ok(),
+                done = task.done.recv() => match done {
+                    Some(s) => newest = tracker.done(s).or(newest),
+                    None => break None,
+                },
+                _ = task.abort.changed() => return Ok(()),
+            }
+        };
+        if let Some(checkpoint) = newest {
+            ack(&mut task.instance, checkpoint, &task.counters)
+                .await
+                .map_err(fail)?;
+        }
+        tracker.push(seq, batch.checkpoint, task.sinks, budget);
         let sent = match &downstream {
             Some(d) => {
                 d.send(Batch {
                     seq,
                     records: batch.messages,
+                    enter: Enter::Source,
                 })
                 .await
             }
@@ -481,6 +677,55 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
             ack(&mut task.instance, checkpoint, &task.counters)
                 .await
                 .map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Feed dead letters back in: consecutive entries that failed at the same stage form a batch
+/// that enters there. Waits until every batch is settled.
+async fn run_replay(
+    entries: Vec<Replayed>,
+    batch_size: usize,
+    downstream: Downstream,
+    mut done: mpsc::UnboundedReceiver<u64>,
+    counters: Arc<Counters>,
+) -> Result<(), PipelineFailure> {
+    let mut batches: Vec<Batch> = Vec::new();
+    for Replayed { entry, message } in entries {
+        let enter = match entry.stage.as_str() {
+            "transform" => Enter::Transform(entry.stage_index.saturating_sub(1)),
+            _ => Enter::Sink(entry.stage_index.saturating_sub(1)),
+        };
+        match batches.last_mut() {
+            Some(last) if last.enter == enter && last.records.len() < batch_size => {
+                last.records.push(message)
+            }
+            _ => batches.push(Batch {
+                seq: batches.len() as u64,
+                records: vec![message],
+                enter,
+            }),
+        }
+    }
+    let mut outstanding = 0usize;
+    for batch in batches {
+        counters
+            .polled
+            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+        if !downstream.send(batch).await {
+            return Ok(());
+        }
+        outstanding += 1;
+    }
+    drop(downstream);
+    // Each sink reports every batch once.
+    let mut reports = 0usize;
+    let expected = outstanding * counters.written.len();
+    while reports < expected {
+        match done.recv().await {
+            Some(_) => reports += 1,
+            None => break,
         }
     }
     Ok(())
@@ -532,124 +777,6 @@ async fn pause_or_done(
     }
 }
 
-async fn run_transform(
-    pipeline: String,
-    stage: StageRef,
-    mut instance: Instance,
-    mut rx: mpsc::Receiver<Batch>,
-    downstream: Downstream,
-    counters: Arc<Counters>,
-) -> Result<(), PipelineFailure> {
-    let fail = |cause: Cause| PipelineFailure {
-        pipeline: pipeline.clone(),
-        stage: stage.clone(),
-        cause,
-    };
-    while let Some(batch) = rx.recv().await {
-        let inputs = batch.records.len();
-        let records = if inputs == 0 {
-            batch.records
-        } else {
-            let outcomes = instance
-                .process(&batch.records)
-                .await
-                .map_err(|trap| fail(Cause::Trap(trap)))?;
-            if outcomes.len() != inputs {
-                return Err(fail(Cause::Contract(format!(
-                    "`process` returned {} outcomes for {inputs} messages; it must return exactly \
-                     one outcome per input, in order",
-                    outcomes.len()
-                ))));
-            }
-            let mut out = Vec::with_capacity(inputs);
-            let mut dropped = 0u64;
-            for (i, (message, outcome)) in batch.records.into_iter().zip(outcomes).enumerate() {
-                match outcome {
-                    Outcome::Keep => out.push(message),
-                    Outcome::Drop => dropped += 1,
-                    Outcome::Replace(replacements) => {
-                        if replacements.is_empty() {
-                            dropped += 1;
-                        }
-                        out.extend(replacements)
-                    }
-                    Outcome::Fail(error) => {
-                        return Err(fail(Cause::Error {
-                            function: "process",
-                            error,
-                            record: Some(i),
-                        }));
-                    }
-                }
-            }
-            counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-            out
-        };
-        let batch = Batch {
-            seq: batch.seq,
-            records,
-        };
-        if matches!(downstream, Downstream::Sinks(_)) {
-            counters
-                .routed
-                .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-        }
-        if !downstream.send(batch).await {
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-async fn run_sink(
-    pipeline: String,
-    stage: StageRef,
-    mut instance: Instance,
-    mut rx: mpsc::Receiver<Arc<Batch>>,
-    done: mpsc::UnboundedSender<u64>,
-    counters: Arc<Counters>,
-    position: usize,
-) -> Result<(), PipelineFailure> {
-    let fail = |cause: Cause| PipelineFailure {
-        pipeline: pipeline.clone(),
-        stage: stage.clone(),
-        cause,
-    };
-    while let Some(batch) = rx.recv().await {
-        if !batch.records.is_empty() {
-            let results = instance
-                .write(&batch.records)
-                .await
-                .map_err(|trap| fail(Cause::Trap(trap)))?;
-            if results.len() != batch.records.len() {
-                return Err(fail(Cause::Contract(format!(
-                    "`write` returned {} results for {} messages; it must return exactly one \
-                     result per input, in order",
-                    results.len(),
-                    batch.records.len()
-                ))));
-            }
-            if let Some((i, error)) = results
-                .into_iter()
-                .enumerate()
-                .find_map(|(i, r)| r.err().map(|e| (i, e)))
-            {
-                return Err(fail(Cause::Error {
-                    function: "write",
-                    error,
-                    record: Some(i),
-                }));
-            }
-            if let Some(counter) = counters.written.get(position) {
-                counter.fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-            }
-        }
-        // The source task may have finished already (abort); that is not this stage's failure.
-        let _ = done.send(batch.seq);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,9 +787,9 @@ mod tests {
             pending: VecDeque::new(),
             first_seq: 0,
         };
-        t.push(0, 10, 2);
-        t.push(1, 20, 2);
-        t.push(2, 30, 2);
+        t.push(0, 10, 2, None);
+        t.push(1, 20, 2, None);
+        t.push(2, 30, 2, None);
         assert_eq!(t.done(1), None);
         assert_eq!(t.done(0), None);
         assert_eq!(t.done(0), Some(10));

@@ -1,0 +1,260 @@
+//! The dead-letter channel: records that failed for good, stored with their context in a JSON
+//! Lines file, one entry per line, and read back by `patchbay dlq replay`.
+//!
+//! ```json
+//! {"pipeline":"orders","stage":"sink","stage_index":1,"plugin":"out","plugin_version":"0.1.0",
+//!  "error_kind":"fatal","error":"…","attempts":1,"first_failure":"2026-11-24T12:00:00.123Z",
+//!  "last_failure":"2026-11-24T12:00:00.123Z",
+//!  "message":{"payload":"{\"seq\":7}","key":"7","headers":[["h","v"]],"timestamp":null}}
+//! ```
+//!
+//! Payload and key are binary safe: valid UTF-8 is stored as a string, anything else as
+//! `{"base64": "…"}`. An entry is written and flushed to the operating system before the
+//! source is acknowledged, so nothing is acked that is not either delivered or stored here.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{Header, Message};
+
+/// Bytes that survive JSON: text when they are UTF-8, base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredBytes {
+    /// Valid UTF-8.
+    Text(String),
+    /// Anything else.
+    Base64 {
+        /// Standard base64 with padding.
+        base64: String,
+    },
+}
+
+impl StoredBytes {
+    fn from_bytes(bytes: &[u8]) -> StoredBytes {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => StoredBytes::Text(text.to_owned()),
+            Err(_) => StoredBytes::Base64 {
+                base64: STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            StoredBytes::Text(text) => Ok(text.as_bytes().to_vec()),
+            StoredBytes::Base64 { base64 } => STANDARD
+                .decode(base64)
+                .map_err(|e| format!("invalid base64: {e}")),
+        }
+    }
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Body.
+    pub payload: StoredBytes,
+    /// Key, when it had one.
+    #[serde(default)]
+    pub key: Option<StoredBytes>,
+    /// Headers as `[name, value]` pairs.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Event time, ms since the epoch.
+    #[serde(default)]
+    pub timestamp: Option<u64>,
+}
+
+impl StoredMessage {
+    /// Capture a message.
+    pub fn from_message(message: &Message) -> StoredMessage {
+        StoredMessage {
+            payload: StoredBytes::from_bytes(&message.payload),
+            key: message.key.as_deref().map(StoredBytes::from_bytes),
+            headers: message
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            timestamp: message.timestamp,
+        }
+    }
+
+    /// Rebuild the message.
+    pub fn to_message(&self) -> Result<Message, String> {
+        Ok(Message {
+            payload: self.payload.to_bytes()?,
+            key: self.key.as_ref().map(StoredBytes::to_bytes).transpose()?,
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            timestamp: self.timestamp,
+        })
+    }
+}
+
+/// One dead letter: the record and why it is here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// `transform` or `sink`.
+    pub stage: String,
+    /// 1-based position among the pipeline's transforms or sinks.
+    pub stage_index: usize,
+    /// Plugin name (under `[plugins]`).
+    pub plugin: String,
+    /// The plugin's own version.
+    pub plugin_version: String,
+    /// `retryable`, `invalid-data`, `fatal`, `trap` or `contract`.
+    pub error_kind: String,
+    /// What the plugin or the runtime said.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the first attempt failed (RFC 3339, UTC).
+    pub first_failure: String,
+    /// When the last attempt failed.
+    pub last_failure: String,
+    /// The record as it entered the failing stage.
+    pub message: StoredMessage,
+}
+
+/// RFC 3339 text of a time, in UTC with milliseconds.
+pub fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Appends entries to one JSON Lines file.
+#[derive(Debug)]
+pub struct DeadLetters {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl DeadLetters {
+    /// A channel writing to `path`; the file and its directory are created on first use.
+    pub fn new(path: PathBuf) -> DeadLetters {
+        DeadLetters {
+            path,
+            file: Mutex::new(None),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append entries and flush them to the operating system.
+    pub fn store(&self, entries: &[Entry]) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for entry in entries {
+            serde_json::to_writer(&mut text, entry).map_err(|e| e.to_string())?;
+            text.push(b'\n');
+        }
+        let mut guard = match self.file.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.is_none() {
+            if let Some(dir) = self.path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    format!(
+                        "cannot create the dead-letter directory `{}`: {e}",
+                        dir.display()
+                    )
+                })?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| {
+                    format!(
+                        "cannot open the dead-letter file `{}`: {e}",
+                        self.path.display()
+                    )
+                })?;
+            *guard = Some(file);
+        }
+        let Some(file) = guard.as_mut() else {
+            return Err("dead-letter file not open".to_owned());
+        };
+        file.write_all(&text)
+            .and_then(|()| file.flush())
+            .map_err(|e| {
+                format!(
+                    "cannot write the dead-letter file `{}`: {e}",
+                    self.path.display()
+                )
+            })
+    }
+}
+
+/// Read every entry of a dead-letter file. A line that does not parse is an error naming its
+/// line number: nothing is skipped silently.
+pub fn read(path: &Path) -> Result<Vec<Entry>, String> {
+    let file = File::open(path)
+        .map_err(|e| format!("cannot read the dead-letter file `{}`: {e}", path.display()))?;
+    let mut entries = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: Entry = serde_json::from_str(&line).map_err(|e| {
+            format!(
+                "{}:{}: not a dead-letter entry: {e}; fix or remove the line",
+                path.display(),
+                i + 1
+            )
+        })?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_payloads_round_trip() {
+        let message = Message {
+            payload: vec![0xff, 0x00, b'a'],
+            key: Some(b"k".to_vec()),
+            headers: vec![Header {
+                name: "h".into(),
+                value: "v".into(),
+            }],
+            timestamp: Some(7),
+        };
+        let stored = StoredMessage::from_message(&message);
+        let json = serde_json::to_string(&stored).unwrap();
+        assert_eq!(
+            json,
+            r#"{"payload":{"base64":"/wBh"},"key":"k","headers":[["h","v"]],"timestamp":7}"#
+        );
+        let back: StoredMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_message().unwrap(), message);
+    }
+}

@@ -1,0 +1,186 @@
+//! Content-based routing: which sinks get a message, decided by CEL conditions
+//! (<https://cel.dev>) over the message, compiled once at start.
+//!
+//! In a condition, `json` is the payload parsed as JSON (absent when it is not JSON), `payload`
+//! the payload as text, `key` the key as text (empty when none) and `headers` a map of header
+//! names to values. A condition that cannot be evaluated for a message (say `json.amount` on a
+//! message without that field) does not match; write `has(json.amount) && json.amount > 100`
+//! to be explicit.
+
+use std::collections::HashMap;
+
+use cel::{Context, Program, Value};
+
+use crate::config::{RouteDecl, RoutingMode};
+use crate::contract::Message;
+
+struct Route {
+    when: Option<Program>,
+    to: Vec<usize>,
+}
+
+/// Compiled routes of one pipeline.
+pub struct Router {
+    routes: Vec<Route>,
+    mode: RoutingMode,
+    needs_json: bool,
+    needs_payload: bool,
+    needs_key: bool,
+    needs_headers: bool,
+}
+
+impl Router {
+    /// Compile the routes (the config check already compiled them once, so this succeeds for a
+    /// checked config; an error here says which route).
+    pub fn new(routes: &[RouteDecl], mode: RoutingMode) -> Result<Router, String> {
+        let mut compiled = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let when = match &route.when {
+                Some(text) => Some(
+                    Program::compile(text)
+                        .map_err(|e| format!("route {}: invalid condition: {e}", i + 1))?,
+                ),
+                None => None,
+            };
+            compiled.push(Route {
+                when,
+                to: route.to.clone(),
+            });
+        }
+        let uses = |name: &str| {
+            compiled.iter().any(|r| {
+                r.when
+                    .as_ref()
+                    .is_some_and(|p| p.references().has_variable(name))
+            })
+        };
+        Ok(Router {
+            needs_json: uses("json"),
+            needs_payload: uses("payload"),
+            needs_key: uses("key"),
+            needs_headers: uses("headers"),
+            routes: compiled,
+            mode,
+        })
+    }
+
+    /// Mark in `to` (one flag per sink) the sinks that get `message`.
+    pub fn destinations(&self, root: &Context<'_, '_>, message: &Message, to: &mut [bool]) {
+        to.iter_mut().for_each(|t| *t = false);
+        let mut scope = root.new_inner_scope();
+        if self.needs_json {
+            let json = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                .map_or(Value::Null, json_to_cel);
+            scope.add_variable_from_value("json", json);
+        }
+        if self.needs_payload {
+            scope.add_variable_from_value(
+                "payload",
+                String::from_utf8_lossy(&message.payload).into_owned(),
+            );
+        }
+        if self.needs_key {
+            let key = message
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            scope.add_variable_from_value("key", key);
+        }
+        if self.needs_headers {
+            let headers: HashMap<String, String> = message
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect();
+            scope.add_variable_from_value("headers", headers);
+        }
+        for route in &self.routes {
+            let matched = match &route.when {
+                None => true,
+                Some(program) => matches!(program.execute(&scope), Ok(Value::Bool(true))),
+            };
+            if matched {
+                for &sink in &route.to {
+                    if let Some(flag) = to.get_mut(sink) {
+                        *flag = true;
+                    }
+                }
+                if self.mode == RoutingMode::First {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// JSON to CEL, with integers as CEL `int` so that `json.n % 2 == 0` and `json.n > 10` work
+/// as written (CEL does not mix `int` and `uint`).
+fn json_to_cel(value: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s),
+        J::Array(items) => Value::List(std::sync::Arc::new(
+            items.into_iter().map(json_to_cel).collect(),
+        )),
+        J::Object(fields) => Value::from(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, json_to_cel(v)))
+                .collect::<HashMap<String, Value>>(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Header, message};
+
+    fn router(routes: &[(Option<&str>, &[usize])], mode: RoutingMode) -> Router {
+        let decls: Vec<RouteDecl> = routes
+            .iter()
+            .map(|(when, to)| RouteDecl {
+                when: when.map(str::to_owned),
+                to: to.to_vec(),
+            })
+            .collect();
+        Router::new(&decls, mode).unwrap()
+    }
+
+    #[test]
+    fn first_and_all_matches() {
+        let root = Context::default();
+        let routes: &[(Option<&str>, &[usize])] = &[
+            (Some("has(json.amount) && json.amount >= 100"), &[0]),
+            (Some("headers['type'] == 'audit'"), &[1]),
+            (None, &[2]),
+        ];
+        let mut m = message(br#"{"amount": 120}"#.to_vec());
+        m.headers.push(Header {
+            name: "type".into(),
+            value: "audit".into(),
+        });
+        let mut to = [false; 3];
+        router(routes, RoutingMode::All).destinations(&root, &m, &mut to);
+        assert_eq!(to, [true, true, true]);
+        router(routes, RoutingMode::First).destinations(&root, &m, &mut to);
+        assert_eq!(to, [true, false, false]);
+        let small = message(br#"{"amount": 5}"#.to_vec());
+        router(routes, RoutingMode::First).destinations(&root, &small, &mut to);
+        assert_eq!(to, [false, false, true]);
+        let even = router(&[(Some("json.seq % 2 == 0"), &[0])], RoutingMode::First);
+        even.destinations(&root, &message(br#"{"seq": 4}"#.to_vec()), &mut to);
+        assert_eq!(to, [true, false, false]);
+        let not_json = message(b"hello".to_vec());
+        router(routes, RoutingMode::All).destinations(&root, &not_json, &mut to);
+        assert_eq!(to, [false, false, true]);
+    }
+}
