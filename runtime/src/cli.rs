@@ -49,10 +49,17 @@ enum Command {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
     },
-    /// Show a plugin's world, metadata, config keys and imports.
+    /// Show a plugin's world, metadata, config keys and imports; with --config and --plugin,
+    /// also what that pipeline file grants it, and imports nothing grants.
     Inspect {
         /// The component file (.wasm).
         plugin: PathBuf,
+        /// A pipeline file that uses the plugin.
+        #[arg(long, requires = "name")]
+        config: Option<PathBuf>,
+        /// The plugin's name in that file (`[plugins.NAME]`).
+        #[arg(long = "plugin", requires = "config")]
+        name: Option<String>,
     },
     /// Work with a pipeline's dead-letter channel.
     Dlq {
@@ -177,7 +184,11 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
                 },
         } => replay(&runtime, &pipeline_file, &name, from.as_deref()).await,
         Command::Validate { pipeline } => validate(&runtime, &pipeline).await,
-        Command::Inspect { plugin } => inspect(&runtime, &plugin).await,
+        Command::Inspect {
+            plugin,
+            config,
+            name,
+        } => inspect(&runtime, &plugin, config.as_deref().zip(name.as_deref())).await,
         Command::New { .. } => Ok(ExitCode::FAILURE),
     }
 }
@@ -459,7 +470,30 @@ async fn wait_for_signal() {
     }
 }
 
-async fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<ExitCode> {
+async fn inspect(
+    runtime: &Runtime,
+    path: &Path,
+    granted_by: Option<(&Path, &str)>,
+) -> anyhow::Result<ExitCode> {
+    let decl = match granted_by {
+        Some((file, name)) => {
+            let config = Config::load(file)?;
+            match config.plugins.get(name) {
+                Some(decl) => Some(decl.clone()),
+                None => anyhow::bail!(
+                    "{}: no plugin named `{name}`; it declares: {}",
+                    file.display(),
+                    config
+                        .plugins
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        None => None,
+    };
     let loaded = runtime.load(path, None)?;
     let label: Arc<str> = Arc::from("inspect");
     let mut instance = runtime
@@ -510,6 +544,73 @@ async fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<ExitCode> {
     println!("imports (capability, then the interface):");
     for import in &loaded.imports {
         println!("  {:12} {import}", capability(import));
+    }
+    if let (Some((file, name)), Some(decl)) = (granted_by, &decl) {
+        let g = &decl.grants;
+        println!();
+        println!("grants ([plugins.{name}] in {}):", file.display());
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        let patterns =
+            |p: &[crate::config::NetPattern]| list(p.iter().map(|x| x.text.clone()).collect());
+        println!(
+            "  filesystem   {}",
+            list(
+                g.dirs
+                    .iter()
+                    .map(|d| format!(
+                        "{} → {} ({})",
+                        d.guest,
+                        d.host.display(),
+                        match d.mode {
+                            crate::config::DirMode::Ro => "ro",
+                            crate::config::DirMode::Rw => "rw",
+                        }
+                    ))
+                    .collect()
+            )
+        );
+        println!("  tcp          {}", patterns(&g.tcp));
+        println!("  udp          {}", patterns(&g.udp));
+        println!("  listen       {}", patterns(&g.listen));
+        println!("  dns          {}", if g.dns { "yes" } else { "no" });
+        println!("  env          {}", list(g.env.clone()));
+        println!("  stdin        {}", if g.stdin { "yes" } else { "no" });
+        println!(
+            "  stdout       {}",
+            if g.stdout { "yes" } else { "no (to the log)" }
+        );
+        let granted = |cap: &str| match cap {
+            "filesystem" => !g.dirs.is_empty(),
+            "network" => !g.tcp.is_empty() || !g.udp.is_empty() || !g.listen.is_empty(),
+            "dns" => g.dns,
+            // Rust's std imports stdin in every program; an ungranted stdin reads as empty.
+            "http" => false,
+            _ => true,
+        };
+        let mut warned = std::collections::BTreeSet::new();
+        for import in &loaded.imports {
+            let cap = capability(import);
+            if !granted(cap) && warned.insert(cap) {
+                println!(
+                    "warning: it imports {cap} ({import}) but the config grants no {cap} access: those calls will be denied"
+                );
+            }
+        }
+        let limits = &decl.limits;
+        println!();
+        println!(
+            "limits: memory {}, call_timeout {}, init_timeout {}, max_output {}",
+            bytesize::ByteSize(limits.memory).display().iec(),
+            humantime::format_duration(limits.call_timeout),
+            humantime::format_duration(limits.init_timeout),
+            bytesize::ByteSize(limits.max_output).display().iec()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

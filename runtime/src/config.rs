@@ -38,6 +38,8 @@ pub const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default deadline of `init` (connectors may dial a broker there).
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest output of one plugin call.
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
 /// Default in-flight byte budget of a pipeline.
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 /// Largest accepted `batch_size`.
@@ -91,6 +93,22 @@ struct RawGrants {
     /// Let the plugin write to the runtime's standard output (otherwise it goes to the log).
     #[serde(default)]
     stdout: bool,
+    /// Outbound TCP targets as `HOST:PORT` patterns: `127.0.0.1:5432`, `localhost:4222`,
+    /// `[::1]:*`, `*:443`. Host names are resolved once, at start.
+    #[serde(default)]
+    tcp: Vec<Spanned<String>>,
+    /// UDP targets, same patterns as `tcp`.
+    #[serde(default)]
+    udp: Vec<Spanned<String>>,
+    /// Local addresses the plugin may listen on (TCP), same patterns.
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    /// Let the plugin resolve host names.
+    #[serde(default)]
+    dns: bool,
+    /// Environment variables the plugin may read, by name (copied from the runtime's own).
+    #[serde(default)]
+    env: Vec<String>,
 }
 
 /// One directory grant.
@@ -130,6 +148,10 @@ struct RawLimits {
     /// Deadline of `init`, e.g. `"10s"` (the default).
     #[serde(default)]
     init_timeout: Option<HumanDuration>,
+    /// Largest output of one call (messages returned by `poll` or `process`, counting
+    /// payloads, keys, headers and 64 bytes per message), e.g. `"16MiB"` (the default).
+    #[serde(default)]
+    max_output: Option<Size>,
 }
 
 /// One pipeline: a source, a chain of transforms, one or more sinks.
@@ -421,6 +443,71 @@ pub struct Grants {
     pub stdin: bool,
     /// Inherit the runtime's stdout.
     pub stdout: bool,
+    /// Outbound TCP targets.
+    pub tcp: Vec<NetPattern>,
+    /// UDP targets.
+    pub udp: Vec<NetPattern>,
+    /// Listen addresses.
+    pub listen: Vec<NetPattern>,
+    /// Name lookup allowed.
+    pub dns: bool,
+    /// Environment variable names.
+    pub env: Vec<String>,
+}
+
+/// A `HOST:PORT` network grant, host names resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPattern {
+    /// As written.
+    pub text: String,
+    /// Allowed addresses; `None` means any.
+    pub ips: Option<Vec<std::net::IpAddr>>,
+    /// Allowed port; `None` means any.
+    pub port: Option<u16>,
+}
+
+impl NetPattern {
+    /// Parse and resolve `HOST:PORT`.
+    pub fn parse(text: &str) -> Result<NetPattern, String> {
+        let hint = "write HOST:PORT, e.g. \"127.0.0.1:5432\", \"localhost:4222\", \"[::1]:*\"";
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("network grant `{text}` has no port; {hint}"));
+        };
+        let port = match port {
+            "*" => None,
+            p => Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("network grant `{text}`: bad port `{p}`; {hint}"))?,
+            ),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ips = match host {
+            "*" => None,
+            h => match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(vec![ip]),
+                Err(_) => {
+                    use std::net::ToSocketAddrs;
+                    let resolved: Vec<std::net::IpAddr> = (h, 0)
+                        .to_socket_addrs()
+                        .map_err(|e| format!("network grant `{text}`: cannot resolve `{h}`: {e}"))?
+                        .map(|a| a.ip())
+                        .collect();
+                    Some(resolved)
+                }
+            },
+        };
+        Ok(NetPattern {
+            text: text.to_owned(),
+            ips,
+            port,
+        })
+    }
+
+    /// Whether an address matches.
+    pub fn allows(&self, addr: &std::net::SocketAddr) -> bool {
+        self.port.is_none_or(|p| p == addr.port())
+            && self.ips.as_ref().is_none_or(|ips| ips.contains(&addr.ip()))
+    }
 }
 
 /// A checked directory grant.
@@ -443,6 +530,8 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Deadline of `init`.
     pub init_timeout: Duration,
+    /// Largest output of one call, in bytes.
+    pub max_output: u64,
 }
 
 impl Default for Limits {
@@ -451,6 +540,7 @@ impl Default for Limits {
             memory: DEFAULT_MEMORY,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             init_timeout: DEFAULT_INIT_TIMEOUT,
+            max_output: DEFAULT_MAX_OUTPUT,
         }
     }
 }
@@ -925,6 +1015,20 @@ fn check_plugin(
             mode: dir.mode,
         });
     }
+    let mut patterns = |list: &[Spanned<String>]| -> Vec<NetPattern> {
+        list.iter()
+            .filter_map(|p| match NetPattern::parse(p.get_ref()) {
+                Ok(pattern) => Some(pattern),
+                Err(e) => {
+                    problems.push(format!("{}: plugin `{name}`: {e}", locator.at(p)));
+                    None
+                }
+            })
+            .collect()
+    };
+    let tcp = patterns(&raw.grants.tcp);
+    let udp = patterns(&raw.grants.udp);
+    let listen = patterns(&raw.grants.listen);
     let defaults = Limits::default();
     let limits = Limits {
         memory: raw.limits.memory.map_or(defaults.memory, |s| s.0),
@@ -936,6 +1040,7 @@ fn check_plugin(
             .limits
             .init_timeout
             .map_or(defaults.init_timeout, |d| d.0),
+        max_output: raw.limits.max_output.map_or(defaults.max_output, |s| s.0),
     };
     if limits.memory < 64 * 1024 {
         problems.push(format!(
@@ -960,6 +1065,11 @@ fn check_plugin(
             dirs,
             stdin: raw.grants.stdin,
             stdout: raw.grants.stdout,
+            tcp,
+            udp,
+            listen,
+            dns: raw.grants.dns,
+            env: raw.grants.env,
         },
         limits,
     })

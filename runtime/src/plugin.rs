@@ -109,6 +109,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     engine_key: String,
     metrics: PluginMetrics,
+    audit: Arc<sandbox::Audit>,
     _ticker: sandbox::EpochTicker,
 }
 
@@ -160,6 +161,7 @@ impl Runtime {
             cache_dir,
             engine_key,
             metrics: PluginMetrics::default(),
+            audit: Arc::new(sandbox::Audit::default()),
             _ticker: ticker,
         })
     }
@@ -174,6 +176,11 @@ impl Runtime {
             return Some(PathBuf::from(dir).join("patchbay"));
         }
         std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/patchbay"))
+    }
+
+    /// Accesses the sandbox denied.
+    pub fn audit(&self) -> &sandbox::Audit {
+        &self.audit
     }
 
     /// Metrics plugins reported through the host interface.
@@ -306,7 +313,7 @@ impl Runtime {
         state: PluginState,
     ) -> anyhow::Result<Instance> {
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let wasi = sandbox::wasi_ctx(&label, grants, stderr_tail.clone())?;
+        let wasi = sandbox::wasi_ctx(&label, grants, stderr_tail.clone(), &self.audit)?;
         let host = HostState {
             wasi,
             table: ResourceTable::new(),
@@ -404,6 +411,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a message costs in memory, roughly: its bytes and a fixed overhead.
+fn message_size(m: &Message) -> u64 {
+    let headers: usize = m.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    (m.payload.len() + m.key.as_ref().map_or(0, Vec::len) + headers + 64) as u64
+}
+
 /// The sha256 of a file, as lowercase hex.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex(&Sha256::digest(std::fs::read(path)?)))
@@ -471,6 +484,26 @@ impl Instance {
             function,
             reason,
         }
+    }
+
+    fn check_output(&self, function: &'static str, messages: &[Message]) -> Result<(), Trap> {
+        self.check_size(function, messages.iter().map(message_size).sum())
+    }
+
+    /// Refuse a call's output over `limits.max_output`; the instance is treated as trapped.
+    fn check_size(&self, function: &'static str, size: u64) -> Result<(), Trap> {
+        if size <= self.limits.max_output {
+            return Ok(());
+        }
+        Err(Trap {
+            plugin: self.label.clone(),
+            function,
+            reason: format!(
+                "output of {} is over the limit of {} (limits.max_output)",
+                bytesize::ByteSize(size).display().iec(),
+                bytesize::ByteSize(self.limits.max_output).display().iec()
+            ),
+        })
     }
 
     fn wrong_role(&self, function: &'static str) -> Trap {
@@ -542,7 +575,11 @@ impl Instance {
             .patchbay_connector_source_api()
             .call_poll(&mut self.store, max)
             .await;
-        result.map_err(|e| self.trap("poll", timeout, e))
+        let result = result.map_err(|e| self.trap("poll", timeout, e))?;
+        if let Ok(PollResult::Batch(batch)) = &result {
+            self.check_output("poll", &batch.messages)?;
+        }
+        Ok(result)
     }
 
     /// `ack(checkpoint)` of a source.
@@ -570,7 +607,16 @@ impl Instance {
             .patchbay_connector_transform_api()
             .call_process(&mut self.store, batch)
             .await;
-        result.map_err(|e| self.trap("process", timeout, e))
+        let outcomes = result.map_err(|e| self.trap("process", timeout, e))?;
+        let size: u64 = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Replace(messages) => messages.iter().map(message_size).sum(),
+                _ => 0,
+            })
+            .sum();
+        self.check_size("process", size)?;
+        Ok(outcomes)
     }
 
     /// `write(batch)` of a sink.

@@ -5,7 +5,8 @@
 //! network. A plugin's stdout and stderr go to the runtime's log with its name, rate-limited,
 //! unless it is granted the real stdout.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,10 @@ use anyhow::Context as _;
 use tokio::io::AsyncWrite;
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::AsyncStdoutStream;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
-use crate::config::{DirMode, Grants, Limits};
+use crate::config::{DirMode, Grants, Limits, NetPattern};
 
 /// Interval of the epoch ticker: the granularity of deadlines and of yielding.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -29,13 +31,67 @@ const LOG_LINES_PER_SECOND: u32 = 100;
 const LOG_LINE_MAX: usize = 4096;
 
 /// Build the WASI context for one plugin instance from its grants.
+/// Denied accesses, counted per plugin and capability, each also logged.
+#[derive(Debug, Default)]
+pub struct Audit {
+    denied: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Audit {
+    /// Record and log one denied access.
+    pub fn deny(&self, plugin: &str, capability: &str, target: &str, why: &str) {
+        tracing::warn!(
+            plugin,
+            capability,
+            target,
+            "sandbox: denied {capability} access to {target} for plugin `{plugin}` ({why})"
+        );
+        let mut denied = match self.denied.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *denied
+            .entry((plugin.to_owned(), capability.to_owned()))
+            .or_insert(0) += 1;
+    }
+
+    /// Denied accesses so far, by (plugin, capability).
+    pub fn denied(&self) -> BTreeMap<(String, String), u64> {
+        match self.denied.lock() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
 /// `stderr_tail` receives the plugin's last few stderr lines, for trap reports.
 pub fn wasi_ctx(
     label: &Arc<str>,
     grants: &Grants,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    audit: &Arc<Audit>,
 ) -> anyhow::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
+    for name in &grants.env {
+        if let Ok(value) = std::env::var(name) {
+            builder.env(name, value);
+        }
+    }
+    builder
+        .allow_tcp(!grants.tcp.is_empty() || !grants.listen.is_empty())
+        .allow_udp(!grants.udp.is_empty())
+        .allow_ip_name_lookup(grants.dns);
+    let net = Arc::new(NetCheck {
+        tcp: grants.tcp.clone(),
+        udp: grants.udp.clone(),
+        listen: grants.listen.clone(),
+        label: label.clone(),
+        audit: audit.clone(),
+    });
+    builder.socket_addr_check(move |addr, usage| {
+        let allowed = net.check(addr, usage);
+        Box::pin(async move { allowed })
+    });
     if grants.stdin {
         builder.inherit_stdin();
     }
@@ -66,6 +122,64 @@ pub fn wasi_ctx(
             })?;
     }
     Ok(builder.build())
+}
+
+/// The network half of a plugin's grants, consulted for every socket address it uses.
+struct NetCheck {
+    tcp: Vec<NetPattern>,
+    udp: Vec<NetPattern>,
+    listen: Vec<NetPattern>,
+    label: Arc<str>,
+    audit: Arc<Audit>,
+}
+
+impl NetCheck {
+    fn check(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+        let implicit_bind = addr.ip().is_unspecified() && addr.port() == 0;
+        let (allowed, capability, list) = match usage {
+            SocketAddrUse::TcpConnect => (
+                self.tcp.iter().any(|p| p.allows(&addr)),
+                "tcp",
+                "grants.tcp",
+            ),
+            SocketAddrUse::UdpSend => (
+                self.udp.iter().any(|p| p.allows(&addr)),
+                "udp",
+                "grants.udp",
+            ),
+            SocketAddrUse::TcpBind if implicit_bind => (
+                !self.tcp.is_empty() || !self.listen.is_empty(),
+                "tcp",
+                "grants.tcp",
+            ),
+            SocketAddrUse::UdpBind if implicit_bind => (!self.udp.is_empty(), "udp", "grants.udp"),
+            SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => (
+                self.listen.iter().any(|p| p.allows(&addr)),
+                "listen",
+                "grants.listen",
+            ),
+            SocketAddrUse::UdpBind => (
+                self.listen.iter().any(|p| p.allows(&addr)),
+                "listen",
+                "grants.listen",
+            ),
+            SocketAddrUse::TcpAccept => (true, "tcp", "grants.listen"),
+            SocketAddrUse::UdpReceive => (
+                self.udp.iter().any(|p| p.allows(&addr)) || !self.listen.is_empty(),
+                "udp",
+                "grants.udp",
+            ),
+        };
+        if !allowed {
+            self.audit.deny(
+                &self.label,
+                capability,
+                &addr.to_string(),
+                &format!("not in {list}"),
+            );
+        }
+        allowed
+    }
 }
 
 /// Memory, table and instance caps for one plugin instance.
