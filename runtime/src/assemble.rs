@@ -9,7 +9,7 @@ use crate::config::{Config, PipelineDecl, PluginDecl, PluginRef, Role};
 use crate::contract::{ConfigEntry, Metadata, PluginState};
 use crate::dead_letter::DeadLetters;
 use crate::plugin::{Instance, LoadedPlugin, Runtime};
-use crate::route::{PipelinePlan, Replayed, Restart, Router, SourcePlan, StageInstance};
+use crate::route::{PipelinePlan, Replayed, Restart, Router, Slot, SourcePlan, StageInstance};
 
 /// Problems found while assembling, one line each, ready to print.
 #[derive(Debug, thiserror::Error)]
@@ -237,13 +237,56 @@ async fn plan_one(
             .await
             .map(|s| SourcePlan::Plugin(Box::new(s))),
     };
+    // A replay starts only the stages its entries reach: transforms from the earliest one an
+    // entry re-enters at (and then every sink), or just the sinks entries failed at.
+    let (first_transform, sinks_needed): (usize, Option<Vec<usize>>) = match &source {
+        Some(SourcePlan::Replay(entries)) => {
+            let first = entries
+                .iter()
+                .filter(|r| r.entry.stage == "transform")
+                .map(|r| r.entry.stage_index.saturating_sub(1))
+                .min();
+            match first {
+                Some(first) => (first, None),
+                None => (
+                    pipeline.transforms.len(),
+                    Some(
+                        entries
+                            .iter()
+                            .map(|r| r.entry.stage_index.saturating_sub(1))
+                            .collect(),
+                    ),
+                ),
+            }
+        }
+        _ => (0, None),
+    };
     let mut transforms = Vec::new();
-    for t in &pipeline.transforms {
-        transforms.push(stage(t, Role::Transform).await);
+    for (i, t) in pipeline.transforms.iter().enumerate() {
+        if i < first_transform {
+            transforms.push(Some(Slot::Idle {
+                plugin: t.name.clone(),
+            }));
+        } else {
+            transforms.push(
+                stage(t, Role::Transform)
+                    .await
+                    .map(|s| Slot::Live(Box::new(s))),
+            );
+        }
     }
     let mut sinks = Vec::new();
-    for s in &pipeline.sinks {
-        sinks.push(stage(s, Role::Sink).await);
+    for (i, s) in pipeline.sinks.iter().enumerate() {
+        if sinks_needed
+            .as_ref()
+            .is_some_and(|needed| !needed.contains(&i))
+        {
+            sinks.push(Some(Slot::Idle {
+                plugin: s.name.clone(),
+            }));
+        } else {
+            sinks.push(stage(s, Role::Sink).await.map(|s| Slot::Live(Box::new(s))));
+        }
     }
     let router = if pipeline.routes.is_empty() {
         None

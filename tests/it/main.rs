@@ -6,6 +6,7 @@
 mod bad_input;
 mod cli;
 mod pipelines;
+mod resilience;
 mod routing;
 
 use std::path::{Path, PathBuf};

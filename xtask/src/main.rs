@@ -17,7 +17,7 @@ const PLUGINS: &[&str] = &[
     "csv-to-json",
     "filter",
 ];
-const TEST_PLUGINS: &[&str] = &["test-trap", "test-bad-count"];
+const TEST_PLUGINS: &[&str] = &["test-trap", "test-bad-count", "flaky-sink", "slow-sink"];
 
 type Result<T> = std::result::Result<T, String>;
 

@@ -54,6 +54,28 @@ pub struct StageInstance {
     pub restart: Restart,
 }
 
+/// A stage of a pipeline plan: running, or idle (a replay that does not reach it: its plugin
+/// is not started, so its `init` has no side effects such as truncating a file).
+pub enum Slot {
+    /// Started and initialised.
+    Live(Box<StageInstance>),
+    /// Not started; batches pass it by.
+    Idle {
+        /// Plugin name.
+        plugin: String,
+    },
+}
+
+impl Slot {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        match self {
+            Slot::Live(s) => &s.plugin,
+            Slot::Idle { plugin } => plugin,
+        }
+    }
+}
+
 /// Where a pipeline's messages come from.
 pub enum SourcePlan {
     /// Its source plugin.
@@ -77,9 +99,9 @@ pub struct PipelinePlan {
     /// Source.
     pub source: SourcePlan,
     /// Transforms in order.
-    pub transforms: Vec<StageInstance>,
+    pub transforms: Vec<Slot>,
     /// Sinks.
-    pub sinks: Vec<StageInstance>,
+    pub sinks: Vec<Slot>,
     /// Largest batch per poll.
     pub batch_size: u32,
     /// Batches buffered between stages.
@@ -319,7 +341,7 @@ impl PipelinePlan {
 pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) -> Report {
     let started = Instant::now();
     let name = plan.name.clone();
-    let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.plugin.clone()).collect();
+    let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.plugin().to_owned()).collect();
     let (abort_tx, abort_rx) = watch::channel(false);
     let mut outer_abort = control.abort.clone();
     let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
@@ -353,12 +375,19 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
     for (i, sink) in plan.sinks.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Arc<Batch>>(plan.buffer);
         sink_txs.push(tx);
-        tasks.spawn(run_sink(
-            stage(sink, Role::Sink, i + 1),
-            i,
-            rx,
-            done_tx.clone(),
-        ));
+        match sink {
+            Slot::Live(sink) => {
+                tasks.spawn(run_sink(
+                    stage(*sink, Role::Sink, i + 1),
+                    i,
+                    rx,
+                    done_tx.clone(),
+                ));
+            }
+            Slot::Idle { .. } => {
+                tasks.spawn(stage::run_idle_sink(rx, done_tx.clone()));
+            }
+        }
     }
     drop(done_tx);
     let mut downstream = Downstream::Sinks {
@@ -368,12 +397,19 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
     };
     for (i, transform) in plan.transforms.into_iter().enumerate().rev() {
         let (tx, rx) = mpsc::channel::<Batch>(plan.buffer);
-        tasks.spawn(run_transform(
-            stage(transform, Role::Transform, i + 1),
-            i,
-            rx,
-            downstream,
-        ));
+        match transform {
+            Slot::Live(transform) => {
+                tasks.spawn(run_transform(
+                    stage(*transform, Role::Transform, i + 1),
+                    i,
+                    rx,
+                    downstream,
+                ));
+            }
+            Slot::Idle { .. } => {
+                tasks.spawn(stage::run_idle_transform(rx, downstream));
+            }
+        }
         downstream = Downstream::Stage(tx);
     }
     let budget_units =

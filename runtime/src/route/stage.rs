@@ -554,6 +554,30 @@ pub async fn run_sink(
     Ok(())
 }
 
+/// A transform a replay does not reach: batches pass through untouched.
+pub async fn run_idle_transform(
+    mut rx: mpsc::Receiver<Batch>,
+    downstream: Downstream,
+) -> Result<(), PipelineFailure> {
+    while let Some(batch) = rx.recv().await {
+        if !downstream.send(batch).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A sink a replay does not reach: every batch is reported done without writing.
+pub async fn run_idle_sink(
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    done: mpsc::UnboundedSender<u64>,
+) -> Result<(), PipelineFailure> {
+    while let Some(batch) = rx.recv().await {
+        let _ = done.send(batch.seq);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
