@@ -77,9 +77,11 @@ pub fn wasi_ctx(
             builder.env(name, value);
         }
     }
+    // TCP and UDP sockets may be created; every address they use is checked (and a denial
+    // audited) by the address check below, which denies everything not granted.
     builder
-        .allow_tcp(!grants.tcp.is_empty() || !grants.listen.is_empty())
-        .allow_udp(!grants.udp.is_empty())
+        .allow_tcp(true)
+        .allow_udp(true)
         .allow_ip_name_lookup(grants.dns);
     let net = Arc::new(NetCheck {
         tcp: grants.tcp.clone(),
@@ -147,12 +149,8 @@ impl NetCheck {
                 "udp",
                 "grants.udp",
             ),
-            SocketAddrUse::TcpBind if implicit_bind => (
-                !self.tcp.is_empty() || !self.listen.is_empty(),
-                "tcp",
-                "grants.tcp",
-            ),
-            SocketAddrUse::UdpBind if implicit_bind => (!self.udp.is_empty(), "udp", "grants.udp"),
+            // The ephemeral bind before a connect or send: harmless; the target is checked next.
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if implicit_bind => (true, "tcp", ""),
             SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => (
                 self.listen.iter().any(|p| p.allows(&addr)),
                 "listen",

@@ -8,6 +8,7 @@ mod cli;
 mod pipelines;
 mod resilience;
 mod routing;
+mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

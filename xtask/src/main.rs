@@ -17,7 +17,14 @@ const PLUGINS: &[&str] = &[
     "csv-to-json",
     "filter",
 ];
-const TEST_PLUGINS: &[&str] = &["test-trap", "test-bad-count", "flaky-sink", "slow-sink"];
+const TEST_PLUGINS: &[&str] = &[
+    "test-trap",
+    "test-bad-count",
+    "flaky-sink",
+    "slow-sink",
+    "test-hostile",
+    "test-unknown-import",
+];
 
 type Result<T> = std::result::Result<T, String>;
 

@@ -1,0 +1,368 @@
+//! Hostile plugins (`tests/plugins/test-hostile`, `test-unknown-import`): each attack is denied
+//! or stopped, with the message a security team would look for, and nothing else suffers.
+
+use std::time::Instant;
+
+use crate::{Scratch, text};
+
+/// A one-message pipeline through `test-hostile` with the given plugin settings; the report
+/// the attack writes lands in `out/NAME.txt`.
+fn attack_pipeline(name: &str, hostile: &str, extra: &str) -> String {
+    format!(
+        r#"
+[plugins.gen-{name}]
+path = "{{plugin:generator}}"
+config = {{ count = 1 }}
+
+[plugins.{name}]
+path = "{{plugin:test-hostile}}"
+{hostile}
+
+[plugins.out-{name}]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/{name}.txt" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "{name}"
+source = "gen-{name}"
+transforms = ["{name}"]
+sinks = ["out-{name}"]
+retry = {{ attempts = 1 }}
+{extra}
+"#
+    )
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_its_deadline_while_another_pipeline_runs_on() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    let mut config = attack_pipeline(
+        "spin",
+        r#"config = { attack = "loop" }
+limits = { call_timeout = "300ms" }"#,
+        "",
+    );
+    config.push_str(
+        r#"
+[plugins.gen-calm]
+path = "{plugin:generator}"
+config = { count = 300000, rate = 300000 }
+
+[plugins.out-calm]
+path = "{plugin:file-sink}"
+config = { path = "/out/calm.txt" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "calm"
+source = "gen-calm"
+sinks = ["out-calm"]
+"#,
+    );
+    s.write("p.toml", &config);
+    let started = Instant::now();
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: pipeline `spin`: transform `spin` (#1) trapped in `process`: the call ran past \
+             its deadline of 300ms and was stopped (limits.call_timeout)"
+        ),
+        "{stderr}"
+    );
+    // The healthy pipeline delivered everything while the loop ran.
+    assert_eq!(s.read("out/calm.txt").lines().count(), 300_000);
+    assert!(
+        stderr.contains("pipeline `calm`: 300000 in, 0 dropped, 300000 written to `out-calm`"),
+        "{stderr}"
+    );
+    eprintln!("run took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_at_the_cap_with_plugin_and_limit_named() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "bomb",
+            r#"config = { attack = "memory" }
+limits = { memory = "16MiB" }"#,
+            "",
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: pipeline `bomb`: transform `bomb` (#1) trapped in `process`: memory limit of \
+             16.0 MiB reached (limits.memory)"
+        ),
+        "{stderr}"
+    );
+}
+
+fn report(s: &Scratch, name: &str) -> String {
+    s.read(&format!("out/{name}.txt")).trim_end().to_owned()
+}
+
+#[cfg(unix)]
+#[test]
+fn files_outside_the_granted_directory_cannot_be_read() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.mkdir("data");
+    std::fs::write(s.path().join("data/ok.txt"), "granted content\n").unwrap();
+    std::fs::write(s.path().join("secret.txt"), "top secret\n").unwrap();
+    std::os::unix::fs::symlink(s.path().join("secret.txt"), s.path().join("data/link-out"))
+        .unwrap();
+    let grant = r#"grants = { dirs = [{ host = "data", guest = "/data", mode = "ro" }] }"#;
+    let mut config = String::new();
+    for (name, path) in [
+        ("passwd", "/etc/passwd"),
+        ("dotdot", "/data/../secret.txt"),
+        ("symlink", "/data/link-out"),
+        ("granted", "/data/ok.txt"),
+    ] {
+        config.push_str(&attack_pipeline(
+            name,
+            &format!("config = {{ attack = \"read-file\", path = \"{path}\" }}\n{grant}"),
+            "",
+        ));
+    }
+    config.push_str(&attack_pipeline(
+        "write",
+        &format!("config = {{ attack = \"write-file\", path = \"/data/new.txt\" }}\n{grant}"),
+        "",
+    ));
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for name in ["passwd", "dotdot", "symlink", "write"] {
+        let r = report(&s, name);
+        assert!(r.contains(": denied: "), "{name}: {r}");
+        assert!(!r.contains("secret"), "{name} leaked: {r}");
+    }
+    assert_eq!(
+        report(&s, "granted"),
+        "attack read-file: ok: granted content"
+    );
+    assert!(
+        !s.path().join("data/new.txt").exists(),
+        "read-only grant was written"
+    );
+}
+
+#[test]
+fn tcp_is_denied_without_a_grant_and_allowed_with_one() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let s = Scratch::new();
+    s.mkdir("out");
+    let mut config = attack_pipeline(
+        "nogrant",
+        &format!("config = {{ attack = \"tcp-connect\", addr = \"{addr}\" }}"),
+        "",
+    );
+    config.push_str(&attack_pipeline(
+        "granted",
+        &format!(
+            "config = {{ attack = \"tcp-connect\", addr = \"{addr}\" }}\ngrants = {{ tcp = [\"{addr}\"] }}"
+        ),
+        "",
+    ));
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        report(&s, "nogrant").starts_with("attack tcp-connect: denied: "),
+        "{}",
+        report(&s, "nogrant")
+    );
+    assert_eq!(report(&s, "granted"), "attack tcp-connect: ok");
+    assert!(
+        stderr.contains(&format!(
+            "sandbox: denied tcp access to {addr} for plugin `nogrant/nogrant`"
+        )),
+        "{stderr}"
+    );
+    drop(listener);
+}
+
+#[test]
+fn a_plugin_sees_only_the_environment_variables_it_is_granted() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "env",
+            r#"config = { attack = "env" }
+grants = { env = ["PATCHBAY_TEST_VISIBLE", "PATCHBAY_TEST_UNSET"] }"#,
+            "",
+        ),
+    );
+    let out = crate::patchbay()
+        .args(["run", "p.toml"])
+        .current_dir(s.path())
+        .env("PATCHBAY_TEST_VISIBLE", "yes")
+        .env("PATCHBAY_TEST_HIDDEN", "no")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        report(&s, "env"),
+        "attack env: ok: PATCHBAY_TEST_VISIBLE=yes"
+    );
+}
+
+#[test]
+fn deep_recursion_and_oversized_output_are_stopped() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    let mut config = attack_pipeline("deep", r#"config = { attack = "recursion" }"#, "");
+    config.push_str(&attack_pipeline(
+        "flood",
+        r#"config = { attack = "big-output", count = 20000, size = 1024 }"#,
+        "",
+    ));
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Rust guests keep their stack in linear memory: overflowing it is an out-of-bounds
+    // access; tiny frames hit the engine's own stack limit instead. Either way, a trap.
+    assert!(
+        stderr.contains(
+            "error: pipeline `deep`: transform `deep` (#1) trapped in `process`: wasm trap: out \
+             of bounds memory access"
+        ) || stderr.contains("trapped in `process`: call stack exhausted"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "error: pipeline `flood`: transform `flood` (#1) trapped in `process`: output of"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("is over the limit of 16.0 MiB (limits.max_output)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn limits_apply_to_init_too() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    let mut config = attack_pipeline(
+        "spin",
+        r#"config = { attack = "init-loop" }
+limits = { init_timeout = "300ms" }"#,
+        "",
+    );
+    config.push_str(&attack_pipeline(
+        "bomb",
+        r#"config = { attack = "init-memory" }
+limits = { memory = "16MiB" }"#,
+        "",
+    ));
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "pipeline `spin`: transform `spin` could not start: plugin `spin/spin` trapped in \
+             `init`: the call ran past its deadline of 300ms and was stopped (limits.init_timeout)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "pipeline `bomb`: transform `bomb` could not start: plugin `bomb/bomb` trapped in \
+             `init`: memory limit of 16.0 MiB reached (limits.memory)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_component_importing_an_unknown_interface_is_refused_before_any_data_flows() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+
+[plugins.evil]
+path = "{plugin:test-unknown-import}"
+
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/never.txt" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "evil"
+source = "gen"
+transforms = ["evil"]
+sinks = ["out"]
+"#,
+    );
+    for command in ["validate", "run"] {
+        let out = s.run(&[command, "p.toml"]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("imports `evil:backdoor/shell@1.0.0`, which Patchbay does not provide"),
+            "{command}: {stderr}"
+        );
+    }
+    assert!(!s.path().join("out/never.txt").exists());
+}
+
+/// The issue's own case: PostgreSQL on 127.0.0.1:5432 is there, and only a grant reaches it.
+#[test]
+fn postgresql_is_reachable_only_with_a_grant() {
+    const PG: &str = "127.0.0.1:5432";
+    assert!(
+        std::net::TcpStream::connect(PG).is_ok(),
+        "PostgreSQL is not listening on {PG}; start it with \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+    );
+    let s = Scratch::new();
+    s.mkdir("out");
+    let mut config = attack_pipeline(
+        "pg-denied",
+        &format!("config = {{ attack = \"tcp-connect\", addr = \"{PG}\" }}"),
+        "",
+    );
+    config.push_str(&attack_pipeline(
+        "pg-granted",
+        &format!("config = {{ attack = \"tcp-connect\", addr = \"{PG}\" }}\ngrants = {{ tcp = [\"127.0.0.1:5432\"] }}"),
+        "",
+    ));
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        report(&s, "pg-denied"),
+        "attack tcp-connect: denied: Permission denied (os error 2)"
+    );
+    assert_eq!(report(&s, "pg-granted"), "attack tcp-connect: ok");
+    assert!(
+        stderr.contains("sandbox: denied tcp access to 127.0.0.1:5432 for plugin `pg-denied/pg-denied` (not in grants.tcp)"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,179 @@
+//! `test-hostile` (test only): a transform that attacks the sandbox, chosen by `attack`. Attacks
+//! that can be answered replace every message with one line, `attack NAME: ok: DETAIL` or
+//! `attack NAME: denied: ERROR`, so the sink's output shows what the plugin could do; the
+//! others (loops, bombs, recursion) must be stopped by the host.
+
+use std::hint::black_box;
+
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
+
+const ATTACKS: &[&str] = &[
+    "none",
+    "loop",
+    "memory",
+    "read-file",
+    "list-dir",
+    "write-file",
+    "tcp-connect",
+    "dns",
+    "env",
+    "recursion",
+    "big-output",
+    "init-loop",
+    "init-memory",
+];
+
+struct Hostile {
+    attack: String,
+    path: String,
+    addr: String,
+    host: String,
+    count: usize,
+    size: usize,
+    report: Option<String>,
+}
+
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+fn bomb() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        for i in (0..chunk.len()).step_by(4096) {
+            chunk[i] = 1;
+        }
+        hoard.push(black_box(chunk));
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(frame[7] + 1) + frame[3]
+}
+
+fn outcome(result: Result<String, String>) -> String {
+    match result {
+        Ok(detail) => format!("ok: {detail}"),
+        Err(error) => format!("denied: {error}"),
+    }
+}
+
+impl Hostile {
+    fn run(&self) -> String {
+        let result = match self.attack.as_str() {
+            "loop" => spin(),
+            "memory" => bomb(),
+            "recursion" => Ok(recurse(0).to_string()),
+            "read-file" => std::fs::read_to_string(&self.path)
+                .map(|text| text.lines().next().unwrap_or("").to_owned())
+                .map_err(|e| e.to_string()),
+            "list-dir" => std::fs::read_dir(&self.path)
+                .map_err(|e| e.to_string())
+                .map(|entries| {
+                    let mut names: Vec<String> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
+                    names.sort();
+                    names.join(",")
+                }),
+            "write-file" => std::fs::write(&self.path, "x")
+                .map(|()| "written".to_owned())
+                .map_err(|e| e.to_string()),
+            "tcp-connect" => std::net::TcpStream::connect(&self.addr)
+                .map(|_| String::new())
+                .map_err(|e| e.to_string()),
+            "dns" => {
+                use std::net::ToSocketAddrs;
+                self.host
+                    .to_socket_addrs()
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut addrs| {
+                        addrs
+                            .next()
+                            .map(|a| a.to_string())
+                            .ok_or_else(|| "no address".to_owned())
+                    })
+            }
+            "env" => {
+                let mut vars: Vec<String> =
+                    std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                vars.sort();
+                Ok(vars.join(","))
+            }
+            other => Ok(format!("nothing to do for {other}")),
+        };
+        let text = outcome(result);
+        format!("attack {}: {}", self.attack, text.trim_end_matches(": "))
+    }
+}
+
+impl Transform for Hostile {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "test-hostile",
+            env!("CARGO_PKG_VERSION"),
+            "Test only: attacks the sandbox in the way `attack` says.",
+        )
+        .key(ConfigKey::optional(
+            "attack",
+            "none, loop, memory, read-file, list-dir, write-file, tcp-connect, dns, env, recursion, big-output, init-loop or init-memory.",
+            "none",
+        ))
+        .key(ConfigKey::optional("path", "File or directory for read-file, list-dir and write-file.", "/etc/passwd"))
+        .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect.", "127.0.0.1:5432"))
+        .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
+        .key(ConfigKey::optional("count", "Messages per input for big-output.", "100000"))
+        .key(ConfigKey::optional("size", "Bytes per message for big-output.", "1024"))
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let attack = config.get("attack").unwrap_or("none").to_owned();
+        if !ATTACKS.contains(&attack.as_str()) {
+            return Err(Error::fatal(format!(
+                "config key `attack`: `{attack}` is not one of {}",
+                ATTACKS.join(", ")
+            )));
+        }
+        match attack.as_str() {
+            "init-loop" => spin(),
+            "init-memory" => bomb(),
+            _ => {}
+        }
+        Ok(Hostile {
+            attack,
+            path: config.get("path").unwrap_or("/etc/passwd").to_owned(),
+            addr: config.get("addr").unwrap_or("127.0.0.1:5432").to_owned(),
+            host: config.get("host").unwrap_or("localhost:80").to_owned(),
+            count: config.parse("count")?.unwrap_or(100_000),
+            size: config.parse("size")?.unwrap_or(1024),
+            report: None,
+        })
+    }
+
+    fn process(&mut self, message: &Message) -> Outcome {
+        match self.attack.as_str() {
+            "none" => Outcome::Keep,
+            "big-output" => Outcome::Replace(
+                (0..self.count)
+                    .map(|_| message.with_payload(vec![b'x'; self.size]))
+                    .collect(),
+            ),
+            _ => {
+                if self.report.is_none() {
+                    self.report = Some(self.run());
+                }
+                let report = self.report.clone().unwrap_or_default();
+                Outcome::Replace(vec![message.with_payload(report)])
+            }
+        }
+    }
+}
+
+patchbay_sdk::export_transform!(Hostile);
