@@ -440,8 +440,13 @@ impl Instance {
     fn trap(&self, function: &'static str, timeout: Duration, e: wasmtime::Error) -> Trap {
         let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => format!(
-                "the call ran past its deadline of {} and was stopped (limits.{})",
+                "the call ran past its deadline of {} and was stopped after {} (limits.{})",
                 humantime::format_duration(timeout),
+                {
+                    let started = self.store.data().deadline.checked_sub(timeout);
+                    let ran = started.map_or(timeout, |s| s.elapsed());
+                    humantime::format_duration(Duration::from_millis(ran.as_millis() as u64))
+                },
                 if function == "init" || function == "instantiate" {
                     "init_timeout"
                 } else {

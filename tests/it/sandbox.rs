@@ -69,10 +69,11 @@ sinks = ["out-calm"]
     assert!(
         stderr.contains(
             "error: pipeline `spin`: transform `spin` (#1) trapped in `process`: the call ran past \
-             its deadline of 300ms and was stopped (limits.call_timeout)"
+             its deadline of 300ms and was stopped after "
         ),
         "{stderr}"
     );
+    assert!(stderr.contains("(limits.call_timeout)"), "{stderr}");
     // The healthy pipeline delivered everything while the loop ran.
     assert_eq!(s.read("out/calm.txt").lines().count(), 300_000);
     assert!(
@@ -281,10 +282,11 @@ limits = { memory = "16MiB" }"#,
     assert!(
         stderr.contains(
             "pipeline `spin`: transform `spin` could not start: plugin `spin/spin` trapped in \
-             `init`: the call ran past its deadline of 300ms and was stopped (limits.init_timeout)"
+             `init`: the call ran past its deadline of 300ms and was stopped after "
         ),
         "{stderr}"
     );
+    assert!(stderr.contains("(limits.init_timeout)"), "{stderr}");
     assert!(
         stderr.contains(
             "pipeline `bomb`: transform `bomb` could not start: plugin `bomb/bomb` trapped in \

@@ -126,9 +126,11 @@ impl Failure {
         }
     }
 
-    /// Fold a later attempt's failure into this one.
+    /// Fold a later attempt's failure into this one (a shut-off breaker is no attempt).
     fn again(mut self, later: Failure) -> Failure {
-        self.attempts += 1;
+        if !matches!(later.cause, Cause::CircuitOpen(_)) {
+            self.attempts += 1;
+        }
         self.last = later.last;
         self.kind = later.kind;
         self.error = later.error;
