@@ -76,6 +76,9 @@ pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, Assemble
             }
         };
         expect(&pipeline.source, Role::Source);
+        if let Some(dead_letter_sink) = &pipeline.dead_letter_sink {
+            expect(dead_letter_sink, Role::Sink);
+        }
         for t in &pipeline.transforms {
             expect(t, Role::Transform);
         }
@@ -288,6 +291,13 @@ async fn plan_one(
             sinks.push(stage(s, Role::Sink).await.map(|s| Slot::Live(Box::new(s))));
         }
     }
+    let dead_letters = match &pipeline.dead_letter_sink {
+        Some(r) => {
+            let sink = stage(r, Role::Sink).await?;
+            Arc::new(DeadLetters::to_sink(sink.plugin, sink.instance))
+        }
+        None => Arc::new(DeadLetters::new(pipeline.dead_letter.clone())),
+    };
     let router = if pipeline.routes.is_empty() {
         None
     } else {
@@ -314,7 +324,7 @@ async fn plan_one(
         on_error: pipeline.on_error,
         retry: pipeline.retry,
         breaker: pipeline.breaker,
-        dead_letters: Arc::new(DeadLetters::new(pipeline.dead_letter.clone())),
+        dead_letters,
     })
 }
 

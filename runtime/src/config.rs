@@ -289,7 +289,11 @@ impl Default for Breaker {
 #[serde(deny_unknown_fields)]
 struct RawDeadLetter {
     /// JSON Lines file, relative to the pipeline file (default `dead-letter/PIPELINE.jsonl`).
-    path: Spanned<String>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    /// Or a sink plugin (a key of `[plugins]`) that receives each entry as a JSON message.
+    #[serde(default)]
+    sink: Option<Spanned<String>>,
 }
 
 /// What to do with a record that failed for good.
@@ -570,8 +574,10 @@ pub struct PipelineDecl {
     pub retry: Retry,
     /// Circuit breaker.
     pub breaker: Breaker,
-    /// Dead-letter file (JSON Lines).
+    /// Dead-letter file (JSON Lines), when no sink plugin takes the entries.
     pub dead_letter: PathBuf,
+    /// A sink plugin that takes the dead letters instead of the file.
+    pub dead_letter_sink: Option<PluginRef>,
     /// Routing mode.
     pub routing: RoutingMode,
     /// Routes; empty means every sink gets every message.
@@ -825,10 +831,26 @@ impl Config {
                     .cooldown
                     .map_or(breaker_defaults.cooldown, |d| d.0),
             };
-            let dead_letter = match &raw_pipeline.dead_letter {
-                Some(d) => base.join(d.path.get_ref()),
+            let dead_letter = match raw_pipeline
+                .dead_letter
+                .as_ref()
+                .and_then(|d| d.path.as_ref())
+            {
+                Some(path) => base.join(path.get_ref()),
                 None => base.join("dead-letter").join(format!("{name}.jsonl")),
             };
+            let dead_letter_sink = raw_pipeline
+                .dead_letter
+                .as_ref()
+                .and_then(|d| d.sink.as_ref())
+                .map(|s| reference(s, Role::Sink, &mut problems));
+            if let Some(d) = &raw_pipeline.dead_letter
+                && d.path.is_some() == d.sink.is_some()
+            {
+                problems.push(format!(
+                    "{loc}: pipeline `{name}`: dead_letter needs exactly one of `path` (a JSON Lines file) or `sink` (a sink plugin)"
+                ));
+            }
             if raw_pipeline.dead_letter.is_some() && raw_pipeline.on_error == OnError::Stop {
                 problems.push(format!(
                     "{loc}: pipeline `{name}` configures dead_letter but on_error is \"stop\"; set on_error = \"dead-letter\" to use it"
@@ -894,6 +916,7 @@ impl Config {
                 retry,
                 breaker,
                 dead_letter,
+                dead_letter_sink,
             });
         }
 

@@ -23,6 +23,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{Header, Message};
+use crate::plugin::Instance;
 
 /// Bytes that survive JSON: text when they are UTF-8, base64 otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,11 +139,13 @@ pub fn timestamp(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-/// Appends entries to one JSON Lines file.
-#[derive(Debug)]
+/// The dead-letter channel of one pipeline: a JSON Lines file, or a sink plugin that gets each
+/// entry as a JSON message (key and headers of the original message, plus
+/// `patchbay-dead-letter-pipeline` and `patchbay-dead-letter-plugin` headers).
 pub struct DeadLetters {
     path: PathBuf,
     file: Mutex<Option<File>>,
+    sink: Option<(String, tokio::sync::Mutex<Instance>)>,
 }
 
 impl DeadLetters {
@@ -151,6 +154,16 @@ impl DeadLetters {
         DeadLetters {
             path,
             file: Mutex::new(None),
+            sink: None,
+        }
+    }
+
+    /// A channel handing entries to the sink plugin `name`.
+    pub fn to_sink(name: String, instance: Instance) -> DeadLetters {
+        DeadLetters {
+            path: PathBuf::new(),
+            file: Mutex::new(None),
+            sink: Some((name, tokio::sync::Mutex::new(instance))),
         }
     }
 
@@ -159,11 +172,18 @@ impl DeadLetters {
         &self.path
     }
 
-    /// Append entries and flush them to the operating system.
-    pub fn store(&self, entries: &[Entry]) -> Result<(), String> {
+    /// Store entries durably (file: appended and flushed; sink: accepted by the plugin).
+    pub async fn store(&self, entries: &[Entry]) -> Result<(), String> {
         if entries.is_empty() {
             return Ok(());
         }
+        if let Some((name, sink)) = &self.sink {
+            return store_in_sink(name, sink, entries).await;
+        }
+        self.append(entries)
+    }
+
+    fn append(&self, entries: &[Entry]) -> Result<(), String> {
         let mut text = Vec::new();
         for entry in entries {
             serde_json::to_writer(&mut text, entry).map_err(|e| e.to_string())?;
@@ -207,6 +227,57 @@ impl DeadLetters {
                     self.path.display()
                 )
             })
+    }
+}
+
+async fn store_in_sink(
+    name: &str,
+    sink: &tokio::sync::Mutex<Instance>,
+    entries: &[Entry],
+) -> Result<(), String> {
+    let mut messages = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let payload = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
+        let original = entry.message.to_message().unwrap_or_else(|_| Message {
+            payload: Vec::new(),
+            key: None,
+            headers: Vec::new(),
+            timestamp: None,
+        });
+        let mut headers = original.headers;
+        headers.push(Header {
+            name: "patchbay-dead-letter-pipeline".into(),
+            value: entry.pipeline.clone(),
+        });
+        headers.push(Header {
+            name: "patchbay-dead-letter-plugin".into(),
+            value: entry.plugin.clone(),
+        });
+        messages.push(Message {
+            payload,
+            key: original.key,
+            headers,
+            timestamp: original.timestamp,
+        });
+    }
+    let mut instance = sink.lock().await;
+    let results = instance
+        .write(&messages)
+        .await
+        .map_err(|trap| format!("dead-letter sink `{name}`: {trap}"))?;
+    if results.len() != messages.len() {
+        return Err(format!(
+            "dead-letter sink `{name}` returned {} results for {} entries",
+            results.len(),
+            messages.len()
+        ));
+    }
+    match results.into_iter().find_map(Result::err) {
+        Some(error) => Err(format!(
+            "dead-letter sink `{name}` refused an entry: {}",
+            crate::contract::describe(&error)
+        )),
+        None => Ok(()),
     }
 }
 

@@ -305,3 +305,73 @@ max_in_flight = "4MiB"
     assert!(peak > 0, "could not read VmHWM");
     assert!(peak < 150 * 1024, "peak RSS {} MiB", peak / 1024);
 }
+
+#[test]
+fn dead_letters_can_go_to_a_sink_plugin_and_be_replayed_from_its_output() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    let config = r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 3000 }
+
+[plugins.bad]
+path = "{plugin:flaky-sink}"
+config = { path = "/out/bad.jsonl", fail_rate = 0.5, kind = "invalid-data" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.dlq]
+path = "{plugin:file-sink}"
+config = { path = "/out/dlq-sink.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "to-sink"
+source = "gen"
+sinks = ["bad"]
+on_error = "dead-letter"
+dead_letter = { sink = "dlq" }
+"#;
+    s.write("p.toml", config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let written = seq_counts(&s.read("out/bad.jsonl"));
+    let dead = dead_letter_seqs(&s.read("out/dlq-sink.jsonl"));
+    assert_eq!(written.len() + dead.len(), 3000);
+    assert!(!dead.is_empty());
+    assert!(
+        s.read("out/dlq-sink.jsonl")
+            .lines()
+            .all(|l| l.contains(r#""error_kind":"invalid-data""#))
+    );
+    // The sink's output is in the dead-letter format: replay it into a healthy sink.
+    let healthy = config
+        .replace(
+            "path = \"{plugin:flaky-sink}\"\nconfig = { path = \"/out/bad.jsonl\", fail_rate = 0.5, kind = \"invalid-data\" }",
+            "path = \"{plugin:file-sink}\"\nconfig = { path = \"/out/bad.jsonl\", append = true }",
+        )
+        .replace("config = { path = \"/out/dlq-sink.jsonl\" }", "config = { path = \"/out/dlq-again.jsonl\" }");
+    s.write("healthy.toml", &healthy);
+    let out = s.run(&[
+        "dlq",
+        "replay",
+        "healthy.toml",
+        "--pipeline",
+        "to-sink",
+        "--from",
+        "out/dlq-sink.jsonl",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "replayed {n} dead letters of pipeline `to-sink`: {n} delivered",
+            n = dead.len()
+        )),
+        "{stdout}"
+    );
+    let all = seq_counts(&s.read("out/bad.jsonl"));
+    assert_eq!(all.len(), 3000);
+    assert!(all.values().all(|&c| c == 1));
+}

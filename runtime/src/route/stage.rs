@@ -219,7 +219,7 @@ impl Stage {
     }
 
     /// Settle records that failed for good: stop, or store them as dead letters.
-    fn settle(&self, dead: Vec<(Message, Failure)>) -> Result<(), PipelineFailure> {
+    async fn settle(&mut self, dead: Vec<(Message, Failure)>) -> Result<(), PipelineFailure> {
         let Some((_, first)) = dead.first() else {
             return Ok(());
         };
@@ -253,10 +253,8 @@ impl Stage {
                 message: StoredMessage::from_message(message),
             })
             .collect();
-        self.policy
-            .dead_letters
-            .store(&entries)
-            .map_err(|e| self.failure(Cause::Contract(format!("dead-letter channel: {e}"))))?;
+        let stored = self.policy.dead_letters.store(&entries).await;
+        stored.map_err(|e| self.failure(Cause::Contract(format!("dead-letter channel: {e}"))))?;
         self.policy
             .counters
             .dead_lettered
@@ -395,7 +393,7 @@ impl Stage {
             .counters
             .dropped
             .fetch_add(dropped, Ordering::Relaxed);
-        self.settle(dead)?;
+        self.settle(dead).await?;
         Ok(out)
     }
 
@@ -495,7 +493,7 @@ impl Stage {
             attempt += 1;
             pending = retry;
         }
-        self.settle(dead)?;
+        self.settle(dead).await?;
         Ok(written)
     }
 }
