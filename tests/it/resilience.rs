@@ -375,3 +375,45 @@ dead_letter = { sink = "dlq" }
     assert_eq!(all.len(), 3000);
     assert!(all.values().all(|&c| c == 1));
 }
+
+/// The source checks, at each ack, that both destinations of the fan-out hold every record up
+/// to the checkpoint: the slow healthy sink, and the failing sink's output or the dead letters.
+#[test]
+fn a_checkpoint_is_acknowledged_only_after_every_destination_settled_it() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        r#"
+[plugins.src]
+path = "{plugin:test-ack-source}"
+config = { count = 3000, report = "/out/acks.txt", groups = [["/out/good.jsonl"], ["/out/bad.jsonl", "/out/dead.jsonl"]] }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.good]
+path = "{plugin:slow-sink}"
+config = { path = "/out/good.jsonl", delay = "2ms" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.bad]
+path = "{plugin:flaky-sink}"
+config = { path = "/out/bad.jsonl", fail_rate = 0.3, kind = "fatal" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "acks"
+source = "src"
+sinks = ["good", "bad"]
+batch_size = 100
+on_error = "dead-letter"
+dead_letter = { path = "out/dead.jsonl" }
+"#,
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let acks = s.read("out/acks.txt");
+    assert!(acks.lines().count() >= 2, "{acks}");
+    assert!(acks.lines().all(|l| l.ends_with(" ok")), "{acks}");
+    assert_eq!(acks.lines().last(), Some("ack 2999 ok"));
+}

@@ -24,6 +24,7 @@ const TEST_PLUGINS: &[&str] = &[
     "slow-sink",
     "test-hostile",
     "test-unknown-import",
+    "test-ack-source",
 ];
 
 type Result<T> = std::result::Result<T, String>;
