@@ -131,6 +131,11 @@ fn build() -> Result<()> {
 
 fn quickstart() -> Result<()> {
     build()?;
+    run_quickstart()
+}
+
+/// Run examples/quickstart with the built binary and check its output count.
+fn run_quickstart() -> Result<()> {
     let example = root().join("examples").join("quickstart");
     let out = example.join("out");
     let _ = std::fs::remove_file(out.join("orders.jsonl"));
@@ -139,11 +144,15 @@ fn quickstart() -> Result<()> {
     run(Command::new(&patchbay)
         .args(["run", "pipeline.toml"])
         .current_dir(&example))?;
-    let input = std::fs::read_to_string(example.join("orders.csv"))
+    let input = std::fs::read_to_string(example.join("data").join("orders.csv"))
         .map_err(|e| format!("cannot read the quickstart input: {e}"))?;
     let output = std::fs::read_to_string(out.join("orders.jsonl"))
         .map_err(|e| format!("cannot read the quickstart output: {e}"))?;
-    let rows = input.lines().filter(|l| !l.trim().is_empty()).count() - 1;
+    let rows = input
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+        .saturating_sub(1);
     let lines = output.lines().count();
     eprintln!("\nxtask: examples/quickstart/out/orders.jsonl (first lines):");
     for line in output.lines().take(3) {
@@ -160,6 +169,8 @@ fn quickstart() -> Result<()> {
 
 fn test() -> Result<()> {
     build()?;
+    // The README's first command, end to end, so that it cannot silently break.
+    run_quickstart()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
