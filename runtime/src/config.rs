@@ -844,6 +844,14 @@ impl Config {
                 .as_ref()
                 .and_then(|d| d.sink.as_ref())
                 .map(|s| reference(s, Role::Sink, &mut problems));
+            if let Some(dls) = &dead_letter_sink
+                && sinks.iter().any(|s| s.name == dls.name)
+            {
+                problems.push(format!(
+                    "{}: pipeline `{name}`: dead-letter sink `{}` is also one of its destinations, so its own failures would be dead-lettered into itself (a cycle); declare a separate plugin for the dead letters",
+                    dls.loc, dls.name
+                ));
+            }
             if let Some(d) = &raw_pipeline.dead_letter
                 && d.path.is_some() == d.sink.is_some()
             {
