@@ -187,7 +187,11 @@ fn tcp_is_denied_without_a_grant_and_allowed_with_one() {
         "{}",
         report(&s, "nogrant")
     );
-    assert_eq!(report(&s, "granted"), "attack tcp-connect: ok");
+    assert!(
+        report(&s, "granted").starts_with("attack tcp-connect: ok"),
+        "{}",
+        report(&s, "granted")
+    );
     assert!(
         stderr.contains(&format!(
             "sandbox: denied tcp access to {addr} for plugin `nogrant/nogrant`"
@@ -358,11 +362,16 @@ fn postgresql_is_reachable_only_with_a_grant() {
     let out = s.run(&["run", "p.toml"]);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(
-        report(&s, "pg-denied"),
-        "attack tcp-connect: denied: Permission denied (os error 2)"
+    assert!(
+        report(&s, "pg-denied").starts_with("attack tcp-connect: denied: "),
+        "{}",
+        report(&s, "pg-denied")
     );
-    assert_eq!(report(&s, "pg-granted"), "attack tcp-connect: ok");
+    assert!(
+        report(&s, "pg-granted").starts_with("attack tcp-connect: ok"),
+        "{}",
+        report(&s, "pg-granted")
+    );
     assert!(
         stderr.contains("sandbox: denied tcp access to 127.0.0.1:5432 for plugin `pg-denied/pg-denied` (not in grants.tcp)"),
         "{stderr}"
