@@ -127,8 +127,6 @@ pub struct Counters {
     pub polled: AtomicU64,
     /// Messages transforms dropped.
     pub dropped: AtomicU64,
-    /// Messages that reached the sink stage (after transforms).
-    pub routed: AtomicU64,
     /// Messages each sink accepted, by sink position.
     pub written: Vec<AtomicU64>,
     /// Checkpoints acknowledged to the source.
@@ -300,20 +298,15 @@ fn route_batch(router: &Router, records: Vec<Message>, sinks: usize) -> (Vec<Vec
     let mut unrouted = 0;
     for message in records {
         router.destinations(&root, &message, &mut flags);
-        let targets: Vec<usize> = flags
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &f)| f.then_some(i))
-            .collect();
-        match targets.split_last() {
-            None => unrouted += 1,
-            Some((&last, rest)) => {
-                for &i in rest {
-                    per_sink[i].push(message.clone());
-                }
-                per_sink[last].push(message);
-            }
+        // Clone for every destination but the last, which takes the message itself.
+        let Some(last) = flags.iter().rposition(|&f| f) else {
+            unrouted += 1;
+            continue;
+        };
+        for (i, _) in flags[..last].iter().enumerate().filter(|(_, f)| **f) {
+            per_sink[i].push(message.clone());
         }
+        per_sink[last].push(message);
     }
     (per_sink, unrouted)
 }

@@ -505,7 +505,6 @@ pub async fn run_transform(
     mut rx: mpsc::Receiver<Batch>,
     downstream: Downstream,
 ) -> Result<(), PipelineFailure> {
-    let to_sinks = matches!(downstream, Downstream::Sinks { .. });
     while let Some(mut batch) = rx.recv().await {
         let applies = match batch.enter {
             Enter::Source => true,
@@ -515,13 +514,6 @@ pub async fn run_transform(
         if applies && !batch.records.is_empty() {
             let records = std::mem::take(&mut batch.records);
             batch.records = stage.transform(records).await?;
-        }
-        if to_sinks {
-            stage
-                .policy
-                .counters
-                .routed
-                .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
         }
         if !downstream.send(batch).await {
             return Ok(());
