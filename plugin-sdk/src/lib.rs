@@ -67,6 +67,7 @@ pub mod bindings;
 mod config;
 #[doc(hidden)]
 pub mod export;
+pub mod http;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod log;

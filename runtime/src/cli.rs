@@ -291,11 +291,30 @@ async fn run(runtime: &Arc<Runtime>, path: &Path, progress: Duration) -> anyhow:
             eprintln!("error: {failure}");
         }
     }
+    print_denials(runtime);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `sandbox denied N accesses: CAPABILITY by PLUGIN (COUNT), …`, when any were denied.
+fn print_denials(runtime: &Runtime) {
+    let denied = runtime.audit().denied();
+    if denied.is_empty() {
+        return;
+    }
+    let total: u64 = denied.values().sum();
+    let parts: Vec<String> = denied
+        .iter()
+        .map(|((plugin, capability), n)| format!("{capability} by {plugin} ({n})"))
+        .collect();
+    eprintln!(
+        "sandbox denied {total} access{}: {}",
+        if total == 1 { "" } else { "es" },
+        parts.join(", ")
+    );
 }
 
 async fn futures_join(handles: Vec<tokio::task::JoinHandle<Report>>) -> Vec<Report> {
@@ -578,6 +597,10 @@ async fn inspect(
         println!("  tcp          {}", patterns(&g.tcp));
         println!("  udp          {}", patterns(&g.udp));
         println!("  listen       {}", patterns(&g.listen));
+        println!(
+            "  http         {}",
+            list(g.http.iter().map(|p| p.text.clone()).collect())
+        );
         println!("  dns          {}", if g.dns { "yes" } else { "no" });
         println!("  env          {}", list(g.env.clone()));
         println!("  stdin        {}", if g.stdin { "yes" } else { "no" });
@@ -589,8 +612,8 @@ async fn inspect(
             "filesystem" => !g.dirs.is_empty(),
             "network" => !g.tcp.is_empty() || !g.udp.is_empty() || !g.listen.is_empty(),
             "dns" => g.dns,
+            "http" => !g.http.is_empty(),
             // Rust's std imports stdin in every program; an ungranted stdin reads as empty.
-            "http" => false,
             _ => true,
         };
         let mut warned = std::collections::BTreeSet::new();

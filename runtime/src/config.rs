@@ -103,6 +103,11 @@ struct RawGrants {
     /// Local addresses the plugin may listen on (TCP), same patterns.
     #[serde(default)]
     listen: Vec<Spanned<String>>,
+    /// Outbound HTTP (wasi:http) destinations: `HOST`, `HOST:PORT`, `*.DOMAIN[:PORT]`, each
+    /// optionally after `http://` or `https://` to allow only that scheme. A host with no
+    /// port allows any port.
+    #[serde(default)]
+    http: Vec<Spanned<String>>,
     /// Let the plugin resolve host names.
     #[serde(default)]
     dns: bool,
@@ -453,6 +458,8 @@ pub struct Grants {
     pub udp: Vec<NetPattern>,
     /// Listen addresses.
     pub listen: Vec<NetPattern>,
+    /// Outbound HTTP destinations.
+    pub http: Vec<HttpPattern>,
     /// Name lookup allowed.
     pub dns: bool,
     /// Environment variable names.
@@ -511,6 +518,94 @@ impl NetPattern {
     pub fn allows(&self, addr: &std::net::SocketAddr) -> bool {
         self.port.is_none_or(|p| p == addr.port())
             && self.ips.as_ref().is_none_or(|ips| ips.contains(&addr.ip()))
+    }
+}
+
+/// An outbound HTTP grant: `[SCHEME://]HOST[:PORT]`, where HOST may start with `*.` to allow
+/// every subdomain. Matched against the authority of each request the plugin sends, before any
+/// connection is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPattern {
+    /// As written.
+    pub text: String,
+    /// `http` or `https`; `None` means either.
+    pub scheme: Option<String>,
+    /// Lowercase host, or `*.domain` for subdomains of `domain`.
+    pub host: String,
+    /// Allowed port; `None` means any.
+    pub port: Option<u16>,
+}
+
+impl HttpPattern {
+    /// Parse `[SCHEME://]HOST[:PORT]`.
+    pub fn parse(text: &str) -> Result<HttpPattern, String> {
+        let hint = "write [http://|https://]HOST[:PORT], e.g. \"api.example.com\", \
+                    \"https://*.example.com\", \"127.0.0.1:8080\"";
+        let (scheme, rest) = match text.split_once("://") {
+            Some((s, rest)) if s == "http" || s == "https" => (Some(s.to_owned()), rest),
+            Some((s, _)) => {
+                return Err(format!(
+                    "http grant `{text}`: scheme `{s}` is not http or https; {hint}"
+                ));
+            }
+            None => (None, text),
+        };
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!(
+                "http grant `{text}` has a path, query or user; grants name hosts only; {hint}"
+            ));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            match v6.split_once(']') {
+                Some((h, "")) => (format!("[{h}]"), None),
+                Some((h, p)) => match p.strip_prefix(':') {
+                    Some(p) => (format!("[{h}]"), Some(p)),
+                    None => return Err(format!("http grant `{text}`: bad address; {hint}")),
+                },
+                None => return Err(format!("http grant `{text}`: unclosed `[`; {hint}")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (rest.to_owned(), None),
+            }
+        };
+        let port = match port {
+            None | Some("*") => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("http grant `{text}`: bad port `{p}`; {hint}"))?,
+            ),
+        };
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        if bare.is_empty()
+            || bare.contains('*')
+            || !bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
+        {
+            return Err(format!("http grant `{text}`: bad host `{host}`; {hint}"));
+        }
+        Ok(HttpPattern {
+            text: text.to_owned(),
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether a request to `scheme://host:port` matches.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        let host_ok = match self.host.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => host == self.host,
+        };
+        host_ok
+            && self.port.is_none_or(|p| p == port)
+            && self.scheme.as_deref().is_none_or(|s| s == scheme)
     }
 }
 
@@ -1060,6 +1155,18 @@ fn check_plugin(
     let tcp = patterns(&raw.grants.tcp);
     let udp = patterns(&raw.grants.udp);
     let listen = patterns(&raw.grants.listen);
+    let http = raw
+        .grants
+        .http
+        .iter()
+        .filter_map(|p| match HttpPattern::parse(p.get_ref()) {
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                problems.push(format!("{}: plugin `{name}`: {e}", locator.at(p)));
+                None
+            }
+        })
+        .collect();
     let defaults = Limits::default();
     let limits = Limits {
         memory: raw.limits.memory.map_or(defaults.memory, |s| s.0),
@@ -1099,6 +1206,7 @@ fn check_plugin(
             tcp,
             udp,
             listen,
+            http,
             dns: raw.grants.dns,
             env: raw.grants.env,
         },
@@ -1178,5 +1286,36 @@ mod tests {
                 .starts_with("p.toml:3:1: unknown field `sorce`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn http_grants() {
+        let exact = HttpPattern::parse("api.example.com").unwrap();
+        assert!(exact.allows("https", "API.example.com", 443));
+        assert!(exact.allows("http", "api.example.com", 8080));
+        assert!(!exact.allows("https", "evil.com", 443));
+        assert!(!exact.allows("https", "x.api.example.com", 443));
+        let sub = HttpPattern::parse("https://*.example.com:443").unwrap();
+        assert!(sub.allows("https", "a.b.example.com", 443));
+        assert!(!sub.allows("https", "example.com", 443));
+        assert!(!sub.allows("https", "badexample.com", 443));
+        assert!(!sub.allows("http", "a.example.com", 443));
+        assert!(!sub.allows("https", "a.example.com", 8443));
+        let local = HttpPattern::parse("127.0.0.1:8080").unwrap();
+        assert!(local.allows("http", "127.0.0.1", 8080));
+        assert!(!local.allows("http", "127.0.0.1", 8081));
+        let v6 = HttpPattern::parse("[::1]:80").unwrap();
+        assert!(v6.allows("http", "[::1]", 80));
+        for bad in [
+            "ftp://x",
+            "x.com/path",
+            "x.com:port",
+            "*",
+            "a.*.com",
+            "u@x.com",
+            "",
+        ] {
+            assert!(HttpPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -26,6 +26,20 @@ pub struct HostState {
     limits: StoreLimits,
     imports: HostImports,
     deadline: Instant,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_gate: sandbox::HttpGate,
+    label: Arc<str>,
+    audit: Arc<sandbox::Audit>,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -110,7 +124,8 @@ pub struct Runtime {
     engine_key: String,
     metrics: PluginMetrics,
     audit: Arc<sandbox::Audit>,
-    _ticker: sandbox::EpochTicker,
+    enforce: bool,
+    _ticker: Option<sandbox::EpochTicker>,
 }
 
 /// A loaded, checked component, ready to instantiate.
@@ -144,17 +159,34 @@ impl Runtime {
     /// Create the engine (async, epoch interruption) and the linker with WASI and host imports.
     /// `cache_dir` holds precompiled components; `None` compiles every time.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        Runtime::build(cache_dir, true)
+    }
+
+    /// A runtime that enforces no time or memory limits: no epoch deadlines, no memory cap,
+    /// no wall-clock guard. Grants still apply. It exists to measure what the limits cost
+    /// (`cargo xtask bench`); never run untrusted plugins with it.
+    pub fn without_limits(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        Runtime::build(cache_dir, false)
+    }
+
+    fn build(cache_dir: Option<PathBuf>, enforce: bool) -> anyhow::Result<Runtime> {
         let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
+        config.epoch_interruption(enforce);
         config.wasm_component_model(true);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        audit_open_at(&mut linker)?;
         contract::add_to_linker(&mut linker, |s: &mut HostState| &mut s.imports)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish());
-        let ticker = sandbox::EpochTicker::start(&engine)?;
+        let ticker = if enforce {
+            Some(sandbox::EpochTicker::start(&engine)?)
+        } else {
+            None
+        };
         Ok(Runtime {
             engine,
             linker,
@@ -162,6 +194,7 @@ impl Runtime {
             engine_key,
             metrics: PluginMetrics::default(),
             audit: Arc::new(sandbox::Audit::default()),
+            enforce,
             _ticker: ticker,
         })
     }
@@ -325,23 +358,30 @@ impl Runtime {
                 metrics: self.metrics.clone(),
             },
             deadline: Instant::now() + limits.init_timeout,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_gate: sandbox::HttpGate::new(&label, grants, &self.audit),
+            label: label.clone(),
+            audit: self.audit.clone(),
         };
         let mut store = Store::new(&self.engine, host);
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        store.set_epoch_deadline(1);
+        if self.enforce {
+            store.limiter(|s| &mut s.limits);
+            store.epoch_deadline_callback(|ctx| {
+                if Instant::now() >= ctx.data().deadline {
+                    Ok(UpdateDeadline::Interrupt)
+                } else {
+                    Ok(UpdateDeadline::Yield(1))
+                }
+            });
+            store.set_epoch_deadline(1);
+        }
         let mut instance = Instance {
             store,
             bindings: None,
             label,
             limits: *limits,
             stderr_tail,
+            enforce: self.enforce,
         };
         let result = match &plugin.pre {
             RolePre::Source(pre) => pre
@@ -363,6 +403,60 @@ impl Runtime {
         }
         Ok(instance)
     }
+}
+
+/// Re-define `wasi:filesystem` `open-at` around wasmtime-wasi's own, so that an open the sandbox
+/// refuses (a `..` or symlink escape from a granted directory, a write under a read-only grant)
+/// is audited like a network denial. Paths outside every granted directory never reach the host:
+/// the guest's libc finds no directory to resolve them against.
+fn audit_open_at(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::filesystem::WasiFilesystemView;
+    use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor as _};
+    type Args = (
+        Resource<fs::Descriptor>,
+        fs::PathFlags,
+        String,
+        fs::OpenFlags,
+        fs::DescriptorFlags,
+    );
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:filesystem/types@0.2.12")?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+         (fd, path_flags, path, open_flags, flags): Args| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let opened = state
+                    .filesystem()
+                    .open_at(fd, path_flags, path.clone(), open_flags, flags)
+                    .await;
+                match opened {
+                    Ok(fd) => Ok((Ok(fd),)),
+                    Err(e) => {
+                        let code = e.downcast()?;
+                        if matches!(
+                            code,
+                            fs::ErrorCode::NotPermitted
+                                | fs::ErrorCode::Access
+                                | fs::ErrorCode::ReadOnly
+                        ) {
+                            state.audit.deny(
+                                &state.label,
+                                "filesystem",
+                                &path,
+                                "outside its granted directories, or a write under a read-only grant",
+                            );
+                        }
+                        Ok((Err(code),))
+                    }
+                }
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 #[allow(unsafe_code)]
@@ -422,6 +516,32 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex(&Sha256::digest(std::fs::read(path)?)))
 }
 
+/// Marks a call stopped by the wall-clock guard: it was waiting on the host (I/O, a timer), where
+/// the epoch deadline cannot reach it.
+#[derive(Debug, thiserror::Error)]
+#[error("blocked past its deadline")]
+struct Blocked;
+
+/// Extra time the wall-clock guard allows past a deadline, so that a busy call is stopped by the
+/// epoch deadline (which can say so) before the guard drops it.
+const GUARD_GRACE: Duration = Duration::from_millis(50);
+
+/// Run a plugin call with a wall-clock limit as well as the epoch deadline: a plugin that
+/// blocks in a host call (a sleep, a socket read) runs no Wasm code, so only this stops it.
+/// The dropped call leaves the instance unusable; the caller discards it like any trap.
+async fn guard<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
+    match tokio::time::timeout(timeout + GUARD_GRACE, call).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(Blocked)),
+    }
+}
+
 /// One live plugin instance. After a [`Trap`] it must be discarded.
 pub struct Instance {
     store: Store<HostState>,
@@ -429,12 +549,19 @@ pub struct Instance {
     label: Arc<str>,
     limits: Limits,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    enforce: bool,
 }
 
 impl Instance {
     fn arm(&mut self, timeout: Duration) {
-        self.store.data_mut().deadline = Instant::now() + timeout;
-        self.store.set_epoch_deadline(1);
+        if self.enforce {
+            self.store.data_mut().deadline = Instant::now() + timeout;
+            self.store.set_epoch_deadline(1);
+        }
+    }
+
+    fn guard_for(&self, timeout: Duration) -> Option<Duration> {
+        self.enforce.then_some(timeout)
     }
 
     fn trap(&self, function: &'static str, timeout: Duration, e: wasmtime::Error) -> Trap {
@@ -447,6 +574,16 @@ impl Instance {
                     let ran = started.map_or(timeout, |s| s.elapsed());
                     humantime::format_duration(Duration::from_millis(ran.as_millis() as u64))
                 },
+                if function == "init" || function == "instantiate" {
+                    "init_timeout"
+                } else {
+                    "call_timeout"
+                }
+            ),
+            _ if e.downcast_ref::<Blocked>().is_some() => format!(
+                "the call was still waiting (on I/O or a timer) at its deadline of {} and was \
+                 stopped (limits.{})",
+                humantime::format_duration(timeout),
                 if function == "init" || function == "instantiate" {
                     "init_timeout"
                 } else {
@@ -525,19 +662,25 @@ impl Instance {
         self.arm(timeout);
         let result = match &self.bindings {
             Some(Bindings::Source(b)) => {
-                b.patchbay_connector_plugin()
-                    .call_describe(&mut self.store)
-                    .await
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_plugin().call_describe(&mut self.store),
+                )
+                .await
             }
             Some(Bindings::Transform(b)) => {
-                b.patchbay_connector_plugin()
-                    .call_describe(&mut self.store)
-                    .await
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_plugin().call_describe(&mut self.store),
+                )
+                .await
             }
             Some(Bindings::Sink(b)) => {
-                b.patchbay_connector_plugin()
-                    .call_describe(&mut self.store)
-                    .await
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_plugin().call_describe(&mut self.store),
+                )
+                .await
             }
             None => return Err(self.wrong_role("metadata")),
         };
@@ -550,19 +693,28 @@ impl Instance {
         self.arm(timeout);
         let result = match &self.bindings {
             Some(Bindings::Source(b)) => {
-                b.patchbay_connector_plugin()
-                    .call_init(&mut self.store, config)
-                    .await
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_plugin()
+                        .call_init(&mut self.store, config),
+                )
+                .await
             }
             Some(Bindings::Transform(b)) => {
-                b.patchbay_connector_plugin()
-                    .call_init(&mut self.store, config)
-                    .await
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_plugin()
+                        .call_init(&mut self.store, config),
+                )
+                .await
             }
             Some(Bindings::Sink(b)) => {
-                b.patchbay_connector_plugin()
-                    .call_init(&mut self.store, config)
-                    .await
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_plugin()
+                        .call_init(&mut self.store, config),
+                )
+                .await
             }
             None => return Err(self.wrong_role("init")),
         };
@@ -576,10 +728,12 @@ impl Instance {
         let Some(Bindings::Source(b)) = &self.bindings else {
             return Err(self.wrong_role("poll"));
         };
-        let result = b
-            .patchbay_connector_source_api()
-            .call_poll(&mut self.store, max)
-            .await;
+        let result = guard(
+            self.guard_for(timeout),
+            b.patchbay_connector_source_api()
+                .call_poll(&mut self.store, max),
+        )
+        .await;
         let result = result.map_err(|e| self.trap("poll", timeout, e))?;
         if let Ok(PollResult::Batch(batch)) = &result {
             self.check_output("poll", &batch.messages)?;
@@ -594,10 +748,12 @@ impl Instance {
         let Some(Bindings::Source(b)) = &self.bindings else {
             return Err(self.wrong_role("ack"));
         };
-        let result = b
-            .patchbay_connector_source_api()
-            .call_ack(&mut self.store, checkpoint)
-            .await;
+        let result = guard(
+            self.guard_for(timeout),
+            b.patchbay_connector_source_api()
+                .call_ack(&mut self.store, checkpoint),
+        )
+        .await;
         result.map_err(|e| self.trap("ack", timeout, e))
     }
 
@@ -608,10 +764,12 @@ impl Instance {
         let Some(Bindings::Transform(b)) = &self.bindings else {
             return Err(self.wrong_role("process"));
         };
-        let result = b
-            .patchbay_connector_transform_api()
-            .call_process(&mut self.store, batch)
-            .await;
+        let result = guard(
+            self.guard_for(timeout),
+            b.patchbay_connector_transform_api()
+                .call_process(&mut self.store, batch),
+        )
+        .await;
         let outcomes = result.map_err(|e| self.trap("process", timeout, e))?;
         let size: u64 = outcomes
             .iter()
@@ -631,10 +789,12 @@ impl Instance {
         let Some(Bindings::Sink(b)) = &self.bindings else {
             return Err(self.wrong_role("write"));
         };
-        let result = b
-            .patchbay_connector_sink_api()
-            .call_write(&mut self.store, batch)
-            .await;
+        let result = guard(
+            self.guard_for(timeout),
+            b.patchbay_connector_sink_api()
+                .call_write(&mut self.store, batch),
+        )
+        .await;
         result.map_err(|e| self.trap("write", timeout, e))
     }
 }

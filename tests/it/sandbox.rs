@@ -158,6 +158,21 @@ fn files_outside_the_granted_directory_cannot_be_read() {
         !s.path().join("data/new.txt").exists(),
         "read-only grant was written"
     );
+    // Escapes that reach the host are audited; `/etc/passwd` matches no granted directory, so
+    // the plugin's own libc refuses it without asking the host.
+    for (name, target) in [
+        ("dotdot", "../secret.txt"),
+        ("symlink", "link-out"),
+        ("write", "new.txt"),
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "sandbox: denied filesystem access to {target} for plugin `{name}/{name}` (outside its granted directories, or a write under a read-only grant)"
+            )),
+            "{name}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("for plugin `granted/granted`"), "{stderr}");
 }
 
 #[test]
@@ -376,4 +391,131 @@ fn postgresql_is_reachable_only_with_a_grant() {
         stderr.contains("sandbox: denied tcp access to 127.0.0.1:5432 for plugin `pg-denied/pg-denied` (not in grants.tcp)"),
         "{stderr}"
     );
+}
+
+/// A one-shot-per-connection HTTP server answering every request with `200 hello from test`;
+/// returns its address and a counter of requests it answered.
+fn http_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "hello from test";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn http_reaches_only_granted_hosts() {
+    let (addr, served) = http_server();
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let s = Scratch::new();
+    s.mkdir("out");
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let mut config = attack_pipeline(
+        "nohttp",
+        &format!("config = {{ attack = \"http\", url = \"{url}\" }}"),
+        "",
+    );
+    // Granted another port of the same host: still denied.
+    config.push_str(&attack_pipeline(
+        "otherport",
+        &format!(
+            "config = {{ attack = \"http\", url = \"{url}\" }}\ngrants = {{ http = [\"127.0.0.1:1\"] }}"
+        ),
+        "",
+    ));
+    // A raw TCP grant is not an HTTP grant.
+    config.push_str(&attack_pipeline(
+        "tcponly",
+        &format!(
+            "config = {{ attack = \"http\", url = \"{url}\" }}\ngrants = {{ tcp = [\"{addr}\"] }}"
+        ),
+        "",
+    ));
+    config.push_str(&attack_pipeline(
+        "granted",
+        &format!(
+            "config = {{ attack = \"http\", url = \"{url}\" }}\ngrants = {{ http = [\"http://127.0.0.1:{port}\"] }}"
+        ),
+        "",
+    ));
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for name in ["nohttp", "otherport", "tcponly"] {
+        assert_eq!(
+            report(&s, name),
+            "attack http: denied: HTTP request denied by the sandbox: the destination is not in grants.http",
+            "{name}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "sandbox: denied http access to http://127.0.0.1:{port} for plugin `{name}/{name}` (not in grants.http)"
+            )),
+            "{name}: {stderr}"
+        );
+    }
+    assert_eq!(
+        report(&s, "granted"),
+        "attack http: ok: 200 hello from test"
+    );
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the granted plugin's request reached the server"
+    );
+    assert!(
+        stderr.contains("sandbox denied 3 accesses: http by nohttp/nohttp (1), http by otherport/otherport (1), http by tcponly/tcponly (1)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_call_blocked_in_the_host_is_stopped_at_its_deadline() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "sleeper",
+            r#"config = { attack = "sleep" }
+limits = { call_timeout = "300ms" }"#,
+            "",
+        ),
+    );
+    let started = Instant::now();
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: pipeline `sleeper`: transform `sleeper` (#1) trapped in `process`: the call \
+             was still waiting (on I/O or a timer) at its deadline of 300ms and was stopped \
+             (limits.call_timeout)"
+        ),
+        "{stderr}"
+    );
+    // Stopped, not slept out: the sleep asked for an hour.
+    assert!(started.elapsed() < std::time::Duration::from_secs(600));
 }

@@ -3,7 +3,9 @@
 //! - `build`: install the wasm32-wasip2 target if missing, build every plugin (release, wasm32-wasip2)
 //!   into `target/plugins/<name>.wasm`, and the `patchbay` binary (release).
 //! - `quickstart`: `build`, then run `examples/quickstart/pipeline.toml` and show the output.
-//! - `test`: `build`, then fmt check, clippy (host and guests), and the whole test suite.
+//! - `test`: `build`, then fmt check, clippy (host and guests), the whole test suite, and
+//!   `bench --quick` as a smoke test (it checks results and that every row has a number).
+//! - `bench [--quick]`: `build`, then the benchmark (bench/), which writes `bench/results.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,6 +18,7 @@ const PLUGINS: &[&str] = &[
     "json-map",
     "csv-to-json",
     "filter",
+    "blackhole",
 ];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",
@@ -35,9 +38,10 @@ fn main() -> ExitCode {
         Some("build") => build(),
         Some("quickstart") => quickstart(),
         Some("test") => test(),
+        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build|quickstart|test>\n\n  build       build the runtime and every plugin\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy and the whole test suite"
+                "usage: cargo xtask <build|quickstart|test|bench [--quick]>\n\n  build       build the runtime and every plugin\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md)"
             );
             return ExitCode::from(2);
         }
@@ -176,6 +180,14 @@ fn test() -> Result<()> {
         "clippy",
         "--release",
         "--all-targets",
+        "-p",
+        "patchbay-runtime",
+        "-p",
+        "patchbay-sdk",
+        "-p",
+        "xtask",
+        "-p",
+        "patchbay-bench",
         "--",
         "-D",
         "warnings",
@@ -198,5 +210,29 @@ fn test() -> Result<()> {
     let cache = target_dir().join("patchbay-cache");
     run(cargo()
         .args(["test", "--release"])
-        .env("PATCHBAY_CACHE_DIR", cache))
+        .env("PATCHBAY_CACHE_DIR", cache))?;
+    run_bench(true)
+}
+
+fn bench(quick: bool) -> Result<()> {
+    build()?;
+    run_bench(quick)
+}
+
+fn run_bench(quick: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "patchbay-bench", "--"]);
+    cmd.arg("--plugins").arg(target_dir().join("plugins"));
+    cmd.arg("--patchbay")
+        .arg(target_dir().join("release").join("patchbay"));
+    if quick {
+        // A quick run is a smoke test: it must not overwrite the committed full results.
+        cmd.arg("--quick")
+            .arg("--out")
+            .arg(target_dir().join("bench-quick.md"));
+    } else {
+        cmd.arg("--out")
+            .arg(root().join("bench").join("results.md"));
+    }
+    run(&mut cmd)
 }

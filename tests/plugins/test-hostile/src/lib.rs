@@ -16,6 +16,8 @@ const ATTACKS: &[&str] = &[
     "write-file",
     "tcp-connect",
     "dns",
+    "http",
+    "sleep",
     "env",
     "recursion",
     "big-output",
@@ -28,6 +30,7 @@ struct Hostile {
     path: String,
     addr: String,
     host: String,
+    url: String,
     count: usize,
     size: usize,
     report: Option<String>,
@@ -101,6 +104,16 @@ impl Hostile {
                             .ok_or_else(|| "no address".to_owned())
                     })
             }
+            "http" => patchbay_sdk::http::send(&patchbay_sdk::http::Request::new(
+                patchbay_sdk::http::Method::Get,
+                self.url.clone(),
+            ))
+            .map(|r| format!("{} {}", r.status, String::from_utf8_lossy(&r.body).trim()))
+            .map_err(|e| e.to_string()),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok("woke up".to_owned())
+            }
             "env" => {
                 let mut vars: Vec<String> =
                     std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
@@ -123,12 +136,13 @@ impl Transform for Hostile {
         )
         .key(ConfigKey::optional(
             "attack",
-            "none, loop, memory, read-file, list-dir, write-file, tcp-connect, dns, env, recursion, big-output, init-loop or init-memory.",
+            "none, loop, memory, read-file, list-dir, write-file, tcp-connect, dns, http, sleep, env, recursion, big-output, init-loop or init-memory.",
             "none",
         ))
         .key(ConfigKey::optional("path", "File or directory for read-file, list-dir and write-file.", "/etc/passwd"))
         .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect.", "127.0.0.1:5432"))
         .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
+        .key(ConfigKey::optional("url", "URL to GET for http.", "http://127.0.0.1:80/"))
         .key(ConfigKey::optional("count", "Messages per input for big-output.", "100000"))
         .key(ConfigKey::optional("size", "Bytes per message for big-output.", "1024"))
     }
@@ -151,6 +165,10 @@ impl Transform for Hostile {
             path: config.get("path").unwrap_or("/etc/passwd").to_owned(),
             addr: config.get("addr").unwrap_or("127.0.0.1:5432").to_owned(),
             host: config.get("host").unwrap_or("localhost:80").to_owned(),
+            url: config
+                .get("url")
+                .unwrap_or("http://127.0.0.1:80/")
+                .to_owned(),
             count: config.parse("count")?.unwrap_or(100_000),
             size: config.parse("size")?.unwrap_or(1024),
             report: None,

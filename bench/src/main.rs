@@ -1,0 +1,464 @@
+//! `patchbay-bench`: one run that measures the same JSON transform (parse an object, rename a
+//! field, add one, drop one, serialize) natively and through Patchbay's own plugin layer, what
+//! the sandbox's limits cost, start-up costs, and whole pipelines through `patchbay run`; then
+//! writes a Markdown report. Run it with `cargo xtask bench [--quick]`.
+//!
+//! Timings are reported, never checked: the only failures are wrong results and missing rows.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use patchbay_runtime::config::{Grants, Limits};
+use patchbay_runtime::contract::{ConfigEntry, Message, Outcome, PluginState};
+use patchbay_runtime::plugin::{Instance, Runtime};
+use serde_json::{Map, Value};
+
+struct Options {
+    quick: bool,
+    out: PathBuf,
+    plugins: PathBuf,
+    patchbay: PathBuf,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut quick = false;
+    let mut out = PathBuf::from("bench/results.md");
+    let mut plugins = PathBuf::from("target/plugins");
+    let mut patchbay = PathBuf::from("target/release/patchbay");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = value("--out")?,
+            "--plugins" => plugins = value("--plugins")?,
+            "--patchbay" => patchbay = value("--patchbay")?,
+            other => bail!(
+                "unknown argument `{other}`; usage: patchbay-bench [--quick] [--out FILE] \
+                 [--plugins DIR] [--patchbay BIN]"
+            ),
+        }
+    }
+    Ok(Options {
+        quick,
+        out,
+        plugins,
+        patchbay,
+    })
+}
+
+/// `{"id":N,"name":"item-N","price":12.5,"tags":["a","b"],"note":"xxx…"}`, padded to `size`.
+fn payload(n: u64, size: usize) -> Vec<u8> {
+    let head = format!(r#"{{"id":{n},"name":"item-{n}","price":12.5,"tags":["a","b"],"note":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut text = head;
+    text.extend(std::iter::repeat_n('x', pad));
+    text.push_str("\"}");
+    text.into_bytes()
+}
+
+/// The transform, natively: what json-map does with the bench config.
+fn native(payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut object: Map<String, Value> = serde_json::from_slice(payload)?;
+    if let Some(v) = object.remove("name") {
+        object.insert("title".into(), v);
+    }
+    object.remove("tags");
+    object.insert("source".into(), Value::String("bench".into()));
+    Ok(serde_json::to_vec(&object)?)
+}
+
+fn map_config() -> Vec<ConfigEntry> {
+    [
+        ("rename", r#"{"name":"title"}"#),
+        ("drop", r#"["tags"]"#),
+        ("set", r#"{"source":"bench"}"#),
+    ]
+    .into_iter()
+    .map(|(key, value)| ConfigEntry {
+        key: key.into(),
+        value: value.into(),
+    })
+    .collect()
+}
+
+fn messages(count: usize, size: usize) -> Vec<Message> {
+    (0..count as u64)
+        .map(|n| Message {
+            payload: payload(n, size),
+            key: None,
+            headers: Vec::new(),
+            timestamp: None,
+        })
+        .collect()
+}
+
+async fn instance(runtime: &Runtime, wasm: &Path) -> anyhow::Result<Instance> {
+    let loaded = runtime.load(wasm, None)?;
+    let mut instance = runtime
+        .instantiate(
+            &loaded,
+            Arc::from("bench/map"),
+            Arc::from("map"),
+            &Grants::default(),
+            &Limits::default(),
+            PluginState::default(),
+        )
+        .await?;
+    instance
+        .init(&map_config())
+        .await?
+        .map_err(|e| anyhow::anyhow!("json-map init: {}", e.message))?;
+    Ok(instance)
+}
+
+/// Nanoseconds per message through the plugin, after checking its output against `native`.
+async fn through_plugin(
+    instance: &mut Instance,
+    input: &[Message],
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let check = instance.process(&input[..1]).await?;
+    let expected = native(&input[0].payload)?;
+    match check.as_slice() {
+        [Outcome::Replace(out)] if out.len() == 1 && out[0].payload == expected => {}
+        other => bail!("json-map gave {other:?}, natively {expected:?}"),
+    }
+    let started = Instant::now();
+    for chunk in input.chunks(batch) {
+        let outcomes = instance.process(chunk).await?;
+        if outcomes.len() != chunk.len() {
+            bail!("{} outcomes for {} messages", outcomes.len(), chunk.len());
+        }
+        black_box(outcomes);
+    }
+    Ok(started.elapsed().as_nanos() as f64 / input.len() as f64)
+}
+
+fn through_native(input: &[Message]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for m in input {
+        black_box(native(black_box(&m.payload))?);
+    }
+    Ok(started.elapsed().as_nanos() as f64 / input.len() as f64)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn rate(ns_per_msg: f64) -> String {
+    let per_s = 1e9 / ns_per_msg;
+    if per_s >= 1e6 {
+        format!("{:.2} M/s", per_s / 1e6)
+    } else {
+        format!("{:.0} k/s", per_s / 1e3)
+    }
+}
+
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        println!("{text}");
+        self.lines.push(text);
+    }
+}
+
+async fn transform_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
+    let wasm = o.plugins.join("json-map.wasm");
+    let count = if o.quick { 100_000 } else { 1_000_000 };
+    let limited = Runtime::new(None)?;
+    let unlimited = Runtime::without_limits(None)?;
+    r.line(format!(
+        "## The transform, per message ({count} messages, batches of 1024)\n"
+    ));
+    r.line("| payload | native Rust | Patchbay (typed, limits on) | ratio to native | Patchbay (limits off) | limits on / off |");
+    r.line("| --- | --- | --- | --- | --- | --- |");
+    for size in [100usize, 1024] {
+        let input = messages(count, size);
+        let native_ns = through_native(&input)?;
+        let mut on = instance(&limited, &wasm).await?;
+        let mut off = instance(&unlimited, &wasm).await?;
+        // Warm up both, then measure alternately so drift hits both alike.
+        through_plugin(&mut on, &input[..input.len().min(10_000)], 1024).await?;
+        through_plugin(&mut off, &input[..input.len().min(10_000)], 1024).await?;
+        let on_ns = through_plugin(&mut on, &input, 1024).await?;
+        let off_ns = through_plugin(&mut off, &input, 1024).await?;
+        r.line(format!(
+            "| {size} B | {native_ns:.0} ns ({}) | {on_ns:.0} ns ({}) | {:.2}× | {off_ns:.0} ns ({}) | {:.3} |",
+            rate(native_ns),
+            rate(on_ns),
+            on_ns / native_ns,
+            rate(off_ns),
+            on_ns / off_ns
+        ));
+    }
+    r.line("");
+    Ok(())
+}
+
+async fn startup_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
+    let wasm = o.plugins.join("json-map.wasm");
+    let cache = tempfile::tempdir()?;
+    let started = Instant::now();
+    let runtime = Runtime::new(Some(cache.path().to_owned()))?;
+    let engine = started.elapsed();
+    let started = Instant::now();
+    let loaded = runtime.load(&wasm, None)?;
+    let compile = started.elapsed();
+    // A second runtime with the same engine settings loads the precompiled artifact.
+    let warm = Runtime::new(Some(cache.path().to_owned()))?;
+    let started = Instant::now();
+    let from_cache = warm.load(&wasm, None)?;
+    let cached = started.elapsed();
+    drop(from_cache);
+    let n = if o.quick { 200 } else { 2000 };
+    let before = rss_kib();
+    let mut live = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        live.push(
+            runtime
+                .instantiate(
+                    &loaded,
+                    Arc::from("bench/map"),
+                    Arc::from("map"),
+                    &Grants::default(),
+                    &Limits::default(),
+                    PluginState::default(),
+                )
+                .await?,
+        );
+    }
+    let instantiate = started.elapsed() / n as u32;
+    let started = Instant::now();
+    for instance in &mut live {
+        instance
+            .init(&map_config())
+            .await?
+            .map_err(|e| anyhow::anyhow!("json-map init: {}", e.message))?;
+    }
+    let init = started.elapsed() / n as u32;
+    let per_instance = (rss_kib().saturating_sub(before)) as f64 / n as f64;
+    drop(live);
+    let size = std::fs::metadata(&wasm)?.len();
+    r.line("## Start-up (json-map)\n");
+    r.line("| step | time |");
+    r.line("| --- | --- |");
+    r.line(format!("| engine and linker | {engine:.2?} |"));
+    r.line(format!(
+        "| compile the component ({} KiB), no cache | {compile:.2?} |",
+        size / 1024
+    ));
+    r.line(format!(
+        "| load from the precompiled cache | {cached:.2?} |"
+    ));
+    r.line(format!("| instantiate (mean of {n}) | {instantiate:.2?} |"));
+    r.line(format!("| `init` (mean of {n}) | {init:.2?} |"));
+    r.line(format!(
+        "| resident memory per live, initialised instance | {per_instance:.0} KiB |"
+    ));
+    r.line("");
+    Ok(())
+}
+
+/// `patchbay run` over generator → json-map → blackhole; returns messages per second.
+fn pipeline_rate(o: &Options, dir: &Path, count: u64, batch: u32) -> anyhow::Result<f64> {
+    let plugins = std::path::absolute(&o.plugins)?;
+    let file = dir.join(format!("bench-{batch}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[plugins.gen]
+path = "{gen}"
+config = {{ count = {count}, size = 100 }}
+
+[plugins.map]
+path = "{map}"
+[plugins.map.config]
+rename = {{ data = "body" }}
+drop = ["seq"]
+set = {{ source = "bench" }}
+
+[plugins.null]
+path = "{null}"
+
+[[pipeline]]
+name = "bench"
+source = "gen"
+transforms = ["map"]
+sinks = ["null"]
+batch_size = {batch}
+"#,
+            gen = plugins.join("generator.wasm").display(),
+            map = plugins.join("json-map.wasm").display(),
+            null = plugins.join("blackhole.wasm").display(),
+        ),
+    )?;
+    let started = Instant::now();
+    let out = Command::new(&o.patchbay)
+        .args(["run"])
+        .arg(&file)
+        .env("PATCHBAY_CACHE_DIR", dir.join("cache"))
+        .output()
+        .with_context(|| format!("cannot run {}", o.patchbay.display()))?;
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{count} in, 0 dropped, {count} written to `null`");
+    if !out.status.success() || !stderr.contains(&expected) {
+        bail!("pipeline at batch {batch} did not deliver {count} messages:\n{stderr}");
+    }
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+fn pipeline_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Warm the precompiled cache so every row measures the same thing.
+    pipeline_rate(o, dir.path(), 10, 16)?;
+    r.line("## End to end: `patchbay run`, generator → json-map → blackhole (100-byte messages)\n");
+    r.line("| batch size | messages | msg/s (including start-up) |");
+    r.line("| --- | --- | --- |");
+    for batch in [1u32, 16, 128, 1024] {
+        let count: u64 = match (o.quick, batch) {
+            (true, 1) => 20_000,
+            (true, _) => 200_000,
+            (false, 1) => 200_000,
+            (false, _) => 1_000_000,
+        };
+        let per_s = pipeline_rate(o, dir.path(), count, batch)?;
+        r.line(format!("| {batch} | {count} | {:.0} k/s |", per_s / 1e3));
+    }
+    r.line("");
+    idle_rss(o, dir.path(), r)?;
+    Ok(())
+}
+
+fn idle_rss(o: &Options, dir: &Path, r: &mut Report) -> anyhow::Result<()> {
+    let plugins = std::path::absolute(&o.plugins)?;
+    let file = dir.join("idle.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[plugins.gen]
+path = "{gen}"
+config = {{ count = 0, rate = 1 }}
+
+[plugins.null]
+path = "{null}"
+
+[[pipeline]]
+name = "idle"
+source = "gen"
+sinks = ["null"]
+"#,
+            gen = plugins.join("generator.wasm").display(),
+            null = plugins.join("blackhole.wasm").display(),
+        ),
+    )?;
+    let mut child = Command::new(&o.patchbay)
+        .args(["run"])
+        .arg(&file)
+        .env("PATCHBAY_CACHE_DIR", dir.join("cache"))
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
+        .context("cannot read the runtime's resident memory")?;
+    r.line(format!(
+        "Idle runtime (one pipeline, generator at 1 msg/s → blackhole): resident memory {rss}.\n"
+    ));
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{date}; {cpu}, {cores} cores; {rustc}; wasmtime 48.0.8")
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    for needed in [
+        o.plugins.join("json-map.wasm"),
+        o.plugins.join("generator.wasm"),
+        o.plugins.join("blackhole.wasm"),
+        o.patchbay.clone(),
+    ] {
+        if !needed.exists() {
+            bail!(
+                "{} is missing; run `cargo xtask build` first (or `cargo xtask bench`, which does)",
+                needed.display()
+            );
+        }
+    }
+    let mut r = Report { lines: Vec::new() };
+    r.line(format!(
+        "# Patchbay benchmark{}\n",
+        if o.quick { " (quick)" } else { "" }
+    ));
+    r.line(format!("Measured {}.\n", machine()));
+    r.line(
+        "The transform parses a JSON object, renames one field, adds one, drops one and \
+         serializes it; the plugin is `plugins/json-map`, the native row the same steps with \
+         serde_json in this process. Figures are from one run on a shared machine: compare rows \
+         of the same run, not runs.\n",
+    );
+    transform_table(&o, &mut r).await?;
+    startup_table(&o, &mut r).await?;
+    pipeline_table(&o, &mut r)?;
+    if let Some(parent) = o.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&o.out, r.lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", o.out.display()))?;
+    eprintln!("wrote {}", o.out.display());
+    Ok(())
+}
