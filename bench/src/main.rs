@@ -128,9 +128,18 @@ async fn through_plugin(
 ) -> anyhow::Result<f64> {
     let check = instance.process(&input[..1]).await?;
     let expected = native(&input[0].payload)?;
+    let same = |out: &[Message]| -> bool {
+        let parse = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
+        out.len() == 1
+            && parse(&out[0].payload).is_some()
+            && parse(&out[0].payload) == parse(&expected)
+    };
     match check.as_slice() {
-        [Outcome::Replace(out)] if out.len() == 1 && out[0].payload == expected => {}
-        other => bail!("json-map gave {other:?}, natively {expected:?}"),
+        [Outcome::Replace(out)] if same(out) => {}
+        other => bail!(
+            "json-map gave {other:?}, natively {}",
+            String::from_utf8_lossy(&expected)
+        ),
     }
     let started = Instant::now();
     for chunk in input.chunks(batch) {
@@ -190,20 +199,24 @@ async fn transform_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let limited = Runtime::new(None)?;
     let unlimited = Runtime::without_limits(None)?;
     r.line(format!(
-        "## The transform, per message ({count} messages, batches of 1024)\n"
+        "## The transform, per message ({count} messages, batches of 1024, best of 3 rounds)\n"
     ));
     r.line("| payload | native Rust | Patchbay (typed, limits on) | ratio to native | Patchbay (limits off) | limits on / off |");
     r.line("| --- | --- | --- | --- | --- | --- |");
     for size in [100usize, 1024] {
         let input = messages(count, size);
-        let native_ns = through_native(&input)?;
         let mut on = instance(&limited, &wasm).await?;
         let mut off = instance(&unlimited, &wasm).await?;
-        // Warm up both, then measure alternately so drift hits both alike.
+        // Warm up, then measure in alternating rounds so that drift on a shared machine hits
+        // every row alike; keep each row's best round.
         through_plugin(&mut on, &input[..input.len().min(10_000)], 1024).await?;
         through_plugin(&mut off, &input[..input.len().min(10_000)], 1024).await?;
-        let on_ns = through_plugin(&mut on, &input, 1024).await?;
-        let off_ns = through_plugin(&mut off, &input, 1024).await?;
+        let (mut native_ns, mut on_ns, mut off_ns) = (f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            native_ns = native_ns.min(through_native(&input)?);
+            on_ns = on_ns.min(through_plugin(&mut on, &input, 1024).await?);
+            off_ns = off_ns.min(through_plugin(&mut off, &input, 1024).await?);
+        }
         r.line(format!(
             "| {size} B | {native_ns:.0} ns ({}) | {on_ns:.0} ns ({}) | {:.2}× | {off_ns:.0} ns ({}) | {:.3} |",
             rate(native_ns),
