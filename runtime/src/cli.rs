@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
+use crate::admin::{Admin, PipelineStatus};
 use crate::assemble;
 use crate::config::{Config, Role, parse_duration};
 use crate::contract::PluginState;
@@ -43,6 +44,23 @@ enum Command {
         /// How often to print progress (messages/s and totals) on stderr; `0s` turns it off.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         progress: Duration,
+        /// Serve the admin API (/health, /metrics, /status) on this address, e.g.
+        /// `127.0.0.1:7400`. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token the admin API requires (all routes but /health); needed to bind it to
+        /// a non-loopback address. Default: `$PATCHBAY_ADMIN_TOKEN`.
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
+    },
+    /// Show the pipelines, counters and sandbox denials of a running `patchbay run --admin`.
+    Status {
+        /// The admin API's URL.
+        #[arg(long, default_value = "http://127.0.0.1:7400")]
+        admin: String,
+        /// Bearer token (default: `$PATCHBAY_ADMIN_TOKEN`).
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
     },
     /// Check a pipeline file: syntax, plugin files, worlds, roles and config keys. Runs nothing.
     Validate {
@@ -174,7 +192,18 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
     };
     let runtime = Arc::new(Runtime::new(cache)?);
     match command {
-        Command::Run { pipeline, progress } => run(&runtime, &pipeline, progress).await,
+        Command::Run {
+            pipeline,
+            progress,
+            admin,
+            admin_token,
+        } => {
+            let admin = admin.map(|addr| (addr, admin_token.or_else(env_token)));
+            run(&runtime, &pipeline, progress, admin).await
+        }
+        Command::Status { admin, admin_token } => {
+            crate::admin_client::status(&admin, admin_token.or_else(env_token).as_deref()).await
+        }
         Command::Dlq {
             action:
                 DlqAction::Replay {
@@ -222,8 +251,23 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-async fn run(runtime: &Arc<Runtime>, path: &Path, progress: Duration) -> anyhow::Result<ExitCode> {
+fn env_token() -> Option<String> {
+    std::env::var("PATCHBAY_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+async fn run(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    progress: Duration,
+    admin: Option<(std::net::SocketAddr, Option<String>)>,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    let admin = match admin {
+        Some((addr, token)) => Some((crate::admin::bind(addr, token.is_some()).await?, token)),
+        None => None,
+    };
     let loaded = assemble::load(runtime, &config).await?;
     let plans = assemble::plan(runtime, &config, &loaded).await?;
 
@@ -245,10 +289,31 @@ async fn run(runtime: &Arc<Runtime>, path: &Path, progress: Duration) -> anyhow:
     let started = Instant::now();
     let mut handles = Vec::new();
     let mut live: Vec<(String, Arc<Counters>)> = Vec::new();
+    let mut statuses = Vec::new();
     for plan in plans {
         let counters = plan.counters();
         live.push((plan.name.clone(), counters.clone()));
-        handles.push(tokio::spawn(route::run(plan, control.clone(), counters)));
+        let sinks = config
+            .pipelines
+            .iter()
+            .find(|p| p.name == plan.name)
+            .map(|p| p.sinks.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default();
+        let status = Arc::new(PipelineStatus::new(
+            plan.name.clone(),
+            sinks,
+            counters.clone(),
+        ));
+        statuses.push(status.clone());
+        let control = control.clone();
+        handles.push(tokio::spawn(async move {
+            let report = route::run(plan, control, counters).await;
+            status.end(report.failure.is_some());
+            report
+        }));
+    }
+    if let Some((listener, token)) = admin {
+        crate::admin::spawn(listener, Admin::new(runtime.clone(), statuses, token));
     }
 
     let mut ticker = tokio::time::interval(if progress.is_zero() {

@@ -19,6 +19,8 @@
 //! # }
 //! ```
 
+pub mod admin;
+pub mod admin_client;
 pub mod assemble;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,494 @@
+//! The admin HTTP API (`patchbay run --admin ADDR`): health, Prometheus metrics and status.
+//!
+//! Off unless asked for. Bound to loopback it needs no token; bound to any other address it
+//! refuses to start without one (`--admin-token` or `PATCHBAY_ADMIN_TOKEN`). With a token, every
+//! route but `/health` wants `Authorization: Bearer TOKEN`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::contract::MetricValue;
+use crate::plugin::Runtime;
+use crate::route::Counters;
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Moving messages.
+    Running,
+    /// Its source ended and everything was delivered, or it was drained.
+    Finished,
+    /// It stopped on a failure.
+    Failed,
+}
+
+/// What the admin API knows of one pipeline.
+#[derive(Debug)]
+pub struct PipelineStatus {
+    /// Name.
+    pub name: String,
+    /// Sink names, in the order of `Counters::written`.
+    pub sinks: Vec<String>,
+    /// Live counters.
+    pub counters: Arc<Counters>,
+    phase: AtomicU8,
+}
+
+impl PipelineStatus {
+    /// A running pipeline.
+    pub fn new(name: String, sinks: Vec<String>, counters: Arc<Counters>) -> PipelineStatus {
+        PipelineStatus {
+            name,
+            sinks,
+            counters,
+            phase: AtomicU8::new(0),
+        }
+    }
+
+    /// Record how it ended.
+    pub fn end(&self, failed: bool) {
+        self.phase
+            .store(if failed { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// Its phase now.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Running,
+            1 => Phase::Finished,
+            _ => Phase::Failed,
+        }
+    }
+}
+
+/// Everything the routes read.
+pub struct Admin {
+    runtime: Arc<Runtime>,
+    pipelines: Vec<Arc<PipelineStatus>>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("pipelines", &self.pipelines)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// The admin state for a running set of pipelines.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        pipelines: Vec<Arc<PipelineStatus>>,
+        token: Option<String>,
+    ) -> Arc<Admin> {
+        Arc::new(Admin {
+            runtime,
+            pipelines,
+            token,
+        })
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn metrics_text(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(MetricsCollector(self.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
+        Ok(text)
+    }
+
+    /// `/status` as JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        let pipelines: Vec<serde_json::Value> = self
+            .pipelines
+            .iter()
+            .map(|p| {
+                let c = &p.counters;
+                let written: serde_json::Map<String, serde_json::Value> = p
+                    .sinks
+                    .iter()
+                    .zip(&c.written)
+                    .map(|(sink, n)| (sink.clone(), n.load(Ordering::Relaxed).into()))
+                    .collect();
+                serde_json::json!({
+                    "name": p.name,
+                    "state": phase_name(p.phase()),
+                    "in": c.polled.load(Ordering::Relaxed),
+                    "dropped": c.dropped.load(Ordering::Relaxed),
+                    "written": written,
+                    "dead_lettered": c.dead_lettered.load(Ordering::Relaxed),
+                    "retries": c.retries.load(Ordering::Relaxed),
+                    "restarts": c.restarts.load(Ordering::Relaxed),
+                    "acked_batches": c.acked_batches.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let denied: Vec<serde_json::Value> = self
+            .runtime
+            .audit()
+            .denied()
+            .into_iter()
+            .map(|((plugin, capability), n)| {
+                serde_json::json!({"plugin": plugin, "capability": capability, "count": n})
+            })
+            .collect();
+        serde_json::json!({ "pipelines": pipelines, "denied": denied })
+    }
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Running => "running",
+        Phase::Finished => "finished",
+        Phase::Failed => "failed",
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug)]
+struct MetricsCollector(Arc<Admin>);
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(String, String)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(String, String)>, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, value) in series {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// A metric name made safe for Prometheus: `[a-zA-Z0-9_]`, not starting with a digit.
+fn metric_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let admin = &self.0;
+        let per_pipeline = |f: &dyn Fn(&Counters) -> u64| -> Vec<(Vec<(String, String)>, u64)> {
+            admin
+                .pipelines
+                .iter()
+                .map(|p| {
+                    (
+                        vec![("pipeline".to_owned(), p.name.clone())],
+                        f(&p.counters),
+                    )
+                })
+                .collect()
+        };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut encoder,
+            "patchbay_messages_in",
+            "Messages the pipeline's source produced.",
+            &per_pipeline(&|c| load(&c.polled)),
+        )?;
+        counter(
+            &mut encoder,
+            "patchbay_messages_dropped",
+            "Messages a transform dropped.",
+            &per_pipeline(&|c| load(&c.dropped)),
+        )?;
+        let written: Vec<(Vec<(String, String)>, u64)> = admin
+            .pipelines
+            .iter()
+            .flat_map(|p| {
+                p.sinks.iter().zip(&p.counters.written).map(|(sink, n)| {
+                    (
+                        vec![
+                            ("pipeline".to_owned(), p.name.clone()),
+                            ("sink".to_owned(), sink.clone()),
+                        ],
+                        load(n),
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "patchbay_messages_written",
+            "Messages a sink accepted.",
+            &written,
+        )?;
+        counter(
+            &mut encoder,
+            "patchbay_messages_dead_lettered",
+            "Messages stored in the dead-letter channel.",
+            &per_pipeline(&|c| load(&c.dead_lettered)),
+        )?;
+        counter(
+            &mut encoder,
+            "patchbay_retries",
+            "Retry rounds: a batch's failed messages sent again.",
+            &per_pipeline(&|c| load(&c.retries)),
+        )?;
+        counter(
+            &mut encoder,
+            "patchbay_plugin_restarts",
+            "Plugin instances replaced after a trap.",
+            &per_pipeline(&|c| load(&c.restarts)),
+        )?;
+        counter(
+            &mut encoder,
+            "patchbay_acked_batches",
+            "Checkpoints acknowledged to the source.",
+            &per_pipeline(&|c| load(&c.acked_batches)),
+        )?;
+        let up: Vec<(Vec<(String, String)>, f64)> = admin
+            .pipelines
+            .iter()
+            .map(|p| {
+                (
+                    vec![("pipeline".to_owned(), p.name.clone())],
+                    if p.phase() == Phase::Running {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect();
+        gauge(
+            &mut encoder,
+            "patchbay_pipeline_up",
+            "1 while the pipeline runs, 0 once it finished or failed.",
+            &up,
+        )?;
+        let denied: Vec<(Vec<(String, String)>, u64)> = admin
+            .runtime
+            .audit()
+            .denied()
+            .into_iter()
+            .map(|((plugin, capability), n)| {
+                (
+                    vec![
+                        ("plugin".to_owned(), plugin),
+                        ("capability".to_owned(), capability),
+                    ],
+                    n,
+                )
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "patchbay_denied",
+            "Accesses the sandbox denied, by plugin (pipeline/plugin) and capability.",
+            &denied,
+        )?;
+        // What plugins report through the metrics interface, one family per metric name.
+        let mut families: std::collections::BTreeMap<
+            String,
+            Vec<(Vec<(String, String)>, MetricValue)>,
+        > = std::collections::BTreeMap::new();
+        for ((plugin, name, labels), value) in admin.runtime.plugin_metrics().snapshot() {
+            let mut all = vec![("plugin".to_owned(), plugin)];
+            all.extend(labels.into_iter().map(|(k, v)| (metric_name(&k), v)));
+            families
+                .entry(format!("plugin_{}", metric_name(&name)))
+                .or_default()
+                .push((all, value));
+        }
+        for (name, series) in families {
+            let counters: Vec<_> = series
+                .iter()
+                .filter_map(|(l, v)| match v {
+                    MetricValue::Counter(n) => Some((l.clone(), *n)),
+                    _ => None,
+                })
+                .collect();
+            let gauges: Vec<_> = series
+                .iter()
+                .filter_map(|(l, v)| match v {
+                    MetricValue::Gauge(g) => Some((l.clone(), *g)),
+                    _ => None,
+                })
+                .collect();
+            let histograms: Vec<_> = series
+                .iter()
+                .filter_map(|(l, v)| match v {
+                    MetricValue::Histogram { count, sum } => Some((l.clone(), *count, *sum)),
+                    _ => None,
+                })
+                .collect();
+            let help = "Reported by the plugin through patchbay:connector/metrics.";
+            if !counters.is_empty() {
+                counter(&mut encoder, &name, help, &counters)?;
+            }
+            if !gauges.is_empty() {
+                gauge(&mut encoder, &name, help, &gauges)?;
+            }
+            if !histograms.is_empty() {
+                let counts: Vec<_> = histograms.iter().map(|(l, c, _)| (l.clone(), *c)).collect();
+                let sums: Vec<_> = histograms.iter().map(|(l, _, s)| (l.clone(), *s)).collect();
+                counter(&mut encoder, &format!("{name}_observations"), help, &counts)?;
+                gauge(&mut encoder, &format!("{name}_sum"), help, &sums)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn health(State(admin): State<Arc<Admin>>) -> Response {
+    let pipelines: Vec<serde_json::Value> = admin
+        .pipelines
+        .iter()
+        .map(|p| serde_json::json!({"name": p.name, "state": phase_name(p.phase())}))
+        .collect();
+    let failed = admin.pipelines.iter().any(|p| p.phase() == Phase::Failed);
+    let body = serde_json::json!({
+        "status": if failed { "degraded" } else { "ok" },
+        "pipelines": pipelines,
+    });
+    let code = if failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token: send `Authorization: Bearer TOKEN`\n",
+    )
+        .into_response()
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return unauthorized();
+    }
+    match admin.metrics_text() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
+    }
+}
+
+async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return unauthorized();
+    }
+    axum::Json(admin.status_json()).into_response()
+}
+
+/// Bind the admin API's address, before any pipeline starts. Refuses a non-loopback address
+/// without a token.
+pub async fn bind(addr: SocketAddr, has_token: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    if !addr.ip().is_loopback() && !has_token {
+        anyhow::bail!(
+            "--admin {addr}: the admin API on a non-loopback address needs a token; set \
+             --admin-token or PATCHBAY_ADMIN_TOKEN, or bind to 127.0.0.1"
+        );
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot listen: {e}"))
+}
+
+/// Serve the admin API on a bound listener until the process ends.
+pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(admin);
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!("admin API on http://{bound}");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_made_safe() {
+        assert_eq!(metric_name("rows.read-total"), "rows_read_total");
+        assert_eq!(metric_name("9lives"), "_9lives");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

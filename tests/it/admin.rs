@@ -1,0 +1,239 @@
+//! The admin API of `patchbay run --admin`: health, Prometheus metrics that agree with the
+//! records moved (and with the sandbox's denials), status, and the bearer token.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use patchbay_runtime::admin_client::{Answer, call};
+
+use crate::{Scratch, patchbay};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(rt: &tokio::runtime::Runtime, url: &str, token: Option<&str>) -> Answer {
+    rt.block_on(call("GET", url, token, None)).unwrap()
+}
+
+/// Sample value of `name{labels}` in a parsed scrape.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_and_status_agree_with_the_records_moved() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 5000 }
+
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/fixed.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.ticker]
+path = "{plugin:generator}"
+config = { count = 0, rate = 20 }
+
+[plugins.fetch]
+path = "{plugin:test-hostile}"
+config = { attack = "http", url = "http://127.0.0.1:9/" }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "fixed"
+source = "gen"
+sinks = ["out"]
+
+[[pipeline]]
+name = "forever"
+source = "ticker"
+transforms = ["fetch"]
+sinks = ["null"]
+batch_size = 1
+"#,
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = patchbay()
+        .args([
+            "run",
+            "p.toml",
+            "--admin",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token",
+            "s3cret",
+        ])
+        .current_dir(s.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Wait until the finite pipeline is done and the other has been denied at least once.
+    let started = Instant::now();
+    let status = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pipelines did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(answer) = rt.block_on(call("GET", &format!("{base}/status"), Some("s3cret"), None))
+        else {
+            continue;
+        };
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let status: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        let done = status["pipelines"][0]["state"] == "finished";
+        let denied = status["denied"].as_array().is_some_and(|d| !d.is_empty());
+        if done && denied {
+            break status;
+        }
+    };
+    assert_eq!(status["pipelines"][0]["name"], "fixed");
+    assert_eq!(status["pipelines"][0]["in"], 5000);
+    assert_eq!(status["pipelines"][0]["written"]["out"], 5000);
+    assert_eq!(status["pipelines"][1]["state"], "running");
+
+    // The token: needed for /metrics and /status, not for /health.
+    assert_eq!(get(&rt, &format!("{base}/metrics"), None).status, 401);
+    assert_eq!(
+        get(&rt, &format!("{base}/status"), Some("wrong")).status,
+        401
+    );
+    let health = get(&rt, &format!("{base}/health"), None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    let health: serde_json::Value = serde_json::from_str(&health.body).unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let metrics = get(&rt, &format!("{base}/metrics"), Some("s3cret"));
+    assert_eq!(metrics.status, 200);
+    let lines = metrics.body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let written_lines = s.read("out/fixed.jsonl").lines().count();
+    assert_eq!(written_lines, 5000);
+    assert_eq!(
+        sample(
+            &scrape,
+            "patchbay_messages_in_total",
+            &[("pipeline", "fixed")]
+        ),
+        Some(5000.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "patchbay_messages_written_total",
+            &[("pipeline", "fixed"), ("sink", "out")]
+        ),
+        Some(written_lines as f64)
+    );
+    assert_eq!(
+        sample(&scrape, "patchbay_pipeline_up", &[("pipeline", "fixed")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&scrape, "patchbay_pipeline_up", &[("pipeline", "forever")]),
+        Some(1.0)
+    );
+    let denied = sample(
+        &scrape,
+        "patchbay_denied_total",
+        &[("plugin", "forever/fetch"), ("capability", "http")],
+    )
+    .unwrap();
+    assert!(denied >= 1.0, "{}", metrics.body);
+    // Every message the ticker produced was denied once, and all went to the blackhole.
+    let forever_in = sample(
+        &scrape,
+        "patchbay_messages_in_total",
+        &[("pipeline", "forever")],
+    );
+    assert!(forever_in.is_some_and(|n| n >= 1.0), "{}", metrics.body);
+    let reported = sample(
+        &scrape,
+        "plugin_blackhole_messages_total",
+        &[("plugin", "null")],
+    );
+    assert!(reported.is_some_and(|n| n >= 1.0), "{}", metrics.body);
+
+    // `patchbay status` prints the same.
+    let out = patchbay()
+        .args(["status", "--admin", &base, "--admin-token", "s3cret"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "pipeline `fixed` (finished): 5000 in, 0 dropped, written 5000 to `out`, 0 dead-lettered, 0 retries, 0 restarts"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("http access"), "{stdout}");
+
+    // Ctrl-C drains and exits 0.
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("sandbox denied "), "{stderr}");
+}
+
+#[test]
+fn a_non_loopback_admin_address_needs_a_token() {
+    let s = Scratch::new();
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 1 }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "p"
+source = "gen"
+sinks = ["null"]
+"#,
+    );
+    let out = patchbay()
+        .args(["run", "p.toml", "--admin", "0.0.0.0:0"])
+        .env_remove("PATCHBAY_ADMIN_TOKEN")
+        .current_dir(s.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--admin 0.0.0.0:0: the admin API on a non-loopback address needs a token; set --admin-token or PATCHBAY_ADMIN_TOKEN, or bind to 127.0.0.1"
+        ),
+        "{stderr}"
+    );
+}
