@@ -9,18 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::assemble::Swappables;
 use crate::contract::MetricValue;
 use crate::plugin::Runtime;
+use crate::reload::ReloadError;
 use crate::route::Counters;
 
 /// Where a pipeline is in its life.
@@ -77,6 +79,7 @@ impl PipelineStatus {
 pub struct Admin {
     runtime: Arc<Runtime>,
     pipelines: Vec<Arc<PipelineStatus>>,
+    plugins: Swappables,
     token: Option<String>,
 }
 
@@ -94,11 +97,13 @@ impl Admin {
     pub fn new(
         runtime: Arc<Runtime>,
         pipelines: Vec<Arc<PipelineStatus>>,
+        plugins: Swappables,
         token: Option<String>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             runtime,
             pipelines,
+            plugins,
             token,
         })
     }
@@ -177,11 +182,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug)]
 struct MetricsCollector(Arc<Admin>);
 
+/// Label sets with their values.
+type Series<V> = Vec<(Vec<(String, String)>, V)>;
+
 fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &[(Vec<(String, String)>, u64)],
+    series: &Series<u64>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         name,
@@ -199,7 +207,7 @@ fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &[(Vec<(String, String)>, f64)],
+    series: &Series<f64>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         name,
@@ -228,7 +236,7 @@ fn metric_name(name: &str) -> String {
 impl Collector for MetricsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let admin = &self.0;
-        let per_pipeline = |f: &dyn Fn(&Counters) -> u64| -> Vec<(Vec<(String, String)>, u64)> {
+        let per_pipeline = |f: &dyn Fn(&Counters) -> u64| -> Series<u64> {
             admin
                 .pipelines
                 .iter()
@@ -253,7 +261,7 @@ impl Collector for MetricsCollector {
             "Messages a transform dropped.",
             &per_pipeline(&|c| load(&c.dropped)),
         )?;
-        let written: Vec<(Vec<(String, String)>, u64)> = admin
+        let written: Series<u64> = admin
             .pipelines
             .iter()
             .flat_map(|p| {
@@ -298,7 +306,7 @@ impl Collector for MetricsCollector {
             "Checkpoints acknowledged to the source.",
             &per_pipeline(&|c| load(&c.acked_batches)),
         )?;
-        let up: Vec<(Vec<(String, String)>, f64)> = admin
+        let up: Series<f64> = admin
             .pipelines
             .iter()
             .map(|p| {
@@ -318,7 +326,7 @@ impl Collector for MetricsCollector {
             "1 while the pipeline runs, 0 once it finished or failed.",
             &up,
         )?;
-        let denied: Vec<(Vec<(String, String)>, u64)> = admin
+        let denied: Series<u64> = admin
             .runtime
             .audit()
             .denied()
@@ -340,10 +348,8 @@ impl Collector for MetricsCollector {
             &denied,
         )?;
         // What plugins report through the metrics interface, one family per metric name.
-        let mut families: std::collections::BTreeMap<
-            String,
-            Vec<(Vec<(String, String)>, MetricValue)>,
-        > = std::collections::BTreeMap::new();
+        let mut families: std::collections::BTreeMap<String, Series<MetricValue>> =
+            std::collections::BTreeMap::new();
         for ((plugin, name, labels), value) in admin.runtime.plugin_metrics().snapshot() {
             let mut all = vec![("plugin".to_owned(), plugin)];
             all.extend(labels.into_iter().map(|(k, v)| (metric_name(&k), v)));
@@ -444,6 +450,55 @@ async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
     axum::Json(admin.status_json()).into_response()
 }
 
+/// Body of `POST /plugins/NAME/reload`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {
+    /// The new component (absolute, or relative to the runtime's working directory); default:
+    /// the file the config names.
+    path: Option<std::path::PathBuf>,
+}
+
+fn refusal(code: StatusCode, error: String) -> Response {
+    (code, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+async fn reload(
+    State(admin): State<Arc<Admin>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !admin.authorized(&headers) {
+        return unauthorized();
+    }
+    let Some(plugin) = admin.plugins.get(&name) else {
+        let known: Vec<&str> = admin.plugins.keys().map(String::as_str).collect();
+        return refusal(
+            StatusCode::NOT_FOUND,
+            format!("no plugin `{name}`; this file has {}", known.join(", ")),
+        );
+    };
+    let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: {e}; send {{\"path\": \"/abs/plugin.wasm\"}} or nothing"),
+                );
+            }
+        }
+    };
+    match plugin.reload(&admin.runtime, request.path.as_deref()).await {
+        Ok(swapped) => axum::Json(swapped).into_response(),
+        Err(ReloadError::Forbidden(e)) => refusal(StatusCode::FORBIDDEN, e),
+        Err(ReloadError::Invalid(e)) => refusal(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
 /// Bind the admin API's address, before any pipeline starts. Refuses a non-loopback address
 /// without a token.
 pub async fn bind(addr: SocketAddr, has_token: bool) -> anyhow::Result<tokio::net::TcpListener> {
@@ -464,6 +519,7 @@ pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/plugins/{name}/reload", post(reload))
         .with_state(admin);
     if let Ok(bound) = listener.local_addr() {
         tracing::info!("admin API on http://{bound}");

@@ -104,3 +104,43 @@ pub async fn status(admin: &str, token: Option<&str>) -> anyhow::Result<ExitCode
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `patchbay reload`: ask a running instance to swap a plugin.
+pub async fn reload(
+    admin: &str,
+    token: Option<&str>,
+    plugin: &str,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/plugins/{plugin}/reload", admin.trim_end_matches('/'));
+    let body = match path {
+        Some(p) => {
+            // The server resolves paths on its own; send what this shell means.
+            let absolute =
+                std::path::absolute(p).with_context(|| format!("bad path `{}`", p.display()))?;
+            serde_json::json!({ "path": absolute }).to_string()
+        }
+        None => "{}".to_owned(),
+    };
+    let answer = call("POST", &url, token, Some(body)).await?;
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    if answer.status == 200 {
+        println!(
+            "plugin `{}` swapped to version {} (sha256 {}, generation {}); stages switch at their next batch",
+            json["plugin"].as_str().unwrap_or(plugin),
+            json["version"].as_str().unwrap_or("?"),
+            json["sha256"].as_str().unwrap_or("?"),
+            json["generation"]
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let reason = json["error"]
+            .as_str()
+            .map_or_else(|| answer.body.trim().to_owned(), str::to_owned);
+        eprintln!(
+            "error: reload of `{plugin}` refused (HTTP {}): {reason}; the running version keeps serving",
+            answer.status
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

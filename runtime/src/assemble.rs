@@ -9,6 +9,7 @@ use crate::config::{Config, PipelineDecl, PluginDecl, PluginRef, Role};
 use crate::contract::{ConfigEntry, Metadata, PluginState};
 use crate::dead_letter::DeadLetters;
 use crate::plugin::{Instance, LoadedPlugin, Runtime};
+use crate::reload::Swappable;
 use crate::route::{PipelinePlan, Replayed, Restart, Router, Slot, SourcePlan, StageInstance};
 
 /// Problems found while assembling, one line each, ready to print.
@@ -124,7 +125,7 @@ pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, Assemble
     Ok(Loaded { plugins, metadata })
 }
 
-fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
+pub(crate) fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
     let known: Vec<&str> = meta.config_keys.iter().map(|k| k.name.as_str()).collect();
     for entry in &decl.config {
         if !known.contains(&entry.key.as_str()) {
@@ -154,21 +155,59 @@ fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
     }
 }
 
-/// Create and `init` one instance per stage of every pipeline.
+/// Every plugin of a running file, swappable by name (see [`crate::reload`]).
+pub type Swappables = BTreeMap<String, Arc<Swappable>>;
+
+/// Create and `init` one instance per stage of every pipeline. The plugins come back
+/// swappable: reloads may come from the directories the file's plugins are in.
 pub async fn plan(
     runtime: &Arc<Runtime>,
     config: &Config,
     loaded: &Loaded,
-) -> Result<Vec<PipelinePlan>, AssembleError> {
+) -> Result<(Vec<PipelinePlan>, Swappables), AssembleError> {
+    let mut allowed: Vec<std::path::PathBuf> = config
+        .plugins
+        .values()
+        .filter_map(|d| d.path.canonicalize().ok())
+        .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
+        .collect();
+    allowed.sort();
+    allowed.dedup();
+    let swappables: Swappables = config
+        .plugins
+        .iter()
+        .filter_map(|(name, decl)| {
+            let plugin = loaded.plugins.get(name)?;
+            let version = loaded
+                .metadata
+                .get(name)
+                .map(|m| m.version.clone())
+                .unwrap_or_default();
+            Some((
+                name.clone(),
+                Swappable::new(decl, plugin, version, allowed.clone()),
+            ))
+        })
+        .collect();
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for pipeline in &config.pipelines {
-        if let Some(plan) = plan_one(runtime, config, loaded, pipeline, None, &mut problems).await {
+        if let Some(plan) = plan_one(
+            runtime,
+            config,
+            loaded,
+            pipeline,
+            None,
+            Some(&swappables),
+            &mut problems,
+        )
+        .await
+        {
             plans.push(plan);
         }
     }
     AssembleError::check(problems)?;
-    Ok(plans)
+    Ok((plans, swappables))
 }
 
 /// Plan one pipeline whose source is replaced by dead letters to put back.
@@ -186,6 +225,7 @@ pub async fn plan_replay(
         loaded,
         pipeline,
         Some(entries),
+        None,
         &mut problems,
     )
     .await;
@@ -201,6 +241,7 @@ async fn plan_one(
     loaded: &Loaded,
     pipeline: &PipelineDecl,
     replay: Option<Vec<Replayed>>,
+    swappables: Option<&Swappables>,
     problems: &mut Vec<String>,
 ) -> Option<PipelinePlan> {
     let mut stage = async |r: &PluginRef, role: Role| -> Option<StageInstance> {
@@ -217,13 +258,22 @@ async fn plan_one(
             .unwrap_or_default();
         // One state store per plugin per pipeline, shared by every instance it will have.
         let state = PluginState::default();
-        let restart = restarter(runtime, &pipeline.name, decl, component, &state);
+        let swap = swappables.and_then(|m| m.get(&r.name)).cloned();
+        let restart = restarter(
+            runtime,
+            &pipeline.name,
+            decl,
+            component,
+            &state,
+            swap.clone(),
+        );
         match start_instance(runtime, &pipeline.name, decl, component, state).await {
             Ok(instance) => Some(StageInstance {
                 plugin: r.name.clone(),
                 version,
                 instance,
                 restart,
+                swap,
             }),
             Err(e) => {
                 problems.push(format!(
@@ -334,6 +384,7 @@ fn restarter(
     decl: &PluginDecl,
     component: &LoadedPlugin,
     state: &PluginState,
+    swap: Option<Arc<Swappable>>,
 ) -> Restart {
     let runtime = runtime.clone();
     let pipeline = pipeline.to_owned();
@@ -344,7 +395,10 @@ fn restarter(
         let runtime = runtime.clone();
         let pipeline = pipeline.clone();
         let decl = decl.clone();
-        let component = component.clone();
+        // A swapped plugin restarts (after a trap, or to switch code) from its current code.
+        let component = swap
+            .as_ref()
+            .map_or_else(|| component.clone(), |s| s.component());
         let state = state.clone();
         Box::pin(async move { start_instance(&runtime, &pipeline, &decl, &component, state).await })
     })

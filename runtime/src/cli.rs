@@ -53,6 +53,22 @@ enum Command {
         #[arg(long, value_name = "TOKEN")]
         admin_token: Option<String>,
     },
+    /// Swap a plugin of a running `patchbay run --admin` for new code, between batches, with
+    /// nothing lost: the new component is compiled, checked and initialised first, and a
+    /// failed check leaves the old version serving.
+    Reload {
+        /// The plugin's name (`[plugins.NAME]`).
+        plugin: String,
+        /// The new component; default: the file the config names (rebuilt in place).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The admin API's URL.
+        #[arg(long, default_value = "http://127.0.0.1:7400")]
+        admin: String,
+        /// Bearer token (default: `$PATCHBAY_ADMIN_TOKEN`).
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
+    },
     /// Show the pipelines, counters and sandbox denials of a running `patchbay run --admin`.
     Status {
         /// The admin API's URL.
@@ -201,6 +217,20 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             let admin = admin.map(|addr| (addr, admin_token.or_else(env_token)));
             run(&runtime, &pipeline, progress, admin).await
         }
+        Command::Reload {
+            plugin,
+            path,
+            admin,
+            admin_token,
+        } => {
+            crate::admin_client::reload(
+                &admin,
+                admin_token.or_else(env_token).as_deref(),
+                &plugin,
+                path.as_deref(),
+            )
+            .await
+        }
         Command::Status { admin, admin_token } => {
             crate::admin_client::status(&admin, admin_token.or_else(env_token).as_deref()).await
         }
@@ -269,7 +299,7 @@ async fn run(
         None => None,
     };
     let loaded = assemble::load(runtime, &config).await?;
-    let plans = assemble::plan(runtime, &config, &loaded).await?;
+    let (plans, swappables) = assemble::plan(runtime, &config, &loaded).await?;
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = watch::channel(false);
@@ -313,7 +343,10 @@ async fn run(
         }));
     }
     if let Some((listener, token)) = admin {
-        crate::admin::spawn(listener, Admin::new(runtime.clone(), statuses, token));
+        crate::admin::spawn(
+            listener,
+            Admin::new(runtime.clone(), statuses, swappables, token),
+        );
     }
 
     let mut ticker = tokio::time::interval(if progress.is_zero() {

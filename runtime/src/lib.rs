@@ -8,7 +8,8 @@
 //! let config = Config::load("examples/quickstart/pipeline.toml".as_ref())?;
 //! let runtime = std::sync::Arc::new(Runtime::new(Runtime::default_cache_dir())?);
 //! let loaded = assemble::load(&runtime, &config).await?;
-//! for plan in assemble::plan(&runtime, &config, &loaded).await? {
+//! let (plans, _swappable) = assemble::plan(&runtime, &config, &loaded).await?;
+//! for plan in plans {
 //!     let (_drain_tx, drain) = tokio::sync::watch::channel(false);
 //!     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
 //!     let counters = plan.counters();
@@ -27,6 +28,7 @@ pub mod config;
 pub mod contract;
 pub mod dead_letter;
 pub mod plugin;
+pub mod reload;
 pub mod route;
 pub mod sandbox;
 pub mod scaffold;

@@ -7,6 +7,7 @@ mod admin;
 mod bad_input;
 mod cli;
 mod pipelines;
+mod reload;
 mod resilience;
 mod routing;
 mod sandbox;

@@ -28,6 +28,8 @@ const TEST_PLUGINS: &[&str] = &[
     "test-hostile",
     "test-unknown-import",
     "test-ack-source",
+    "tagger-v1",
+    "tagger-v2",
 ];
 
 type Result<T> = std::result::Result<T, String>;
@@ -172,7 +174,12 @@ fn run_quickstart() -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    build()?;
+    ensure_target()?;
+    build_plugins()?;
+    // Build the host the way the tests build it (dev-dependencies unify features), so that
+    // the binary and its dependencies compile once, not twice; it lands in target/release.
+    let cache = target_dir().join("patchbay-cache");
+    run(cargo().args(["test", "--release", "--no-run"]))?;
     // The README's first command, end to end, so that it cannot silently break.
     run_quickstart()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -207,7 +214,6 @@ fn test() -> Result<()> {
     guests.args(["--", "-D", "warnings"]);
     run(&mut guests)?;
     // Default members: the runtime (with the integration tests in tests/it), the SDK, xtask.
-    let cache = target_dir().join("patchbay-cache");
     run(cargo()
         .args(["test", "--release"])
         .env("PATCHBAY_CACHE_DIR", cache))?;

@@ -52,6 +52,8 @@ pub struct StageInstance {
     pub instance: Instance,
     /// Creates a fresh instance after a trap.
     pub restart: Restart,
+    /// Where new code comes from on a hot swap; `None` for a replay.
+    pub swap: Option<Arc<crate::reload::Swappable>>,
 }
 
 /// A stage of a pipeline plan: running, or idle (a replay that does not reach it: its plugin
@@ -359,6 +361,8 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
         version: si.version,
         instance: si.instance,
         restart: si.restart,
+        generation: si.swap.as_ref().map_or(0, |s| s.generation()),
+        swap: si.swap,
         policy: policy.clone(),
         circuit: stage::Circuit::default(),
     };

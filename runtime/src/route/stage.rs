@@ -56,6 +56,10 @@ pub struct Stage {
     pub instance: Instance,
     /// How to replace it after a trap.
     pub restart: Restart,
+    /// Where new code comes from on a hot swap.
+    pub swap: Option<Arc<crate::reload::Swappable>>,
+    /// The swap generation the instance runs.
+    pub generation: u64,
     /// Pipeline-wide policy.
     pub policy: Policy,
     /// This stage's circuit breaker.
@@ -218,6 +222,37 @@ impl Stage {
         }
     }
 
+    /// Between batches: if the plugin was swapped, move to a fresh instance of the new code.
+    /// The old instance finished its last batch already; the host state carries over.
+    async fn follow_swap(&mut self) {
+        let Some(swap) = &self.swap else {
+            return;
+        };
+        let generation = swap.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let version = swap.version();
+        match (self.restart)().await {
+            Ok(instance) => {
+                self.instance = instance;
+                tracing::info!(
+                    "pipeline `{}`: {} now runs version {version}",
+                    self.policy.pipeline,
+                    self.stage
+                );
+                self.version = version;
+            }
+            Err(e) => tracing::error!(
+                "pipeline `{}`: {}: version {version} could not start here ({e:#}); the \
+                 previous version keeps serving",
+                self.policy.pipeline,
+                self.stage
+            ),
+        }
+    }
+
     /// Settle records that failed for good: stop, or store them as dead letters.
     async fn settle(&mut self, dead: Vec<(Message, Failure)>) -> Result<(), PipelineFailure> {
         let Some((_, first)) = dead.first() else {
@@ -299,6 +334,7 @@ impl Stage {
         &mut self,
         records: Vec<Message>,
     ) -> Result<Vec<Message>, PipelineFailure> {
+        self.follow_swap().await;
         let mut out = Vec::with_capacity(records.len());
         // The messages still to process, and their failures so far (same positions).
         let mut pending: Vec<Message> = records;
@@ -399,6 +435,7 @@ impl Stage {
 
     /// Deliver a batch to a sink: every record ends written or settled.
     pub async fn deliver(&mut self, records: &[Message]) -> Result<u64, PipelineFailure> {
+        self.follow_swap().await;
         let mut written = 0u64;
         // Indices into `records` still to send, with their failures so far.
         let mut pending: Vec<(usize, Option<Failure>)> =

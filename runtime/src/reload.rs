@@ -1,0 +1,248 @@
+//! Hot swap: replace a plugin's code while its pipelines run, with nothing lost or duplicated.
+//!
+//! A reload compiles the new component off the data path (on a blocking thread, through the
+//! precompiled cache), checks its world against the role the plugin plays and its config keys
+//! against its metadata, and runs a trial instance's `init` with the plugin's own config, grants
+//! and limits. Only then does it publish the new code by bumping a generation counter. Each stage
+//! using the plugin notices the new generation *between* batches: the batch in flight finishes
+//! on the old instance, the next one runs on a fresh instance of the new code. The host-owned
+//! state (the `state` interface) belongs to the stage, not the instance, so it carries over.
+//! A reload that fails any check changes nothing: the old version keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{PluginDecl, Role};
+use crate::contract::{ConfigEntry, PluginState};
+use crate::plugin::{LoadedPlugin, Runtime};
+
+/// The code one `[plugins.NAME]` currently runs, swappable at runtime.
+pub struct Swappable {
+    name: String,
+    decl: PluginDecl,
+    role: Role,
+    current: Mutex<Current>,
+    generation: AtomicU64,
+    allowed: Vec<PathBuf>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Current {
+    plugin: LoadedPlugin,
+    version: String,
+}
+
+/// What a reload answered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Swapped {
+    /// Plugin name.
+    pub plugin: String,
+    /// The new code's own version.
+    pub version: String,
+    /// Its sha256.
+    pub sha256: String,
+    /// The file it came from.
+    pub path: String,
+    /// How many swaps so far.
+    pub generation: u64,
+}
+
+/// Why a reload was refused; the old version keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The path is outside the directories plugins may be loaded from.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The new code failed a check.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Swappable {
+    /// The swappable plugin `decl`, now running `plugin` (version `version`). Reloads may come
+    /// from `allowed` directories only.
+    pub fn new(
+        decl: &PluginDecl,
+        plugin: &LoadedPlugin,
+        version: String,
+        allowed: Vec<PathBuf>,
+    ) -> Arc<Swappable> {
+        Arc::new(Swappable {
+            name: decl.name.clone(),
+            decl: decl.clone(),
+            role: plugin.role,
+            current: Mutex::new(Current {
+                plugin: plugin.clone(),
+                version,
+            }),
+            generation: AtomicU64::new(0),
+            allowed,
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn current(&self) -> Current {
+        match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The component new instances are made from.
+    pub fn component(&self) -> LoadedPlugin {
+        self.current().plugin
+    }
+
+    /// The current code's version.
+    pub fn version(&self) -> String {
+        self.current().version
+    }
+
+    /// Bumped by every swap.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Plugin name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn check_path(&self, path: &Path) -> Result<PathBuf, ReloadError> {
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| ReloadError::Invalid(format!("cannot read `{}`: {e}", path.display())))?;
+        let dir = canonical.parent().unwrap_or(Path::new("/"));
+        if self.allowed.iter().any(|allowed| allowed == dir) {
+            return Ok(canonical);
+        }
+        let list: Vec<String> = self
+            .allowed
+            .iter()
+            .map(|d| format!("`{}`", d.display()))
+            .collect();
+        Err(ReloadError::Forbidden(format!(
+            "`{}` is outside the directories plugins are loaded from ({}); copy the new \
+             version next to the plugins of the pipeline file",
+            path.display(),
+            list.join(", ")
+        )))
+    }
+
+    /// Load, check and publish new code from `path` (default: the configured file).
+    pub async fn reload(
+        &self,
+        runtime: &Arc<Runtime>,
+        path: Option<&Path>,
+    ) -> Result<Swapped, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let path = match path {
+            Some(p) => self.check_path(p)?,
+            None => self.decl.path.clone(),
+        };
+        if self.role == Role::Source {
+            return Err(ReloadError::Invalid(format!(
+                "plugin `{}` is a source; sources are not swapped under traffic (their \
+                 checkpoints belong to the running instance): restart the pipeline instead",
+                self.name
+            )));
+        }
+        let loaded = {
+            let runtime = runtime.clone();
+            let path = path.clone();
+            let pin = self.decl.sha256.clone();
+            tokio::task::spawn_blocking(move || runtime.load(&path, pin.as_deref()))
+                .await
+                .map_err(|e| ReloadError::Invalid(format!("compiling failed: {e}")))?
+                .map_err(|e| ReloadError::Invalid(format!("{:#}", anyhow::Error::from(e))))?
+        };
+        if loaded.role != self.role {
+            return Err(ReloadError::Invalid(format!(
+                "`{}` is a {} but plugin `{}` is a {}; a swap keeps the world",
+                path.display(),
+                loaded.role,
+                self.name,
+                self.role
+            )));
+        }
+        // A trial instance with the plugin's own grants, limits and config: a version whose
+        // `init` fails, traps or runs past init_timeout never reaches a pipeline.
+        let mut trial = runtime
+            .instantiate(
+                &loaded,
+                Arc::from(format!("reload/{}", self.name)),
+                Arc::from(self.name.as_str()),
+                &self.decl.grants,
+                &self.decl.limits,
+                PluginState::default(),
+            )
+            .await
+            .map_err(|e| ReloadError::Invalid(format!("cannot instantiate: {e:#}")))?;
+        let meta = trial
+            .metadata()
+            .await
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let mut problems = Vec::new();
+        crate::assemble::check_keys(&self.decl, &meta, &mut problems);
+        if !problems.is_empty() {
+            return Err(ReloadError::Invalid(problems.join("; ")));
+        }
+        let entries: Vec<ConfigEntry> = self
+            .decl
+            .config
+            .iter()
+            .map(|e| ConfigEntry {
+                key: e.key.clone(),
+                value: e.value.clone(),
+            })
+            .collect();
+        match trial.init(&entries).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(ReloadError::Invalid(format!(
+                    "`init` of {} {} returned {}",
+                    meta.name,
+                    meta.version,
+                    crate::contract::describe(&error)
+                )));
+            }
+            Err(trap) => return Err(ReloadError::Invalid(trap.to_string())),
+        }
+        drop(trial);
+        let swapped = Swapped {
+            plugin: self.name.clone(),
+            version: meta.version.clone(),
+            sha256: loaded.sha256.clone(),
+            path: path.display().to_string(),
+            generation: 0,
+        };
+        match self.current.lock() {
+            Ok(mut c) => {
+                *c = Current {
+                    plugin: loaded,
+                    version: meta.version,
+                }
+            }
+            Err(poisoned) => {
+                *poisoned.into_inner() = Current {
+                    plugin: loaded,
+                    version: meta.version,
+                }
+            }
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(
+            "plugin `{}`: swapped to {} {} ({}); stages switch at their next batch",
+            self.name,
+            swapped.version,
+            swapped.sha256,
+            swapped.path
+        );
+        Ok(Swapped {
+            generation,
+            ..swapped
+        })
+    }
+}
