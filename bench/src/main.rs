@@ -412,6 +412,156 @@ sinks = ["null"]
     Ok(())
 }
 
+/// Gaps between consecutive records' processing times (µs), largest first, from a run of
+/// generator → tagger → file at `rate` msg/s; with `swaps`, that many hot swaps v1⇄v2 happen
+/// during the run through the admin API.
+async fn swap_gaps(
+    o: &Options,
+    dir: &Path,
+    rate: u64,
+    seconds: u64,
+    swaps: u32,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let plugins = std::path::absolute(&o.plugins)?;
+    let out_dir = dir.join(format!("out-{swaps}"));
+    std::fs::create_dir_all(&out_dir)?;
+    let count = rate * seconds;
+    let file = dir.join(format!("swap-{swaps}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[plugins.gen]
+path = "{gen}"
+config = {{ count = {count}, rate = {rate} }}
+
+[plugins.tag]
+path = "{tag}"
+
+[plugins.out]
+path = "{sink}"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "{out}", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "swap"
+source = "gen"
+transforms = ["tag"]
+sinks = ["out"]
+batch_size = 64
+"#,
+            gen = plugins.join("generator.wasm").display(),
+            tag = plugins.join("tagger-v1.wasm").display(),
+            sink = plugins.join("file-sink.wasm").display(),
+            out = out_dir.display(),
+        ),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(&o.patchbay)
+        .args(["run", "--progress", "0s", "--admin"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(&file)
+        .env("PATCHBAY_CACHE_DIR", dir.join("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Read the log as it comes, so the pipe never fills.
+    let log = child.stderr.take().map(|mut stderr| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        })
+    });
+    if swaps > 0 {
+        // Start swapping once the run is under way, and finish well before it ends.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let every = Duration::from_millis((seconds * 1000 / 2) / u64::from(swaps));
+        for i in 0..swaps {
+            let version = if i % 2 == 0 { "tagger-v2" } else { "tagger-v1" };
+            let body = serde_json::json!({ "path": plugins.join(format!("{version}.wasm")) });
+            let answer = patchbay_runtime::admin_client::call(
+                "POST",
+                &format!("http://127.0.0.1:{port}/plugins/tag/reload"),
+                None,
+                Some(body.to_string()),
+            )
+            .await?;
+            if answer.status != 200 {
+                bail!("swap {i} refused: {}", answer.body);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+    let status = child.wait()?;
+    let log = log.and_then(|h| h.join().ok()).unwrap_or_default();
+    if !status.success() {
+        bail!("the swap run failed ({status}):\n{log}");
+    }
+    // How long each stage's switch to new code took on the data path.
+    let switches: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("(switched in ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    if switches.len() != swaps as usize {
+        bail!(
+            "{} switches logged for {swaps} swaps:\n{log}",
+            switches.len()
+        );
+    }
+    let text = std::fs::read_to_string(out_dir.join("out.jsonl"))?;
+    let mut times = Vec::with_capacity(count as usize);
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        times.push(v["t"].as_u64().context("a record without `t`")?);
+    }
+    if times.len() as u64 != count {
+        bail!("{} records out of {count}", times.len());
+    }
+    let mut gaps: Vec<u64> = times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    gaps.sort_unstable_by(|a, b| b.cmp(a));
+    Ok((gaps, switches))
+}
+
+async fn swap_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (rate, seconds) = if o.quick { (20_000, 4) } else { (50_000, 10) };
+    let swaps = 10;
+    let (baseline, _) = swap_gaps(o, dir.path(), rate, seconds, 0).await?;
+    let (swapping, mut switches) = swap_gaps(o, dir.path(), rate, seconds, swaps).await?;
+    switches.sort_unstable();
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let nth = |g: &[u64], n: usize| g.get(n).copied().unwrap_or(0);
+    r.line(format!(
+        "## Hot swap: pauses at {rate} msg/s ({} records, batches of 64, {swaps} swaps v1⇄v2)\n",
+        rate * seconds
+    ));
+    r.line("Gaps between consecutive records' processing times in the transform. Records arrive in batches, so gaps of a batch's worth of time are normal; a swap shows up as one of the largest gaps.\n");
+    r.line("| run | largest gap | 10th largest | 100th largest |");
+    r.line("| --- | --- | --- | --- |");
+    for (name, gaps) in [("no swap", &baseline), ("10 swaps", &swapping)] {
+        r.line(format!(
+            "| {name} | {} | {} | {} |",
+            ms(nth(gaps, 0)),
+            ms(nth(gaps, 9)),
+            ms(nth(gaps, 99))
+        ));
+    }
+    r.line("");
+    r.line(format!(
+        "Time each switch to new code took on the data path (a fresh instance of the new version, instantiated and initialised between two batches; compiling and the trial `init` happen before, off the data path): median {}, largest {} over {} swaps.\n",
+        ms(switches.get(switches.len() / 2).copied().unwrap_or(0)),
+        ms(switches.last().copied().unwrap_or(0)),
+        switches.len()
+    ));
+    Ok(())
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -443,6 +593,9 @@ async fn main() -> anyhow::Result<()> {
         o.plugins.join("json-map.wasm"),
         o.plugins.join("generator.wasm"),
         o.plugins.join("blackhole.wasm"),
+        o.plugins.join("tagger-v1.wasm"),
+        o.plugins.join("tagger-v2.wasm"),
+        o.plugins.join("file-sink.wasm"),
         o.patchbay.clone(),
     ] {
         if !needed.exists() {
@@ -467,6 +620,7 @@ async fn main() -> anyhow::Result<()> {
     transform_table(&o, &mut r).await?;
     startup_table(&o, &mut r).await?;
     pipeline_table(&o, &mut r)?;
+    swap_table(&o, &mut r).await?;
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;
     }

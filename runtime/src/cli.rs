@@ -342,6 +342,10 @@ async fn run(
             report
         }));
     }
+    let mut watchers = Vec::new();
+    for plugin in swappables.values().filter(|p| p.watched()) {
+        watchers.push(crate::reload::watch(runtime.clone(), plugin.clone())?);
+    }
     if let Some((listener, token)) = admin {
         crate::admin::spawn(
             listener,

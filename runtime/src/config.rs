@@ -78,6 +78,9 @@ struct RawPlugin {
     /// Resource limits for each instance of the plugin.
     #[serde(default)]
     limits: RawLimits,
+    /// Swap the plugin for new code when its file changes (see `patchbay reload`).
+    #[serde(default)]
+    watch: bool,
 }
 
 /// Capability grants. Empty means deny all.
@@ -430,6 +433,8 @@ pub struct PluginDecl {
     pub grants: Grants,
     /// Resource limits.
     pub limits: Limits,
+    /// Hot-swap when the file changes.
+    pub watch: bool,
 }
 
 /// One `init` entry.
@@ -1199,6 +1204,7 @@ fn check_plugin(
         path_loc,
         sha256,
         config,
+        watch: raw.watch,
         grants: Grants {
             dirs,
             stdin: raw.grants.stdin,

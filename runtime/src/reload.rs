@@ -246,3 +246,78 @@ impl Swappable {
         })
     }
 }
+
+/// How long a file must stay quiet before a watched plugin is reloaded: builds and copies write
+/// in several steps.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// Watch a plugin's file (`watch = true`) and reload it whenever it changes to new content.
+/// The returned watcher must be kept alive. A change that fails a check is logged and the
+/// running version keeps serving.
+pub fn watch(
+    runtime: Arc<Runtime>,
+    plugin: Arc<Swappable>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let file = plugin.decl.path.clone();
+    let dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = file.file_name().map(std::ffi::OsStr::to_os_string);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && (event.kind.is_create() || event.kind.is_modify())
+            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    // Watch the directory, not the file: builds and editors replace files by renaming.
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    tracing::info!(
+        "plugin `{}`: watching `{}` for new versions",
+        plugin.name,
+        file.display()
+    );
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until the file has been quiet for a while.
+            loop {
+                tokio::time::sleep(DEBOUNCE).await;
+                if rx.try_recv().is_err() {
+                    break;
+                }
+                while rx.try_recv().is_ok() {}
+            }
+            let changed =
+                crate::plugin::file_sha256(&file).is_ok_and(|sha| sha != plugin.component().sha256);
+            if !changed {
+                continue;
+            }
+            match plugin.reload(&runtime, None).await {
+                Ok(s) => tracing::info!(
+                    "plugin `{}`: `{}` changed; now version {} (generation {})",
+                    s.plugin,
+                    s.path,
+                    s.version,
+                    s.generation
+                ),
+                Err(e) => tracing::warn!(
+                    "plugin `{}`: `{}` changed but was not swapped: {e}; the running version \
+                     keeps serving",
+                    plugin.name,
+                    file.display()
+                ),
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+impl Swappable {
+    /// Whether the config asks to follow the file (`watch = true`).
+    pub fn watched(&self) -> bool {
+        self.decl.watch
+    }
+}

@@ -247,3 +247,101 @@ sinks = ["null"]
     // v1, then ten swaps: eleven runs of one tag.
     assert_eq!(switches, 11, "tag runs in output order");
 }
+
+#[test]
+fn a_watched_plugin_follows_its_file_and_ignores_a_broken_one() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.mkdir("plugins");
+    for p in ["generator", "file-sink"] {
+        std::fs::copy(
+            plugins_dir().join(format!("{p}.wasm")),
+            s.path().join(format!("plugins/{p}.wasm")),
+        )
+        .unwrap();
+    }
+    let tagger = s.path().join("plugins/tagger.wasm");
+    std::fs::copy(plugins_dir().join("tagger-v1.wasm"), &tagger).unwrap();
+    // Replace the file the way a build or a deploy does: write aside, then rename over it.
+    let replace = |bytes: Vec<u8>| {
+        let tmp = s.path().join("plugins/tagger.wasm.part");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &tagger).unwrap();
+    };
+    let total = 60_000u64;
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "plugins/generator.wasm"
+config = {{ count = {total}, rate = 15000 }}
+
+[plugins.tag]
+path = "plugins/tagger.wasm"
+watch = true
+
+[plugins.out]
+path = "plugins/file-sink.wasm"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "main"
+source = "gen"
+transforms = ["tag"]
+sinks = ["out"]
+batch_size = 100
+"#
+        ),
+    );
+    let child = patchbay()
+        .args(["run", "p.toml", "--progress", "0s"])
+        .current_dir(s.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::fs::metadata(s.path().join("out/out.jsonl")).map_or(true, |m| m.len() == 0) {
+        assert!(started.elapsed() < Duration::from_secs(60), "no output");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    replace(vec![7u8; 4096]);
+    std::thread::sleep(Duration::from_millis(900));
+    replace(std::fs::read(plugins_dir().join("tagger-v2.wasm")).unwrap());
+
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("changed but was not swapped: ")
+            && stderr.contains("is not a WebAssembly component"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("changed; now version 2.0.0 (generation 1)"),
+        "{stderr}"
+    );
+    let mut seqs = BTreeSet::new();
+    let mut runs = Vec::<String>::new();
+    let mut batch_tags: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for line in s.read("out/out.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(seqs.insert(v["seq"].as_u64().unwrap()), "duplicate: {line}");
+        let tag = v["tag"].as_str().unwrap().to_owned();
+        if runs.last() != Some(&tag) {
+            runs.push(tag.clone());
+        }
+        batch_tags
+            .entry(v["batch"].as_u64().unwrap())
+            .or_default()
+            .insert(tag);
+    }
+    assert_eq!(seqs.len() as u64, total);
+    assert_eq!(
+        runs,
+        ["v1", "v2"],
+        "the broken file changed nothing; the good one took over"
+    );
+    assert!(batch_tags.values().all(|t| t.len() == 1));
+}

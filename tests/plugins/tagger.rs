@@ -3,7 +3,8 @@
 // Each JSON record gets `tag` ("v1"/"v2": which code processed it), `batch` (the `seq` of the
 // first record of the batch it came in: records of one batch must carry one tag), and `n`, a
 // counter kept in the host's `state` interface across instances and versions (state written by
-// v1 must be read by v2: `n` never restarts).
+// v1 must be read by v2: `n` never restarts), and `t`, the wall-clock time in microseconds when
+// the batch was processed (the benchmark measures swap pauses with it).
 
 use patchbay_sdk::json::{self, Value};
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform, state};
@@ -49,6 +50,9 @@ impl Transform for Tagger {
             .and_then(|m| serde_json::from_slice::<Value>(&m.payload).ok())
             .and_then(|v| json::get(&v, "seq").cloned())
             .unwrap_or(Value::Null);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         let outcomes = batch
             .into_iter()
             .map(|mut m| {
@@ -59,6 +63,7 @@ impl Transform for Tagger {
                 let _ = json::set(&mut v, "tag", Value::String(self.tag.clone()));
                 let _ = json::set(&mut v, "batch", first.clone());
                 let _ = json::set(&mut v, "n", Value::from(n));
+                let _ = json::set(&mut v, "t", Value::from(now));
                 m.payload = v.to_string().into_bytes();
                 Outcome::Replace(vec![m])
             })

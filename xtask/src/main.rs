@@ -173,13 +173,18 @@ fn run_quickstart() -> Result<()> {
     Ok(())
 }
 
+/// Build the host (the `patchbay` and `patchbay-bench` binaries, and the tests) with every
+/// target at once: dev-dependencies unify features as they do for `cargo test`, so the tests
+/// then reuse this build instead of compiling wasmtime a second time.
+fn build_host_for_tests() -> Result<()> {
+    run(cargo().args(["build", "--release", "--all-targets"]))
+}
+
 fn test() -> Result<()> {
     ensure_target()?;
     build_plugins()?;
-    // Build the host the way the tests build it (dev-dependencies unify features), so that
-    // the binary and its dependencies compile once, not twice; it lands in target/release.
+    build_host_for_tests()?;
     let cache = target_dir().join("patchbay-cache");
-    run(cargo().args(["test", "--release", "--no-run"]))?;
     // The README's first command, end to end, so that it cannot silently break.
     run_quickstart()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -187,14 +192,6 @@ fn test() -> Result<()> {
         "clippy",
         "--release",
         "--all-targets",
-        "-p",
-        "patchbay-runtime",
-        "-p",
-        "patchbay-sdk",
-        "-p",
-        "xtask",
-        "-p",
-        "patchbay-bench",
         "--",
         "-D",
         "warnings",
@@ -221,13 +218,15 @@ fn test() -> Result<()> {
 }
 
 fn bench(quick: bool) -> Result<()> {
-    build()?;
+    ensure_target()?;
+    build_plugins()?;
+    build_host_for_tests()?;
     run_bench(quick)
 }
 
 fn run_bench(quick: bool) -> Result<()> {
-    let mut cmd = cargo();
-    cmd.args(["run", "--release", "-p", "patchbay-bench", "--"]);
+    let mut cmd = Command::new(target_dir().join("release").join("patchbay-bench"));
+    cmd.current_dir(root());
     cmd.arg("--plugins").arg(target_dir().join("plugins"));
     cmd.arg("--patchbay")
         .arg(target_dir().join("release").join("patchbay"));

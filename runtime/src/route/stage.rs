@@ -234,13 +234,15 @@ impl Stage {
         }
         self.generation = generation;
         let version = swap.version();
+        let started = Instant::now();
         match (self.restart)().await {
             Ok(instance) => {
                 self.instance = instance;
                 tracing::info!(
-                    "pipeline `{}`: {} now runs version {version}",
+                    "pipeline `{}`: {} now runs version {version} (switched in {} µs)",
                     self.policy.pipeline,
-                    self.stage
+                    self.stage,
+                    started.elapsed().as_micros()
                 );
                 self.version = version;
             }
