@@ -483,7 +483,7 @@ batch_size = 64
             let body = serde_json::json!({ "path": plugins.join(format!("{version}.wasm")) });
             let answer = patchbay_runtime::admin_client::call(
                 "POST",
-                &format!("http://127.0.0.1:{port}/plugins/tag/reload"),
+                &format!("http://127.0.0.1:{port}/v1/plugins/tag/reload"),
                 None,
                 Some(body.to_string()),
             )

@@ -1,4 +1,5 @@
-//! The admin HTTP API (`patchbay run --admin ADDR`): health, Prometheus metrics and status.
+//! The admin HTTP API (`patchbay run --admin ADDR`): health, Prometheus metrics, pipelines,
+//! plugins and hot swaps.
 //!
 //! Off unless asked for. Bound to loopback it needs no token; bound to any other address it
 //! refuses to start without one (`--admin-token` or `PATCHBAY_ADMIN_TOKEN`). With a token, every
@@ -128,7 +129,7 @@ impl Admin {
         Ok(text)
     }
 
-    /// `/status` as JSON.
+    /// `/v1/pipelines` as JSON.
     pub fn status_json(&self) -> serde_json::Value {
         let pipelines: Vec<serde_json::Value> = self
             .pipelines
@@ -151,6 +152,8 @@ impl Admin {
                     "retries": c.retries.load(Ordering::Relaxed),
                     "restarts": c.restarts.load(Ordering::Relaxed),
                     "acked_batches": c.acked_batches.load(Ordering::Relaxed),
+                    "in_flight_batches": c.in_flight_batches.load(Ordering::Relaxed),
+                    "in_flight_bytes": c.in_flight_bytes.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -326,6 +329,24 @@ impl Collector for MetricsCollector {
             "1 while the pipeline runs, 0 once it finished or failed.",
             &up,
         )?;
+        let depth = |f: &dyn Fn(&Counters) -> u64| -> Series<f64> {
+            per_pipeline(f)
+                .into_iter()
+                .map(|(labels, v)| (labels, v as f64))
+                .collect()
+        };
+        gauge(
+            &mut encoder,
+            "patchbay_pipeline_in_flight_batches",
+            "Batches the source sent on that not every sink has settled yet (queue depth).",
+            &depth(&|c| load(&c.in_flight_batches)),
+        )?;
+        gauge(
+            &mut encoder,
+            "patchbay_pipeline_in_flight_bytes",
+            "Payload bytes of the batches in flight (bounded by max_in_flight).",
+            &depth(&|c| load(&c.in_flight_bytes)),
+        )?;
         let denied: Series<u64> = admin
             .runtime
             .audit()
@@ -346,6 +367,41 @@ impl Collector for MetricsCollector {
             "patchbay_denied",
             "Accesses the sandbox denied, by plugin (pipeline/plugin) and capability.",
             &denied,
+        )?;
+        let calls = admin.runtime.call_metrics();
+        calls.seconds.encode(encoder.encode_descriptor(
+            "patchbay_plugin_call_seconds",
+            "Duration of plugin calls, by plugin (pipeline/plugin) and function.",
+            None,
+            calls.seconds.metric_type(),
+        )?)?;
+        calls.records.encode(encoder.encode_descriptor(
+            "patchbay_plugin_records",
+            "Records handed to (process, write) or returned by (poll) a plugin.",
+            None,
+            calls.records.metric_type(),
+        )?)?;
+        calls.errors.encode(encoder.encode_descriptor(
+            "patchbay_plugin_errors",
+            "Errors plugins returned, by kind (retryable, invalid-data, fatal), and traps (trap).",
+            None,
+            calls.errors.metric_type(),
+        )?)?;
+        let swaps: Series<u64> = admin
+            .plugins
+            .values()
+            .map(|p| {
+                (
+                    vec![("plugin".to_owned(), p.name().to_owned())],
+                    p.generation(),
+                )
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "patchbay_swaps",
+            "Hot swaps of a plugin to new code.",
+            &swaps,
         )?;
         // What plugins report through the metrics interface, one family per metric name.
         let mut families: std::collections::BTreeMap<String, Series<MetricValue>> =
@@ -443,6 +499,14 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respons
     }
 }
 
+async fn plugins(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return unauthorized();
+    }
+    let list: Vec<serde_json::Value> = admin.plugins.values().map(|p| p.describe()).collect();
+    axum::Json(serde_json::json!({ "plugins": list })).into_response()
+}
+
 async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if !admin.authorized(&headers) {
         return unauthorized();
@@ -450,7 +514,7 @@ async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
     axum::Json(admin.status_json()).into_response()
 }
 
-/// Body of `POST /plugins/NAME/reload`.
+/// Body of `POST /v1/plugins/NAME/reload`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReloadRequest {
@@ -504,13 +568,13 @@ async fn reload(
 pub async fn bind(addr: SocketAddr, has_token: bool) -> anyhow::Result<tokio::net::TcpListener> {
     if !addr.ip().is_loopback() && !has_token {
         anyhow::bail!(
-            "--admin {addr}: the admin API on a non-loopback address needs a token; set \
-             --admin-token or PATCHBAY_ADMIN_TOKEN, or bind to 127.0.0.1"
+            "admin API at {addr}: a non-loopback address needs a token; set --admin-token or \
+             PATCHBAY_ADMIN_TOKEN, or bind to 127.0.0.1"
         );
     }
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot listen: {e}"))
+        .map_err(|e| anyhow::anyhow!("admin API at {addr}: cannot listen: {e}"))
 }
 
 /// Serve the admin API on a bound listener until the process ends.
@@ -518,8 +582,9 @@ pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .route("/plugins/{name}/reload", post(reload))
+        .route("/v1/pipelines", get(status))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins/{name}/reload", post(reload))
         .with_state(admin);
     if let Ok(bound) = listener.local_addr() {
         tracing::info!("admin API on http://{bound}");

@@ -64,7 +64,7 @@ pub async fn call(
 
 /// `patchbay status`: print the pipelines of a running instance.
 pub async fn status(admin: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/status", admin.trim_end_matches('/'));
+    let url = format!("{}/v1/pipelines", admin.trim_end_matches('/'));
     let answer = call("GET", &url, token, None).await?;
     if answer.status != 200 {
         anyhow::bail!("{url}: HTTP {}: {}", answer.status, answer.body.trim());
@@ -112,7 +112,7 @@ pub async fn reload(
     plugin: &str,
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/plugins/{plugin}/reload", admin.trim_end_matches('/'));
+    let url = format!("{}/v1/plugins/{plugin}/reload", admin.trim_end_matches('/'));
     let body = match path {
         Some(p) => {
             // The server resolves paths on its own; send what this shell means.

@@ -259,6 +259,9 @@ async fn plan_one(
         // One state store per plugin per pipeline, shared by every instance it will have.
         let state = PluginState::default();
         let swap = swappables.and_then(|m| m.get(&r.name)).cloned();
+        if let Some(swap) = &swap {
+            swap.track_state(&pipeline.name, &state);
+        }
         let restart = restarter(
             runtime,
             &pipeline.name,

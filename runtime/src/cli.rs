@@ -44,7 +44,7 @@ enum Command {
         /// How often to print progress (messages/s and totals) on stderr; `0s` turns it off.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         progress: Duration,
-        /// Serve the admin API (/health, /metrics, /status) on this address, e.g.
+        /// Serve the admin API (/health, /metrics, /v1/…) on this address, e.g.
         /// `127.0.0.1:7400`. Off by default.
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
@@ -214,8 +214,14 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             admin,
             admin_token,
         } => {
-            let admin = admin.map(|addr| (addr, admin_token.or_else(env_token)));
-            run(&runtime, &pipeline, progress, admin).await
+            run(
+                &runtime,
+                &pipeline,
+                progress,
+                admin,
+                admin_token.or_else(env_token),
+            )
+            .await
         }
         Command::Reload {
             plugin,
@@ -291,11 +297,16 @@ async fn run(
     runtime: &Arc<Runtime>,
     path: &Path,
     progress: Duration,
-    admin: Option<(std::net::SocketAddr, Option<String>)>,
+    admin: Option<std::net::SocketAddr>,
+    admin_token: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let admin = match admin {
-        Some((addr, token)) => Some((crate::admin::bind(addr, token.is_some()).await?, token)),
+    // `--admin` wins over `[admin] listen` in the file.
+    let admin = match admin.or(config.admin) {
+        Some(addr) => Some((
+            crate::admin::bind(addr, admin_token.is_some()).await?,
+            admin_token,
+        )),
         None => None,
     };
     let loaded = assemble::load(runtime, &config).await?;

@@ -58,6 +58,18 @@ struct RawFile {
     /// Pipelines, each a `[[pipeline]]` table. They run concurrently.
     #[serde(default)]
     pipeline: Vec<Spanned<RawPipeline>>,
+    /// The admin API, off unless `[admin]` or `--admin` turns it on.
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+/// `[admin]`: serve the admin API while pipelines run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Address to listen on, e.g. `"127.0.0.1:7400"`. `--admin` overrides it. The bearer token
+    /// comes from `--admin-token` or `$PATCHBAY_ADMIN_TOKEN`, never from this file.
+    listen: Spanned<String>,
 }
 
 /// One plugin declaration: a component file, its configuration, grants and limits.
@@ -414,6 +426,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginDecl>,
     /// Pipelines in file order.
     pub pipelines: Vec<PipelineDecl>,
+    /// `[admin] listen`, when the file turns the admin API on.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// A checked plugin declaration.
@@ -785,6 +799,19 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut problems = Vec::new();
 
+        let admin = raw.admin.as_ref().and_then(|a| {
+            match a.listen.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(format!(
+                        "{}: [admin] listen = `{}` is not an address; write IP:PORT, e.g. \"127.0.0.1:7400\"",
+                        locator.at(&a.listen),
+                        a.listen.get_ref()
+                    ));
+                    None
+                }
+            }
+        });
         let declared: BTreeSet<String> = raw.plugins.keys().map(|k| k.get_ref().clone()).collect();
         let mut plugins = BTreeMap::new();
         for (name, raw_plugin) in raw.plugins {
@@ -1033,6 +1060,7 @@ impl Config {
                 file,
                 plugins,
                 pipelines,
+                admin,
             })
         } else {
             Err(ConfigError { problems })

@@ -94,6 +94,11 @@ impl PluginState {
         }
     }
 
+    /// How many keys it holds and their total size in bytes (keys and values).
+    pub fn usage(&self) -> (usize, usize) {
+        self.with(|map| (map.len(), map.iter().map(|(k, v)| k.len() + v.len()).sum()))
+    }
+
     /// Read a key.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.with(|map| map.get(key).cloned())

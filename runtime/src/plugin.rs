@@ -51,6 +51,63 @@ impl WasiView for HostState {
     }
 }
 
+/// Labels of the per-call metrics: `plugin` (`pipeline/plugin`) and `function` or `kind`.
+pub type CallLabels = Vec<(String, String)>;
+
+type HistogramFamily = prometheus_client::metrics::family::Family<
+    CallLabels,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+type CounterFamily = prometheus_client::metrics::family::Family<
+    CallLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// What the host measures of every plugin call, for `/metrics`.
+#[derive(Debug)]
+pub struct CallMetrics {
+    /// Duration of each call, by plugin and function.
+    pub seconds: HistogramFamily,
+    /// Records handed to `process` and `write`, by plugin and function.
+    pub records: CounterFamily,
+    /// Errors plugins returned, by plugin and kind (`retryable`, `invalid-data`, `fatal`), and
+    /// traps (`trap`).
+    pub errors: CounterFamily,
+}
+
+fn call_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    // 10 µs to ~2.6 s.
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 10),
+    )
+}
+
+impl Default for CallMetrics {
+    fn default() -> Self {
+        CallMetrics {
+            seconds: HistogramFamily::new_with_constructor(call_histogram),
+            records: CounterFamily::default(),
+            errors: CounterFamily::default(),
+        }
+    }
+}
+
+impl CallMetrics {
+    fn labels(plugin: &str, key: &str, value: &str) -> CallLabels {
+        vec![
+            ("plugin".to_owned(), plugin.to_owned()),
+            (key.to_owned(), value.to_owned()),
+        ]
+    }
+
+    fn error(&self, plugin: &str, kind: &str) {
+        self.errors
+            .get_or_create(&CallMetrics::labels(plugin, "kind", kind))
+            .inc();
+    }
+}
+
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -124,6 +181,7 @@ pub struct Runtime {
     engine_key: String,
     metrics: PluginMetrics,
     audit: Arc<sandbox::Audit>,
+    calls: Arc<CallMetrics>,
     enforce: bool,
     _ticker: Option<sandbox::EpochTicker>,
 }
@@ -173,6 +231,11 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(enforce);
         config.wasm_component_model(true);
+        // `PATCHBAY_PROFILE=perfmap` writes /tmp/perf-PID.map so `perf report` names the
+        // plugins' compiled functions.
+        if std::env::var_os("PATCHBAY_PROFILE").is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -194,6 +257,7 @@ impl Runtime {
             engine_key,
             metrics: PluginMetrics::default(),
             audit: Arc::new(sandbox::Audit::default()),
+            calls: Arc::new(CallMetrics::default()),
             enforce,
             _ticker: ticker,
         })
@@ -214,6 +278,11 @@ impl Runtime {
     /// Accesses the sandbox denied.
     pub fn audit(&self) -> &sandbox::Audit {
         &self.audit
+    }
+
+    /// What the host measured of plugin calls.
+    pub fn call_metrics(&self) -> &CallMetrics {
+        &self.calls
     }
 
     /// Metrics plugins reported through the host interface.
@@ -382,6 +451,7 @@ impl Runtime {
             limits: *limits,
             stderr_tail,
             enforce: self.enforce,
+            calls: self.calls.clone(),
         };
         let result = match &plugin.pre {
             RolePre::Source(pre) => pre
@@ -550,9 +620,40 @@ pub struct Instance {
     limits: Limits,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     enforce: bool,
+    calls: Arc<CallMetrics>,
 }
 
 impl Instance {
+    /// Record one finished call: its duration, the records it was handed, a trap.
+    fn observe<T>(
+        &self,
+        function: &str,
+        started: Instant,
+        records: usize,
+        result: &Result<T, Trap>,
+    ) {
+        let labels = CallMetrics::labels(&self.label, "function", function);
+        self.calls
+            .seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if records > 0 {
+            self.calls
+                .records
+                .get_or_create(&labels)
+                .inc_by(records as u64);
+        }
+        if result.is_err() {
+            self.calls.error(&self.label, "trap");
+        }
+    }
+
+    fn errors<'a>(&self, errors: impl Iterator<Item = &'a WitError>) {
+        for e in errors {
+            self.calls.error(&self.label, &e.kind.to_string());
+        }
+    }
+
     fn arm(&mut self, timeout: Duration) {
         if self.enforce {
             self.store.data_mut().deadline = Instant::now() + timeout;
@@ -688,7 +789,7 @@ impl Instance {
     }
 
     /// `init(config)`.
-    pub async fn init(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
+    async fn init_inner(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
         let timeout = self.limits.init_timeout;
         self.arm(timeout);
         let result = match &self.bindings {
@@ -722,7 +823,7 @@ impl Instance {
     }
 
     /// `poll(max)` of a source.
-    pub async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+    async fn poll_inner(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
         let Some(Bindings::Source(b)) = &self.bindings else {
@@ -742,7 +843,7 @@ impl Instance {
     }
 
     /// `ack(checkpoint)` of a source.
-    pub async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+    async fn ack_inner(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
         let Some(Bindings::Source(b)) = &self.bindings else {
@@ -758,7 +859,7 @@ impl Instance {
     }
 
     /// `process(batch)` of a transform.
-    pub async fn process(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
+    async fn process_inner(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
         let Some(Bindings::Transform(b)) = &self.bindings else {
@@ -783,7 +884,7 @@ impl Instance {
     }
 
     /// `write(batch)` of a sink.
-    pub async fn write(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
+    async fn write_inner(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
         let Some(Bindings::Sink(b)) = &self.bindings else {
@@ -796,5 +897,67 @@ impl Instance {
         )
         .await;
         result.map_err(|e| self.trap("write", timeout, e))
+    }
+
+    /// `init(config)`.
+    pub async fn init(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.init_inner(config).await;
+        self.observe("init", started, 0, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `poll(max)` of a source.
+    pub async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.poll_inner(max).await;
+        let records = match &result {
+            Ok(Ok(PollResult::Batch(batch))) => batch.messages.len(),
+            _ => 0,
+        };
+        self.observe("poll", started, records, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `ack(checkpoint)` of a source.
+    pub async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.ack_inner(checkpoint).await;
+        self.observe("ack", started, 0, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `process(batch)` of a transform.
+    pub async fn process(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
+        let started = Instant::now();
+        let result = self.process_inner(batch).await;
+        self.observe("process", started, batch.len(), &result);
+        if let Ok(outcomes) = &result {
+            self.errors(outcomes.iter().filter_map(|o| match o {
+                Outcome::Fail(e) => Some(e),
+                _ => None,
+            }));
+        }
+        result
+    }
+
+    /// `write(batch)` of a sink.
+    pub async fn write(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
+        let started = Instant::now();
+        let result = self.write_inner(batch).await;
+        self.observe("write", started, batch.len(), &result);
+        if let Ok(results) = &result {
+            self.errors(results.iter().filter_map(|r| r.as_ref().err()));
+        }
+        result
     }
 }

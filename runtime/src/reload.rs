@@ -26,6 +26,7 @@ pub struct Swappable {
     generation: AtomicU64,
     allowed: Vec<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
+    states: Mutex<Vec<(String, PluginState)>>,
 }
 
 #[derive(Clone)]
@@ -80,6 +81,7 @@ impl Swappable {
             generation: AtomicU64::new(0),
             allowed,
             reloading: tokio::sync::Mutex::new(()),
+            states: Mutex::new(Vec::new()),
         })
     }
 
@@ -108,6 +110,66 @@ impl Swappable {
     /// Plugin name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Remember the host state the plugin has in `pipeline`, for `/v1/plugins`.
+    pub fn track_state(&self, pipeline: &str, state: &PluginState) {
+        if let Ok(mut states) = self.states.lock() {
+            states.push((pipeline.to_owned(), state.clone()));
+        }
+    }
+
+    /// What `/v1/plugins` shows of it.
+    pub fn describe(&self) -> serde_json::Value {
+        let current = self.current();
+        let g = &self.decl.grants;
+        let texts = |p: &[crate::config::NetPattern]| -> Vec<String> {
+            p.iter().map(|x| x.text.clone()).collect()
+        };
+        let state: Vec<serde_json::Value> = self
+            .states
+            .lock()
+            .map(|states| {
+                states
+                    .iter()
+                    .map(|(pipeline, s)| {
+                        let (keys, bytes) = s.usage();
+                        serde_json::json!({"pipeline": pipeline, "keys": keys, "bytes": bytes})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({
+            "name": self.name,
+            "world": self.role.to_string(),
+            "version": current.version,
+            "sha256": current.plugin.sha256,
+            "path": current.plugin.path.display().to_string(),
+            "generation": self.generation(),
+            "watch": self.decl.watch,
+            "grants": {
+                "dirs": g.dirs.iter().map(|d| serde_json::json!({
+                    "host": d.host.display().to_string(),
+                    "guest": d.guest,
+                    "mode": match d.mode { crate::config::DirMode::Ro => "ro", crate::config::DirMode::Rw => "rw" },
+                })).collect::<Vec<_>>(),
+                "tcp": texts(&g.tcp),
+                "udp": texts(&g.udp),
+                "listen": texts(&g.listen),
+                "http": g.http.iter().map(|p| p.text.clone()).collect::<Vec<_>>(),
+                "dns": g.dns,
+                "env": g.env,
+                "stdin": g.stdin,
+                "stdout": g.stdout,
+            },
+            "limits": {
+                "memory": self.decl.limits.memory,
+                "call_timeout_ms": self.decl.limits.call_timeout.as_millis() as u64,
+                "init_timeout_ms": self.decl.limits.init_timeout.as_millis() as u64,
+                "max_output": self.decl.limits.max_output,
+            },
+            "state": state,
+        })
     }
 
     fn check_path(&self, path: &Path) -> Result<PathBuf, ReloadError> {
@@ -211,6 +273,7 @@ impl Swappable {
             Err(trap) => return Err(ReloadError::Invalid(trap.to_string())),
         }
         drop(trial);
+        let old_sha = self.component().sha256;
         let swapped = Swapped {
             plugin: self.name.clone(),
             version: meta.version.clone(),
@@ -234,10 +297,11 @@ impl Swappable {
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(
-            "plugin `{}`: swapped to {} {} ({}); stages switch at their next batch",
+            "plugin `{}`: swap {generation}: sha256 {old_sha} -> {} (version {}, {}); stages \
+             switch at their next batch",
             self.name,
-            swapped.version,
             swapped.sha256,
+            swapped.version,
             swapped.path
         );
         Ok(Swapped {

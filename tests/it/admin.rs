@@ -98,8 +98,12 @@ batch_size = 1
             "pipelines did not get going"
         );
         std::thread::sleep(Duration::from_millis(100));
-        let Ok(answer) = rt.block_on(call("GET", &format!("{base}/status"), Some("s3cret"), None))
-        else {
+        let Ok(answer) = rt.block_on(call(
+            "GET",
+            &format!("{base}/v1/pipelines"),
+            Some("s3cret"),
+            None,
+        )) else {
             continue;
         };
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -113,12 +117,13 @@ batch_size = 1
     assert_eq!(status["pipelines"][0]["name"], "fixed");
     assert_eq!(status["pipelines"][0]["in"], 5000);
     assert_eq!(status["pipelines"][0]["written"]["out"], 5000);
+    assert_eq!(status["pipelines"][0]["in_flight_batches"], 0);
     assert_eq!(status["pipelines"][1]["state"], "running");
 
-    // The token: needed for /metrics and /status, not for /health.
+    // The token: needed for /metrics and /v1/pipelines, not for /health.
     assert_eq!(get(&rt, &format!("{base}/metrics"), None).status, 401);
     assert_eq!(
-        get(&rt, &format!("{base}/status"), Some("wrong")).status,
+        get(&rt, &format!("{base}/v1/pipelines"), Some("wrong")).status,
         401
     );
     let health = get(&rt, &format!("{base}/health"), None);
@@ -156,6 +161,15 @@ batch_size = 1
         sample(&scrape, "patchbay_pipeline_up", &[("pipeline", "forever")]),
         Some(1.0)
     );
+    // A finished pipeline has nothing in flight.
+    assert_eq!(
+        sample(
+            &scrape,
+            "patchbay_pipeline_in_flight_batches",
+            &[("pipeline", "fixed")]
+        ),
+        Some(0.0)
+    );
     let denied = sample(
         &scrape,
         "patchbay_denied_total",
@@ -176,6 +190,46 @@ batch_size = 1
         &[("plugin", "null")],
     );
     assert!(reported.is_some_and(|n| n >= 1.0), "{}", metrics.body);
+
+    // Per-call metrics: `write` of the file sink was called, and saw every record.
+    assert_eq!(
+        sample(
+            &scrape,
+            "patchbay_plugin_records_total",
+            &[("plugin", "fixed/out"), ("function", "write")]
+        ),
+        Some(5000.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            "patchbay_plugin_call_seconds_count",
+            &[("plugin", "fixed/out"), ("function", "write")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(
+        sample(&scrape, "patchbay_swaps_total", &[("plugin", "out")]),
+        Some(0.0)
+    );
+
+    // `/v1/plugins`: what runs, with its grants.
+    let plugins = get(&rt, &format!("{base}/v1/plugins"), Some("s3cret"));
+    assert_eq!(plugins.status, 200, "{}", plugins.body);
+    let plugins: serde_json::Value = serde_json::from_str(&plugins.body).unwrap();
+    let out = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "out")
+        .unwrap();
+    assert_eq!(out["world"], "sink");
+    assert_eq!(out["version"], "0.1.0");
+    assert_eq!(out["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(out["grants"]["dirs"][0]["guest"], "/out");
+    assert_eq!(out["grants"]["dirs"][0]["mode"], "rw");
 
     // `patchbay status` prints the same.
     let out = patchbay()
@@ -222,6 +276,7 @@ source = "gen"
 sinks = ["null"]
 "#,
     );
+    let expected = "admin API at 0.0.0.0:0: a non-loopback address needs a token; set --admin-token or PATCHBAY_ADMIN_TOKEN, or bind to 127.0.0.1";
     let out = patchbay()
         .args(["run", "p.toml", "--admin", "0.0.0.0:0"])
         .env_remove("PATCHBAY_ADMIN_TOKEN")
@@ -230,10 +285,21 @@ sinks = ["null"]
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(
-            "--admin 0.0.0.0:0: the admin API on a non-loopback address needs a token; set --admin-token or PATCHBAY_ADMIN_TOKEN, or bind to 127.0.0.1"
-        ),
-        "{stderr}"
+    assert!(stderr.contains(expected), "{stderr}");
+    // The same from the file's `[admin]` table; nothing ran.
+    let text = s.read("p.toml");
+    s.write(
+        "q.toml",
+        &format!("[admin]\nlisten = \"0.0.0.0:0\"\n{text}"),
     );
+    let out = patchbay()
+        .args(["run", "q.toml"])
+        .env_remove("PATCHBAY_ADMIN_TOKEN")
+        .current_dir(s.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(!stderr.contains(" in, "), "a pipeline ran: {stderr}");
 }

@@ -1,4 +1,4 @@
-//! Hot swap under traffic (`patchbay reload`, `POST /plugins/NAME/reload`): every record exactly
+//! Hot swap under traffic (`patchbay reload`, `POST /v1/plugins/NAME/reload`): every record exactly
 //! once, one version per batch, host state carried over, and every bad swap refused with its
 //! reason while the old version keeps serving.
 
@@ -112,7 +112,7 @@ sinks = ["null"]
         };
         rt.block_on(call(
             "POST",
-            &format!("{base}/plugins/{plugin}/reload"),
+            &format!("{base}/v1/plugins/{plugin}/reload"),
             token,
             Some(body),
         ))
@@ -123,7 +123,7 @@ sinks = ["null"]
     loop {
         assert!(started.elapsed() < Duration::from_secs(60), "no traffic");
         std::thread::sleep(Duration::from_millis(50));
-        if let Ok(a) = rt.block_on(call("GET", &format!("{base}/status"), token, None))
+        if let Ok(a) = rt.block_on(call("GET", &format!("{base}/v1/pipelines"), token, None))
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&a.body)
             && v["pipelines"][0]["in"].as_u64().unwrap_or(0) > 5000
         {
@@ -180,7 +180,7 @@ sinks = ["null"]
                 let a = rt
                     .block_on(call(
                         "POST",
-                        &format!("{base}/plugins/tag/reload"),
+                        &format!("{base}/v1/plugins/tag/reload"),
                         None,
                         Some(String::new()),
                     ))
@@ -191,8 +191,32 @@ sinks = ["null"]
             _ => {}
         }
     }
+    let metrics = rt
+        .block_on(call("GET", &format!("{base}/metrics"), token, None))
+        .unwrap();
+    assert!(
+        metrics
+            .body
+            .contains("patchbay_swaps_total{plugin=\"tag\"} 10"),
+        "{}",
+        metrics.body
+    );
+    let plugins = rt
+        .block_on(call("GET", &format!("{base}/v1/plugins"), token, None))
+        .unwrap();
+    let plugins: serde_json::Value = serde_json::from_str(&plugins.body).unwrap();
+    let tag = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tag")
+        .unwrap();
+    assert_eq!(tag["generation"], 10);
+    assert_eq!(tag["version"], "1.0.0");
+    assert_eq!(tag["state"][0]["pipeline"], "main");
+    assert_eq!(tag["state"][0]["keys"], 1);
     let status = rt
-        .block_on(call("GET", &format!("{base}/status"), token, None))
+        .block_on(call("GET", &format!("{base}/v1/pipelines"), token, None))
         .unwrap();
     let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     assert!(

@@ -139,6 +139,10 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Instances replaced after a trap.
     pub restarts: AtomicU64,
+    /// Batches the source sent on that not every sink has settled yet (the queue depth).
+    pub in_flight_batches: AtomicU64,
+    /// Payload bytes of those batches.
+    pub in_flight_bytes: AtomicU64,
 }
 
 /// Where a failure happened.
@@ -507,11 +511,16 @@ const BUDGET_UNIT: usize = 1024;
 struct AckTracker {
     pending: VecDeque<InFlight>,
     first_seq: u64,
+    /// Where the queue depth is published.
+    counters: Arc<Counters>,
+    bytes: u64,
 }
 
 /// A batch sent on and not yet settled by every sink.
 struct InFlight {
     checkpoint: u64,
+    /// Payload bytes.
+    bytes: u64,
     /// Sinks still to finish it.
     remaining: usize,
     /// Its share of the pipeline's in-flight byte budget, returned when it is settled.
@@ -519,10 +528,29 @@ struct InFlight {
 }
 
 impl AckTracker {
+    fn new(counters: Arc<Counters>) -> Self {
+        AckTracker {
+            pending: VecDeque::new(),
+            first_seq: 0,
+            counters,
+            bytes: 0,
+        }
+    }
+
+    fn publish(&self) {
+        self.counters
+            .in_flight_batches
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+        self.counters
+            .in_flight_bytes
+            .store(self.bytes, Ordering::Relaxed);
+    }
+
     fn push(
         &mut self,
         seq: u64,
         checkpoint: u64,
+        bytes: u64,
         sinks: usize,
         budget: Option<OwnedSemaphorePermit>,
     ) {
@@ -531,9 +559,12 @@ impl AckTracker {
         }
         self.pending.push_back(InFlight {
             checkpoint,
+            bytes,
             remaining: sinks,
             _budget: budget,
         });
+        self.bytes += bytes;
+        self.publish();
     }
 
     /// A sink finished batch `seq`. Returns the newest checkpoint that is now fully delivered.
@@ -546,8 +577,12 @@ impl AckTracker {
         while self.pending.front().is_some_and(|f| f.remaining == 0) {
             if let Some(front) = self.pending.pop_front() {
                 newest = Some(front.checkpoint);
+                self.bytes = self.bytes.saturating_sub(front.bytes);
             }
             self.first_seq += 1;
+        }
+        if newest.is_some() {
+            self.publish();
         }
         newest
     }
@@ -559,10 +594,7 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
         stage: task.stage.clone(),
         cause,
     };
-    let mut tracker = AckTracker {
-        pending: VecDeque::new(),
-        first_seq: 0,
-    };
+    let mut tracker = AckTracker::new(task.counters.clone());
     let mut seq = 0u64;
     let mut backoff = POLL_BACKOFF;
     let mut last_checkpoint: Option<u64> = None;
@@ -676,7 +708,7 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
                 .await
                 .map_err(fail)?;
         }
-        tracker.push(seq, batch.checkpoint, task.sinks, budget);
+        tracker.push(seq, batch.checkpoint, bytes as u64, task.sinks, budget);
         let sent = match &downstream {
             Some(d) => {
                 d.send(Batch {
@@ -816,19 +848,23 @@ mod tests {
 
     #[test]
     fn acks_wait_for_every_sink_and_stay_in_order() {
-        let mut t = AckTracker {
-            pending: VecDeque::new(),
-            first_seq: 0,
-        };
-        t.push(0, 10, 2, None);
-        t.push(1, 20, 2, None);
-        t.push(2, 30, 2, None);
+        let counters = Arc::new(Counters::default());
+        let mut t = AckTracker::new(counters.clone());
+        t.push(0, 10, 100, 2, None);
+        t.push(1, 20, 200, 2, None);
+        t.push(2, 30, 300, 2, None);
+        assert_eq!(counters.in_flight_batches.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.in_flight_bytes.load(Ordering::Relaxed), 600);
         assert_eq!(t.done(1), None);
         assert_eq!(t.done(0), None);
         assert_eq!(t.done(0), Some(10));
+        assert_eq!(counters.in_flight_batches.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.in_flight_bytes.load(Ordering::Relaxed), 500);
         assert_eq!(t.done(1), Some(20));
         assert_eq!(t.done(2), None);
         assert_eq!(t.done(2), Some(30));
         assert!(t.pending.is_empty());
+        assert_eq!(counters.in_flight_batches.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.in_flight_bytes.load(Ordering::Relaxed), 0);
     }
 }
