@@ -17,8 +17,13 @@ use patchbay_runtime::contract::{ConfigEntry, Message, Outcome, PluginState};
 use patchbay_runtime::plugin::{Instance, Runtime};
 use serde_json::{Map, Value};
 
+/// The report's sections, in order.
+const SECTIONS: &[&str] = &["transform", "startup", "e2e", "swap"];
+
 struct Options {
     quick: bool,
+    /// Run only these sections (`--only transform,startup,e2e,swap`); empty: all.
+    only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
     patchbay: PathBuf,
@@ -26,6 +31,7 @@ struct Options {
 
 fn options() -> anyhow::Result<Options> {
     let mut quick = false;
+    let mut only = Vec::new();
     let mut out = PathBuf::from("bench/results.md");
     let mut plugins = PathBuf::from("target/plugins");
     let mut patchbay = PathBuf::from("target/release/patchbay");
@@ -38,17 +44,29 @@ fn options() -> anyhow::Result<Options> {
         };
         match arg.as_str() {
             "--quick" => quick = true,
+            "--only" => {
+                let list = value("--only")?;
+                only = list
+                    .to_string_lossy()
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                    bail!("--only: unknown section `{bad}`; the sections are {SECTIONS:?}");
+                }
+            }
             "--out" => out = value("--out")?,
             "--plugins" => plugins = value("--plugins")?,
             "--patchbay" => patchbay = value("--patchbay")?,
             other => bail!(
-                "unknown argument `{other}`; usage: patchbay-bench [--quick] [--out FILE] \
-                 [--plugins DIR] [--patchbay BIN]"
+                "unknown argument `{other}`; usage: patchbay-bench [--quick] [--only SECTION,…] \
+                 [--out FILE] [--plugins DIR] [--patchbay BIN]"
             ),
         }
     }
     Ok(Options {
         quick,
+        only,
         out,
         plugins,
         patchbay,
@@ -421,7 +439,7 @@ async fn swap_gaps(
     rate: u64,
     seconds: u64,
     swaps: u32,
-) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+) -> anyhow::Result<SwapRun> {
     let plugins = std::path::absolute(&o.plugins)?;
     let out_dir = dir.join(format!("out-{swaps}"));
     std::fs::create_dir_all(&out_dir)?;
@@ -513,9 +531,13 @@ batch_size = 64
     }
     let text = std::fs::read_to_string(out_dir.join("out.jsonl"))?;
     let mut times = Vec::with_capacity(count as usize);
+    let mut due = Vec::with_capacity(count as usize);
     for line in text.lines() {
         let v: Value = serde_json::from_str(line)?;
         times.push(v["t"].as_u64().context("a record without `t`")?);
+        let seq = v["seq"].as_u64().context("a record without `seq`")?;
+        // The generator is paced: record `seq` is due seq / rate seconds after it started.
+        due.push(seq * 1_000_000 / rate);
     }
     if times.len() as u64 != count {
         bail!("{} records out of {count}", times.len());
@@ -525,31 +547,70 @@ batch_size = 64
         .map(|w| w[1].saturating_sub(w[0]))
         .collect();
     gaps.sort_unstable_by(|a, b| b.cmp(a));
-    Ok((gaps, switches))
+    // Latency: from when a record was due to when the transform processed it. The generator's
+    // start on the wall clock is taken as the earliest `t - due`, so the fastest record counts
+    // as zero and every other one as how much later it came.
+    let start = times
+        .iter()
+        .zip(&due)
+        .map(|(t, d)| t.saturating_sub(*d))
+        .min()
+        .unwrap_or(0);
+    let mut latencies: Vec<u64> = times
+        .iter()
+        .zip(&due)
+        .map(|(t, d)| t.saturating_sub(start + d))
+        .collect();
+    latencies.sort_unstable();
+    Ok(SwapRun {
+        gaps,
+        latencies,
+        switches,
+    })
+}
+
+/// What one hot-swap run measured, in microseconds.
+struct SwapRun {
+    /// Gaps between consecutive records' processing times, largest first.
+    gaps: Vec<u64>,
+    /// Each record's delay behind its due time, smallest first.
+    latencies: Vec<u64>,
+    /// How long each switch to new code took on the data path.
+    switches: Vec<u64>,
 }
 
 async fn swap_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (rate, seconds) = if o.quick { (20_000, 4) } else { (50_000, 10) };
     let swaps = 10;
-    let (baseline, _) = swap_gaps(o, dir.path(), rate, seconds, 0).await?;
-    let (swapping, mut switches) = swap_gaps(o, dir.path(), rate, seconds, swaps).await?;
+    let baseline = swap_gaps(o, dir.path(), rate, seconds, 0).await?;
+    let swapping = swap_gaps(o, dir.path(), rate, seconds, swaps).await?;
+    let mut switches = swapping.switches.clone();
     switches.sort_unstable();
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let nth = |g: &[u64], n: usize| g.get(n).copied().unwrap_or(0);
+    let quantile = |l: &[u64], q: f64| {
+        nth(
+            l,
+            ((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)),
+        )
+    };
     r.line(format!(
         "## Hot swap: pauses at {rate} msg/s ({} records, batches of 64, {swaps} swaps v1⇄v2)\n",
         rate * seconds
     ));
-    r.line("Gaps between consecutive records' processing times in the transform. Records arrive in batches, so gaps of a batch's worth of time are normal; a swap shows up as one of the largest gaps.\n");
-    r.line("| run | largest gap | 10th largest | 100th largest |");
-    r.line("| --- | --- | --- | --- |");
-    for (name, gaps) in [("no swap", &baseline), ("10 swaps", &swapping)] {
+    r.line("Latency: from when the paced generator made a record due to when the transform processed it (the fastest record counts as 0). Gaps: between consecutive records' processing times; records arrive in batches, so gaps of a batch's worth of time are normal, and a swap shows up as one of the largest.\n");
+    r.line("| run | latency p50 | p99 | p99.9 | max | largest gap | 10th largest gap |");
+    r.line("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, run) in [("no swap", &baseline), ("10 swaps", &swapping)] {
         r.line(format!(
-            "| {name} | {} | {} | {} |",
-            ms(nth(gaps, 0)),
-            ms(nth(gaps, 9)),
-            ms(nth(gaps, 99))
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            ms(quantile(&run.latencies, 0.5)),
+            ms(quantile(&run.latencies, 0.99)),
+            ms(quantile(&run.latencies, 0.999)),
+            ms(run.latencies.last().copied().unwrap_or(0)),
+            ms(nth(&run.gaps, 0)),
+            ms(nth(&run.gaps, 9)),
         ));
     }
     r.line("");
@@ -617,10 +678,19 @@ async fn main() -> anyhow::Result<()> {
          serde_json in this process. Figures are from one run on a shared machine: compare rows \
          of the same run, not runs.\n",
     );
-    transform_table(&o, &mut r).await?;
-    startup_table(&o, &mut r).await?;
-    pipeline_table(&o, &mut r)?;
-    swap_table(&o, &mut r).await?;
+    let run = |section: &str| o.only.is_empty() || o.only.iter().any(|s| s == section);
+    if run("transform") {
+        transform_table(&o, &mut r).await?;
+    }
+    if run("startup") {
+        startup_table(&o, &mut r).await?;
+    }
+    if run("e2e") {
+        pipeline_table(&o, &mut r)?;
+    }
+    if run("swap") {
+        swap_table(&o, &mut r).await?;
+    }
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;
     }

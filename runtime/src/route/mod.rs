@@ -36,8 +36,12 @@ pub use router::Router;
 use stage::{Policy, Stage, run_sink, run_transform};
 pub use stage::{Restart, backoff};
 
-/// How long a source that returned an empty batch rests before it is polled again.
-const IDLE_PAUSE: Duration = Duration::from_millis(20);
+/// How long a source that returned an empty batch rests before it is polled again: the first
+/// empty poll rests [`IDLE_PAUSE`], each further one in a row twice as long, up to
+/// [`MAX_IDLE_PAUSE`]. A source that is merely ahead of its data (a paced generator, a broker
+/// between messages) is polled again soon; an idle one costs a poll every 20 ms.
+const IDLE_PAUSE: Duration = Duration::from_millis(1);
+const MAX_IDLE_PAUSE: Duration = Duration::from_millis(20);
 /// Back-off after a `retryable` poll error, doubled up to [`MAX_POLL_BACKOFF`].
 const POLL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_POLL_BACKOFF: Duration = Duration::from_secs(5);
@@ -597,6 +601,7 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
     let mut tracker = AckTracker::new(task.counters.clone());
     let mut seq = 0u64;
     let mut backoff = POLL_BACKOFF;
+    let mut idle = IDLE_PAUSE;
     let mut last_checkpoint: Option<u64> = None;
     let mut downstream = Some(task.downstream);
 
@@ -662,8 +667,10 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
         last_checkpoint = Some(batch.checkpoint);
         if batch.messages.is_empty() {
             // Idle: rest a little, acknowledging whatever completes meanwhile.
+            let pause = idle;
+            idle = (idle * 2).min(MAX_IDLE_PAUSE);
             let newest = pause_or_done(
-                IDLE_PAUSE,
+                pause,
                 &mut task.done,
                 &mut tracker,
                 &mut task.drain,
@@ -677,6 +684,7 @@ async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
             }
             continue;
         }
+        idle = IDLE_PAUSE;
         task.counters
             .polled
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
