@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use patchbay_runtime::config::{Grants, Limits};
 use patchbay_runtime::contract::{ConfigEntry, Message, Outcome, PluginState};
 use patchbay_runtime::plugin::{Instance, Runtime};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The report's sections, in order.
 const SECTIONS: &[&str] = &["transform", "startup", "e2e", "swap"];
@@ -83,15 +83,29 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
-/// The transform, natively: what json-map does with the bench config.
-fn native(payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut object: Map<String, Value> = serde_json::from_slice(payload)?;
-    if let Some(v) = object.remove("name") {
-        object.insert("title".into(), v);
+/// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
+/// native row runs the very code the plugin runs.
+#[path = "../../plugins/json-map/src/mapping.rs"]
+mod mapping;
+
+/// The mapping of the bench config: rename `name` to `title`, drop `tags`, set `source`.
+fn bench_mapping() -> mapping::Mapping {
+    mapping::Mapping::new(
+        Vec::new(),
+        vec![("name".into(), "title".into())],
+        vec!["tags".into()],
+        vec![("source".into(), Value::String("bench".into()))],
+    )
+}
+
+/// The transform, natively: what json-map's `process` does, with the same code.
+fn native(mapping: &mapping::Mapping, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(payload)?;
+    if !doc.is_object() {
+        bail!("not a JSON object");
     }
-    object.remove("tags");
-    object.insert("source".into(), Value::String("bench".into()));
-    Ok(serde_json::to_vec(&object)?)
+    mapping.apply(&mut doc).map_err(anyhow::Error::msg)?;
+    Ok(serde_json::to_vec(&doc)?)
 }
 
 fn map_config() -> Vec<ConfigEntry> {
@@ -145,7 +159,7 @@ async fn through_plugin(
     batch: usize,
 ) -> anyhow::Result<f64> {
     let check = instance.process(&input[..1]).await?;
-    let expected = native(&input[0].payload)?;
+    let expected = native(&bench_mapping(), &input[0].payload)?;
     let same = |out: &[Message]| -> bool {
         let parse = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
         out.len() == 1
@@ -171,9 +185,10 @@ async fn through_plugin(
 }
 
 fn through_native(input: &[Message]) -> anyhow::Result<f64> {
+    let mapping = bench_mapping();
     let started = Instant::now();
     for m in input {
-        black_box(native(black_box(&m.payload))?);
+        black_box(native(&mapping, black_box(&m.payload))?);
     }
     Ok(started.elapsed().as_nanos() as f64 / input.len() as f64)
 }

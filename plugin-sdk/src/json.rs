@@ -53,11 +53,22 @@ pub fn remove(value: &mut Value, path: &str) -> Option<Value> {
         None => (value, path),
     };
     let object = parent.as_object_mut()?;
-    let mut removed = object.contains_key(last).then_some(Value::Null)?;
-    // `retain` keeps the order of the other fields when a plugin enables serde_json's
-    // `preserve_order` (`Map::remove` would move the last field into the hole).
-    object.retain(|key, value| {
-        let keep = key != last;
+    remove_keeping_order(object, last)
+}
+
+/// Remove `key` and keep the order of the other fields.
+#[cfg(feature = "preserve_order")]
+fn remove_keeping_order(object: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    object.shift_remove(key)
+}
+
+/// Remove `key` and keep the order of the other fields, whether or not another crate turned on
+/// serde_json's `preserve_order` (`Map::remove` would then move the last field into the hole).
+#[cfg(not(feature = "preserve_order"))]
+fn remove_keeping_order(object: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    let mut removed = object.contains_key(key).then_some(Value::Null)?;
+    object.retain(|k, value| {
+        let keep = k != key;
         if !keep {
             removed = std::mem::take(value);
         }
@@ -70,6 +81,15 @@ pub fn remove(value: &mut Value, path: &str) -> Option<Value> {
 /// objects. Fails, changing nothing, when the document or a segment on the way holds
 /// something other than an object.
 pub fn set(value: &mut Value, path: &str, new: Value) -> Result<(), NotAnObject> {
+    if !path.contains('.') {
+        return match value {
+            Value::Object(object) => {
+                object.insert(path.to_owned(), new);
+                Ok(())
+            }
+            _ => Err(NotAnObject { at: String::new() }),
+        };
+    }
     let segments: Vec<&str> = path.split('.').collect();
     // Check first, so that a failure leaves no half-created objects behind.
     let mut node = Some(&*value);

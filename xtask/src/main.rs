@@ -1,6 +1,6 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! - `build`: install the wasm32-wasip2 target if missing, build every plugin (release, wasm32-wasip2)
+//! - `build`: install the wasm32-wasip2 target if missing, build every plugin (profile `plugin`: release with LTO, wasm32-wasip2)
 //!   into `target/plugins/<name>.wasm`, and the `patchbay` binary (release).
 //! - `quickstart`: `build`, then run `examples/quickstart/pipeline.toml` and show the output.
 //! - `test`: `build`, then fmt check, clippy (host and guests), the whole test suite, and
@@ -106,7 +106,7 @@ fn ensure_target() -> Result<()> {
 
 fn build_plugins() -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    cmd.args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"]);
     for p in PLUGINS.iter().chain(TEST_PLUGINS) {
         cmd.args(["-p", p]);
     }
@@ -114,7 +114,7 @@ fn build_plugins() -> Result<()> {
     let out_dir = target_dir().join("plugins");
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let built = target_dir().join("wasm32-wasip2").join("release");
+    let built = target_dir().join("wasm32-wasip2").join("plugin");
     for p in PLUGINS.iter().chain(TEST_PLUGINS) {
         let from = built.join(format!("{}.wasm", p.replace('-', "_")));
         let to = out_dir.join(format!("{p}.wasm"));

@@ -19,17 +19,15 @@
 //! runs through something other than an object. The key, headers and timestamp of the message
 //! are kept. A message the mapping does not change passes on untouched (`keep`).
 
-use patchbay_sdk::json::{self, Map, Value};
+use patchbay_sdk::json::{Map, Value};
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
 
-/// Renames within one object (`None`: the document itself): old key → new key.
-type InPlace<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>);
+mod mapping;
+
+use mapping::Mapping;
 
 struct JsonMap {
-    copy: Vec<(String, String)>,
-    rename: Vec<(String, String)>,
-    drop: Vec<String>,
-    set: Vec<(String, Value)>,
+    mapping: Mapping,
 }
 
 impl Transform for JsonMap {
@@ -62,30 +60,22 @@ impl Transform for JsonMap {
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let map = JsonMap {
-            copy: path_table(&config, "copy")?,
-            rename: path_table(&config, "rename")?,
-            drop: config.json::<Vec<String>>("drop")?.unwrap_or_default(),
-            set: config
-                .json::<Map<String, Value>>("set")?
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+        let copy = path_table(&config, "copy")?;
+        let rename = path_table(&config, "rename")?;
+        let drop = config.json::<Vec<String>>("drop")?.unwrap_or_default();
+        let set: Vec<(String, Value)> = config
+            .json::<Map<String, Value>>("set")?
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let pairs = |v: &[(String, String)]| -> Vec<String> {
+            v.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect()
         };
         let paths = [
-            (
-                "copy",
-                map.copy
-                    .iter()
-                    .flat_map(|(a, b)| [a, b])
-                    .collect::<Vec<_>>(),
-            ),
-            (
-                "rename",
-                map.rename.iter().flat_map(|(a, b)| [a, b]).collect(),
-            ),
-            ("drop", map.drop.iter().collect()),
-            ("set", map.set.iter().map(|(p, _)| p).collect()),
+            ("copy", pairs(&copy)),
+            ("rename", pairs(&rename)),
+            ("drop", drop.clone()),
+            ("set", set.iter().map(|(p, _)| p.clone()).collect()),
         ];
         for (key, paths) in paths {
             if let Some(bad) = paths.iter().find(|p| p.split('.').any(str::is_empty)) {
@@ -95,7 +85,9 @@ impl Transform for JsonMap {
                 )));
             }
         }
-        Ok(map)
+        Ok(JsonMap {
+            mapping: Mapping::new(copy, rename, drop, set),
+        })
     }
 
     fn process(&mut self, message: &Message) -> Outcome {
@@ -113,121 +105,14 @@ impl Transform for JsonMap {
                 )));
             }
         };
-        match self.apply(&mut doc) {
+        match self.mapping.apply(&mut doc) {
             Ok(false) => Outcome::Keep,
             Ok(true) => match serde_json::to_vec(&doc) {
                 Ok(payload) => Outcome::Replace(vec![message.with_payload(payload)]),
                 Err(e) => Outcome::Fail(Error::invalid_data(format!("cannot encode JSON: {e}"))),
             },
-            Err(e) => Outcome::Fail(e),
+            Err(e) => Outcome::Fail(Error::invalid_data(e)),
         }
-    }
-}
-
-impl JsonMap {
-    /// Apply the four steps; `Ok(true)` when the document changed.
-    fn apply(&self, doc: &mut Value) -> Result<bool, Error> {
-        let mut changed = false;
-
-        let copies: Vec<(&str, &str, Value)> = self
-            .copy
-            .iter()
-            .filter_map(|(from, to)| {
-                Some((from.as_str(), to.as_str(), json::get(doc, from)?.clone()))
-            })
-            .collect();
-        changed |= !copies.is_empty();
-        for (from, to, value) in copies {
-            json::set(doc, to, value)
-                .map_err(|e| Error::invalid_data(format!("cannot copy `{from}` to `{to}`: {e}")))?;
-        }
-
-        changed |= self.rename(doc)?;
-
-        for path in &self.drop {
-            changed |= json::remove(doc, path).is_some();
-        }
-
-        for (path, value) in &self.set {
-            json::set(doc, path, value.clone())
-                .map_err(|e| Error::invalid_data(format!("cannot set `{path}`: {e}")))?;
-            changed = true;
-        }
-        Ok(changed)
-    }
-
-    /// The `rename` step. A field renamed within its object keeps its position there; one moved
-    /// to another object is appended to it. `Ok(true)` when a field moved.
-    fn rename(&self, doc: &mut Value) -> Result<bool, Error> {
-        let mut changed = false;
-        // In place: per parent object, old key → new key.
-        let mut in_place: Vec<InPlace> = Vec::new();
-        let mut moves = Vec::new();
-        for (from, to) in &self.rename {
-            let (from_parent, from_key) = split_last(from);
-            let (to_parent, to_key) = split_last(to);
-            if from_parent == to_parent {
-                match in_place.iter_mut().find(|(p, _)| *p == from_parent) {
-                    Some((_, keys)) => keys.push((from_key, to_key)),
-                    None => in_place.push((from_parent, vec![(from_key, to_key)])),
-                }
-            } else if let Some(value) = json::remove(doc, from) {
-                moves.push((from, to, value));
-            }
-        }
-        for (parent, keys) in in_place {
-            let object = match parent {
-                None => doc.as_object_mut(),
-                Some(parent) => json::get_mut(doc, parent).and_then(Value::as_object_mut),
-            };
-            let Some(object) = object else { continue };
-            let sources: Vec<(&str, &str)> = keys
-                .iter()
-                .filter(|(from, _)| object.contains_key(*from))
-                .copied()
-                .collect();
-            if sources.is_empty() {
-                continue;
-            }
-            changed = true;
-            let new_key = |key: &str| {
-                sources
-                    .iter()
-                    .find(|(from, _)| *from == key)
-                    .map(|(_, to)| *to)
-            };
-            // A field a rename writes over (and that is not renamed itself) disappears; the
-            // renamed field takes the source's position.
-            let overwritten = |key: &str| sources.iter().any(|(_, to)| *to == key);
-            let mut renamed = Map::new();
-            for (key, value) in std::mem::take(object) {
-                match new_key(&key) {
-                    Some(to) => {
-                        renamed.insert(to.to_owned(), value);
-                    }
-                    None if overwritten(&key) => {}
-                    None => {
-                        renamed.insert(key, value);
-                    }
-                }
-            }
-            *object = renamed;
-        }
-        changed |= !moves.is_empty();
-        for (from, to, value) in moves {
-            json::set(doc, to, value).map_err(|e| {
-                Error::invalid_data(format!("cannot rename `{from}` to `{to}`: {e}"))
-            })?;
-        }
-        Ok(changed)
-    }
-}
-
-/// `a.b.c` → (`Some("a.b")`, `c`); `a` → (`None`, `a`).
-fn split_last(path: &str) -> (Option<&str>, &str) {
-    match path.rsplit_once('.') {
-        Some((parent, last)) => (Some(parent), last),
-        None => (None, path),
     }
 }
 
