@@ -329,7 +329,16 @@ async fn startup_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
 }
 
 /// `patchbay run` over generator → json-map → blackhole; returns messages per second.
-fn pipeline_rate(o: &Options, dir: &Path, count: u64, batch: u32) -> anyhow::Result<f64> {
+/// One run of generator → json-map → blackhole through `patchbay run`: messages per second
+/// (start-up included) and the log. With `rate`, the generator is paced and the blackhole logs
+/// the latency of every message (from the generator's time header) once at the end.
+fn pipeline_run(
+    o: &Options,
+    dir: &Path,
+    count: u64,
+    batch: u32,
+    rate: Option<u64>,
+) -> anyhow::Result<(f64, String)> {
     let plugins = std::path::absolute(&o.plugins)?;
     let file = dir.join(format!("bench-{batch}.toml"));
     std::fs::write(
@@ -338,7 +347,7 @@ fn pipeline_rate(o: &Options, dir: &Path, count: u64, batch: u32) -> anyhow::Res
             r#"
 [plugins.gen]
 path = "{gen}"
-config = {{ count = {count}, size = 100 }}
+config = {{ count = {count}, size = 100, rate = {rate}, time_header = "{header}" }}
 
 [plugins.map]
 path = "{map}"
@@ -349,6 +358,7 @@ set = {{ source = "bench" }}
 
 [plugins.null]
 path = "{null}"
+config = {{ report_every = {count}, latency_header = "{header}" }}
 
 [[pipeline]]
 name = "bench"
@@ -360,6 +370,8 @@ batch_size = {batch}
             gen = plugins.join("generator.wasm").display(),
             map = plugins.join("json-map.wasm").display(),
             null = plugins.join("blackhole.wasm").display(),
+            rate = rate.unwrap_or(0),
+            header = if rate.is_some() { "sent-us" } else { "" },
         ),
     )?;
     let started = Instant::now();
@@ -375,16 +387,35 @@ batch_size = {batch}
     if !out.status.success() || !stderr.contains(&expected) {
         bail!("pipeline at batch {batch} did not deliver {count} messages:\n{stderr}");
     }
-    Ok(count as f64 / elapsed.as_secs_f64())
+    Ok((count as f64 / elapsed.as_secs_f64(), stderr.into_owned()))
+}
+
+/// `p50 1.21 ms, p99 2.87 ms, max 4.02 ms` from the blackhole's summary in a log.
+fn latency_line(log: &str) -> anyhow::Result<(String, String, String)> {
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split("latency over the last ").nth(1))
+        .context("the blackhole logged no latency summary")?;
+    let field = |name: &str| -> anyhow::Result<String> {
+        line.split(name)
+            .nth(1)
+            .and_then(|rest| rest.split([',', ';']).next())
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("no {name} in `{line}`"))
+    };
+    Ok((field("p50 ")?, field("p99 ")?, field("max ")?))
 }
 
 fn pipeline_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Warm the precompiled cache so every row measures the same thing.
-    pipeline_rate(o, dir.path(), 10, 16)?;
+    pipeline_run(o, dir.path(), 10, 16, None)?;
+    let seconds = if o.quick { 2 } else { 5 };
     r.line("## End to end: `patchbay run`, generator → json-map → blackhole (100-byte messages)\n");
-    r.line("| batch size | messages | msg/s (including start-up) |");
-    r.line("| --- | --- | --- |");
+    r.line(format!("Throughput: as fast as the pipeline takes them, start-up included. Latency: a second run with the generator paced at half that rate for {seconds} s; from when the generator made a message's batch to when the blackhole took it.\n"));
+    r.line("| batch size | messages | msg/s | latency p50 at half rate | p99 | max |");
+    r.line("| --- | --- | --- | --- | --- | --- |");
     for batch in [1u32, 16, 128, 1024] {
         let count: u64 = match (o.quick, batch) {
             (true, 1) => 20_000,
@@ -392,8 +423,15 @@ fn pipeline_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
             (false, 1) => 200_000,
             (false, _) => 1_000_000,
         };
-        let per_s = pipeline_rate(o, dir.path(), count, batch)?;
-        r.line(format!("| {batch} | {count} | {:.0} k/s |", per_s / 1e3));
+        let (per_s, _) = pipeline_run(o, dir.path(), count, batch, None)?;
+        let half = ((per_s / 2.0) as u64).max(1);
+        let (_, log) = pipeline_run(o, dir.path(), half * seconds, batch, Some(half))?;
+        let (p50, p99, max) = latency_line(&log)?;
+        r.line(format!(
+            "| {batch} | {count} | {:.0} k/s | {p50} (at {:.0} k/s) | {p99} | {max} |",
+            per_s / 1e3,
+            half as f64 / 1e3
+        ));
     }
     r.line("");
     idle_rss(o, dir.path(), r)?;

@@ -6,7 +6,7 @@ use crate::{Scratch, plugin, root, run_in, text};
 
 /// Cases that only `run` can catch (the plugin's own `init` rejects them); `validate` runs no
 /// plugin code beyond `metadata`.
-const RUN_ONLY: &[&str] = &["bad-config-value"];
+const RUN_ONLY: &[&str] = &["bad-config-value", "latency-without-report"];
 
 /// Every `tests/cases/bad-config/NAME.toml` fails with exit 1, and stderr holds every line of
 /// `NAME.err`.

@@ -399,3 +399,50 @@ impl Scratch {
         std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
     }
 }
+
+#[test]
+fn the_blackhole_reports_latency_from_the_generators_time_header() {
+    let s = Scratch::new();
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 2000, rate = 4000, time_header = "sent-us" }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+config = { report_every = 1000, latency_header = "sent-us" }
+
+[[pipeline]]
+name = "timed"
+source = "gen"
+sinks = ["null"]
+batch_size = 64
+"#,
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // A summary each time the count crosses a multiple of 1000 (at a batch's end), each over
+    // the messages since the one before: together they cover every message once.
+    let windows: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.split("latency over the last ").nth(1))
+        .map(|rest| rest.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(windows.len(), 2, "{stderr}");
+    assert_eq!(windows.iter().sum::<u64>(), 2000, "{stderr}");
+    assert!(
+        stderr.contains("discarded 2000 messages (128000 bytes); latency over the last "),
+        "{stderr}"
+    );
+    let last = stderr
+        .lines()
+        .rfind(|l| l.contains("latency over"))
+        .unwrap();
+    for field in ["p50 ", ", p99 ", ", max "] {
+        assert!(last.contains(field), "{last}");
+    }
+    assert!(!stderr.contains("without a usable time header"), "{stderr}");
+}

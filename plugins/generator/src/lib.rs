@@ -15,7 +15,9 @@
 //! decimal (unless `key = false`). The checkpoint of a batch is the sequence number of its last
 //! message (an empty batch repeats the previous checkpoint). After `count` messages the source
 //! ends; `count = 0` never ends. With `rate` set, message `k` is due `k / rate` seconds after
-//! `init`, and `poll` returns only what is due by the wall clock.
+//! `init`, and `poll` returns only what is due by the wall clock. With `time_header` set, each
+//! message carries the wall-clock time its batch was produced, in microseconds since the Unix
+//! epoch, in that header: the blackhole sink's `latency_header` turns it into latencies.
 
 use std::time::Instant;
 
@@ -30,6 +32,8 @@ struct Generator {
     json: bool,
     key: bool,
     rate: f64,
+    /// Header for the production time, if any.
+    time_header: Option<String>,
     started: Instant,
     produced: u64,
     checkpoint: u64,
@@ -72,6 +76,11 @@ impl Source for Generator {
             "Number: messages per second, paced by the wall clock; 0 means as fast as the pipeline takes them.",
             "0",
         ))
+        .key(ConfigKey::optional(
+            "time_header",
+            "String: a header to put the production time in (microseconds since the Unix epoch); empty means none.",
+            "",
+        ))
     }
 
     fn init(config: Config) -> Result<Self, Error> {
@@ -88,6 +97,10 @@ impl Source for Generator {
             json: config.choice("format", &["json", "raw"], "json")? == "json",
             key: config.parse("key")?.unwrap_or(true),
             rate,
+            time_header: config
+                .get("time_header")
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned),
             started: Instant::now(),
             produced: 0,
             checkpoint: start.saturating_sub(1),
@@ -107,8 +120,20 @@ impl Source for Generator {
             let due = (self.started.elapsed().as_secs_f64() * self.rate) as u64 + 1;
             n = n.min(due.saturating_sub(self.produced));
         }
+        let now = self.time_header.as_ref().map(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+                .to_string()
+        });
         let messages: Vec<Message> = (self.next..self.next + n)
-            .map(|seq| self.message(seq))
+            .map(|seq| {
+                let message = self.message(seq);
+                match (&self.time_header, &now) {
+                    (Some(header), Some(now)) => message.with_header(header.clone(), now.clone()),
+                    _ => message,
+                }
+            })
             .collect();
         if let Some(last) = n.checked_sub(1) {
             self.checkpoint = self.next + last;
