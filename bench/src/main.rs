@@ -26,6 +26,9 @@ struct Options {
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
+    /// The peers' guests (bench/guests/), built for wasm32-unknown-unknown.
+    #[cfg_attr(not(feature = "peers"), allow(dead_code))]
+    peers: PathBuf,
     patchbay: PathBuf,
 }
 
@@ -34,6 +37,7 @@ fn options() -> anyhow::Result<Options> {
     let mut only = Vec::new();
     let mut out = PathBuf::from("bench/results.md");
     let mut plugins = PathBuf::from("target/plugins");
+    let mut peers = PathBuf::from("target/bench-guests");
     let mut patchbay = PathBuf::from("target/release/patchbay");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -57,10 +61,11 @@ fn options() -> anyhow::Result<Options> {
             }
             "--out" => out = value("--out")?,
             "--plugins" => plugins = value("--plugins")?,
+            "--peers" => peers = value("--peers")?,
             "--patchbay" => patchbay = value("--patchbay")?,
             other => bail!(
                 "unknown argument `{other}`; usage: patchbay-bench [--quick] [--only SECTION,…] \
-                 [--out FILE] [--plugins DIR] [--patchbay BIN]"
+                 [--out FILE] [--plugins DIR] [--peers DIR] [--patchbay BIN]"
             ),
         }
     }
@@ -69,6 +74,7 @@ fn options() -> anyhow::Result<Options> {
         only,
         out,
         plugins,
+        peers,
         patchbay,
     })
 }
@@ -87,39 +93,42 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
 /// native row runs the very code the plugin runs.
 #[path = "../../plugins/json-map/src/mapping.rs"]
 mod mapping;
+#[cfg(feature = "peers")]
+mod peers;
+mod transform;
+
+/// The mapping's configuration, as every row passes it (Patchbay's `init`, Extism's manifest
+/// config, the SmartModule's parameters): JSON text per key.
+const CONFIG: [(&str, &str); 3] = [
+    ("rename", r#"{"name":"title"}"#),
+    ("drop", r#"["tags"]"#),
+    ("set", r#"{"source":"bench"}"#),
+];
 
 /// The mapping of the bench config: rename `name` to `title`, drop `tags`, set `source`.
-fn bench_mapping() -> mapping::Mapping {
-    mapping::Mapping::new(
-        Vec::new(),
-        vec![("name".into(), "title".into())],
-        vec!["tags".into()],
-        vec![("source".into(), Value::String("bench".into()))],
-    )
+fn bench_mapping() -> anyhow::Result<mapping::Mapping> {
+    transform::mapping(|key| {
+        CONFIG
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .map_err(anyhow::Error::msg)
 }
 
 /// The transform, natively: what json-map's `process` does, with the same code.
 fn native(mapping: &mapping::Mapping, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut doc: Value = serde_json::from_slice(payload)?;
-    if !doc.is_object() {
-        bail!("not a JSON object");
-    }
-    mapping.apply(&mut doc).map_err(anyhow::Error::msg)?;
-    Ok(serde_json::to_vec(&doc)?)
+    transform::apply(mapping, payload).map_err(anyhow::Error::msg)
 }
 
 fn map_config() -> Vec<ConfigEntry> {
-    [
-        ("rename", r#"{"name":"title"}"#),
-        ("drop", r#"["tags"]"#),
-        ("set", r#"{"source":"bench"}"#),
-    ]
-    .into_iter()
-    .map(|(key, value)| ConfigEntry {
-        key: key.into(),
-        value: value.into(),
-    })
-    .collect()
+    CONFIG
+        .into_iter()
+        .map(|(key, value)| ConfigEntry {
+            key: key.into(),
+            value: value.into(),
+        })
+        .collect()
 }
 
 fn messages(count: usize, size: usize) -> Vec<Message> {
@@ -159,7 +168,7 @@ async fn through_plugin(
     batch: usize,
 ) -> anyhow::Result<f64> {
     let check = instance.process(&input[..1]).await?;
-    let expected = native(&bench_mapping(), &input[0].payload)?;
+    let expected = native(&bench_mapping()?, &input[0].payload)?;
     let same = |out: &[Message]| -> bool {
         let parse = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
         out.len() == 1
@@ -185,7 +194,7 @@ async fn through_plugin(
 }
 
 fn through_native(input: &[Message]) -> anyhow::Result<f64> {
-    let mapping = bench_mapping();
+    let mapping = bench_mapping()?;
     let started = Instant::now();
     for m in input {
         black_box(native(&mapping, black_box(&m.payload))?);
@@ -226,40 +235,146 @@ impl Report {
     }
 }
 
+/// The rows of the transform table: how each implementation is called.
+const ROWS: &[&str] = &[
+    "native Rust, in process (the floor)",
+    "Patchbay, typed `list<message>`, batches of 1024, limits on",
+    "Patchbay, the same with limits off (no deadline, no memory limit)",
+    "Patchbay, one message per call, limits on",
+    "Extism 1.30, one call per message (its only way)",
+    "Fluvio SmartModule 0.50, batches of 1024",
+    "Fluvio SmartModule 0.50, one record per call",
+];
+const NATIVE: usize = 0;
+const ON: usize = 1;
+const OFF: usize = 2;
+const ON_1: usize = 3;
+const EXTISM: usize = 4;
+const FLUVIO: usize = 5;
+const FLUVIO_1: usize = 6;
+
+/// The peers' hosts with their plugins loaded (`bench/guests/`).
+#[cfg(feature = "peers")]
+struct Peers {
+    extism: peers::Extism,
+    fluvio: peers::Fluvio,
+}
+
+#[cfg(feature = "peers")]
+impl Peers {
+    fn load(o: &Options) -> anyhow::Result<Peers> {
+        Ok(Peers {
+            extism: peers::Extism::new(&o.peers.join("bench-extism-map.wasm"))?,
+            fluvio: peers::Fluvio::new(&o.peers.join("bench-fluvio-map.wasm"))?,
+        })
+    }
+
+    /// One round over `input`: nanoseconds per message for the Extism, Fluvio (1024) and
+    /// Fluvio (1) rows, in that order.
+    fn round(&mut self, input: &[Message], expected: &[u8]) -> anyhow::Result<[(usize, f64); 3]> {
+        Ok([
+            (EXTISM, self.extism.run(input, expected)?),
+            (FLUVIO, self.fluvio.run(input, 1024, expected)?),
+            (FLUVIO_1, self.fluvio.run(input, 1, expected)?),
+        ])
+    }
+}
+
+/// Without the `peers` feature there is nothing to load, and the peers' rows stay empty.
+#[cfg(not(feature = "peers"))]
+struct Peers;
+
+#[cfg(not(feature = "peers"))]
+impl Peers {
+    fn load(_: &Options) -> anyhow::Result<Peers> {
+        Ok(Peers)
+    }
+
+    fn round(&mut self, _: &[Message], _: &[u8]) -> anyhow::Result<[(usize, f64); 0]> {
+        Ok([])
+    }
+}
+
 async fn transform_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let wasm = o.plugins.join("json-map.wasm");
     let count = if o.quick { 100_000 } else { 1_000_000 };
     let limited = Runtime::new(None)?;
     let unlimited = Runtime::without_limits(None)?;
-    r.line(format!(
-        "## The transform, per message ({count} messages, batches of 1024, best of 3 rounds)\n"
-    ));
-    r.line("| payload | native Rust | Patchbay (typed, limits on) | ratio to native | Patchbay (limits off) | limits on / off |");
-    r.line("| --- | --- | --- | --- | --- | --- |");
-    for size in [100usize, 1024] {
+    let sizes = [100usize, 1024];
+    // Best nanoseconds per message, by row and size.
+    let mut best = vec![[f64::MAX; 2]; ROWS.len()];
+    let mut peers = Peers::load(o)?;
+    for (i, &size) in sizes.iter().enumerate() {
         let input = messages(count, size);
+        let expected = native(&bench_mapping()?, &input[0].payload)?;
         let mut on = instance(&limited, &wasm).await?;
         let mut off = instance(&unlimited, &wasm).await?;
         // Warm up, then measure in alternating rounds so that drift on a shared machine hits
         // every row alike; keep each row's best round.
-        through_plugin(&mut on, &input[..input.len().min(10_000)], 1024).await?;
-        through_plugin(&mut off, &input[..input.len().min(10_000)], 1024).await?;
-        let (mut native_ns, mut on_ns, mut off_ns) = (f64::MAX, f64::MAX, f64::MAX);
+        let warm = &input[..input.len().min(10_000)];
+        through_plugin(&mut on, warm, 1024).await?;
+        through_plugin(&mut off, warm, 1024).await?;
+        peers.round(warm, &expected)?;
         for _ in 0..3 {
-            native_ns = native_ns.min(through_native(&input)?);
-            on_ns = on_ns.min(through_plugin(&mut on, &input, 1024).await?);
-            off_ns = off_ns.min(through_plugin(&mut off, &input, 1024).await?);
+            let mut round = vec![
+                (NATIVE, through_native(&input)?),
+                (ON, through_plugin(&mut on, &input, 1024).await?),
+                (OFF, through_plugin(&mut off, &input, 1024).await?),
+                (ON_1, through_plugin(&mut on, &input, 1).await?),
+            ];
+            round.extend(peers.round(&input, &expected)?);
+            for (row, ns) in round {
+                best[row][i] = best[row][i].min(ns);
+            }
         }
-        r.line(format!(
-            "| {size} B | {native_ns:.0} ns ({}) | {on_ns:.0} ns ({}) | {:.2}× | {off_ns:.0} ns ({}) | {:.3} |",
-            rate(native_ns),
-            rate(on_ns),
-            on_ns / native_ns,
-            rate(off_ns),
-            on_ns / off_ns
-        ));
+    }
+    r.line(format!(
+        "## The transform, per message ({count} messages, best of 3 rounds)\n"
+    ));
+    r.line("| implementation | 100 B | × native | 1 KiB | × native |");
+    r.line("| --- | --- | --- | --- | --- |");
+    for (row, name) in ROWS.iter().enumerate() {
+        let cell = |i: usize| {
+            let ns = best[row][i];
+            if ns == f64::MAX {
+                "not built (feature `peers`)".to_owned()
+            } else {
+                format!("{ns:.0} ns ({}) | {:.2}×", rate(ns), ns / best[NATIVE][i])
+            }
+        };
+        r.line(format!("| {name} | {} | {} |", cell(0), cell(1)));
     }
     r.line("");
+    let ratio = |a: usize, b: usize, i: usize| best[a][i] / best[b][i];
+    for (i, size) in ["100 B", "1 KiB"].iter().enumerate() {
+        let mut text = format!(
+            "{size}: the limits cost {:.0}% (on / off {:.2})",
+            (ratio(ON, OFF, i) - 1.0) * 100.0,
+            ratio(ON, OFF, i)
+        );
+        if best[EXTISM][i] < f64::MAX {
+            let above = |row: usize| best[row][i] - best[NATIVE][i];
+            text.push_str(&format!(
+                "; cost above native per message: Patchbay {:.0} ns, Extism {:.0} ns \
+                 ({:.1}× Patchbay's), Fluvio {:.0} ns ({:.1}×)",
+                above(ON),
+                above(EXTISM),
+                above(EXTISM) / above(ON),
+                above(FLUVIO),
+                above(FLUVIO) / above(ON),
+            ));
+            text.push_str(&format!(
+                "; Patchbay is {:.1}× as fast as Extism and {:.1}× as fast as Fluvio \
+                 (batches of 1024), and one message per call {:.1}× as fast as Extism and \
+                 {:.1}× as fast as Fluvio",
+                ratio(EXTISM, ON, i),
+                ratio(FLUVIO, ON, i),
+                ratio(EXTISM, ON_1, i),
+                ratio(FLUVIO_1, ON_1, i),
+            ));
+        }
+        r.line(format!("{text}.\n"));
+    }
     Ok(())
 }
 
@@ -697,7 +812,12 @@ fn machine() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("{date}; {cpu}, {cores} cores; {rustc}; wasmtime 48.0.8")
+    let peers = if cfg!(feature = "peers") {
+        "; extism 1.30.0 (wasmtime 43), fluvio-smartengine 0.50.1 (wasmtime 34)"
+    } else {
+        ""
+    };
+    format!("{date}; {cpu}, {cores} cores; {rustc}; wasmtime 48.0.8{peers}")
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -727,9 +847,11 @@ async fn main() -> anyhow::Result<()> {
     r.line(format!("Measured {}.\n", machine()));
     r.line(
         "The transform parses a JSON object, renames one field, adds one, drops one and \
-         serializes it; the plugin is `plugins/json-map`, the native row the same steps with \
-         serde_json in this process. Figures are from one run on a shared machine: compare rows \
-         of the same run, not runs.\n",
+         serializes it. The Patchbay plugin is `plugins/json-map`; the native row, the Extism \
+         plugin and the Fluvio SmartModule (`bench/guests/`) compile json-map's own \
+         `mapping.rs`, so every row runs the same code with the same crates. Guests are built \
+         alike (release, LTO, one codegen unit). Figures are from one run on a shared machine: \
+         compare rows of the same run, not runs.\n",
     );
     let run = |section: &str| o.only.is_empty() || o.only.iter().any(|s| s == section);
     if run("transform") {

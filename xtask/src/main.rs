@@ -5,7 +5,9 @@
 //! - `quickstart`: `build`, then run `examples/quickstart/pipeline.toml` and show the output.
 //! - `test`: `build`, then fmt check, clippy (host and guests), the whole test suite, and
 //!   `bench --quick` as a smoke test (it checks results and that every row has a number).
-//! - `bench [--quick]`: `build`, then the benchmark (bench/), which writes `bench/results.md`.
+//! - `bench [--quick]`: `build`, plus the benchmark's Extism and Fluvio guests
+//!   (wasm32-unknown-unknown, into `target/bench-guests/`), then the benchmark (bench/, with its
+//!   `peers` feature), which writes `bench/results.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -31,6 +33,13 @@ const TEST_PLUGINS: &[&str] = &[
     "tagger-v1",
     "tagger-v2",
 ];
+
+/// The peers' guests for the benchmark (bench/guests/), built for wasm32-unknown-unknown.
+const PEER_GUESTS: &[&str] = &["bench-extism-map", "bench-fluvio-map"];
+
+/// The host build turns on the benchmark's peers (Extism, Fluvio SmartModules). Every host
+/// command of `test` passes the same features, so that the tests and clippy reuse one build.
+const HOST_FEATURES: &[&str] = &["--features", "patchbay-bench/peers"];
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -89,19 +98,65 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn ensure_target() -> Result<()> {
+    ensure_rust_target("wasm32-wasip2")
+}
+
+/// Install a Rust target with rustup unless it is there.
+fn ensure_rust_target(target: &str) -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .current_dir(root())
         .output();
     match installed {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip2") => Ok(()),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == target) =>
+        {
+            Ok(())
+        }
         Ok(_) => run(Command::new("rustup")
-            .args(["target", "add", "wasm32-wasip2"])
+            .args(["target", "add", target])
             .current_dir(root())),
         Err(e) => Err(format!(
-            "rustup not found ({e}); install Rust with rustup, or add the wasm32-wasip2 target to your toolchain"
+            "rustup not found ({e}); install Rust with rustup, or add the {target} target to your toolchain"
         )),
     }
+}
+
+/// Build the benchmark's Extism and Fluvio guests into `target/bench-guests/`.
+fn build_peer_guests() -> Result<()> {
+    ensure_rust_target("wasm32-unknown-unknown")?;
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--profile",
+        "plugin",
+        "--target",
+        "wasm32-unknown-unknown",
+    ]);
+    for p in PEER_GUESTS {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)?;
+    copy_wasm(
+        PEER_GUESTS,
+        &target_dir().join("wasm32-unknown-unknown").join("plugin"),
+        &target_dir().join("bench-guests"),
+    )
+}
+
+/// Copy `<dir>/<crate_name>.wasm` to `<out>/<package-name>.wasm` for each package.
+fn copy_wasm(packages: &[&str], built: &Path, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    for p in packages {
+        let from = built.join(format!("{}.wasm", p.replace('-', "_")));
+        let to = out_dir.join(format!("{p}.wasm"));
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 fn build_plugins() -> Result<()> {
@@ -112,15 +167,12 @@ fn build_plugins() -> Result<()> {
     }
     run(&mut cmd)?;
     let out_dir = target_dir().join("plugins");
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let built = target_dir().join("wasm32-wasip2").join("plugin");
-    for p in PLUGINS.iter().chain(TEST_PLUGINS) {
-        let from = built.join(format!("{}.wasm", p.replace('-', "_")));
-        let to = out_dir.join(format!("{p}.wasm"));
-        std::fs::copy(&from, &to)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
-    }
+    let all: Vec<&str> = PLUGINS.iter().chain(TEST_PLUGINS).copied().collect();
+    copy_wasm(
+        &all,
+        &target_dir().join("wasm32-wasip2").join("plugin"),
+        &out_dir,
+    )?;
     eprintln!(
         "xtask: {} plugins in {}",
         PLUGINS.len() + TEST_PLUGINS.len(),
@@ -177,25 +229,24 @@ fn run_quickstart() -> Result<()> {
 /// target at once: dev-dependencies unify features as they do for `cargo test`, so the tests
 /// then reuse this build instead of compiling wasmtime a second time.
 fn build_host_for_tests() -> Result<()> {
-    run(cargo().args(["build", "--release", "--all-targets"]))
+    run(cargo()
+        .args(["build", "--release", "--all-targets"])
+        .args(HOST_FEATURES))
 }
 
 fn test() -> Result<()> {
     ensure_target()?;
     build_plugins()?;
+    build_peer_guests()?;
     build_host_for_tests()?;
     let cache = target_dir().join("patchbay-cache");
     // The README's first command, end to end, so that it cannot silently break.
     run_quickstart()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--release",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo()
+        .args(["clippy", "--release", "--all-targets"])
+        .args(HOST_FEATURES)
+        .args(["--", "-D", "warnings"]))?;
     let mut guests = cargo();
     guests.args([
         "clippy",
@@ -210,9 +261,17 @@ fn test() -> Result<()> {
     }
     guests.args(["--", "-D", "warnings"]);
     run(&mut guests)?;
+    let mut peers = cargo();
+    peers.args(["clippy", "--release", "--target", "wasm32-unknown-unknown"]);
+    for p in PEER_GUESTS {
+        peers.args(["-p", p]);
+    }
+    peers.args(["--", "-D", "warnings"]);
+    run(&mut peers)?;
     // Default members: the runtime (with the integration tests in tests/it), the SDK, xtask.
     run(cargo()
         .args(["test", "--release"])
+        .args(HOST_FEATURES)
         .env("PATCHBAY_CACHE_DIR", cache))?;
     run_bench(true)
 }
@@ -220,6 +279,7 @@ fn test() -> Result<()> {
 fn bench(quick: bool) -> Result<()> {
     ensure_target()?;
     build_plugins()?;
+    build_peer_guests()?;
     build_host_for_tests()?;
     run_bench(quick)
 }
@@ -228,6 +288,7 @@ fn run_bench(quick: bool) -> Result<()> {
     let mut cmd = Command::new(target_dir().join("release").join("patchbay-bench"));
     cmd.current_dir(root());
     cmd.arg("--plugins").arg(target_dir().join("plugins"));
+    cmd.arg("--peers").arg(target_dir().join("bench-guests"));
     cmd.arg("--patchbay")
         .arg(target_dir().join("release").join("patchbay"));
     if quick {
