@@ -95,6 +95,30 @@ enum Command {
         #[arg(long = "plugin", requires = "config")]
         name: Option<String>,
     },
+    /// Check a plugin against the contract's MUST rules (wit/README.md), each check on a fresh
+    /// instance: pass or fail per check with the reason; exit 1 on any failure.
+    TestPlugin {
+        /// The component file (.wasm).
+        plugin: PathBuf,
+        /// A working configuration entry, KEY=VALUE (repeat it). VALUE is passed as text, as a
+        /// TOML string would be; write tables and arrays as JSON.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Take configuration, grants and limits from a pipeline file (with --plugin NAME);
+        /// --config entries override its configuration.
+        #[arg(long, requires = "name")]
+        pipeline: Option<PathBuf>,
+        /// The plugin's name in that file (`[plugins.NAME]`).
+        #[arg(long = "plugin", requires = "pipeline")]
+        name: Option<String>,
+        /// Sample payloads for a transform or a sink, one per line (default: JSON objects).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// How long a source may take to reach `end-of-stream` before that rule counts as not
+        /// applicable (an endless source).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        source_budget: Duration,
+    },
     /// Work with a pipeline's dead-letter channel.
     Dlq {
         #[command(subcommand)]
@@ -254,7 +278,107 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             config,
             name,
         } => inspect(&runtime, &plugin, config.as_deref().zip(name.as_deref())).await,
+        Command::TestPlugin {
+            plugin,
+            config,
+            pipeline,
+            name,
+            input,
+            source_budget,
+        } => {
+            test_plugin(
+                &runtime,
+                plugin,
+                &config,
+                pipeline.as_deref().zip(name.as_deref()),
+                input.as_deref(),
+                source_budget,
+            )
+            .await
+        }
         Command::New { .. } => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// `patchbay test-plugin`: run the compliance checks and print one line per check.
+async fn test_plugin(
+    runtime: &Runtime,
+    path: PathBuf,
+    config: &[String],
+    from: Option<(&Path, &str)>,
+    input: Option<&Path>,
+    source_budget: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut options = crate::compliance::Options {
+        path,
+        config: Vec::new(),
+        grants: Default::default(),
+        limits: Default::default(),
+        input: input.map(crate::compliance::read_input).transpose()?,
+        source_budget,
+    };
+    if let Some((file, name)) = from {
+        let decl = plugin_decl(file, name)?;
+        options.config = decl
+            .config
+            .iter()
+            .map(|e| crate::contract::ConfigEntry {
+                key: e.key.clone(),
+                value: e.value.clone(),
+            })
+            .collect();
+        options.grants = decl.grants;
+        options.limits = decl.limits;
+    }
+    for pair in config {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--config `{pair}`: write KEY=VALUE, e.g. --config path=/data/in.csv");
+        };
+        options.config.retain(|e| e.key != key);
+        options.config.push(crate::contract::ConfigEntry {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+    println!("test-plugin: {}", options.path.display());
+    let report = crate::compliance::run(runtime, &options).await?;
+    println!("{} ({})", report.plugin, report.role.noun());
+    for check in &report.checks {
+        println!("  {check}");
+    }
+    let failed = report.failures();
+    let not_applicable = report
+        .checks
+        .iter()
+        .filter(|c| matches!(c.verdict, crate::compliance::Verdict::NotApplicable(_)))
+        .count();
+    println!(
+        "{} checks: {} passed, {failed} failed, {not_applicable} not applicable",
+        report.checks.len(),
+        report.checks.len() - failed - not_applicable
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A plugin's declaration in a pipeline file.
+fn plugin_decl(file: &Path, name: &str) -> anyhow::Result<crate::config::PluginDecl> {
+    let config = Config::load(file)?;
+    match config.plugins.get(name) {
+        Some(decl) => Ok(decl.clone()),
+        None => anyhow::bail!(
+            "{}: no plugin named `{name}`; it declares: {}",
+            file.display(),
+            config
+                .plugins
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -608,22 +732,7 @@ async fn inspect(
     granted_by: Option<(&Path, &str)>,
 ) -> anyhow::Result<ExitCode> {
     let decl = match granted_by {
-        Some((file, name)) => {
-            let config = Config::load(file)?;
-            match config.plugins.get(name) {
-                Some(decl) => Some(decl.clone()),
-                None => anyhow::bail!(
-                    "{}: no plugin named `{name}`; it declares: {}",
-                    file.display(),
-                    config
-                        .plugins
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
-        }
+        Some((file, name)) => Some(plugin_decl(file, name)?),
         None => None,
     };
     let loaded = runtime.load(path, None)?;

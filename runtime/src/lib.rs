@@ -24,6 +24,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod assemble;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod contract;
 pub mod dead_letter;

@@ -92,6 +92,10 @@ It lands in `target/wasm32-wasip2/release/{file}.wasm`. Look at it with
 
     patchbay inspect target/wasm32-wasip2/release/{file}.wasm
 
+check it against the plugin contract with
+
+    patchbay test-plugin target/wasm32-wasip2/release/{file}.wasm
+
 and use it in a pipeline file:
 
     [plugins.{name}]

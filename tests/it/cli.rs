@@ -132,6 +132,11 @@ sinks = ["out"]
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().count(), 10, "{stdout}");
+    // As generated, it follows the contract.
+    let out = s.run(&["test-plugin", &wasm.display().to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(" passed, 0 failed, "), "{stdout}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 mod admin;
 mod bad_input;
 mod cli;
+mod compliance;
 mod pipelines;
 mod reload;
 mod resilience;

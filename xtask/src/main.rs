@@ -32,6 +32,9 @@ const TEST_PLUGINS: &[&str] = &[
     "test-ack-source",
     "tagger-v1",
     "tagger-v2",
+    "test-broken-transform",
+    "test-broken-source",
+    "test-broken-sink",
 ];
 
 /// The peers' guests for the benchmark (bench/guests/), built for wasm32-unknown-unknown.
