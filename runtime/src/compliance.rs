@@ -570,7 +570,7 @@ async fn data_checks(
         (
             "`process` returns one outcome per message, in batches of 1, 7 and 100",
             "`process` accepts an empty batch and returns no outcome",
-            "`process` takes a large batch (10,000 messages)",
+            "`process` takes a large batch (4,096 messages)",
             "`process` keeps its word over 1,000 calls in a row",
             "`process` handles empty and non-UTF-8 payloads without trapping",
         )
@@ -578,7 +578,7 @@ async fn data_checks(
         (
             "`write` returns one result per message, in batches of 1, 7 and 100",
             "`write` accepts an empty batch and returns no result",
-            "`write` takes a large batch (10,000 messages)",
+            "`write` takes a large batch (4,096 messages)",
             "`write` keeps its word over 1,000 calls in a row",
             "`write` answers empty and non-UTF-8 payloads with `ok` or `invalid-data`, never a trap",
         )
@@ -589,7 +589,7 @@ async fn data_checks(
     check(
         6,
         large,
-        counts(subject, function, &[batch(samples, 10_000)]).await,
+        counts(subject, function, &[batch(samples, 4096)]).await,
     );
     let many: Vec<Vec<Message>> = (0..1000).map(|_| batch(samples, 3)).collect();
     check(6, repeated, counts(subject, function, &many).await);

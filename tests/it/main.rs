@@ -12,6 +12,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod sandbox;
+mod sdk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

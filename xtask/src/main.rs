@@ -18,6 +18,7 @@ const PLUGINS: &[&str] = &[
     "file-source",
     "file-sink",
     "json-map",
+    "redact",
     "csv-to-json",
     "filter",
     "blackhole",
@@ -37,6 +38,15 @@ const TEST_PLUGINS: &[&str] = &[
     "test-broken-sink",
 ];
 
+/// Plugins written with the Python SDK (sdk-python/examples): folder, world, output name.
+const PYTHON_PLUGINS: &[(&str, &str, &str)] = &[
+    ("redact", "transform", "py-redact"),
+    ("csv_sink", "sink", "py-csv-sink"),
+];
+
+/// Plugins written with the JavaScript SDK (sdk-js/examples): folder, world, output name.
+const JS_PLUGINS: &[(&str, &str, &str)] = &[("redact", "transform", "js-redact")];
+
 /// The peers' guests for the benchmark (bench/guests/), built for wasm32-unknown-unknown.
 const PEER_GUESTS: &[&str] = &["bench-extism-map", "bench-fluvio-map"];
 
@@ -50,12 +60,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("build") => build(),
+        Some("sdk-plugins") => build_sdk_plugins(),
         Some("quickstart") => quickstart(),
         Some("test") => test(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build|quickstart|test|bench [--quick]>\n\n  build       build the runtime and every plugin\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md)"
+                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python and JavaScript SDKs' example plugins (needs python3 and node)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md)"
             );
             return ExitCode::from(2);
         }
@@ -149,6 +160,64 @@ fn build_peer_guests() -> Result<()> {
     )
 }
 
+/// Build the Python and JavaScript SDKs' example plugins into `target/plugins/`:
+/// componentize-py from PyPI in a virtualenv under `target/`, and componentize-js from npm
+/// (`npm ci` in sdk-js/).
+fn build_sdk_plugins() -> Result<()> {
+    let out_dir = target_dir().join("plugins");
+    let venv = target_dir().join("python-venv");
+    let componentize_py = venv.join("bin").join("componentize-py");
+    if !componentize_py.exists() {
+        run(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .current_dir(root()))
+        .map_err(|e| format!("{e}; the Python SDK needs python3 (3.10 or later) with venv"))?;
+        run(Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "-r", "sdk-python/requirements.txt"])
+            .current_dir(root()))?;
+    }
+    for (folder, world, name) in PYTHON_PLUGINS {
+        run(Command::new(&componentize_py)
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                world,
+                "componentize",
+                "-p",
+                "sdk-python",
+                "-p",
+            ])
+            .arg(Path::new("sdk-python").join("examples").join(folder))
+            .arg("app")
+            .arg("-o")
+            .arg(out_dir.join(format!("{name}.wasm")))
+            .current_dir(root()))?;
+    }
+    let sdk_js = root().join("sdk-js");
+    if !sdk_js
+        .join("node_modules")
+        .join("@bytecodealliance")
+        .join("componentize-js")
+        .exists()
+    {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&sdk_js))
+        .map_err(|e| format!("{e}; the JavaScript SDK needs Node.js 18 or later with npm"))?;
+    }
+    for (folder, world, name) in JS_PLUGINS {
+        run(Command::new("node")
+            .arg("build.mjs")
+            .arg(Path::new("examples").join(folder).join("plugin.js"))
+            .arg(world)
+            .arg(out_dir.join(format!("{name}.wasm")))
+            .current_dir(&sdk_js))?;
+    }
+    Ok(())
+}
+
 /// Copy `<dir>/<crate_name>.wasm` to `<out>/<package-name>.wasm` for each package.
 fn copy_wasm(packages: &[&str], built: &Path, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir)
@@ -240,6 +309,7 @@ fn build_host_for_tests() -> Result<()> {
 fn test() -> Result<()> {
     ensure_target()?;
     build_plugins()?;
+    build_sdk_plugins()?;
     build_peer_guests()?;
     build_host_for_tests()?;
     let cache = target_dir().join("patchbay-cache");
@@ -282,6 +352,7 @@ fn test() -> Result<()> {
 fn bench(quick: bool) -> Result<()> {
     ensure_target()?;
     build_plugins()?;
+    build_sdk_plugins()?;
     build_peer_guests()?;
     build_host_for_tests()?;
     run_bench(quick)
