@@ -18,7 +18,7 @@ use patchbay_runtime::plugin::{Instance, Runtime};
 use serde_json::Value;
 
 /// The report's sections, in order.
-const SECTIONS: &[&str] = &["transform", "startup", "e2e", "swap"];
+const SECTIONS: &[&str] = &["transform", "startup", "languages", "e2e", "swap"];
 
 struct Options {
     quick: bool,
@@ -443,6 +443,115 @@ async fn startup_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same transform (`redact`) written in Rust, Python and JavaScript: size, start-up,
+/// memory and cost per message, each through Patchbay's plugin layer.
+async fn languages_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
+    let plugins = [
+        ("Rust (patchbay-sdk)", "redact.wasm"),
+        ("Python (componentize-py)", "py-redact.wasm"),
+        ("JavaScript (componentize-js)", "js-redact.wasm"),
+    ];
+    let config = vec![ConfigEntry {
+        key: "fields".into(),
+        value: r#"["name"]"#.into(),
+    }];
+    r.line("## One transform in three languages (`redact`, batches of 256, 100-byte JSON)\n");
+    r.line("| language | component | compile, no cache | load from cache | instantiate + `init` | memory per instance | per message | × Rust |");
+    r.line("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut rust_ns = None;
+    for (language, file) in plugins {
+        let wasm = o.plugins.join(file);
+        let size = std::fs::metadata(&wasm)
+            .with_context(|| {
+                format!(
+                    "{} is missing: run `cargo xtask sdk-plugins`",
+                    wasm.display()
+                )
+            })?
+            .len();
+        let cache = tempfile::tempdir()?;
+        let runtime = Runtime::new(Some(cache.path().to_owned()))?;
+        let started = Instant::now();
+        let loaded = runtime.load(&wasm, None)?;
+        let compile = started.elapsed();
+        let warm = Runtime::new(Some(cache.path().to_owned()))?;
+        let started = Instant::now();
+        drop(warm.load(&wasm, None)?);
+        let cached = started.elapsed();
+        let n = if o.quick { 10 } else { 50 };
+        let before = rss_kib();
+        let mut live = Vec::with_capacity(n);
+        let started = Instant::now();
+        for _ in 0..n {
+            let mut instance = runtime
+                .instantiate(
+                    &loaded,
+                    Arc::from("bench/redact"),
+                    Arc::from("redact"),
+                    &Grants::default(),
+                    &Limits::default(),
+                    PluginState::default(),
+                )
+                .await?;
+            instance
+                .init(&config)
+                .await?
+                .map_err(|e| anyhow::anyhow!("{file} init: {}", e.message))?;
+            live.push(instance);
+        }
+        let start = started.elapsed() / n as u32;
+        let per_instance = rss_kib().saturating_sub(before) as f64 / n as f64;
+        let mut instance = live.pop().context("no instance")?;
+        drop(live);
+        let count = match (o.quick, rust_ns.is_none()) {
+            (true, true) => 50_000,
+            (true, false) => 5_000,
+            (false, true) => 500_000,
+            (false, false) => 50_000,
+        };
+        let input = messages(count, 100);
+        match instance.process(&input[..1]).await?.as_slice() {
+            [Outcome::Replace(out)]
+                if serde_json::from_slice::<Value>(&out[0].payload)
+                    .is_ok_and(|v| v["name"] == "***") => {}
+            other => bail!("{file} did not redact `name`: {other:?}"),
+        }
+        // Warm up, then keep the best of three rounds.
+        let mut ns = f64::MAX;
+        for round in 0..4 {
+            let started = Instant::now();
+            for chunk in input.chunks(256) {
+                let outcomes = instance.process(chunk).await?;
+                if outcomes.len() != chunk.len() {
+                    bail!(
+                        "{file}: {} outcomes for {} messages",
+                        outcomes.len(),
+                        chunk.len()
+                    );
+                }
+                black_box(outcomes);
+            }
+            if round > 0 {
+                ns = ns.min(started.elapsed().as_nanos() as f64 / count as f64);
+            }
+        }
+        let rust = *rust_ns.get_or_insert(ns);
+        r.line(format!(
+            "| {language} | {:.1} MiB | {compile:.2?} | {cached:.2?} | {start:.2?} | {} | {ns:.0} ns ({}) | {:.1}× |",
+            size as f64 / (1024.0 * 1024.0),
+            if per_instance >= 1024.0 {
+                format!("{:.1} MiB", per_instance / 1024.0)
+            } else {
+                format!("{per_instance:.0} KiB")
+            },
+            rate(ns),
+            ns / rust
+        ));
+    }
+    r.line("");
+    Ok(())
+}
+
 /// `patchbay run` over generator → json-map → blackhole; returns messages per second.
 /// One run of generator → json-map → blackhole through `patchbay run`: messages per second
 /// (start-up included) and the log. With `rate`, the generator is paced and the blackhole logs
@@ -825,6 +934,9 @@ async fn main() -> anyhow::Result<()> {
     let o = options()?;
     for needed in [
         o.plugins.join("json-map.wasm"),
+        o.plugins.join("redact.wasm"),
+        o.plugins.join("py-redact.wasm"),
+        o.plugins.join("js-redact.wasm"),
         o.plugins.join("generator.wasm"),
         o.plugins.join("blackhole.wasm"),
         o.plugins.join("tagger-v1.wasm"),
@@ -859,6 +971,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("startup") {
         startup_table(&o, &mut r).await?;
+    }
+    if run("languages") {
+        languages_table(&o, &mut r).await?;
     }
     if run("e2e") {
         pipeline_table(&o, &mut r)?;
