@@ -187,11 +187,18 @@ fn split_url(url: &str) -> Result<(Scheme, &str, &str), HttpError> {
 /// Send a request and read the whole response.
 pub fn send(request: &Request) -> Result<Response, HttpError> {
     let (scheme, authority, path) = split_url(&request.url)?;
-    let header_list: Vec<(String, Vec<u8>)> = request
+    let mut header_list: Vec<(String, Vec<u8>)> = request
         .headers
         .iter()
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
         .collect();
+    // A known length spares the server a chunked body.
+    if !request.body.is_empty() && !header_list.iter().any(|(n, _)| n == "content-length") {
+        header_list.push((
+            "content-length".into(),
+            request.body.len().to_string().into_bytes(),
+        ));
+    }
     let headers = Fields::from_list(&header_list)
         .map_err(|e| HttpError::BadUrl(format!("bad header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(headers);
@@ -231,9 +238,18 @@ pub fn send(request: &Request) -> Result<Response, HttpError> {
             .write()
             .map_err(|()| HttpError::Failed("request body stream unavailable".into()))?;
         for chunk in request.body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Failed(format!("sending the body: {}", stream_error(e))))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                // The request may have failed as a whole (denied, refused): say that, not
+                // that the body stream closed.
+                pending.subscribe().block();
+                if let Some(Ok(Err(code))) = pending.get() {
+                    return Err(failed(code));
+                }
+                return Err(HttpError::Failed(format!(
+                    "sending the body: {}",
+                    stream_error(e)
+                )));
+            }
         }
     }
     OutgoingBody::finish(body, None).map_err(failed)?;

@@ -814,7 +814,11 @@ async fn source_checks(subject: &Subject<'_>, check: &mut impl FnMut(u32, &'stat
         }
         return;
     }
-    let seen = format!("{messages} messages in {batches} batches");
+    let seen = format!(
+        "{messages} message{} in {batches} batch{}",
+        plural(messages),
+        if batches == 1 { "" } else { "es" }
+    );
     check(
         13,
         "checkpoints never decrease",
@@ -823,7 +827,7 @@ async fn source_checks(subject: &Subject<'_>, check: &mut impl FnMut(u32, &'stat
     check(
         14,
         "`ack` of a delivered checkpoint succeeds",
-        Verdict::Pass(format!("{batches} acks")),
+        Verdict::Pass(format!("{batches} ack{}", plural(batches))),
     );
     if !ended {
         check(

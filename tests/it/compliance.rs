@@ -353,3 +353,63 @@ fn test_plugin_explains_a_missing_required_key_and_a_bad_config_argument() {
         "{report}"
     );
 }
+
+#[test]
+fn the_network_connectors_pass_the_compliance_kit() {
+    let (http, _) = crate::http::server(std::sync::Arc::new(|_, _| 200));
+    let s = Scratch::new();
+    let stream = format!("patchbay-test:compliance:{}", std::process::id());
+    let file = s.write(
+        "net.toml",
+        &format!(
+            r#"
+[plugins.rsrc]
+path = "{{plugin:redis-source}}"
+config = {{ stream = "{stream}", start = "0" }}
+grants = {{ tcp = ["127.0.0.1:6379"] }}
+
+[plugins.rsink]
+path = "{{plugin:redis-sink}}"
+config = {{ key = "{stream}" }}
+grants = {{ tcp = ["127.0.0.1:6379"] }}
+
+[plugins.web]
+path = "{{plugin:http-sink}}"
+config = {{ url = "http://{http}/in", batch = "ndjson" }}
+grants = {{ http = ["{http}"] }}
+
+[[pipeline]]
+name = "net"
+source = "rsrc"
+sinks = ["rsink", "web"]
+"#
+        ),
+    );
+    let file = file.display().to_string();
+    // The sink's checks fill the stream first; the source then reads them back.
+    for (plugin, name) in [
+        ("redis-sink", "rsink"),
+        ("redis-source", "rsrc"),
+        ("http-sink", "web"),
+    ] {
+        let wasm = crate::plugin(plugin);
+        let args = [
+            wasm.as_str(),
+            "--pipeline",
+            &file,
+            "--plugin",
+            name,
+            "--source-budget",
+            "2s",
+        ];
+        let (code, report) = test_plugin(&s, &args, None);
+        assert_eq!(code, Some(0), "{plugin}:\n{report}");
+        assert!(
+            summary(&report).contains(" passed, 0 failed, "),
+            "{plugin}:\n{report}"
+        );
+    }
+    let _ = std::process::Command::new("redis-cli")
+        .args(["DEL", &stream])
+        .output();
+}

@@ -22,6 +22,9 @@ const PLUGINS: &[&str] = &[
     "csv-to-json",
     "filter",
     "blackhole",
+    "redis-source",
+    "redis-sink",
+    "http-sink",
 ];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",
@@ -346,6 +349,8 @@ fn test() -> Result<()> {
         .args(["test", "--release"])
         .args(HOST_FEATURES)
         .env("PATCHBAY_CACHE_DIR", cache))?;
+    // Plugins' own unit tests, run natively (the Redis client's URL parsing).
+    run(cargo().args(["test", "--release", "-p", "redis-source"]))?;
     run_bench(true)
 }
 

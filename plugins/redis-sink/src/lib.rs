@@ -1,0 +1,265 @@
+//! `redis-sink`: delivers messages to Redis as stream entries (`XADD`), list items (`RPUSH`) or
+//! Pub/Sub messages (`PUBLISH`), over a granted TCP address.
+//!
+//! ```toml
+//! [plugins.out]
+//! path = "target/plugins/redis-sink.wasm"
+//! config = { url = "redis://127.0.0.1:6379", mode = "stream", key = "orders" }
+//! grants = { tcp = ["127.0.0.1:6379"] }
+//! ```
+//!
+//! A batch goes out as one pipeline of commands and each message's result is its own reply.
+//! In `stream` mode the entry holds the payload under the field `payload` (`field`), the
+//! message key under `key` when there is one, and each header as a field of its own name; with
+//! `maxlen`, the stream is trimmed (`MAXLEN ~`). `ok` means Redis accepted the write (its own
+//! persistence settings decide what survives a Redis restart).
+//!
+//! A lost connection makes every unanswered message of the batch `retryable` and the next call
+//! reconnects, with a back-off that doubles from 100 ms to 5 s between attempts; a reply error
+//! is `invalid-data` for that message, except `WRONGTYPE`, `NOAUTH` and `NOPERM`, which are
+//! `fatal` (the key or the credentials are wrong, not the record).
+
+use std::time::{Duration, Instant};
+
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink, log};
+
+// The client is shared with redis-source; the sink reads no arrays.
+#[path = "../../redis-source/src/resp.rs"]
+#[allow(dead_code)]
+mod resp;
+
+use resp::{Conn, Value};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Stream,
+    List,
+    PubSub,
+}
+
+struct RedisSink {
+    addr: String,
+    password: Option<String>,
+    db: Option<u32>,
+    mode: Mode,
+    key: String,
+    field: String,
+    maxlen: Option<u64>,
+    conn: Option<Conn>,
+    /// Earliest time of the next connection attempt, and the current back-off.
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RedisSink {
+    fn connection(&mut self) -> Result<&mut Conn, Error> {
+        if self.conn.is_none() {
+            if let Some(at) = self.next_attempt
+                && Instant::now() < at
+            {
+                return Err(Error::retryable(format!(
+                    "redis {}: not connected (next attempt in {:?})",
+                    self.addr,
+                    at - Instant::now()
+                )));
+            }
+            match Conn::connect(&self.addr, self.password.as_deref(), self.db, TIMEOUT) {
+                Ok(conn) => {
+                    if self.next_attempt.take().is_some() {
+                        log::info(&format!("redis {}: reconnected", self.addr));
+                    }
+                    self.backoff = Duration::from_millis(100);
+                    self.conn = Some(conn);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(Error::fatal(format!(
+                        "redis {addr}: the sandbox refused the connection ({e}); grant it in the \
+                         pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
+                        addr = self.addr
+                    )));
+                }
+                Err(e) => {
+                    self.next_attempt = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                    return Err(Error::retryable(format!(
+                        "redis {}: cannot connect: {e}",
+                        self.addr
+                    )));
+                }
+            }
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::retryable("redis: not connected"))
+    }
+
+    fn lost(&mut self, e: &std::io::Error) -> Error {
+        log::warn(&format!(
+            "redis {}: connection lost ({e}); reconnecting",
+            self.addr
+        ));
+        self.conn = None;
+        self.next_attempt = Some(Instant::now());
+        Error::retryable(format!("redis {}: connection lost: {e}", self.addr))
+    }
+
+    fn queue(&self, conn: &mut Conn, message: &Message) {
+        match self.mode {
+            Mode::Stream => {
+                let maxlen = self.maxlen.map(|n| n.to_string());
+                let mut args: Vec<&[u8]> = vec![b"XADD", self.key.as_bytes()];
+                if let Some(n) = &maxlen {
+                    args.extend([b"MAXLEN".as_slice(), b"~", n.as_bytes()]);
+                }
+                args.extend([b"*".as_slice(), self.field.as_bytes(), &message.payload]);
+                if let Some(key) = &message.key {
+                    args.extend([b"key".as_slice(), key]);
+                }
+                for h in &message.headers {
+                    args.extend([h.name.as_bytes(), h.value.as_bytes()]);
+                }
+                conn.send(&args);
+            }
+            Mode::List => conn.send(&[b"RPUSH", self.key.as_bytes(), &message.payload]),
+            Mode::PubSub => conn.send(&[b"PUBLISH", self.key.as_bytes(), &message.payload]),
+        }
+    }
+}
+
+fn reply_error(text: &str) -> Error {
+    let code = text.split(' ').next().unwrap_or_default();
+    if matches!(code, "WRONGTYPE" | "NOAUTH" | "NOPERM") {
+        Error::fatal(format!("redis refused the write: {text}"))
+    } else {
+        Error::invalid_data(format!("redis refused the write: {text}"))
+    }
+}
+
+impl Sink for RedisSink {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "redis-sink",
+            env!("CARGO_PKG_VERSION"),
+            "Writes messages to a Redis stream (XADD), list (RPUSH) or Pub/Sub channel (PUBLISH).",
+        )
+        .key(ConfigKey::optional(
+            "url",
+            "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
+            "redis://127.0.0.1:6379",
+        ))
+        .key(ConfigKey::optional(
+            "mode",
+            "`stream` (XADD), `list` (RPUSH) or `pubsub` (PUBLISH).",
+            "stream",
+        ))
+        .key(ConfigKey::required(
+            "key",
+            "The stream, list or channel name.",
+        ))
+        .key(ConfigKey::optional(
+            "field",
+            "Stream mode: the entry field that holds the payload.",
+            "payload",
+        ))
+        .key(ConfigKey::optional(
+            "maxlen",
+            "Stream mode: trim the stream to about this many entries (XADD MAXLEN ~).",
+            "none",
+        ))
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let url = config.get("url").unwrap_or("redis://127.0.0.1:6379");
+        let (addr, password, db) = resp::parse_url(url)
+            .map_err(|e| config.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
+        let mode = match config.choice("mode", &["stream", "list", "pubsub"], "stream")? {
+            "list" => Mode::List,
+            "pubsub" => Mode::PubSub,
+            _ => Mode::Stream,
+        };
+        let key = config.required("key")?.to_owned();
+        if key.is_empty() {
+            return Err(config.invalid("key", "a non-empty stream, list or channel name"));
+        }
+        let field = config.get("field").unwrap_or("payload").to_owned();
+        if field.is_empty() {
+            return Err(config.invalid("field", "a non-empty field name"));
+        }
+        let maxlen = match config.get("maxlen") {
+            None | Some("none") => None,
+            Some(_) => Some(
+                config
+                    .parse::<u64>("maxlen")?
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| config.invalid("maxlen", "a positive number of entries"))?,
+            ),
+        };
+        let mut sink = RedisSink {
+            addr,
+            password,
+            db,
+            mode,
+            key,
+            field,
+            maxlen,
+            conn: None,
+            next_attempt: None,
+            backoff: Duration::from_millis(100),
+        };
+        // Connect now, so that a missing grant or a wrong address shows at start; a server
+        // that is down is only a warning: writes retry until it is back.
+        if let Err(e) = sink.connection() {
+            if e.kind == patchbay_sdk::ErrorKind::Fatal {
+                return Err(e);
+            }
+            log::warn(&e.message);
+        }
+        Ok(sink)
+    }
+
+    fn write(&mut self, message: &Message) -> Result<(), Error> {
+        self.write_batch(vec![message.clone()])
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    fn write_batch(&mut self, batch: Vec<Message>) -> Vec<Result<(), Error>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = self.connection() {
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return batch
+                .iter()
+                .map(|_| Err(Error::retryable("redis: not connected")))
+                .collect();
+        };
+        for m in &batch {
+            self.queue(&mut conn, m);
+        }
+        if let Err(e) = conn.flush() {
+            let error = self.lost(&e);
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for _ in &batch {
+            match conn.read() {
+                Ok(Value::Error(text)) => results.push(Err(reply_error(&text))),
+                Ok(_) => results.push(Ok(())),
+                Err(e) => {
+                    let error = self.lost(&e);
+                    results.resize(batch.len(), Err(error));
+                    return results;
+                }
+            }
+        }
+        self.conn = Some(conn);
+        results
+    }
+}
+
+patchbay_sdk::export_sink!(RedisSink);

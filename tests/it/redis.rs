@@ -1,0 +1,246 @@
+//! The Redis connectors against the Redis server on 127.0.0.1:6379, checked with `redis-cli`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Scratch, patchbay, seq_counts, text};
+
+const REDIS: &str = "127.0.0.1:6379";
+const COUNT: u64 = 10_000;
+
+fn require_redis() {
+    assert!(
+        std::net::TcpStream::connect(REDIS).is_ok(),
+        "Redis is not listening on {REDIS}; start it with `redis-server --daemonize yes --bind \
+         127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile \
+         /var/log/redis/ci.log`"
+    );
+}
+
+/// `redis-cli ARGS`: its output.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A key no other run uses.
+fn unique(kind: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("patchbay-test:{kind}:{}:{nanos}", std::process::id())
+}
+
+/// The JSON payloads in `redis-cli` output (one value per line).
+fn payload_lines(output: &str) -> String {
+    output
+        .lines()
+        .filter(|l| l.starts_with("{\"seq\""))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn sink_pipeline(mode: &str, key: &str) -> String {
+    format!(
+        r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.out]
+path = "{{plugin:redis-sink}}"
+config = {{ url = "redis://{REDIS}", mode = "{mode}", key = "{key}" }}
+grants = {{ tcp = ["{REDIS}"] }}
+
+[[pipeline]]
+name = "to-redis"
+source = "gen"
+sinks = ["out"]
+"#
+    )
+}
+
+#[test]
+fn the_redis_sink_writes_every_message_once_to_a_stream_and_a_list() {
+    require_redis();
+    let s = Scratch::new();
+    for mode in ["stream", "list"] {
+        let key = unique(mode);
+        s.write("p.toml", &sink_pipeline(mode, &key));
+        let out = s.run(&["run", "p.toml"]);
+        let (_, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "pipeline `to-redis`: {COUNT} in, 0 dropped, {COUNT} written to `out`"
+            )),
+            "{stderr}"
+        );
+        let (length, content) = if mode == "stream" {
+            (cli(&["XLEN", &key]), cli(&["XRANGE", &key, "-", "+"]))
+        } else {
+            (cli(&["LLEN", &key]), cli(&["LRANGE", &key, "0", "-1"]))
+        };
+        assert_eq!(length.trim(), COUNT.to_string(), "{mode}");
+        let counts = seq_counts(&payload_lines(&content));
+        assert_eq!(counts.len() as u64, COUNT, "{mode}");
+        assert!(counts.values().all(|n| *n == 1), "{mode}");
+        cli(&["DEL", &key]);
+    }
+}
+
+/// Fill a stream with `COUNT` entries `{"seq":N}` through `redis-cli --pipe`.
+fn fill_stream(key: &str, from: u64, to: u64) {
+    let mut protocol = Vec::new();
+    for n in from..to {
+        let payload = format!(r#"{{"seq":{n}}}"#);
+        let args = ["XADD", key, "*", "payload", &payload];
+        write!(protocol, "*{}\r\n", args.len()).unwrap();
+        for a in args {
+            write!(protocol, "${}\r\n{a}\r\n", a.len()).unwrap();
+        }
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&protocol).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn the_redis_source_delivers_every_entry_once_and_acknowledges_it() {
+    require_redis();
+    let s = Scratch::new();
+    let out_dir = s.mkdir("out");
+    let key = unique("source");
+    fill_stream(&key, 0, COUNT);
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.src]
+path = "{{plugin:redis-source}}"
+config = {{ url = "redis://{REDIS}", stream = "{key}", group = "g", start = "0" }}
+grants = {{ tcp = ["{REDIS}"] }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "from-redis"
+source = "src"
+sinks = ["out"]
+"#,
+            out_dir.display()
+        ),
+    );
+    let child = patchbay()
+        .args(["run", "p.toml"])
+        .current_dir(s.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = || {
+        std::fs::read_to_string(out_dir.join("out.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count() as u64
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines() < COUNT {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {COUNT} after 60 s",
+            lines()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // More entries while it runs: they arrive too.
+    fill_stream(&key, COUNT, COUNT + 100);
+    while lines() < COUNT + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} after 60 s",
+            lines(),
+            COUNT + 100
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let counts = seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap());
+    assert_eq!(counts.len() as u64, COUNT + 100);
+    assert!(counts.values().all(|n| *n == 1));
+    // Everything delivered was acknowledged: nothing pending in the group.
+    let pending = cli(&["XPENDING", &key, "g"]);
+    assert_eq!(pending.lines().next(), Some("0"), "{pending}");
+    cli(&["DEL", &key]);
+}
+
+#[test]
+fn the_redis_connectors_need_their_network_grant() {
+    require_redis();
+    let s = Scratch::new();
+    for (name, plugin, config) in [
+        ("sink", "redis-sink", r#"{ key = "never" }"#),
+        ("source", "redis-source", r#"{ stream = "never" }"#),
+    ] {
+        let (src, sinks) = if name == "sink" {
+            (
+                "[plugins.gen]\npath = \"{plugin:generator}\"\nconfig = { count = 1 }\n",
+                "gen\"\nsinks = [\"r\"]",
+            )
+        } else {
+            (
+                "[plugins.null]\npath = \"{plugin:blackhole}\"\n",
+                "r\"\nsinks = [\"null\"]",
+            )
+        };
+        s.write(
+            "p.toml",
+            &format!(
+                "{src}\n[plugins.r]\npath = \"{{plugin:{plugin}}}\"\nconfig = {config}\n\n[[pipeline]]\nname = \"nogrant\"\nsource = \"{sinks}\n"
+            ),
+        );
+        let out = s.run(&["run", "p.toml"]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "sandbox: denied tcp access to {REDIS} for plugin `nogrant/r` (not in grants.tcp)"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "redis {REDIS}: the sandbox refused the connection"
+            )) && stderr.contains(&format!(
+                "grant it in the pipeline file: grants = {{ tcp = [\"{REDIS}\"] }}"
+            )),
+            "{stderr}"
+        );
+    }
+}
