@@ -356,6 +356,7 @@ fn test_plugin_explains_a_missing_required_key_and_a_bad_config_argument() {
 
 #[test]
 fn the_network_connectors_pass_the_compliance_kit() {
+    let _redis = crate::redis::redis_lock();
     let (http, _) = crate::http::server(std::sync::Arc::new(|_, _| 200));
     let s = Scratch::new();
     let stream = format!("patchbay-test:compliance:{}", std::process::id());
