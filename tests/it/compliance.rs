@@ -379,10 +379,25 @@ path = "{{plugin:http-sink}}"
 config = {{ url = "http://{http}/in", batch = "ndjson" }}
 grants = {{ http = ["{http}"] }}
 
+[plugins.msrc]
+path = "{{plugin:mqtt-source}}"
+config = {{ topics = ["{stream}/#"], qos = 1, client_id = "pb-compliance" }}
+grants = {{ tcp = ["127.0.0.1:1883"] }}
+
+[plugins.msink]
+path = "{{plugin:mqtt-sink}}"
+config = {{ topic = "{stream}/out", client_id = "pb-compliance-sink", qos = 0 }}
+grants = {{ tcp = ["127.0.0.1:1883"] }}
+
 [[pipeline]]
 name = "net"
 source = "rsrc"
 sinks = ["rsink", "web"]
+
+[[pipeline]]
+name = "mqtt"
+source = "msrc"
+sinks = ["msink"]
 "#
         ),
     );
@@ -392,6 +407,8 @@ sinks = ["rsink", "web"]
         ("redis-sink", "rsink"),
         ("redis-source", "rsrc"),
         ("http-sink", "web"),
+        ("mqtt-sink", "msink"),
+        ("mqtt-source", "msrc"),
     ] {
         let wasm = crate::plugin(plugin);
         let args = [

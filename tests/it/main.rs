@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod compliance;
 mod http;
+mod mqtt;
 mod pipelines;
 mod redis;
 mod reload;

@@ -25,6 +25,8 @@ const PLUGINS: &[&str] = &[
     "redis-source",
     "redis-sink",
     "http-sink",
+    "mqtt-source",
+    "mqtt-sink",
 ];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",

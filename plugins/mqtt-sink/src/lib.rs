@@ -1,0 +1,258 @@
+//! `mqtt-sink`: publishes messages to an MQTT 3.1.1 broker over a granted TCP address, with
+//! QoS 0 or 1 (a message is `ok` once the broker's `PUBACK` for it came back).
+//!
+//! ```toml
+//! [plugins.alerts]
+//! path = "target/plugins/mqtt-sink.wasm"
+//! config = { url = "mqtt://127.0.0.1:1883", topic = "alerts/out", qos = 1 }
+//! grants = { tcp = ["127.0.0.1:1883"] }
+//! ```
+//!
+//! The topic is `topic`, or with `topic_from_key = true` the message key when it has one. A
+//! batch goes out in one write; with QoS 1 the sink then waits for every `PUBACK` (at most
+//! `timeout_ms`), and a message without one is `retryable`. A lost connection is `retryable`
+//! for the whole batch, and the next call reconnects (back-off doubling from 100 ms to 5 s).
+//!
+//! With QoS 1 a batch takes at least one round trip to the broker; with Mosquitto's default
+//! `set_tcp_nodelay false`, the broker's many small `PUBACK`s are held back by Nagle's algorithm
+//! for the client's delayed ACK, about 40 ms per batch: large batches (`batch_size`) or
+//! `set_tcp_nodelay true` in mosquitto.conf keep the rate up.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink, log};
+
+// The client is shared with mqtt-source; the sink neither subscribes nor acknowledges.
+#[path = "../../mqtt-source/src/mqtt.rs"]
+#[allow(dead_code)]
+mod mqtt;
+
+use mqtt::{Conn, Options, Packet};
+
+struct MqttSink {
+    addr: String,
+    user: Option<String>,
+    password: Option<String>,
+    client_id: String,
+    topic: String,
+    topic_from_key: bool,
+    qos: u8,
+    retain: bool,
+    timeout: Duration,
+    conn: Option<Conn>,
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+    next_id: u16,
+}
+
+impl MqttSink {
+    fn connect(&mut self) -> Result<(), Error> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        if let Some(at) = self.next_attempt
+            && Instant::now() < at
+        {
+            return Err(Error::retryable(format!(
+                "mqtt {}: not connected (next attempt in {:?})",
+                self.addr,
+                at - Instant::now()
+            )));
+        }
+        let options = Options {
+            client_id: &self.client_id,
+            clean_session: true,
+            keep_alive: 0,
+            username: self.user.as_deref(),
+            password: self.password.as_deref(),
+        };
+        match Conn::connect(&self.addr, &options, self.timeout) {
+            Ok(conn) => {
+                if self.next_attempt.take().is_some() {
+                    log::info(&format!("mqtt {}: reconnected", self.addr));
+                }
+                self.backoff = Duration::from_millis(100);
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && !e.to_string().contains("refused the connection:") =>
+            {
+                Err(Error::fatal(format!(
+                    "mqtt {addr}: the sandbox refused the connection ({e}); grant it in the \
+                     pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
+                    addr = self.addr
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(Error::fatal(format!("mqtt {e}")))
+            }
+            Err(e) => Err(self.lost(&e)),
+        }
+    }
+
+    fn lost(&mut self, e: &std::io::Error) -> Error {
+        if self.conn.take().is_some() {
+            log::warn(&format!(
+                "mqtt {}: connection lost ({e}); reconnecting",
+                self.addr
+            ));
+        }
+        self.next_attempt = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        Error::retryable(format!("mqtt {}: {e}", self.addr))
+    }
+
+    fn id(&mut self) -> u16 {
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        self.next_id
+    }
+}
+
+impl Sink for MqttSink {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "mqtt-sink",
+            env!("CARGO_PKG_VERSION"),
+            "Publishes messages to an MQTT 3.1.1 broker with QoS 0 or 1.",
+        )
+        .key(ConfigKey::optional(
+            "url",
+            "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
+            "mqtt://127.0.0.1:1883",
+        ))
+        .key(ConfigKey::required("topic", "The topic to publish to."))
+        .key(ConfigKey::optional(
+            "topic_from_key",
+            "Boolean: publish each message to its key (as text) when it has one.",
+            "false",
+        ))
+        .key(ConfigKey::optional(
+            "qos",
+            "0 (fire and forget) or 1 (ok once the broker acknowledged it).",
+            "1",
+        ))
+        .key(ConfigKey::optional(
+            "retain",
+            "Boolean: set the retain flag.",
+            "false",
+        ))
+        .key(ConfigKey::optional(
+            "client_id",
+            "The MQTT client id (must differ from every other client of the broker).",
+            "patchbay-sink",
+        ))
+        .key(ConfigKey::optional(
+            "timeout_ms",
+            "How long to wait for the broker's acknowledgements of a batch, in milliseconds.",
+            "500",
+        ))
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let url = config.get("url").unwrap_or("mqtt://127.0.0.1:1883");
+        let (addr, user, password) = mqtt::parse_url(url)
+            .map_err(|e| config.invalid("url", &format!("mqtt://host:port ({e})")))?;
+        let topic = config.required("topic")?.to_owned();
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            return Err(config.invalid("topic", "a topic name without wildcards"));
+        }
+        let qos: u8 = config.parse("qos")?.unwrap_or(1);
+        if qos > 1 {
+            return Err(config.invalid("qos", "0 or 1"));
+        }
+        let timeout_ms: u64 = config.parse("timeout_ms")?.unwrap_or(500);
+        if !(1..=900).contains(&timeout_ms) {
+            return Err(config.invalid("timeout_ms", "1 to 900 (within the call deadline)"));
+        }
+        let client_id = config
+            .get("client_id")
+            .unwrap_or("patchbay-sink")
+            .to_owned();
+        if client_id.is_empty() {
+            return Err(config.invalid("client_id", "a non-empty client id"));
+        }
+        let mut sink = MqttSink {
+            addr,
+            user,
+            password,
+            client_id,
+            topic,
+            topic_from_key: config.parse("topic_from_key")?.unwrap_or(false),
+            qos,
+            retain: config.parse("retain")?.unwrap_or(false),
+            timeout: Duration::from_millis(timeout_ms),
+            conn: None,
+            next_attempt: None,
+            backoff: Duration::from_millis(100),
+            next_id: 0,
+        };
+        match sink.connect() {
+            Ok(()) => {}
+            Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
+            Err(e) => log::warn(&e.message),
+        }
+        Ok(sink)
+    }
+
+    fn write(&mut self, message: &Message) -> Result<(), Error> {
+        self.write_batch(vec![message.clone()])
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    fn write_batch(&mut self, batch: Vec<Message>) -> Vec<Result<(), Error>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = self.connect() {
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut bytes = Vec::new();
+        let mut waiting: HashMap<u16, usize> = HashMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            let topic = match (&m.key, self.topic_from_key) {
+                (Some(key), true) => String::from_utf8_lossy(key).into_owned(),
+                _ => self.topic.clone(),
+            };
+            let id = if self.qos > 0 { self.id() } else { 0 };
+            if self.qos > 0 {
+                waiting.insert(id, i);
+            }
+            Conn::publish(&mut bytes, &topic, self.qos, id, self.retain, &m.payload);
+        }
+        let mut results: Vec<Result<(), Error>> = vec![Ok(()); batch.len()];
+        let Some(conn) = self.conn.as_mut() else {
+            return batch
+                .iter()
+                .map(|_| Err(Error::retryable("mqtt: not connected")))
+                .collect();
+        };
+        let timeout = self.timeout;
+        let sent = conn.send(&bytes).and_then(|()| {
+            let deadline = Instant::now() + timeout;
+            conn.set_timeout(Duration::from_millis(20))?;
+            while !waiting.is_empty() && Instant::now() < deadline {
+                if let Some(Packet::PubAck { id }) = conn.read()? {
+                    waiting.remove(&id);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = sent {
+            let error = self.lost(&e);
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
+        for i in waiting.into_values() {
+            results[i] = Err(Error::retryable(format!(
+                "mqtt {}: no PUBACK within {:?}",
+                self.addr, self.timeout
+            )));
+        }
+        results
+    }
+}
+
+patchbay_sdk::export_sink!(MqttSink);

@@ -1,0 +1,304 @@
+//! `mqtt-source`: subscribes to MQTT 3.1.1 topics over a granted TCP address. With QoS 1 each
+//! message is acknowledged to the broker (`PUBACK`) only once the pipeline has delivered it.
+//!
+//! ```toml
+//! [plugins.devices]
+//! path = "target/plugins/mqtt-source.wasm"
+//! config = { url = "mqtt://127.0.0.1:1883", topics = ["sensors/#"], qos = 1, client_id = "patchbay-devices" }
+//! grants = { tcp = ["127.0.0.1:1883"] }
+//! ```
+//!
+//! - The message key is the topic; the payload is the MQTT payload.
+//! - With `qos = 1` the session is persistent (`clean_session = false`, so use a stable
+//!   `client_id`): messages not yet acknowledged when the connection or Patchbay goes away are
+//!   sent again by the broker. Delivery is at least once.
+//! - A lost connection is a `retryable` error; `poll` reconnects and subscribes again, with a
+//!   back-off that doubles from 100 ms to 5 s.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log};
+
+// The client is shared with mqtt-sink, which publishes; the source only subscribes.
+#[allow(dead_code)]
+mod mqtt;
+
+use mqtt::{Conn, Options, Packet};
+
+struct MqttSource {
+    addr: String,
+    user: Option<String>,
+    password: Option<String>,
+    client_id: String,
+    topics: Vec<(String, u8)>,
+    qos: u8,
+    wait: Duration,
+    keep_alive: u16,
+    conn: Option<Conn>,
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+    last_sent: Instant,
+    /// QoS 1 packet ids to acknowledge, by checkpoint.
+    inflight: VecDeque<(u64, Vec<u16>)>,
+    checkpoint: u64,
+}
+
+impl MqttSource {
+    fn connect(&mut self) -> Result<(), Error> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        if let Some(at) = self.next_attempt
+            && Instant::now() < at
+        {
+            return Err(Error::retryable(format!(
+                "mqtt {}: not connected (next attempt in {:?})",
+                self.addr,
+                at - Instant::now()
+            )));
+        }
+        let options = Options {
+            client_id: &self.client_id,
+            clean_session: self.qos == 0,
+            keep_alive: self.keep_alive,
+            username: self.user.as_deref(),
+            password: self.password.as_deref(),
+        };
+        let connected =
+            Conn::connect(&self.addr, &options, Duration::from_secs(5)).and_then(|mut conn| {
+                conn.subscribe(1, &self.topics)?;
+                conn.set_timeout(self.wait)?;
+                Ok(conn)
+            });
+        match connected {
+            Ok(conn) => {
+                if self.next_attempt.take().is_some() {
+                    log::info(&format!("mqtt {}: reconnected", self.addr));
+                }
+                self.backoff = Duration::from_millis(100);
+                self.last_sent = Instant::now();
+                // Packet ids of the old connection mean nothing on the new one; the broker
+                // sends what was not acknowledged again.
+                self.inflight.clear();
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && !e.to_string().contains("refused the connection:") =>
+            {
+                Err(Error::fatal(format!(
+                    "mqtt {addr}: the sandbox refused the connection ({e}); grant it in the \
+                     pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
+                    addr = self.addr
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(Error::fatal(format!("mqtt {e}")))
+            }
+            Err(e) => Err(self.lost(&e)),
+        }
+    }
+
+    fn lost(&mut self, e: &std::io::Error) -> Error {
+        if self.conn.take().is_some() {
+            log::warn(&format!(
+                "mqtt {}: connection lost ({e}); reconnecting",
+                self.addr
+            ));
+        }
+        self.next_attempt = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        Error::retryable(format!("mqtt {}: {e}", self.addr))
+    }
+}
+
+impl Source for MqttSource {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "mqtt-source",
+            env!("CARGO_PKG_VERSION"),
+            "Subscribes to MQTT 3.1.1 topics; with QoS 1, PUBACK only after delivery.",
+        )
+        .key(ConfigKey::optional(
+            "url",
+            "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
+            "mqtt://127.0.0.1:1883",
+        ))
+        .key(ConfigKey::required(
+            "topics",
+            "Array of topic filters, wildcards allowed, e.g. [\"sensors/+/temp\", \"alerts/#\"].",
+        ))
+        .key(ConfigKey::optional(
+            "qos",
+            "0 (at most once) or 1 (at least once: acknowledged after delivery, persistent session).",
+            "1",
+        ))
+        .key(ConfigKey::optional(
+            "client_id",
+            "The MQTT client id; keep it stable with QoS 1 so that the broker keeps the session.",
+            "patchbay",
+        ))
+        .key(ConfigKey::optional(
+            "wait_ms",
+            "How long one poll waits for a first message, in milliseconds.",
+            "100",
+        ))
+        .key(ConfigKey::optional(
+            "keep_alive",
+            "Keep-alive interval in seconds.",
+            "30",
+        ))
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let url = config.get("url").unwrap_or("mqtt://127.0.0.1:1883");
+        let (addr, user, password) = mqtt::parse_url(url)
+            .map_err(|e| config.invalid("url", &format!("mqtt://host:port ({e})")))?;
+        let qos: u8 = config.parse("qos")?.unwrap_or(1);
+        if qos > 1 {
+            return Err(config.invalid("qos", "0 or 1"));
+        }
+        let topics: Vec<String> = config
+            .json("topics")?
+            .ok_or_else(|| config.invalid("topics", "an array of topic filters"))?;
+        if topics.is_empty() || topics.iter().any(String::is_empty) {
+            return Err(config.invalid("topics", "a non-empty array of non-empty topic filters"));
+        }
+        let client_id = config.get("client_id").unwrap_or("patchbay").to_owned();
+        if client_id.is_empty() || client_id.len() > 65535 {
+            return Err(config.invalid("client_id", "a non-empty client id"));
+        }
+        let wait_ms: u64 = config.parse("wait_ms")?.unwrap_or(100);
+        if !(1..=900).contains(&wait_ms) {
+            return Err(config.invalid(
+                "wait_ms",
+                "1 to 900 (a poll must end within its call deadline)",
+            ));
+        }
+        let keep_alive: u16 = config.parse("keep_alive")?.unwrap_or(30);
+        let mut source = MqttSource {
+            addr,
+            user,
+            password,
+            client_id,
+            topics: topics.into_iter().map(|t| (t, qos)).collect(),
+            qos,
+            wait: Duration::from_millis(wait_ms),
+            keep_alive,
+            conn: None,
+            next_attempt: None,
+            backoff: Duration::from_millis(100),
+            last_sent: Instant::now(),
+            inflight: VecDeque::new(),
+            checkpoint: 0,
+        };
+        match source.connect() {
+            Ok(()) => {}
+            Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
+            Err(e) => log::warn(&e.message),
+        }
+        Ok(source)
+    }
+
+    fn poll(&mut self, max: u32) -> Result<PollResult, Error> {
+        self.connect()?;
+        if max == 0 {
+            return Ok(PollResult::batch(Vec::new(), self.checkpoint));
+        }
+        let keep_alive = Duration::from_secs(u64::from(self.keep_alive) / 2);
+        let mut messages = Vec::new();
+        let mut ids = Vec::new();
+        let result = (|| -> std::io::Result<()> {
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(());
+            };
+            if self.keep_alive > 0 && self.last_sent.elapsed() >= keep_alive {
+                conn.ping()?;
+                self.last_sent = Instant::now();
+            }
+            conn.set_timeout(self.wait)?;
+            while messages.len() < max as usize {
+                match conn.read()? {
+                    Some(Packet::Publish {
+                        id, topic, payload, ..
+                    }) => {
+                        if messages.is_empty() {
+                            // Take what is already there, without waiting again.
+                            conn.set_timeout(Duration::from_millis(1))?;
+                        }
+                        if let Some(id) = id {
+                            ids.push(id);
+                        }
+                        messages.push(Message::new(payload).with_key(topic.into_bytes()));
+                    }
+                    Some(Packet::SubAck { codes, .. }) if codes.contains(&0x80) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            "the broker refused the subscription",
+                        ));
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(Error::fatal(format!(
+                    "mqtt {}: {e} for {:?}",
+                    self.addr,
+                    self.topics.iter().map(|(t, _)| t).collect::<Vec<_>>()
+                )));
+            }
+            Err(e) => {
+                // What was read before the failure still goes: the broker will send the
+                // QoS 1 ones again, and the pipeline delivers them twice (at least once).
+                let error = self.lost(&e);
+                if messages.is_empty() {
+                    return Err(error);
+                }
+                ids.clear();
+            }
+        }
+        if !messages.is_empty() {
+            self.checkpoint += 1;
+            if !ids.is_empty() {
+                self.inflight.push_back((self.checkpoint, ids));
+            }
+        }
+        Ok(PollResult::batch(messages, self.checkpoint))
+    }
+
+    fn ack(&mut self, checkpoint: u64) -> Result<(), Error> {
+        let mut done = Vec::new();
+        while self
+            .inflight
+            .front()
+            .is_some_and(|(cp, _)| *cp <= checkpoint)
+        {
+            if let Some((_, ids)) = self.inflight.pop_front() {
+                done.extend(ids);
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            // The connection that received them is gone; the broker sends them again.
+            return Ok(());
+        };
+        let sent = done.iter().try_for_each(|id| conn.puback(*id));
+        match sent {
+            Ok(()) => {
+                if !done.is_empty() {
+                    self.last_sent = Instant::now();
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.lost(&e)),
+        }
+    }
+}
+
+patchbay_sdk::export_source!(MqttSource);
