@@ -72,6 +72,7 @@ pub mod http;
 pub mod json;
 pub mod log;
 pub mod metrics;
+pub mod net;
 mod roles;
 pub mod state;
 mod types;

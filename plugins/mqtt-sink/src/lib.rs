@@ -21,7 +21,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink, log};
+use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
 
 // The client is shared with mqtt-source; the sink neither subscribes nor acknowledges.
 #[path = "../../mqtt-source/src/mqtt.rs"]
@@ -31,7 +32,7 @@ mod mqtt;
 use mqtt::{Conn, Options, Packet};
 
 struct MqttSink {
-    addr: String,
+    link: Reconnect,
     user: Option<String>,
     password: Option<String>,
     client_id: String,
@@ -41,8 +42,6 @@ struct MqttSink {
     retain: bool,
     timeout: Duration,
     conn: Option<Conn>,
-    next_attempt: Option<Instant>,
-    backoff: Duration,
     next_id: u16,
 }
 
@@ -51,15 +50,7 @@ impl MqttSink {
         if self.conn.is_some() {
             return Ok(());
         }
-        if let Some(at) = self.next_attempt
-            && Instant::now() < at
-        {
-            return Err(Error::retryable(format!(
-                "mqtt {}: not connected (next attempt in {:?})",
-                self.addr,
-                at - Instant::now()
-            )));
-        }
+        self.link.ready()?;
         let options = Options {
             client_id: &self.client_id,
             clean_session: true,
@@ -67,42 +58,16 @@ impl MqttSink {
             username: self.user.as_deref(),
             password: self.password.as_deref(),
         };
-        match Conn::connect(&self.addr, &options, self.timeout) {
-            Ok(conn) => {
-                if self.next_attempt.take().is_some() {
-                    log::info(&format!("mqtt {}: reconnected", self.addr));
-                }
-                self.backoff = Duration::from_millis(100);
-                self.conn = Some(conn);
-                Ok(())
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::PermissionDenied
-                    && !e.to_string().contains("refused the connection:") =>
-            {
-                Err(Error::fatal(format!(
-                    "mqtt {addr}: the sandbox refused the connection ({e}); grant it in the \
-                     pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
-                    addr = self.addr
-                )))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                Err(Error::fatal(format!("mqtt {e}")))
-            }
-            Err(e) => Err(self.lost(&e)),
-        }
+        let conn = Conn::connect(self.link.addr(), &options, self.timeout)
+            .map_err(|e| self.link.failed(&e))?;
+        self.link.connected();
+        self.conn = Some(conn);
+        Ok(())
     }
 
     fn lost(&mut self, e: &std::io::Error) -> Error {
-        if self.conn.take().is_some() {
-            log::warn(&format!(
-                "mqtt {}: connection lost ({e}); reconnecting",
-                self.addr
-            ));
-        }
-        self.next_attempt = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-        Error::retryable(format!("mqtt {}: {e}", self.addr))
+        self.conn = None;
+        self.link.lost(e)
     }
 
     fn id(&mut self) -> u16 {
@@ -175,7 +140,7 @@ impl Sink for MqttSink {
             return Err(config.invalid("client_id", "a non-empty client id"));
         }
         let mut sink = MqttSink {
-            addr,
+            link: Reconnect::new("mqtt", addr),
             user,
             password,
             client_id,
@@ -185,14 +150,12 @@ impl Sink for MqttSink {
             retain: config.parse("retain")?.unwrap_or(false),
             timeout: Duration::from_millis(timeout_ms),
             conn: None,
-            next_attempt: None,
-            backoff: Duration::from_millis(100),
             next_id: 0,
         };
         match sink.connect() {
             Ok(()) => {}
             Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
-            Err(e) => log::warn(&e.message),
+            Err(_) => {} // logged; `write` tries again
         }
         Ok(sink)
     }
@@ -248,7 +211,8 @@ impl Sink for MqttSink {
         for i in waiting.into_values() {
             results[i] = Err(Error::retryable(format!(
                 "mqtt {}: no PUBACK within {:?}",
-                self.addr, self.timeout
+                self.link.addr(),
+                self.timeout
             )));
         }
         results

@@ -18,7 +18,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log};
+use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source};
 
 // The client is shared with mqtt-sink, which publishes; the source only subscribes.
 #[allow(dead_code)]
@@ -27,7 +28,7 @@ mod mqtt;
 use mqtt::{Conn, Options, Packet};
 
 struct MqttSource {
-    addr: String,
+    link: Reconnect,
     user: Option<String>,
     password: Option<String>,
     client_id: String,
@@ -36,8 +37,6 @@ struct MqttSource {
     wait: Duration,
     keep_alive: u16,
     conn: Option<Conn>,
-    next_attempt: Option<Instant>,
-    backoff: Duration,
     last_sent: Instant,
     /// QoS 1 packet ids to acknowledge, by checkpoint.
     inflight: VecDeque<(u64, Vec<u16>)>,
@@ -49,15 +48,7 @@ impl MqttSource {
         if self.conn.is_some() {
             return Ok(());
         }
-        if let Some(at) = self.next_attempt
-            && Instant::now() < at
-        {
-            return Err(Error::retryable(format!(
-                "mqtt {}: not connected (next attempt in {:?})",
-                self.addr,
-                at - Instant::now()
-            )));
-        }
+        self.link.ready()?;
         let options = Options {
             client_id: &self.client_id,
             clean_session: self.qos == 0,
@@ -65,52 +56,26 @@ impl MqttSource {
             username: self.user.as_deref(),
             password: self.password.as_deref(),
         };
-        let connected =
-            Conn::connect(&self.addr, &options, Duration::from_secs(5)).and_then(|mut conn| {
+        let connected = Conn::connect(self.link.addr(), &options, Duration::from_secs(5)).and_then(
+            |mut conn| {
                 conn.subscribe(1, &self.topics)?;
                 conn.set_timeout(self.wait)?;
                 Ok(conn)
-            });
-        match connected {
-            Ok(conn) => {
-                if self.next_attempt.take().is_some() {
-                    log::info(&format!("mqtt {}: reconnected", self.addr));
-                }
-                self.backoff = Duration::from_millis(100);
-                self.last_sent = Instant::now();
-                // Packet ids of the old connection mean nothing on the new one; the broker
-                // sends what was not acknowledged again.
-                self.inflight.clear();
-                self.conn = Some(conn);
-                Ok(())
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::PermissionDenied
-                    && !e.to_string().contains("refused the connection:") =>
-            {
-                Err(Error::fatal(format!(
-                    "mqtt {addr}: the sandbox refused the connection ({e}); grant it in the \
-                     pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
-                    addr = self.addr
-                )))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                Err(Error::fatal(format!("mqtt {e}")))
-            }
-            Err(e) => Err(self.lost(&e)),
-        }
+            },
+        );
+        let conn = connected.map_err(|e| self.link.failed(&e))?;
+        self.link.connected();
+        self.last_sent = Instant::now();
+        // Packet ids of the old connection mean nothing on the new one; the broker sends what
+        // was not acknowledged again.
+        self.inflight.clear();
+        self.conn = Some(conn);
+        Ok(())
     }
 
     fn lost(&mut self, e: &std::io::Error) -> Error {
-        if self.conn.take().is_some() {
-            log::warn(&format!(
-                "mqtt {}: connection lost ({e}); reconnecting",
-                self.addr
-            ));
-        }
-        self.next_attempt = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-        Error::retryable(format!("mqtt {}: {e}", self.addr))
+        self.conn = None;
+        self.link.lost(e)
     }
 }
 
@@ -179,7 +144,7 @@ impl Source for MqttSource {
         }
         let keep_alive: u16 = config.parse("keep_alive")?.unwrap_or(30);
         let mut source = MqttSource {
-            addr,
+            link: Reconnect::new("mqtt", addr),
             user,
             password,
             client_id,
@@ -188,8 +153,6 @@ impl Source for MqttSource {
             wait: Duration::from_millis(wait_ms),
             keep_alive,
             conn: None,
-            next_attempt: None,
-            backoff: Duration::from_millis(100),
             last_sent: Instant::now(),
             inflight: VecDeque::new(),
             checkpoint: 0,
@@ -197,7 +160,7 @@ impl Source for MqttSource {
         match source.connect() {
             Ok(()) => {}
             Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
-            Err(e) => log::warn(&e.message),
+            Err(_) => {} // logged; `poll` tries again
         }
         Ok(source)
     }
@@ -250,7 +213,7 @@ impl Source for MqttSource {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(Error::fatal(format!(
                     "mqtt {}: {e} for {:?}",
-                    self.addr,
+                    self.link.addr(),
                     self.topics.iter().map(|(t, _)| t).collect::<Vec<_>>()
                 )));
             }

@@ -273,29 +273,5 @@ fn parse(buf: &[u8]) -> io::Result<Option<(Packet, usize)>> {
 
 /// `mqtt://[user[:password]@]host[:port]` or `host:port`: address, user name, password.
 pub fn parse_url(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
-    let rest = url.strip_prefix("mqtt://").unwrap_or(url);
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((auth, host)) => (Some(auth), host),
-        None => (None, rest),
-    };
-    let host = host.trim_end_matches('/');
-    if host.is_empty() || host.starts_with(':') {
-        return Err("no host".into());
-    }
-    if host.contains('/') {
-        return Err(format!("`{host}` has a path; write mqtt://host:port"));
-    }
-    let addr = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:1883")
-    };
-    let (user, password) = match auth {
-        Some(a) => match a.split_once(':') {
-            Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
-            None => (Some(a.to_owned()), None),
-        },
-        None => (None, None),
-    };
-    Ok((addr, user, password))
+    patchbay_sdk::net::parse_url(url, "mqtt", 1883)
 }

@@ -19,9 +19,10 @@
 //! is `invalid-data` for that message, except `WRONGTYPE`, `NOAUTH` and `NOPERM`, which are
 //! `fatal` (the key or the credentials are wrong, not the record).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink, log};
+use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
 
 // The client is shared with redis-source; the sink reads no arrays.
 #[path = "../../redis-source/src/resp.rs"]
@@ -38,7 +39,7 @@ enum Mode {
 }
 
 struct RedisSink {
-    addr: String,
+    link: Reconnect,
     password: Option<String>,
     db: Option<u32>,
     mode: Mode,
@@ -46,9 +47,6 @@ struct RedisSink {
     field: String,
     maxlen: Option<u64>,
     conn: Option<Conn>,
-    /// Earliest time of the next connection attempt, and the current back-off.
-    next_attempt: Option<Instant>,
-    backoff: Duration,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,39 +54,11 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 impl RedisSink {
     fn connection(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
-            if let Some(at) = self.next_attempt
-                && Instant::now() < at
-            {
-                return Err(Error::retryable(format!(
-                    "redis {}: not connected (next attempt in {:?})",
-                    self.addr,
-                    at - Instant::now()
-                )));
-            }
-            match Conn::connect(&self.addr, self.password.as_deref(), self.db, TIMEOUT) {
-                Ok(conn) => {
-                    if self.next_attempt.take().is_some() {
-                        log::info(&format!("redis {}: reconnected", self.addr));
-                    }
-                    self.backoff = Duration::from_millis(100);
-                    self.conn = Some(conn);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    return Err(Error::fatal(format!(
-                        "redis {addr}: the sandbox refused the connection ({e}); grant it in the \
-                         pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
-                        addr = self.addr
-                    )));
-                }
-                Err(e) => {
-                    self.next_attempt = Some(Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-                    return Err(Error::retryable(format!(
-                        "redis {}: cannot connect: {e}",
-                        self.addr
-                    )));
-                }
-            }
+            self.link.ready()?;
+            let conn = Conn::connect(self.link.addr(), self.password.as_deref(), self.db, TIMEOUT)
+                .map_err(|e| self.link.failed(&e))?;
+            self.link.connected();
+            self.conn = Some(conn);
         }
         self.conn
             .as_mut()
@@ -96,13 +66,8 @@ impl RedisSink {
     }
 
     fn lost(&mut self, e: &std::io::Error) -> Error {
-        log::warn(&format!(
-            "redis {}: connection lost ({e}); reconnecting",
-            self.addr
-        ));
         self.conn = None;
-        self.next_attempt = Some(Instant::now());
-        Error::retryable(format!("redis {}: connection lost: {e}", self.addr))
+        self.link.lost(e)
     }
 
     fn queue(&self, conn: &mut Conn, message: &Message) {
@@ -197,7 +162,7 @@ impl Sink for RedisSink {
             ),
         };
         let mut sink = RedisSink {
-            addr,
+            link: Reconnect::new("redis", addr),
             password,
             db,
             mode,
@@ -205,16 +170,13 @@ impl Sink for RedisSink {
             field,
             maxlen,
             conn: None,
-            next_attempt: None,
-            backoff: Duration::from_millis(100),
         };
         // Connect now, so that a missing grant or a wrong address shows at start; a server
         // that is down is only a warning: writes retry until it is back.
-        if let Err(e) = sink.connection() {
-            if e.kind == patchbay_sdk::ErrorKind::Fatal {
-                return Err(e);
-            }
-            log::warn(&e.message);
+        if let Err(e) = sink.connection()
+            && e.kind == patchbay_sdk::ErrorKind::Fatal
+        {
+            return Err(e);
         }
         Ok(sink)
     }

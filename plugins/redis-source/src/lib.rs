@@ -23,8 +23,9 @@
 //!   created again at `0`.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log};
 
 mod resp;
@@ -34,7 +35,7 @@ use resp::{Conn, Value};
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 struct RedisSource {
-    addr: String,
+    link: Reconnect,
     password: Option<String>,
     db: Option<u32>,
     stream: String,
@@ -44,8 +45,6 @@ struct RedisSource {
     start: String,
     block_ms: u64,
     conn: Option<Conn>,
-    next_attempt: Option<Instant>,
-    backoff: Duration,
     /// Re-reading this consumer's pending entries, after this id, before new ones.
     recovering: Option<Vec<u8>>,
     /// Entries delivered and not yet acknowledged, by checkpoint.
@@ -61,33 +60,9 @@ impl RedisSource {
         if self.conn.is_some() {
             return Ok(());
         }
-        if let Some(at) = self.next_attempt
-            && Instant::now() < at
-        {
-            return Err(Error::retryable(format!(
-                "redis {}: not connected (next attempt in {:?})",
-                self.addr,
-                at - Instant::now()
-            )));
-        }
-        let mut conn = match Conn::connect(&self.addr, self.password.as_deref(), self.db, TIMEOUT) {
-            Ok(conn) => conn,
-            Err(e) => {
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    return Err(Error::fatal(format!(
-                        "redis {addr}: the sandbox refused the connection ({e}); grant it in the \
-                         pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
-                        addr = self.addr
-                    )));
-                }
-                self.next_attempt = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-                return Err(Error::retryable(format!(
-                    "redis {}: cannot connect: {e}",
-                    self.addr
-                )));
-            }
-        };
+        self.link.ready()?;
+        let mut conn = Conn::connect(self.link.addr(), self.password.as_deref(), self.db, TIMEOUT)
+            .map_err(|e| self.link.failed(&e))?;
         let start = self.start.clone();
         match self.create_group(&mut conn, &start) {
             Ok(()) => {}
@@ -96,10 +71,7 @@ impl RedisSource {
             }
             Err(e) => return Err(self.lost(&e)),
         }
-        if self.next_attempt.take().is_some() {
-            log::info(&format!("redis {}: reconnected", self.addr));
-        }
-        self.backoff = Duration::from_millis(100);
+        self.link.connected();
         self.recovering = Some(b"0".to_vec());
         self.conn = Some(conn);
         Ok(())
@@ -127,15 +99,8 @@ impl RedisSource {
     }
 
     fn lost(&mut self, e: &std::io::Error) -> Error {
-        if self.conn.take().is_some() || self.next_attempt.is_none() {
-            log::warn(&format!(
-                "redis {}: connection lost ({e}); reconnecting",
-                self.addr
-            ));
-        }
-        self.next_attempt = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-        Error::retryable(format!("redis {}: connection lost: {e}", self.addr))
+        self.conn = None;
+        self.link.lost(e)
     }
 
     /// `XACK` what the pipeline acknowledged; on failure it stays queued for the next try.
@@ -341,7 +306,7 @@ impl Source for RedisSource {
             ));
         }
         let mut source = RedisSource {
-            addr,
+            link: Reconnect::new("redis", addr),
             password,
             db,
             stream,
@@ -351,8 +316,6 @@ impl Source for RedisSource {
             start,
             block_ms,
             conn: None,
-            next_attempt: None,
-            backoff: Duration::from_millis(100),
             recovering: None,
             inflight: VecDeque::new(),
             inflight_ids: HashSet::new(),
@@ -362,8 +325,8 @@ impl Source for RedisSource {
         match source.connect() {
             Ok(()) => {}
             Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
-            // A server that is down is not a configuration error: poll retries.
-            Err(e) => log::warn(&e.message),
+            // A server that is down is not a configuration error (logged): poll retries.
+            Err(_) => {}
         }
         Ok(source)
     }
@@ -381,7 +344,8 @@ impl Source for RedisSource {
                 // from the beginning of whatever the stream now holds.
                 log::warn(&format!(
                     "redis {}: group `{}` is gone ({e}); creating it again at 0",
-                    self.addr, self.group
+                    self.link.addr(),
+                    self.group
                 ));
                 let Some(mut conn) = self.conn.take() else {
                     return Err(Error::retryable("redis: not connected"));
@@ -392,7 +356,7 @@ impl Source for RedisSource {
                 return Ok(PollResult::batch(Vec::new(), self.checkpoint));
             }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(Error::fatal(format!("redis {}: {e}", self.addr)));
+                return Err(Error::fatal(format!("redis {}: {e}", self.link.addr())));
             }
             Err(e) => return Err(self.lost(&e)),
         };
