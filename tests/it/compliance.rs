@@ -357,6 +357,10 @@ fn test_plugin_explains_a_missing_required_key_and_a_bad_config_argument() {
 #[test]
 fn the_network_connectors_pass_the_compliance_kit() {
     let _redis = crate::redis::redis_lock();
+    let _nats = crate::nats::nats_lock();
+    let (nats_subject, nats_stream) = crate::nats::unique("compliance");
+    let mut nats = crate::nats::Client::connect();
+    nats.create_stream(&nats_stream, &nats_subject);
     let (http, _) = crate::http::server(std::sync::Arc::new(|_, _| 200));
     let s = Scratch::new();
     let stream = format!("patchbay-test:compliance:{}", std::process::id());
@@ -394,10 +398,25 @@ name = "net"
 source = "rsrc"
 sinks = ["rsink", "web"]
 
+[plugins.nsrc]
+path = "{{plugin:nats-source}}"
+config = {{ mode = "jetstream", stream = "{nats_stream}", consumer = "compliance", ack_wait_ms = 5000 }}
+grants = {{ tcp = ["127.0.0.1:4222"] }}
+
+[plugins.nsink]
+path = "{{plugin:nats-sink}}"
+config = {{ subject = "{nats_subject}", mode = "jetstream" }}
+grants = {{ tcp = ["127.0.0.1:4222"] }}
+
 [[pipeline]]
 name = "mqtt"
 source = "msrc"
 sinks = ["msink"]
+
+[[pipeline]]
+name = "nats"
+source = "nsrc"
+sinks = ["nsink"]
 "#
         ),
     );
@@ -409,6 +428,8 @@ sinks = ["msink"]
         ("http-sink", "web"),
         ("mqtt-sink", "msink"),
         ("mqtt-source", "msrc"),
+        ("nats-sink", "nsink"),
+        ("nats-source", "nsrc"),
     ] {
         let wasm = crate::plugin(plugin);
         let args = [
@@ -430,4 +451,5 @@ sinks = ["msink"]
     let _ = std::process::Command::new("redis-cli")
         .args(["DEL", &stream])
         .output();
+    nats.delete_stream(&nats_stream);
 }

@@ -7,8 +7,10 @@ mod admin;
 mod bad_input;
 mod cli;
 mod compliance;
+mod examples;
 mod http;
 mod mqtt;
+mod nats;
 mod pipelines;
 mod redis;
 mod reload;
@@ -16,6 +18,7 @@ mod resilience;
 mod routing;
 mod sandbox;
 mod sdk;
+mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

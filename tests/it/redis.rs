@@ -16,7 +16,7 @@ pub(crate) fn redis_lock() -> std::sync::MutexGuard<'static, ()> {
     REDIS_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn require_redis() {
+pub(crate) fn require_redis() {
     assert!(
         std::net::TcpStream::connect(REDIS).is_ok(),
         "Redis is not listening on {REDIS}; start it with `redis-server --daemonize yes --bind \
@@ -26,7 +26,7 @@ fn require_redis() {
 }
 
 /// `redis-cli ARGS`: its output.
-fn cli(args: &[&str]) -> String {
+pub(crate) fn cli(args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", "6379"])
         .args(args)
@@ -50,7 +50,7 @@ fn unique(kind: &str) -> String {
 }
 
 /// The JSON payloads in `redis-cli` output (one value per line).
-fn payload_lines(output: &str) -> String {
+pub(crate) fn payload_lines(output: &str) -> String {
     output
         .lines()
         .filter(|l| l.starts_with("{\"seq\""))

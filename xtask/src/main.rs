@@ -25,8 +25,11 @@ const PLUGINS: &[&str] = &[
     "redis-source",
     "redis-sink",
     "http-sink",
+    "http-source",
     "mqtt-source",
     "mqtt-sink",
+    "nats-source",
+    "nats-sink",
 ];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",

@@ -1,0 +1,694 @@
+//! `http-source`: webhook ingress. Listens on a granted address, takes records POSTed (or PUT)
+//! to it, and answers each request only once the pipeline has delivered every record in it:
+//! `200` means delivered (or stored in the dead-letter channel), so a client that got no answer
+//! can send again. At-least-once, end to end, in the request/reply style of an API gateway.
+//!
+//! ```toml
+//! [plugins.webhook]
+//! path = "target/plugins/http-source.wasm"
+//! config = { listen = "127.0.0.1:8080", path = "/events", split = "lines", token = "s3cret" }
+//! grants = { listen = ["127.0.0.1:8080"] }
+//! ```
+//!
+//! - `split = "none"` (default): the body is one record; `"lines"`: each non-empty line is one
+//!   (NDJSON); `"json-array"`: each element of a JSON array is one (serialized compactly).
+//! - Answers: `200 {"accepted":N}` after delivery; `400` a body `split` cannot cut; `401` a
+//!   missing or wrong bearer token; `404` another path; `405` another method; `411` a body
+//!   without `Content-Length`; `413` a body over `max_body`; `431` headers over 16 KiB; `503`
+//!   with `Retry-After` when more than `max_pending` records wait for delivery (back-pressure)
+//!   or more than `max_connections` clients are connected.
+//! - Each record gets the request headers named in `forward_headers` as message headers, and
+//!   with `key_header` the value of that header as its key.
+//! - HTTP/1.1 with keep-alive; one request at a time per connection (a pipelined request is
+//!   read once the one before it is answered). Idle connections close after 60 s.
+//!
+//! The plugin is one single-threaded guest: each `poll` accepts new connections, reads what
+//! has arrived on every one, and hands the complete requests' records to the pipeline; each
+//! `ack` answers the requests whose records are all delivered.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use patchbay_sdk::json::Value;
+use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log, net};
+
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// A keep-alive connection with nothing to do for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two looks at the sockets while a poll waits for a first request.
+const TICK: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Split {
+    None,
+    Lines,
+    JsonArray,
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet parsed.
+    input: Vec<u8>,
+    /// Bytes of answers not yet written.
+    output: Vec<u8>,
+    /// A request of this connection waits for delivery: read nothing more until it is answered.
+    waiting: bool,
+    /// Close once `output` is written.
+    close: bool,
+    /// The peer closed its side.
+    eof: bool,
+    last_active: Instant,
+}
+
+/// A request whose records are in the pipeline.
+struct Pending {
+    conn: u64,
+    records: usize,
+    /// Records of it not yet handed to the pipeline.
+    unpolled: usize,
+    keep_alive: bool,
+}
+
+struct HttpSource {
+    listener: TcpListener,
+    listen: String,
+    path: String,
+    token: Option<String>,
+    max_body: usize,
+    split: Split,
+    forward_headers: Vec<String>,
+    key_header: Option<String>,
+    max_pending: usize,
+    max_connections: usize,
+    wait: Duration,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    /// Records not yet polled, with the request each belongs to.
+    queue: VecDeque<(u64, Message)>,
+    requests: HashMap<u64, Pending>,
+    next_request: u64,
+    /// Requests whose records are all polled, with the checkpoint of the last one: answered
+    /// when that checkpoint is acknowledged. In checkpoint order.
+    sealed: VecDeque<(u64, u64)>,
+    /// Records in `queue` or polled and not yet acknowledged.
+    in_flight: usize,
+    checkpoint: u64,
+}
+
+/// An answer to a request.
+struct Reply {
+    status: u16,
+    body: String,
+    extra: &'static str,
+}
+
+impl Reply {
+    fn error(status: u16, message: impl Into<String>) -> Reply {
+        let body = Value::Object(
+            [("error".to_owned(), Value::String(message.into()))]
+                .into_iter()
+                .collect(),
+        )
+        .to_string();
+        Reply {
+            status,
+            body,
+            extra: "",
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>, keep_alive: bool) {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            411 => "Length Required",
+            413 => "Content Too Large",
+            431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
+            _ => "Error",
+        };
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let head = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: {connection}\r\n{}\r\n",
+            self.status,
+            self.body.len(),
+            self.extra
+        );
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(self.body.as_bytes());
+    }
+}
+
+/// What reading a connection's buffer gave.
+enum Parsed {
+    /// Not a whole request yet.
+    Incomplete,
+    /// A request to answer now, without records; `close` ends the connection after it.
+    Answer { reply: Reply, close: bool },
+    /// A request with its records.
+    Records {
+        records: Vec<Message>,
+        keep_alive: bool,
+    },
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+impl HttpSource {
+    /// Parse the first request in `input`, consuming it when it is whole.
+    fn parse(&self, input: &mut Vec<u8>, in_flight: usize) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        let head_len = match request.parse(input) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => {
+                return Parsed::Answer {
+                    reply: Reply::error(431, format!("request head over {MAX_HEAD} bytes")),
+                    close: true,
+                };
+            }
+            Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Parsed::Answer {
+                    reply: Reply::error(431, "more than 64 headers"),
+                    close: true,
+                };
+            }
+            Err(e) => {
+                return Parsed::Answer {
+                    reply: Reply::error(400, format!("not an HTTP request: {e}")),
+                    close: true,
+                };
+            }
+        };
+        let header = |name: &str| {
+            request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+        };
+        let http10 = request.version == Some(0);
+        let keep_alive = match header("connection") {
+            Some(c) if c.eq_ignore_ascii_case("close") => false,
+            Some(c) if c.eq_ignore_ascii_case("keep-alive") => true,
+            _ => !http10,
+        };
+        if header("transfer-encoding").is_some_and(|t| !t.eq_ignore_ascii_case("identity")) {
+            return Parsed::Answer {
+                reply: Reply::error(411, "send the body with a content-length, not chunked"),
+                close: true,
+            };
+        }
+        let length = match header("content-length").map(|l| l.parse::<usize>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                return Parsed::Answer {
+                    reply: Reply::error(400, "content-length is not a number"),
+                    close: true,
+                };
+            }
+        };
+        if length > self.max_body {
+            // The body is not read: the connection closes after the answer.
+            return Parsed::Answer {
+                reply: Reply::error(
+                    413,
+                    format!(
+                        "body of {length} bytes is over the limit of {} bytes (max_body)",
+                        self.max_body
+                    ),
+                ),
+                close: true,
+            };
+        }
+        if input.len() < head_len + length {
+            return Parsed::Incomplete;
+        }
+        let method = request.method.unwrap_or_default().to_owned();
+        let path = request.path.unwrap_or_default();
+        let path = path.split_once('?').map_or(path, |(p, _)| p).to_owned();
+        let authorization = header("authorization");
+        let forwarded: Vec<(String, String)> = self
+            .forward_headers
+            .iter()
+            .filter_map(|name| header(name).map(|v| (name.clone(), v)))
+            .collect();
+        let key = self.key_header.as_deref().and_then(header);
+        let body = input[head_len..head_len + length].to_vec();
+        input.drain(..head_len + length);
+
+        let answer = |reply: Reply| Parsed::Answer {
+            reply,
+            close: !keep_alive,
+        };
+        if !self.path_matches(&path) {
+            return answer(Reply::error(
+                404,
+                format!("no such path `{path}`; records go to `{}`", self.path),
+            ));
+        }
+        if method != "POST" && method != "PUT" {
+            let mut reply = Reply::error(405, format!("{method} is not accepted; use POST or PUT"));
+            reply.extra = "allow: POST, PUT\r\n";
+            return answer(reply);
+        }
+        if let Some(token) = &self.token {
+            let given = authorization.as_deref().and_then(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))
+            });
+            if given.map(str::trim) != Some(token.as_str()) {
+                let mut reply = Reply::error(401, "a valid bearer token is required");
+                reply.extra = "www-authenticate: Bearer\r\n";
+                return answer(reply);
+            }
+        }
+        let payloads = match self.cut(body) {
+            Ok(p) => p,
+            Err(e) => return answer(Reply::error(400, e)),
+        };
+        if in_flight > 0 && in_flight + payloads.len() > self.max_pending {
+            let mut reply = Reply::error(
+                503,
+                format!(
+                    "{in_flight} records wait for delivery (max_pending {}); retry later",
+                    self.max_pending
+                ),
+            );
+            reply.extra = "retry-after: 1\r\n";
+            return answer(reply);
+        }
+        let records = payloads
+            .into_iter()
+            .map(|payload| {
+                let mut m = Message::new(payload);
+                for (name, value) in &forwarded {
+                    m = m.with_header(name.clone(), value.clone());
+                }
+                if let Some(key) = &key {
+                    m = m.with_key(key.clone().into_bytes());
+                }
+                m
+            })
+            .collect();
+        Parsed::Records {
+            records,
+            keep_alive,
+        }
+    }
+
+    fn path_matches(&self, path: &str) -> bool {
+        self.path == "/"
+            || path == self.path
+            || path
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// The body cut into record payloads, as `split` says.
+    fn cut(&self, body: Vec<u8>) -> Result<Vec<Vec<u8>>, String> {
+        match self.split {
+            Split::None => Ok(vec![body]),
+            Split::Lines => Ok(body
+                .split(|b| *b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .map(<[u8]>::to_vec)
+                .collect()),
+            Split::JsonArray => match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Array(items)) => Ok(items
+                    .into_iter()
+                    .map(|v| v.to_string().into_bytes())
+                    .collect()),
+                Ok(_) => Err("the body is JSON but not an array (split = \"json-array\")".into()),
+                Err(e) => Err(format!("the body is not a JSON array: {e}")),
+            },
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let mut conn = Conn {
+                        stream,
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        waiting: false,
+                        close: false,
+                        eof: false,
+                        last_active: Instant::now(),
+                    };
+                    if self.conns.len() >= self.max_connections {
+                        let mut reply = Reply::error(
+                            503,
+                            format!(
+                                "more than {} connections (max_connections)",
+                                self.max_connections
+                            ),
+                        );
+                        reply.extra = "retry-after: 1\r\n";
+                        reply.write(&mut conn.output, false);
+                        conn.close = true;
+                    }
+                    self.next_conn += 1;
+                    self.conns.insert(self.next_conn, conn);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) => {
+                    log::warn(&format!("http {}: accept failed: {e}", self.listen));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read every connection, turn whole requests into queued records or answers, write what
+    /// is due, and close what is finished. Returns whether anything arrived.
+    fn pump(&mut self) -> bool {
+        self.accept();
+        let mut arrived = false;
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(mut conn) = self.conns.remove(&id) else {
+                continue;
+            };
+            if !conn.waiting && !conn.close && !conn.eof {
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    match conn.stream.read(&mut chunk) {
+                        Ok(0) => {
+                            conn.eof = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            conn.input.extend_from_slice(&chunk[..n]);
+                            conn.last_active = Instant::now();
+                            if conn.input.len() > MAX_HEAD + self.max_body {
+                                break;
+                            }
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(_) => {
+                            conn.eof = true;
+                            conn.close = true;
+                            break;
+                        }
+                    }
+                }
+                while !conn.waiting && !conn.close && !conn.input.is_empty() {
+                    match self.parse(&mut conn.input, self.in_flight) {
+                        Parsed::Incomplete => break,
+                        Parsed::Answer { reply, close } => {
+                            reply.write(&mut conn.output, !close);
+                            conn.close = close;
+                        }
+                        Parsed::Records {
+                            records,
+                            keep_alive,
+                        } if records.is_empty() => {
+                            Reply {
+                                status: 200,
+                                body: r#"{"accepted":0}"#.into(),
+                                extra: "",
+                            }
+                            .write(&mut conn.output, keep_alive);
+                            conn.close = !keep_alive;
+                        }
+                        Parsed::Records {
+                            records,
+                            keep_alive,
+                        } => {
+                            arrived = true;
+                            self.next_request += 1;
+                            let request = self.next_request;
+                            self.requests.insert(
+                                request,
+                                Pending {
+                                    conn: id,
+                                    records: records.len(),
+                                    unpolled: records.len(),
+                                    keep_alive,
+                                },
+                            );
+                            self.in_flight += records.len();
+                            self.queue.extend(records.into_iter().map(|m| (request, m)));
+                            conn.waiting = true;
+                        }
+                    }
+                }
+            }
+            if flush(&mut conn).is_err() {
+                continue; // the peer is gone: drop the connection
+            }
+            let idle = !conn.waiting && conn.last_active.elapsed() > IDLE_TIMEOUT;
+            let done = conn.output.is_empty() && (conn.close || (conn.eof && !conn.waiting));
+            if done || idle {
+                continue;
+            }
+            self.conns.insert(id, conn);
+        }
+        arrived
+    }
+
+    /// Answer a request whose records are delivered.
+    fn answer(&mut self, request: u64) {
+        let Some(pending) = self.requests.remove(&request) else {
+            return;
+        };
+        self.in_flight = self.in_flight.saturating_sub(pending.records);
+        let Some(conn) = self.conns.get_mut(&pending.conn) else {
+            return; // the client hung up; the records are delivered all the same
+        };
+        Reply {
+            status: 200,
+            body: format!(r#"{{"accepted":{}}}"#, pending.records),
+            extra: "",
+        }
+        .write(&mut conn.output, pending.keep_alive);
+        conn.waiting = false;
+        conn.close = !pending.keep_alive;
+        conn.last_active = Instant::now();
+        if flush(conn).is_err() {
+            self.conns.remove(&pending.conn);
+        }
+    }
+}
+
+/// Write as much of the connection's pending output as the socket takes now.
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while !conn.output.is_empty() {
+        match conn.stream.write(&conn.output) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                conn.output.drain(..n);
+            }
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Source for HttpSource {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "http-source",
+            env!("CARGO_PKG_VERSION"),
+            "Webhook ingress: records POSTed to a granted address, answered 200 after delivery.",
+        )
+        .key(ConfigKey::optional(
+            "listen",
+            "`HOST:PORT` to listen on; it must be granted in `grants.listen`.",
+            "127.0.0.1:8080",
+        ))
+        .key(ConfigKey::optional(
+            "path",
+            "The path records are posted to (and paths below it); other paths get 404. `/` takes every path.",
+            "/",
+        ))
+        .key(ConfigKey::optional(
+            "token",
+            "A bearer token every request must carry (`Authorization: Bearer TOKEN`); none when absent.",
+            "",
+        ))
+        .key(ConfigKey::optional(
+            "max_body",
+            "Largest body in bytes; a larger one gets 413.",
+            "1048576",
+        ))
+        .key(ConfigKey::optional(
+            "split",
+            "`none`: the body is one record; `lines`: one record per non-empty line (NDJSON); `json-array`: one per array element.",
+            "none",
+        ))
+        .key(ConfigKey::optional(
+            "forward_headers",
+            "Array of request header names copied into each record's headers.",
+            "[\"content-type\"]",
+        ))
+        .key(ConfigKey::optional(
+            "key_header",
+            "A request header whose value becomes each record's key.",
+            "",
+        ))
+        .key(ConfigKey::optional(
+            "max_pending",
+            "Most records waiting for delivery; past it, requests get 503 with Retry-After (back-pressure).",
+            "10000",
+        ))
+        .key(ConfigKey::optional(
+            "max_connections",
+            "Most open client connections; one more gets 503 and is closed.",
+            "1024",
+        ))
+        .key(ConfigKey::optional(
+            "wait_ms",
+            "How long an idle poll waits for a first request, in milliseconds.",
+            "50",
+        ))
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let listen = config.get("listen").unwrap_or("127.0.0.1:8080").to_owned();
+        let (listen, _, _) = net::parse_url(&listen, "http", 8080)
+            .map_err(|e| config.invalid("listen", &format!("HOST:PORT ({e})")))?;
+        let path = config.get("path").unwrap_or("/").trim_end_matches('/');
+        let path = if path.is_empty() { "/" } else { path }.to_owned();
+        if !path.starts_with('/') {
+            return Err(config.invalid("path", "a path starting with `/`"));
+        }
+        let token = config
+            .get("token")
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let max_body: usize = config.parse("max_body")?.unwrap_or(1024 * 1024);
+        if max_body == 0 || max_body > 64 * 1024 * 1024 {
+            return Err(config.invalid("max_body", "1 to 67108864 bytes"));
+        }
+        let split = match config.choice("split", &["none", "lines", "json-array"], "none")? {
+            "lines" => Split::Lines,
+            "json-array" => Split::JsonArray,
+            _ => Split::None,
+        };
+        let forward_headers: Vec<String> = config
+            .json("forward_headers")?
+            .unwrap_or_else(|| vec!["content-type".to_owned()]);
+        let forward_headers = forward_headers
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let key_header = config
+            .get("key_header")
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned);
+        let max_pending: usize = config.parse("max_pending")?.unwrap_or(10_000);
+        if max_pending == 0 {
+            return Err(config.invalid("max_pending", "at least 1"));
+        }
+        let max_connections: usize = config.parse("max_connections")?.unwrap_or(1024);
+        if max_connections == 0 {
+            return Err(config.invalid("max_connections", "at least 1"));
+        }
+        let wait_ms: u64 = config.parse("wait_ms")?.unwrap_or(50);
+        if wait_ms > 900 {
+            return Err(config.invalid(
+                "wait_ms",
+                "0 to 900 (a poll must end within its call deadline)",
+            ));
+        }
+        let listener = TcpListener::bind(&listen).map_err(|e| {
+            if net::is_sandbox_denial(&e) {
+                Error::fatal(format!(
+                    "http {listen}: the sandbox refused to listen ({e}); grant it in the \
+                     pipeline file: grants = {{ listen = [\"{listen}\"] }}"
+                ))
+            } else {
+                Error::fatal(format!("http {listen}: cannot listen: {e}"))
+            }
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::fatal(format!("http {listen}: {e}")))?;
+        log::info(&format!("http {listen}: listening for records on {path}"));
+        Ok(HttpSource {
+            listener,
+            listen,
+            path,
+            token,
+            max_body,
+            split,
+            forward_headers,
+            key_header,
+            max_pending,
+            max_connections,
+            wait: Duration::from_millis(wait_ms),
+            conns: HashMap::new(),
+            next_conn: 0,
+            queue: VecDeque::new(),
+            requests: HashMap::new(),
+            next_request: 0,
+            sealed: VecDeque::new(),
+            in_flight: 0,
+            checkpoint: 0,
+        })
+    }
+
+    fn poll(&mut self, max: u32) -> Result<PollResult, Error> {
+        self.pump();
+        // Nothing to hand out and nothing waiting for an answer: wait a little for a request.
+        if self.queue.is_empty() && self.requests.is_empty() {
+            let until = Instant::now() + self.wait;
+            while Instant::now() < until && !self.pump() {
+                std::thread::sleep(TICK);
+            }
+        }
+        let take = self.queue.len().min(max as usize);
+        if take == 0 {
+            return Ok(PollResult::batch(Vec::new(), self.checkpoint));
+        }
+        self.checkpoint += 1;
+        let mut batch = Vec::with_capacity(take);
+        for (request, message) in self.queue.drain(..take) {
+            batch.push(message);
+            if let Some(p) = self.requests.get_mut(&request) {
+                p.unpolled -= 1;
+                if p.unpolled == 0 {
+                    self.sealed.push_back((self.checkpoint, request));
+                }
+            }
+        }
+        Ok(PollResult::batch(batch, self.checkpoint))
+    }
+
+    fn ack(&mut self, checkpoint: u64) -> Result<(), Error> {
+        while let Some(&(cp, request)) = self.sealed.front() {
+            if cp > checkpoint {
+                break;
+            }
+            self.sealed.pop_front();
+            self.answer(request);
+        }
+        Ok(())
+    }
+}
+
+patchbay_sdk::export_source!(HttpSource);

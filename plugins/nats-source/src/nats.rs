@@ -1,0 +1,866 @@
+//! A small NATS client over `std::net` (wasi:sockets on wasm32-wasip2), speaking the text
+//! protocol: `INFO`/`CONNECT`, `PING`/`PONG`, `SUB`/`UNSUB` (with queue groups), `PUB` and
+//! `HPUB`, `MSG` and `HMSG` (with status lines such as `NATS/1.0 503`), `+OK` and `-ERR`.
+//! Shared by `nats-source` and `nats-sink`; it depends on nothing but `std` and `serde_json`.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Longest control line accepted (the server's own limit is 4 KiB by default).
+pub const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// Largest message accepted from the server (its `max_payload` is at most 64 MiB).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// A message from the server (`MSG` or `HMSG`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Msg {
+    pub subject: String,
+    pub sid: u64,
+    pub reply: Option<String>,
+    /// The status code of an `HMSG` whose header line carries one (`NATS/1.0 503`).
+    pub status: Option<u16>,
+    /// The text after the status code (`No Messages`), empty when there is none.
+    pub description: String,
+    /// Header names and values in the order sent (names may repeat).
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl Msg {
+    /// The value of the first header with this name (case-insensitive, as NATS treats them).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One protocol operation from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `INFO {json}`: the JSON text.
+    Info(String),
+    Msg(Msg),
+    Ping,
+    Pong,
+    Ok,
+    /// `-ERR 'text'`: the text without quotes.
+    Err(String),
+}
+
+fn bad(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// One whole operation from the start of `buf`, and how many bytes it took; `None` until all
+/// of it has arrived.
+pub fn parse(buf: &[u8]) -> io::Result<Option<(Op, usize)>> {
+    let search = &buf[..buf.len().min(MAX_CONTROL_LINE)];
+    let Some(nl) = search.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_CONTROL_LINE {
+            return Err(bad(format!(
+                "a protocol line longer than {MAX_CONTROL_LINE} bytes"
+            )));
+        }
+        return Ok(None);
+    };
+    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    let line = std::str::from_utf8(&buf[..line_end])
+        .map_err(|_| bad("a protocol line that is not UTF-8"))?;
+    let after = nl + 1;
+    let (word, rest) = match line.find([' ', '\t']) {
+        Some(i) => (&line[..i], line[i..].trim_start()),
+        None => (line, ""),
+    };
+    let op = match word.to_ascii_uppercase().as_str() {
+        "PING" => Op::Ping,
+        "PONG" => Op::Pong,
+        "+OK" => Op::Ok,
+        "-ERR" => Op::Err(rest.trim().trim_matches('\'').to_owned()),
+        "INFO" => Op::Info(rest.trim_end().to_owned()),
+        "MSG" | "HMSG" => {
+            let headers = word.eq_ignore_ascii_case("HMSG");
+            let args: Vec<&str> = rest.split_ascii_whitespace().collect();
+            let (subject, sid, reply, header_len, total) = match (headers, args.as_slice()) {
+                (false, [s, sid, n]) => (*s, *sid, None, "0", *n),
+                (false, [s, sid, r, n]) => (*s, *sid, Some(*r), "0", *n),
+                (true, [s, sid, h, n]) => (*s, *sid, None, *h, *n),
+                (true, [s, sid, r, h, n]) => (*s, *sid, Some(*r), *h, *n),
+                _ => return Err(bad(format!("a malformed `{line}`"))),
+            };
+            let number = |text: &str| {
+                text.parse::<usize>()
+                    .map_err(|_| bad(format!("a malformed size in `{line}`")))
+            };
+            let sid = sid
+                .parse::<u64>()
+                .map_err(|_| bad(format!("a malformed sid in `{line}`")))?;
+            let (header_len, total) = (number(header_len)?, number(total)?);
+            if header_len > total {
+                return Err(bad(format!("headers longer than the message in `{line}`")));
+            }
+            if total > MAX_MESSAGE {
+                return Err(bad(format!("a message of {total} bytes")));
+            }
+            let end = after + total;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(bad(format!("no CRLF after the {total} bytes of `{line}`")));
+            }
+            let mut msg = Msg {
+                subject: subject.to_owned(),
+                sid,
+                reply: reply.map(str::to_owned),
+                payload: buf[after + header_len..end].to_vec(),
+                ..Msg::default()
+            };
+            if headers {
+                let (status, description, list) = parse_headers(&buf[after..after + header_len])?;
+                msg.status = status;
+                msg.description = description;
+                msg.headers = list;
+            }
+            return Ok(Some((Op::Msg(msg), end + 2)));
+        }
+        _ => return Err(bad(format!("an unknown operation `{line}`"))),
+    };
+    Ok(Some((op, after)))
+}
+
+type Headers = (Option<u16>, String, Vec<(String, String)>);
+
+/// `NATS/1.0[ CODE[ DESCRIPTION]]\r\nName: Value\r\n…\r\n\r\n`: status, description, headers.
+pub fn parse_headers(block: &[u8]) -> io::Result<Headers> {
+    let text = String::from_utf8_lossy(block);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let Some(rest) = first.strip_prefix("NATS/1.0") else {
+        return Err(bad(format!("a header block starting with `{first}`")));
+    };
+    let rest = rest.trim();
+    let (status, description) = match rest.split_once(' ') {
+        Some((code, text)) => (code.parse().ok(), text.trim().to_owned()),
+        None if rest.is_empty() => (None, String::new()),
+        None => (rest.parse().ok(), String::new()),
+    };
+    let mut headers = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    Ok((status, description, headers))
+}
+
+/// Why `subject` cannot be used: empty, with whitespace, an empty token (`a..b`), or (when
+/// `wildcards` is false) a `*` or `>` token; `>` only as the last token.
+pub fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("an empty subject".into());
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{subject}` holds whitespace or control characters"
+        ));
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(format!("`{subject}` has an empty token"));
+        }
+        let wild = *token == "*" || *token == ">";
+        if wild && !wildcards {
+            return Err(format!("`{subject}` has a wildcard"));
+        }
+        if *token == ">" && i + 1 != tokens.len() {
+            return Err(format!("`{subject}` has `>` before its last token"));
+        }
+    }
+    Ok(())
+}
+
+/// Why `HOST:PORT` (from `patchbay_sdk::net::parse_url`) cannot be a server address: the
+/// host must be a name or IPv4 address (letters, digits, `.`, `-`, `_`) or `[IPv6]`.
+pub fn check_host(addr: &str) -> Result<(), String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            !v6.is_empty()
+                && v6
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        }
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a host name or address"))
+    }
+}
+
+/// A name for a queue group, stream or consumer: no whitespace, control characters, `.`, `*`,
+/// `>`, `/` or `\`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an empty name".into());
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+    {
+        return Err(format!(
+            "`{name}` holds whitespace, a control character or one of . * > / \\"
+        ));
+    }
+    Ok(())
+}
+
+/// Why a header cannot be sent: a name with `:`, whitespace or control characters, or a value
+/// with a line break.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "the header name `{name}` is not a valid NATS header name"
+        ));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(format!("the value of header `{name}` holds a line break"));
+    }
+    Ok(())
+}
+
+/// The header block for `headers` (empty when there are none).
+pub fn header_block<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        if block.is_empty() {
+            block.extend_from_slice(b"NATS/1.0\r\n");
+        }
+        block.extend_from_slice(name.as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    if !block.is_empty() {
+        block.extend_from_slice(b"\r\n");
+    }
+    block
+}
+
+/// Append a `PUB` (no headers) or `HPUB` to `out`; `headers` is a block from [`header_block`].
+pub fn publish(
+    out: &mut Vec<u8>,
+    subject: &str,
+    reply: Option<&str>,
+    headers: &[u8],
+    payload: &[u8],
+) {
+    let reply = reply.map(|r| format!(" {r}")).unwrap_or_default();
+    if headers.is_empty() {
+        out.extend_from_slice(format!("PUB {subject}{reply} {}\r\n", payload.len()).as_bytes());
+    } else {
+        out.extend_from_slice(
+            format!(
+                "HPUB {subject}{reply} {} {}\r\n",
+                headers.len(),
+                headers.len() + payload.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(headers);
+    }
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append `SUB subject [queue] sid`.
+pub fn subscribe(out: &mut Vec<u8>, subject: &str, queue: Option<&str>, sid: u64) {
+    let queue = queue.map(|q| format!(" {q}")).unwrap_or_default();
+    out.extend_from_slice(format!("SUB {subject}{queue} {sid}\r\n").as_bytes());
+}
+
+/// Append `UNSUB sid [max]`.
+pub fn unsubscribe(out: &mut Vec<u8>, sid: u64, max: Option<u64>) {
+    let max = max.map(|m| format!(" {m}")).unwrap_or_default();
+    out.extend_from_slice(format!("UNSUB {sid}{max}\r\n").as_bytes());
+}
+
+/// Credentials from the URL: `user:pass@` or a token (`token@`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+}
+
+impl Auth {
+    /// From `patchbay_sdk::net::parse_url`'s user and password: a user without a password is
+    /// a token.
+    pub fn new(user: Option<String>, pass: Option<String>) -> Auth {
+        match (user, pass) {
+            (Some(token), None) => Auth {
+                token: Some(token),
+                ..Auth::default()
+            },
+            (user, pass) => Auth {
+                user,
+                pass,
+                token: None,
+            },
+        }
+    }
+}
+
+/// The `CONNECT {…}` line (with its CRLF).
+pub fn connect_line(auth: &Auth, name: &str) -> String {
+    let mut options = serde_json::json!({
+        "verbose": false,
+        "pedantic": false,
+        "tls_required": false,
+        "name": name,
+        "lang": "rust-patchbay",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": 1,
+        "headers": true,
+        "no_responders": true,
+    });
+    if let Some(map) = options.as_object_mut() {
+        if let Some(user) = &auth.user {
+            map.insert("user".into(), user.clone().into());
+        }
+        if let Some(pass) = &auth.pass {
+            map.insert("pass".into(), pass.clone().into());
+        }
+        if let Some(token) = &auth.token {
+            map.insert("auth_token".into(), token.clone().into());
+        }
+    }
+    format!("CONNECT {options}\r\n")
+}
+
+/// What the server said about itself in `INFO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub server_name: String,
+    pub version: String,
+    pub max_payload: usize,
+    pub headers: bool,
+    pub jetstream: bool,
+    pub tls_required: bool,
+}
+
+impl Info {
+    pub fn parse(json: &str) -> io::Result<Info> {
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| bad(format!("an unreadable INFO ({e})")))?;
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let flag = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        Ok(Info {
+            server_name: text("server_name"),
+            version: text("version"),
+            max_payload: v
+                .get("max_payload")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(1024 * 1024),
+            headers: flag("headers"),
+            jetstream: flag("jetstream"),
+            tls_required: flag("tls_required"),
+        })
+    }
+}
+
+/// The error for a server's `-ERR`: `PermissionDenied` (with no OS error code, so that it is
+/// not taken for a sandbox denial) for a refused login or a permission violation.
+pub fn server_error(text: &str) -> io::Error {
+    let lower = text.to_ascii_lowercase();
+    let kind = if lower.contains("authorization")
+        || lower.contains("authentication")
+        || lower.contains("permissions violation")
+        || lower.contains("user authentication")
+    {
+        io::ErrorKind::PermissionDenied
+    } else {
+        io::ErrorKind::ConnectionAborted
+    };
+    io::Error::new(kind, format!("the server said: {text}"))
+}
+
+/// A random 64-bit number (from the randomly keyed hasher std seeds from the platform).
+pub fn random() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+/// One connection to a server.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    chunk: Vec<u8>,
+    timeout: Option<Duration>,
+    pongs_due: usize,
+    /// Messages read while waiting for something else (a `PONG`, a reply), oldest first.
+    backlog: VecDeque<Msg>,
+    next_reply: u64,
+    pub info: Info,
+    /// `HOST:PORT`, for messages.
+    pub addr: String,
+    /// This connection's reply subjects start with `inbox.` (subscribed by [`Conn::inbox_sub`]).
+    pub inbox: String,
+    /// When the server was last heard from.
+    pub last_read: Instant,
+}
+
+impl Conn {
+    /// Connect, read `INFO`, send `CONNECT` and wait for the `PONG` that says the server took
+    /// it (a refused login is a `PermissionDenied` error); at most `timeout`.
+    pub fn connect(addr: &str, auth: &Auth, name: &str, timeout: Duration) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            pos: 0,
+            chunk: vec![0; 64 * 1024],
+            timeout: None,
+            pongs_due: 0,
+            backlog: VecDeque::new(),
+            next_reply: 0,
+            info: Info::parse("{}")?,
+            addr: addr.to_owned(),
+            inbox: format!("_INBOX.pb{:016x}", random()),
+            last_read: Instant::now(),
+        };
+        let deadline = Instant::now() + timeout;
+        match conn.read_op(deadline)? {
+            Some(Op::Info(json)) => conn.info = Info::parse(&json)?,
+            Some(other) => return Err(bad(format!("{addr} began with {other:?}, not INFO"))),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no INFO from {addr} within {timeout:?}"),
+                ));
+            }
+        }
+        if conn.info.tls_required {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the server requires TLS, which this connector does not speak",
+            ));
+        }
+        conn.send(connect_line(auth, name).as_bytes())?;
+        if !conn.flush(deadline)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer to CONNECT from {addr} within {timeout:?}"),
+            ));
+        }
+        Ok(conn)
+    }
+
+    /// Subscribe to this connection's inbox (`inbox.*`) with `sid`.
+    pub fn inbox_sub(&mut self, sid: u64) -> io::Result<()> {
+        let mut out = Vec::new();
+        subscribe(&mut out, &format!("{}.*", self.inbox), None, sid);
+        self.send(&out)
+    }
+
+    /// A reply subject under this connection's inbox, new each time.
+    pub fn reply_subject(&mut self) -> String {
+        self.next_reply += 1;
+        format!("{}.{}", self.inbox, self.next_reply)
+    }
+
+    /// Write bytes (one or many operations).
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Send `PING` and wait (until `deadline`) for every `PONG` due, which means the server
+    /// has processed everything sent before. Messages meanwhile are kept for [`Conn::next`].
+    /// `Ok(false)` when the deadline passed first.
+    pub fn flush(&mut self, deadline: Instant) -> io::Result<bool> {
+        self.send_and_flush(Vec::new(), deadline)
+    }
+
+    /// [`Conn::flush`] after sending `bytes`, in one write: a separate small `PING` would wait
+    /// for the server's delayed ACK of the batch (Nagle's algorithm), some 40 ms.
+    pub fn send_and_flush(&mut self, mut bytes: Vec<u8>, deadline: Instant) -> io::Result<bool> {
+        bytes.extend_from_slice(b"PING\r\n");
+        self.send(&bytes)?;
+        self.pongs_due += 1;
+        while self.pongs_due > 0 {
+            match self.step(deadline)? {
+                Some(msg) => self.backlog.push_back(msg),
+                None if self.pongs_due > 0 && Instant::now() >= deadline => return Ok(false),
+                None => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// Publish `payload` to `subject` with a new reply subject and wait (until `deadline`) for
+    /// the reply; other messages are kept for [`Conn::next`]. Needs [`Conn::inbox_sub`].
+    pub fn request(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> io::Result<Option<Msg>> {
+        let reply = self.reply_subject();
+        let mut out = Vec::new();
+        publish(&mut out, subject, Some(&reply), &[], payload);
+        self.send(&out)?;
+        loop {
+            match self.step(deadline)? {
+                Some(msg) if msg.subject == reply => return Ok(Some(msg)),
+                Some(msg) => self.backlog.push_back(msg),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// The next message, or `None` when none came by `deadline`. Answers the server's `PING`s;
+    /// a `-ERR` is an error (see [`server_error`]).
+    pub fn next(&mut self, deadline: Instant) -> io::Result<Option<Msg>> {
+        if let Some(msg) = self.backlog.pop_front() {
+            return Ok(Some(msg));
+        }
+        loop {
+            match self.step(deadline)? {
+                Some(msg) => return Ok(Some(msg)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// Whether a message is already here (read and not yet returned), without waiting.
+    pub fn has_buffered(&self) -> bool {
+        !self.backlog.is_empty() || self.pos < self.buf.len()
+    }
+
+    /// Handle one operation: a message is returned, the rest handled here. `None` when
+    /// nothing (or nothing but control traffic) came by `deadline`.
+    fn step(&mut self, deadline: Instant) -> io::Result<Option<Msg>> {
+        match self.read_op(deadline)? {
+            Some(Op::Msg(msg)) => Ok(Some(msg)),
+            Some(Op::Ping) => {
+                self.send(b"PONG\r\n")?;
+                Ok(None)
+            }
+            Some(Op::Pong) => {
+                self.pongs_due = self.pongs_due.saturating_sub(1);
+                Ok(None)
+            }
+            Some(Op::Ok) => Ok(None),
+            Some(Op::Info(json)) => {
+                if let Ok(info) = Info::parse(&json) {
+                    self.info = info;
+                }
+                Ok(None)
+            }
+            Some(Op::Err(text)) => Err(server_error(&text)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next operation, reading until `deadline` at most.
+    fn read_op(&mut self, deadline: Instant) -> io::Result<Option<Op>> {
+        loop {
+            if let Some((op, used)) = parse(&self.buf[self.pos..])? {
+                self.pos += used;
+                if self.pos == self.buf.len() {
+                    self.buf.clear();
+                    self.pos = 0;
+                }
+                return Ok(Some(op));
+            }
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // Round up to whole milliseconds, so that the timeout is rarely changed.
+            let wait = Duration::from_millis(
+                (deadline - now).as_millis().clamp(1, u128::from(u32::MAX)) as u64,
+            );
+            if self.timeout != Some(wait) {
+                self.stream.set_read_timeout(Some(wait))?;
+                self.timeout = Some(wait);
+            }
+            match self.stream.read(&mut self.chunk) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} closed the connection", self.addr),
+                    ));
+                }
+                Ok(n) => {
+                    self.buf.extend_from_slice(&self.chunk[..n]);
+                    self.last_read = Instant::now();
+                    // A large message: read the rest in bigger steps.
+                    if n == self.chunk.len() && self.chunk.len() < 1024 * 1024 {
+                        self.chunk.resize(self.chunk.len() * 2, 0);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A JetStream API answer: the JSON, or its `error` as (`code`, `err_code`, `description`).
+pub fn api_answer(msg: &Msg) -> Result<serde_json::Value, (u64, u64, String)> {
+    if let Some(status) = msg.status {
+        let text = if status == 503 {
+            "no responders: JetStream is not enabled for this account or server".to_owned()
+        } else {
+            format!("status {status} {}", msg.description)
+        };
+        return Err((u64::from(status), 0, text));
+    }
+    let v: serde_json::Value = match serde_json::from_slice(&msg.payload) {
+        Ok(v) => v,
+        Err(e) => return Err((0, 0, format!("an unreadable answer ({e})"))),
+    };
+    match v.get("error") {
+        Some(error) => Err((
+            error
+                .get("code")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            error
+                .get("err_code")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            error
+                .get("description")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown error")
+                .to_owned(),
+        )),
+        None => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(input: &[u8]) -> (Op, usize) {
+        parse(input).unwrap().unwrap()
+    }
+
+    #[test]
+    fn control_lines() {
+        assert_eq!(one(b"PING\r\n"), (Op::Ping, 6));
+        assert_eq!(one(b"pong\r\nPING\r\n"), (Op::Pong, 6));
+        assert_eq!(one(b"+OK\r\n"), (Op::Ok, 5));
+        assert_eq!(
+            one(b"-ERR 'Authorization Violation'\r\n").0,
+            Op::Err("Authorization Violation".into())
+        );
+        assert_eq!(one(b"INFO {\"a\":1} \r\n").0, Op::Info("{\"a\":1}".into()));
+        assert!(parse(b"PIN").unwrap().is_none());
+        assert!(parse(b"BOGUS x\r\n").is_err());
+        assert!(parse(&vec![b'x'; MAX_CONTROL_LINE + 1]).is_err());
+    }
+
+    #[test]
+    fn messages_in_pieces() {
+        let wire = b"MSG a.b 7 _INBOX.x.1 5\r\nhello\r\nMSG c 1 0\r\n\r\n";
+        // Any prefix short of the whole first message is "not yet".
+        for cut in 0..31 {
+            assert!(parse(&wire[..cut]).unwrap().is_none(), "{cut}");
+        }
+        let (op, used) = one(wire);
+        assert_eq!(used, 31);
+        let Op::Msg(m) = op else { panic!() };
+        assert_eq!(
+            (
+                m.subject.as_str(),
+                m.sid,
+                m.reply.as_deref(),
+                &m.payload[..]
+            ),
+            ("a.b", 7, Some("_INBOX.x.1"), &b"hello"[..])
+        );
+        let (op, used) = one(&wire[31..]);
+        assert_eq!(used, wire.len() - 31);
+        let Op::Msg(m) = op else { panic!() };
+        assert!(m.payload.is_empty() && m.reply.is_none());
+        // Payload bytes that look like protocol are payload.
+        let (op, _) = one(b"MSG s 1 6\r\nPING\r\n\r\n");
+        let Op::Msg(m) = op else { panic!() };
+        assert_eq!(m.payload, b"PING\r\n");
+        assert!(parse(b"MSG s 1 2\r\nabcd").is_err());
+        assert!(parse(b"MSG s x 2\r\nab\r\n").is_err());
+        assert!(parse(b"MSG s\r\n").is_err());
+    }
+
+    #[test]
+    fn headers_and_status() {
+        let block = header_block([("a", "1"), ("Trace-Id", "x y")]);
+        assert_eq!(block, b"NATS/1.0\r\na: 1\r\nTrace-Id: x y\r\n\r\n");
+        let mut out = Vec::new();
+        publish(&mut out, "s.t", Some("r"), &block, b"body");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with(&format!(
+            "HPUB s.t r {} {}\r\n",
+            block.len(),
+            block.len() + 4
+        )));
+        // What the server relays is the same bytes after an HMSG line.
+        let wire = [
+            format!("HMSG s.t 3 {} {}\r\n", block.len(), block.len() + 4).as_bytes(),
+            &block,
+            b"body\r\n",
+        ]
+        .concat();
+        let Op::Msg(m) = one(&wire).0 else { panic!() };
+        assert_eq!(m.payload, b"body");
+        assert_eq!(m.status, None);
+        assert_eq!(
+            m.headers,
+            vec![("a".into(), "1".into()), ("Trace-Id".into(), "x y".into())]
+        );
+        assert_eq!(m.header("trace-id"), Some("x y"));
+        let status = b"HMSG _INBOX.x.2 1 28 28\r\nNATS/1.0 404 No Messages\r\n\r\n\r\n";
+        let Op::Msg(m) = one(status).0 else { panic!() };
+        assert_eq!(
+            (m.status, m.description.as_str()),
+            (Some(404), "No Messages")
+        );
+        let Op::Msg(m) = one(b"HMSG r 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n").0 else {
+            panic!()
+        };
+        assert_eq!(m.status, Some(503));
+        assert!(api_answer(&m).is_err());
+        let mut plain = Vec::new();
+        publish(&mut plain, "s", None, &[], b"");
+        assert_eq!(plain, b"PUB s 0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_large_message() {
+        let payload = vec![7u8; 3 * 1024 * 1024];
+        let wire = [
+            format!("MSG big 1 {}\r\n", payload.len()).as_bytes(),
+            &payload,
+            b"\r\n",
+        ]
+        .concat();
+        assert!(parse(&wire[..wire.len() - 1]).unwrap().is_none());
+        let Op::Msg(m) = one(&wire).0 else { panic!() };
+        assert_eq!(m.payload.len(), payload.len());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_subject("a.*.c", true).is_ok());
+        assert!(check_subject("a.>", true).is_ok());
+        assert!(check_subject("a.*", false).is_err());
+        assert!(check_subject("a.>.b", true).is_err());
+        assert!(check_subject("a..b", true).is_err());
+        assert!(check_subject("a b", true).is_err());
+        assert!(check_subject("", true).is_err());
+        assert!(check_name("orders").is_ok());
+        assert!(check_host("127.0.0.1:4222").is_ok());
+        assert!(check_host("[::1]:4222").is_ok());
+        assert!(check_host("nats-1.local:4222").is_ok());
+        assert!(check_host("[[:4222").is_err());
+        assert!(check_host("a\u{1}b:4222").is_err());
+        assert!(check_name("a.b").is_err());
+        assert!(check_header("X-Id", "1").is_ok());
+        assert!(check_header("X Id", "1").is_err());
+        assert!(check_header("X", "a\nb").is_err());
+    }
+
+    #[test]
+    fn connect_options() {
+        let line = connect_line(&Auth::new(Some("u".into()), Some("p\"q".into())), "pb");
+        let v: serde_json::Value =
+            serde_json::from_str(line.trim_end().strip_prefix("CONNECT ").unwrap()).unwrap();
+        assert_eq!(v["user"], "u");
+        assert_eq!(v["pass"], "p\"q");
+        assert_eq!(v["headers"], true);
+        assert_eq!(v["no_responders"], true);
+        assert_eq!(v["verbose"], false);
+        let token = connect_line(&Auth::new(Some("s3cret".into()), None), "pb");
+        assert!(token.contains("\"auth_token\":\"s3cret\""));
+        assert!(server_error("Authorization Violation").kind() == io::ErrorKind::PermissionDenied);
+        assert!(
+            server_error("Authorization Violation")
+                .raw_os_error()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn api_errors() {
+        let m = Msg {
+            payload: br#"{"error":{"code":404,"err_code":10059,"description":"stream not found"}}"#
+                .to_vec(),
+            ..Msg::default()
+        };
+        assert_eq!(api_answer(&m), Err((404, 10059, "stream not found".into())));
+        let m = Msg {
+            payload: br#"{"stream":"S","seq":3}"#.to_vec(),
+            ..Msg::default()
+        };
+        assert_eq!(api_answer(&m).unwrap()["seq"], 3);
+    }
+}
