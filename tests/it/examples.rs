@@ -106,3 +106,131 @@ fn webhook_to_redis_appends_every_posted_event_once() {
     assert!(counts.values().all(|n| *n == 1));
     crate::redis::cli(&["DEL", STREAM]);
 }
+
+#[test]
+fn mqtt_to_nats_stores_every_reading_once_in_jetstream() {
+    let _nats = crate::nats::nats_lock();
+    const STREAM: &str = "PATCHBAY_EXAMPLE_SENSORS";
+    const COUNT: u64 = 10_000;
+    let mut nats = crate::nats::Client::connect();
+    nats.delete_stream(STREAM); // the sink creates it again at start
+    let child = start("mqtt-to-nats");
+    // The source subscribes at start: wait until the sink created the stream, then a little.
+    wait_for(
+        "the stream created by nats-sink",
+        Duration::from_secs(60),
+        || {
+            nats.api(&format!("STREAM.INFO.{STREAM}"), &serde_json::Value::Null)
+                .get("error")
+                .is_none()
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Devices publish with QoS 1, in chunks the broker's per-client queue can hold.
+    for chunk in 0..COUNT / 500 {
+        let mut publish = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-l"])
+            .args(["-t", &format!("patchbay-example/sensors/dev-{}", chunk % 4)])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub (Debian package mosquitto-clients)");
+        let input: String = (chunk * 500..(chunk + 1) * 500)
+            .map(|n| format!("{{\"seq\":{n},\"temp\":21.5,\"debug\":true}}\n"))
+            .collect();
+        publish
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        assert!(publish.wait().unwrap().success());
+        wait_for("readings stored", Duration::from_secs(120), || {
+            nats.stream_messages(STREAM) >= (chunk + 1) * 500
+        });
+    }
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "pipeline `mqtt-to-nats`: {COUNT} in, 0 dropped, {COUNT} written to `bus`"
+        )),
+        "{stderr}"
+    );
+    let stored = nats.read_stream(STREAM);
+    assert!(
+        stored
+            .lines()
+            .all(|l| l.ends_with(r#","temperature_c":21.5,"bridge":"mqtt-to-nats"}"#)),
+        "{}",
+        stored.lines().next().unwrap_or_default()
+    );
+    let counts = seq_counts(&stored);
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+    nats.delete_stream(STREAM);
+}
+
+#[test]
+fn nats_to_http_posts_every_message_once() {
+    let _nats = crate::nats::nats_lock();
+    const COUNT: u64 = 10_000;
+    let out = example("nats-to-http").join("out").join("orders.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count() as u64
+    };
+    let receiver = patchbay()
+        .args(["run", "receiver.toml"])
+        .current_dir(example("nats-to-http"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the receiver listening on 127.0.0.1:8089",
+        Duration::from_secs(60),
+        || TcpStream::connect("127.0.0.1:8089").is_ok(),
+    );
+    let bridge = start("nats-to-http");
+    // Core NATS delivers to subscribers present when a message is published: wait until the
+    // bridge's subscription is there (a probe message comes through), then publish.
+    let mut nats = crate::nats::Client::connect();
+    wait_for("the bridge subscribed", Duration::from_secs(60), || {
+        nats.publish("patchbay-example.orders", None, &[], b"{\"seq\":-1}");
+        nats.flush();
+        std::thread::sleep(Duration::from_millis(100));
+        lines() > 0
+    });
+    let probes = lines();
+    for n in 0..COUNT {
+        nats.publish(
+            "patchbay-example.orders",
+            None,
+            &[],
+            format!("{{\"seq\":{n}}}").as_bytes(),
+        );
+        if n % 500 == 499 {
+            nats.flush();
+        }
+    }
+    nats.flush();
+    wait_for("every order posted", Duration::from_secs(120), || {
+        lines() >= probes + COUNT
+    });
+    let (code, stderr) = stop(bridge);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, receiver_err) = stop(receiver);
+    assert_eq!(code, Some(0), "{receiver_err}");
+    let written: String = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|l| *l != "{\"seq\":-1}")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let counts = seq_counts(&written);
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+    let _ = std::fs::remove_file(&out);
+}

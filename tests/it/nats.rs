@@ -350,10 +350,9 @@ impl Client {
             let m = self
                 .next(Duration::from_secs(10))
                 .unwrap_or_else(|| panic!("read {got} of {total} messages of {name}"));
-            if m.subject.starts_with("pbtest.")
-                && m.reply
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("$JS.ACK."))
+            if m.reply
+                .as_deref()
+                .is_some_and(|r| r.starts_with("$JS.ACK."))
             {
                 lines.push_str(&String::from_utf8_lossy(&m.payload));
                 lines.push('\n');

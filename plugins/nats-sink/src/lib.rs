@@ -56,6 +56,8 @@ struct NatsSink {
     jetstream: bool,
     msg_id: MsgId,
     timeout: Duration,
+    /// JetStream: a stream to create for `subject` when it does not exist.
+    create_stream: Option<String>,
     conn: Option<Conn>,
 }
 
@@ -95,6 +97,9 @@ impl NatsSink {
                 }
                 Err(e) => return Err(self.link.failed(&e)),
             }
+            if let Some(stream) = self.create_stream.clone() {
+                self.ensure_stream(&mut conn, &stream, deadline)?;
+            }
         }
         self.link.connected();
         log::info(&format!(
@@ -115,6 +120,59 @@ impl NatsSink {
         ));
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// Create `stream` capturing the sink's subject, unless it exists.
+    fn ensure_stream(
+        &mut self,
+        conn: &mut Conn,
+        stream: &str,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let addr = self.link.addr().to_owned();
+        let info = conn
+            .request(&format!("$JS.API.STREAM.INFO.{stream}"), b"", deadline)
+            .map_err(|e| self.link.failed(&e))?
+            .ok_or_else(|| {
+                Error::retryable(format!(
+                    "nats {addr}: no answer to $JS.API.STREAM.INFO.{stream}"
+                ))
+            })?;
+        match nats::api_answer(&info) {
+            Ok(_) => return Ok(()),
+            Err((404, _, _)) => {}
+            Err((code, err_code, text)) => {
+                return Err(Error::fatal(format!(
+                    "nats {addr}: cannot look up stream `{stream}`: {text} (code {code}, err_code {err_code})"
+                )));
+            }
+        }
+        let subjects = self.subject.iter().collect::<Vec<_>>();
+        let request =
+            serde_json::json!({ "name": stream, "subjects": subjects, "storage": "file" });
+        let created = conn
+            .request(
+                &format!("$JS.API.STREAM.CREATE.{stream}"),
+                request.to_string().as_bytes(),
+                deadline,
+            )
+            .map_err(|e| self.link.failed(&e))?
+            .ok_or_else(|| {
+                Error::retryable(format!(
+                    "nats {addr}: no answer to $JS.API.STREAM.CREATE.{stream}"
+                ))
+            })?;
+        match nats::api_answer(&created) {
+            Ok(_) => {
+                log::info(&format!(
+                    "nats {addr}: created stream `{stream}` for subjects {subjects:?}"
+                ));
+                Ok(())
+            }
+            Err((code, err_code, text)) => Err(Error::fatal(format!(
+                "nats {addr}: cannot create stream `{stream}` (create_stream): {text} (code {code}, err_code {err_code})"
+            ))),
+        }
     }
 
     fn lost(&mut self, e: &std::io::Error) -> Error {
@@ -262,6 +320,11 @@ impl Sink for NatsSink {
             "",
         ))
         .key(ConfigKey::optional(
+            "create_stream",
+            "JetStream: the name of a stream to create for `subject` (file storage) when no stream of that name exists; empty: the stream must exist.",
+            "",
+        ))
+        .key(ConfigKey::optional(
             "timeout_ms",
             "How long to wait for the server's answers to a batch, in milliseconds (1 to 899, within the call deadline).",
             "500",
@@ -307,6 +370,20 @@ impl Sink for NatsSink {
         if !(1..900).contains(&timeout_ms) {
             return Err(config.invalid("timeout_ms", "1 to 899 (within the call deadline)"));
         }
+        let create_stream = config
+            .get("create_stream")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if let Some(name) = &create_stream {
+            nats::check_name(name)
+                .map_err(|e| config.invalid("create_stream", &format!("a stream name ({e})")))?;
+            if !jetstream || subject.is_none() {
+                return Err(config.invalid(
+                    "create_stream",
+                    "nothing unless mode = \"jetstream\" and `subject` is set",
+                ));
+            }
+        }
         let mut sink = NatsSink {
             link: Reconnect::new("nats", addr),
             auth: Auth::new(user, pass),
@@ -315,6 +392,7 @@ impl Sink for NatsSink {
             jetstream,
             msg_id,
             timeout: Duration::from_millis(timeout_ms),
+            create_stream,
             conn: None,
         };
         match sink.connect() {
