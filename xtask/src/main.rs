@@ -119,6 +119,42 @@ fn run(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// The services' own clients the connector tests check results with: command, Debian package.
+const SERVICE_CLIENTS: &[(&str, &str)] = &[
+    ("mosquitto_pub", "mosquitto-clients"),
+    ("mosquitto_sub", "mosquitto-clients"),
+    ("redis-cli", "redis-tools"),
+];
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+}
+
+/// Install the services' clients with apt-get when one is missing (the tests need them).
+fn ensure_service_clients() -> Result<()> {
+    let mut missing: Vec<&str> = SERVICE_CLIENTS
+        .iter()
+        .filter(|(command, _)| !on_path(command))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        return Err(format!(
+            "the connector tests need the Debian packages {} (or the same commands from your \
+             system's packages): install them and run again",
+            missing.join(", ")
+        ));
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
 fn ensure_target() -> Result<()> {
     ensure_rust_target("wasm32-wasip2")
 }
@@ -316,6 +352,7 @@ fn build_host_for_tests() -> Result<()> {
 
 fn test() -> Result<()> {
     ensure_target()?;
+    ensure_service_clients()?;
     build_plugins()?;
     build_sdk_plugins()?;
     build_peer_guests()?;
