@@ -18,11 +18,18 @@ use patchbay_runtime::plugin::{Instance, Runtime};
 use serde_json::Value;
 
 /// The report's sections, in order.
-const SECTIONS: &[&str] = &["transform", "startup", "languages", "e2e", "swap"];
+const SECTIONS: &[&str] = &[
+    "transform",
+    "startup",
+    "languages",
+    "e2e",
+    "swap",
+    "connectors",
+];
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,swap,connectors`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -89,6 +96,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
+mod connectors;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
 /// native row runs the very code the plugin runs.
 #[path = "../../plugins/json-map/src/mapping.rs"]
@@ -980,6 +988,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("swap") {
         swap_table(&o, &mut r).await?;
+    }
+    // The bridges need Redis, Mosquitto and nats-server: a full run, or `--only connectors`;
+    // the quick smoke test in CI leaves them to the connector tests.
+    if o.only.iter().any(|s| s == "connectors") || (o.only.is_empty() && !o.quick) {
+        connectors::table(&o, &mut r)?;
     }
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;

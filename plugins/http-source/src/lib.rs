@@ -25,6 +25,12 @@
 //! The plugin is one single-threaded guest: each `poll` accepts new connections, reads what
 //! has arrived on every one, and hands the complete requests' records to the pipeline; each
 //! `ack` answers the requests whose records are all delivered.
+//!
+//! The listen queue is 128 connections deep (what Rust's `std::net` asks of wasi:sockets). A
+//! burst of more new connections than that arriving faster than the plugin accepts them (1,000
+//! clients connecting at the same instant on a busy machine) sees some connections reset
+//! before any request is read: nothing of theirs entered the pipeline, and a caller that sends
+//! again is served. Keep-alive clients are not affected.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};

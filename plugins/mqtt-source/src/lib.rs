@@ -12,8 +12,9 @@
 //! - With `qos = 1` the session is persistent (`clean_session = false`, so use a stable
 //!   `client_id`): messages not yet acknowledged when the connection or Patchbay goes away are
 //!   sent again by the broker. Delivery is at least once.
-//! - A lost connection is a `retryable` error; `poll` reconnects and subscribes again, with a
-//!   back-off that doubles from 100 ms to 5 s.
+//! - A lost connection is a `retryable` error of `poll` (`ack` only logs it: the broker sends
+//!   what was not acknowledged again); `poll` reconnects and subscribes again, with a back-off
+//!   that doubles from 100 ms to 5 s.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -259,7 +260,12 @@ impl Source for MqttSource {
                 }
                 Ok(())
             }
-            Err(e) => Err(self.lost(&e)),
+            Err(e) => {
+                // An error from `ack` would stop the pipeline: drop the connection instead (the
+                // next poll reconnects), and the broker sends what was not acknowledged again.
+                let _ = self.lost(&e);
+                Ok(())
+            }
         }
     }
 }
