@@ -358,6 +358,7 @@ fn test_plugin_explains_a_missing_required_key_and_a_bad_config_argument() {
 fn the_network_connectors_pass_the_compliance_kit() {
     let _redis = crate::redis::redis_lock();
     let _nats = crate::nats::nats_lock();
+    let _mqtt = crate::mqtt::mqtt_lock();
     let (nats_subject, nats_stream) = crate::nats::unique("compliance");
     let mut nats = crate::nats::Client::connect();
     nats.create_stream(&nats_stream, &nats_subject);

@@ -110,6 +110,7 @@ fn webhook_to_redis_appends_every_posted_event_once() {
 #[test]
 fn mqtt_to_nats_stores_every_reading_once_in_jetstream() {
     let _nats = crate::nats::nats_lock();
+    let _mqtt = crate::mqtt::mqtt_lock();
     const STREAM: &str = "PATCHBAY_EXAMPLE_SENSORS";
     const COUNT: u64 = 10_000;
     let mut nats = crate::nats::Client::connect();

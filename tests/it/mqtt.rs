@@ -10,6 +10,14 @@ use crate::{Scratch, patchbay, seq_counts, text};
 const BROKER: &str = "127.0.0.1:1883";
 const COUNT: u64 = 10_000;
 
+/// MQTT tests take this lock: one of them restarts the broker. (A test that also takes
+/// `redis_lock` or `nats_lock` takes them first: redis, then nats, then mqtt.)
+pub(crate) static MQTT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub(crate) fn mqtt_lock() -> std::sync::MutexGuard<'static, ()> {
+    MQTT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn require_broker() {
     assert!(
         std::net::TcpStream::connect(BROKER).is_ok(),
@@ -28,6 +36,7 @@ fn unique(kind: &str) -> String {
 
 #[test]
 fn the_mqtt_sink_publishes_every_message_once_with_qos_1() {
+    let _mqtt = mqtt_lock();
     require_broker();
     let topic = unique("sink");
     let s = Scratch::new();
@@ -79,6 +88,7 @@ sinks = ["out"]
 
 #[test]
 fn the_mqtt_source_delivers_every_message_once_and_acknowledges_after_delivery() {
+    let _mqtt = mqtt_lock();
     require_broker();
     let topic = unique("source");
     let s = Scratch::new();
@@ -166,6 +176,7 @@ sinks = ["out"]
 
 #[test]
 fn the_mqtt_connectors_need_their_network_grant() {
+    let _mqtt = mqtt_lock();
     require_broker();
     let s = Scratch::new();
     s.write(
@@ -199,4 +210,339 @@ sinks = ["null"]
         )),
         "{stderr}"
     );
+}
+
+const MOSQUITTO_CONF: &str = "/etc/mosquitto/mosquitto.conf";
+
+fn broker_accepts() -> bool {
+    std::net::TcpStream::connect(BROKER).is_ok()
+}
+
+/// Start Mosquitto with the machine's own command; wait (up to 10 s) until it accepts.
+fn start_broker() -> bool {
+    let started = Command::new("mosquitto")
+        .args(["-d", "-c", MOSQUITTO_CONF])
+        .status()
+        .is_ok_and(|s| s.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started && !broker_accepts() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    broker_accepts()
+}
+
+/// Stop Mosquitto with SIGTERM (it saves its persistence file, /var/lib/mosquitto/mosquitto.db,
+/// on the way out) and wait until the process is gone and 1883 refuses.
+fn stop_broker() {
+    let pids = Command::new("pgrep")
+        .args(["-x", "mosquitto"])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).trim().to_owned();
+    assert!(!pids.is_empty(), "mosquitto is not running");
+    for pid in pids.split_whitespace() {
+        assert!(Command::new("kill").arg(pid).status().unwrap().success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker_accepts()
+        || pids
+            .split_whitespace()
+            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(Instant::now() < deadline, "mosquitto did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts the broker again when it is dropped while 1883 refuses: a failed assertion in the
+/// middle of a restart leaves it running for the tests that follow.
+struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        if !broker_accepts() && !start_broker() {
+            eprintln!("could not start mosquitto again: `mosquitto -d -c {MOSQUITTO_CONF}`");
+        }
+    }
+}
+
+/// `mosquitto_sub -q 1 -c -i ID -t TOPIC`, its output lines collected into a shared list.
+struct Subscriber {
+    child: std::process::Child,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    fn start(id: &str, topic: &str, lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Self {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-c"])
+            .args(["-i", id, "-t", topic])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients)");
+        let stdout = child.stdout.take().unwrap();
+        let lines = lines.clone();
+        // Read as it comes: a stalled subscriber makes the broker queue, then drop.
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Subscriber {
+            child,
+            reader: Some(reader),
+        }
+    }
+
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // SIGTERM: it prints (and flushes) every message it acknowledged before it goes.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// A `patchbay run` that is killed if the test fails before it is interrupted.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    /// SIGINT, then its output once it has finished.
+    fn interrupt(mut self) -> std::process::Output {
+        let child = self.0.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Connect once with a clean session under `id`: the broker forgets that client's session.
+fn forget_session(id: &str) {
+    let _ = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-i",
+            id,
+            "-t",
+            "patchbay-test/forget",
+            "-E",
+        ])
+        .output();
+}
+
+fn publish_seqs(topic: &str, seqs: std::ops::Range<u64>) -> bool {
+    let mut publish = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-l",
+            "-t",
+            topic,
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = seqs.map(|n| format!("{{\"seq\":{n}}}\n")).collect();
+    let _ = publish.stdin.take().unwrap().write_all(input.as_bytes());
+    publish.wait().unwrap().success()
+}
+
+/// Restart Mosquitto (SIGTERM, down for a second, started again) while both MQTT connectors
+/// run: each notices, reconnects by itself, and nothing the broker acknowledged is lost.
+///
+/// What the stock /etc/mosquitto/mosquitto.conf guarantees, and so what this relies on:
+/// `persistence true` writes the retained messages, the persistent sessions (`clean_session =
+/// false`: the source's, and the checking subscriber's) and the QoS 1 messages queued or in
+/// flight for them to /var/lib/mosquitto/mosquitto.db when Mosquitto stops on SIGTERM, and
+/// reads them back on start (`autosave_interval`, 30 min by default, only matters for a crash,
+/// which this test does not cause). But `max_queued_messages` is left at its default of 1,000
+/// per client: beyond that, messages for a client that is away (or slow) are dropped, even
+/// QoS 1 ones the publisher got a `PUBACK` for. So the test keeps every queue below that: the
+/// source side publishes 500-message chunks, and the checking subscriber is started again
+/// the moment the broker accepts, within milliseconds, well before the sink (waiting out its
+/// back-off) can have sent 1,000 of its backlog. (Left alone, `mosquitto_sub` reconnects by
+/// itself, but only after its fixed 1 s delay, while the sink may already have sent thousands.)
+#[test]
+fn the_mqtt_connectors_recover_when_the_broker_restarts() {
+    let _mqtt = mqtt_lock();
+    require_broker();
+    let _broker = BrokerGuard;
+    let pid = std::process::id();
+    let src_topic = unique("restart-source");
+    let sink_topic = unique("restart-sink");
+    let sub_id = format!("pb-restart-check-{pid}");
+    let source_id = format!("pb-restart-source-{pid}");
+    let total = 20_000u64;
+    let s = Scratch::new();
+    let out_dir = s.mkdir("out");
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {total}, rate = 4000 }}
+
+[plugins.to-mqtt]
+path = "{{plugin:mqtt-sink}}"
+config = {{ url = "mqtt://{BROKER}", topic = "{sink_topic}", qos = 1, client_id = "pb-restart-sink-{pid}" }}
+grants = {{ tcp = ["{BROKER}"] }}
+
+[plugins.from-mqtt]
+path = "{{plugin:mqtt-source}}"
+config = {{ url = "mqtt://{BROKER}", topics = ["{src_topic}/#"], qos = 1, client_id = "{source_id}" }}
+grants = {{ tcp = ["{BROKER}"] }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "into"
+source = "gen"
+sinks = ["to-mqtt"]
+batch_size = 500
+retry = {{ attempts = 200, backoff = "20ms", max_backoff = "200ms" }}
+
+[[pipeline]]
+name = "out-of"
+source = "from-mqtt"
+sinks = ["out"]
+"#,
+            out_dir.display()
+        ),
+    );
+    // The checking subscriber's persistent session, fresh and registered before the run: from
+    // here on the broker keeps what the sink publishes for it, connected or not.
+    forget_session(&sub_id);
+    forget_session(&source_id);
+    let status = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-c"])
+        .args(["-i", &sub_id, "-t", &sink_topic, "-E"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sub = Subscriber::start(&sub_id, &sink_topic, &received);
+    let count_received = || received.lock().unwrap().len() as u64;
+    let read =
+        || seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default());
+    let started = Instant::now();
+    let child = Running(Some(
+        patchbay()
+            .args(["run", "p.toml"])
+            .current_dir(s.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let wait = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} after {secs} s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The sink is publishing; a first chunk through the source shows it has subscribed.
+    wait("the sink did not start", 60, &|| count_received() >= 1000);
+    assert!(publish_seqs(&format!("{src_topic}/a"), 0..100));
+    wait("the source did not start", 60, &|| read().len() >= 100);
+    // A chunk that may be only partly read (and acknowledged) when the broker goes.
+    assert!(publish_seqs(&format!("{src_topic}/b"), 100..600));
+    let restart = Instant::now();
+    stop_broker();
+    let down = restart.elapsed();
+    sub.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(start_broker(), "mosquitto did not come back");
+    let sub = Subscriber::start(&sub_id, &sink_topic, &received);
+    let restarted = restart.elapsed();
+    // Published while the source may still be waiting out its back-off: its persistent
+    // session, read back from the broker's file, keeps them.
+    assert!(publish_seqs(&format!("{src_topic}/c"), 600..1100));
+    // From here on a failure is reported with what `patchbay run` said: wait, stop it, then
+    // check.
+    let until = |secs: u64, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        restart.elapsed()
+    };
+    let source_done = until(60, &|| read().len() >= 1100);
+    let sink_done = until(90, &|| {
+        seq_counts(&received.lock().unwrap().join("\n")).len() as u64 >= total
+    });
+    let out = child.interrupt();
+    sub.stop();
+    let (_, stderr) = text(&out);
+    eprintln!(
+        "broker refusing {down:?} after the SIGTERM, accepting again after {restarted:?}; source \
+         side complete after {source_done:?}, sink side after {sink_done:?}; whole run {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains(" failed in "), "{stderr}");
+    // Both noticed and came back by themselves.
+    for stage in ["out-of/from-mqtt", "into/to-mqtt"] {
+        for event in ["connection lost", "reconnected"] {
+            assert!(
+                stderr.contains(&format!("{stage}: mqtt {BROKER}: {event}")),
+                "{stage} {event}?\n{stderr}"
+            );
+        }
+    }
+    assert!(
+        stderr.contains(&format!(
+            "pipeline `into`: {total} in, 0 dropped, {total} written to `to-mqtt`"
+        )),
+        "{stderr}"
+    );
+    // Source side: every number mosquitto_pub had acknowledged came out at least once.
+    let read = read();
+    let missing: Vec<u64> = (0..1100).filter(|n| !read.contains_key(n)).collect();
+    assert!(missing.is_empty(), "missing from the file: {missing:?}");
+    // Sink side: every message the pipeline reported written reached the subscriber at least
+    // once (the broker acknowledged each, and kept it for the subscriber over the restart).
+    let got = seq_counts(&received.lock().unwrap().join("\n"));
+    let missing: Vec<u64> = (0..total).filter(|n| !got.contains_key(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {total} missing at the subscriber: {:?}…\n{stderr}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    forget_session(&sub_id);
+    forget_session(&source_id);
 }
