@@ -5,42 +5,18 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use crate::{patchbay, root, seq_counts, text};
+use crate::{Running, root, seq_counts};
 
 fn example(name: &str) -> PathBuf {
     root().join("examples").join(name)
 }
 
 /// `patchbay run pipeline.toml` in the example's folder.
-fn start(name: &str) -> Child {
-    patchbay()
-        .args(["run", "pipeline.toml"])
-        .current_dir(example(name))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Ctrl-C, then the exit code and stderr.
-fn stop(child: Child) -> (Option<i32>, String) {
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    (out.status.code(), text(&out).1)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn start(name: &str) -> Running {
+    Running::start(&example(name), &["run", "pipeline.toml"])
 }
 
 /// POST `body` with the example's token; the status line and body of the answer.
@@ -64,8 +40,8 @@ fn webhook_to_redis_appends_every_posted_event_once() {
     crate::redis::require_redis();
     const STREAM: &str = "patchbay-example:events";
     crate::redis::cli(&["DEL", STREAM]);
-    let child = start("webhook-to-redis");
-    wait_for(
+    let mut child = start("webhook-to-redis");
+    child.wait_for(
         "http-source listening on 127.0.0.1:8088",
         Duration::from_secs(60),
         || TcpStream::connect("127.0.0.1:8088").is_ok(),
@@ -88,7 +64,7 @@ fn webhook_to_redis_appends_every_posted_event_once() {
     }
     // Answered means stored: Redis holds all of them now.
     assert_eq!(crate::redis::cli(&["XLEN", STREAM]).trim(), "10000");
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(
@@ -115,9 +91,9 @@ fn mqtt_to_nats_stores_every_reading_once_in_jetstream() {
     const COUNT: u64 = 10_000;
     let mut nats = crate::nats::Client::connect();
     nats.delete_stream(STREAM); // the sink creates it again at start
-    let child = start("mqtt-to-nats");
+    let mut child = start("mqtt-to-nats");
     // The source subscribes at start: wait until the sink created the stream, then a little.
-    wait_for(
+    child.wait_for(
         "the stream created by nats-sink",
         Duration::from_secs(60),
         || {
@@ -145,11 +121,11 @@ fn mqtt_to_nats_stores_every_reading_once_in_jetstream() {
             .write_all(input.as_bytes())
             .unwrap();
         assert!(publish.wait().unwrap().success());
-        wait_for("readings stored", Duration::from_secs(120), || {
+        child.wait_for("readings stored", Duration::from_secs(120), || {
             nats.stream_messages(STREAM) >= (chunk + 1) * 500
         });
     }
-    let (code, stderr) = stop(child);
+    let (code, stderr) = child.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -183,22 +159,17 @@ fn nats_to_http_posts_every_message_once() {
             .lines()
             .count() as u64
     };
-    let receiver = patchbay()
-        .args(["run", "receiver.toml"])
-        .current_dir(example("nats-to-http"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
+    let mut receiver = Running::start(&example("nats-to-http"), &["run", "receiver.toml"]);
+    receiver.wait_for(
         "the receiver listening on 127.0.0.1:8089",
         Duration::from_secs(60),
         || TcpStream::connect("127.0.0.1:8089").is_ok(),
     );
-    let bridge = start("nats-to-http");
+    let mut bridge = start("nats-to-http");
     // Core NATS delivers to subscribers present when a message is published: wait until the
     // bridge's subscription is there (a probe message comes through), then publish.
     let mut nats = crate::nats::Client::connect();
-    wait_for("the bridge subscribed", Duration::from_secs(60), || {
+    bridge.wait_for("the bridge subscribed", Duration::from_secs(60), || {
         nats.publish("patchbay-example.orders", None, &[], b"{\"seq\":-1}");
         nats.flush();
         std::thread::sleep(Duration::from_millis(100));
@@ -217,12 +188,12 @@ fn nats_to_http_posts_every_message_once() {
         }
     }
     nats.flush();
-    wait_for("every order posted", Duration::from_secs(120), || {
+    bridge.wait_for("every order posted", Duration::from_secs(120), || {
         lines() >= probes + COUNT
     });
-    let (code, stderr) = stop(bridge);
+    let (code, stderr) = bridge.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, receiver_err) = stop(receiver);
+    let (code, receiver_err) = receiver.interrupt();
     assert_eq!(code, Some(0), "{receiver_err}");
     let written: String = std::fs::read_to_string(&out)
         .unwrap()

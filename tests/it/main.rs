@@ -21,7 +21,8 @@ mod sdk;
 mod webhook;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -75,6 +76,97 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A `patchbay` process a test talks to while it runs.
+///
+/// Its stderr goes to a file, not a pipe: a pipe nobody reads until the end fills up after
+/// 64 KiB of log and stalls the process, which would look like a bug in the pipeline. If the test
+/// fails before stopping it, the process is killed rather than left behind.
+pub struct Running {
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl Running {
+    /// Spawn `cmd`, a command made by [`patchbay`].
+    pub fn spawn(cmd: &mut Command) -> Running {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = cmd.stderr(log.reopen().unwrap()).spawn().unwrap();
+        Running {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// `patchbay ARGS` in `dir`.
+    pub fn start(dir: &Path, args: &[&str]) -> Running {
+        Running::spawn(patchbay().args(args).current_dir(dir))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Poll `done` until it holds. Fails, with what `patchbay` said, after `timeout` or as soon
+    /// as the process has exited.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                // It may have finished the work just before it exited.
+                if done() {
+                    return;
+                }
+                panic!("{what}: patchbay exited ({status}):\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not after {timeout:?}; patchbay said:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ctrl-C, then its exit code and everything it wrote to stderr.
+    pub fn interrupt(self) -> (Option<i32>, String) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait()
+    }
+
+    /// Wait for it to exit by itself; its exit code and stderr.
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status.code(), self.stderr())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Poll `done` every 50 ms until it holds; fail with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A temporary directory with a pipeline file written into it.

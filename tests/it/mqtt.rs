@@ -5,13 +5,15 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Scratch, patchbay, seq_counts, text};
+use crate::{Running, Scratch, seq_counts, text};
 
 const BROKER: &str = "127.0.0.1:1883";
 const COUNT: u64 = 10_000;
 
-/// MQTT tests take this lock: one of them restarts the broker. (A test that also takes
-/// `redis_lock` or `nats_lock` takes them first: redis, then nats, then mqtt.)
+/// Tests that use the shared broker on 1883 take this lock, one at a time: the stock
+/// configuration queues at most 1,000 messages per client, and two 10,000-message runs at once
+/// on a loaded machine can go past that. (A test that also takes `redis_lock` or `nats_lock`
+/// takes them first: redis, then nats, then mqtt.)
 pub(crate) static MQTT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub(crate) fn mqtt_lock() -> std::sync::MutexGuard<'static, ()> {
@@ -116,12 +118,7 @@ sinks = ["out"]
             out_dir.display()
         ),
     );
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Running::start(s.path(), &["run", "p.toml"]);
     let lines = || {
         std::fs::read_to_string(out_dir.join("out.jsonl"))
             .unwrap_or_default()
@@ -160,14 +157,8 @@ sinks = ["out"]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
     let written = std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap();
     let counts = seq_counts(&written);
     assert_eq!(counts.len() as u64, COUNT);
@@ -212,56 +203,91 @@ sinks = ["null"]
     );
 }
 
-const MOSQUITTO_CONF: &str = "/etc/mosquitto/mosquitto.conf";
-
-fn broker_accepts() -> bool {
-    std::net::TcpStream::connect(BROKER).is_ok()
+/// A Mosquitto of the test's own on a free port, with persistence in a temporary directory,
+/// so that restarting it disturbs no other test and its configuration is the test's to choose.
+struct PrivateBroker {
+    port: u16,
+    conf: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
 }
 
-/// Start Mosquitto with the machine's own command; wait (up to 10 s) until it accepts.
-fn start_broker() -> bool {
-    let started = Command::new("mosquitto")
-        .args(["-d", "-c", MOSQUITTO_CONF])
-        .status()
-        .is_ok_and(|s| s.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while started && !broker_accepts() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    broker_accepts()
-}
-
-/// Stop Mosquitto with SIGTERM (it saves its persistence file, /var/lib/mosquitto/mosquitto.db,
-/// on the way out) and wait until the process is gone and 1883 refuses.
-fn stop_broker() {
-    let pids = Command::new("pgrep")
-        .args(["-x", "mosquitto"])
-        .output()
+impl PrivateBroker {
+    fn new() -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        // `persistence` keeps sessions and their queued QoS 1 messages over a restart (written
+        // on SIGTERM); `max_queued_messages 0` lifts the default limit of 1,000 per client,
+        // beyond which Mosquitto drops messages for a slow or absent client even after it
+        // acknowledged them to the publisher; `user root` keeps it from switching to the
+        // `mosquitto` user, who could not write the temporary directory (ignored unless root).
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 0\nuser root\n",
+                dir.path().display()
+            ),
+        )
         .unwrap();
-    let pids = String::from_utf8_lossy(&pids.stdout).trim().to_owned();
-    assert!(!pids.is_empty(), "mosquitto is not running");
-    for pid in pids.split_whitespace() {
-        assert!(Command::new("kill").arg(pid).status().unwrap().success());
+        let mut broker = PrivateBroker {
+            port,
+            conf,
+            child: None,
+            _dir: dir,
+        };
+        assert!(
+            broker.start(),
+            "mosquitto -c {} did not start",
+            broker.conf.display()
+        );
+        broker
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while broker_accepts()
-        || pids
-            .split_whitespace()
-            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-    {
-        assert!(Instant::now() < deadline, "mosquitto did not stop");
-        std::thread::sleep(Duration::from_millis(10));
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn accepts(&self) -> bool {
+        std::net::TcpStream::connect(self.addr()).is_ok()
+    }
+
+    /// Start it; wait (up to 10 s) until it accepts.
+    fn start(&mut self) -> bool {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian package mosquitto)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.accepts() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.accepts()
+    }
+
+    /// SIGTERM (it saves its persistence file on the way out); wait until it is gone.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
     }
 }
 
-/// Starts the broker again when it is dropped while 1883 refuses: a failed assertion in the
-/// middle of a restart leaves it running for the tests that follow.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
+impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        if !broker_accepts() && !start_broker() {
-            eprintln!("could not start mosquitto again: `mosquitto -d -c {MOSQUITTO_CONF}`");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -273,9 +299,14 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn start(id: &str, topic: &str, lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Self {
+    fn start(
+        port: u16,
+        id: &str,
+        topic: &str,
+        lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> Self {
         let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-c"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-c"])
             .args(["-i", id, "-t", topic])
             .stdout(Stdio::piped())
             .spawn()
@@ -314,61 +345,10 @@ impl Drop for Subscriber {
     }
 }
 
-/// A `patchbay run` that is killed if the test fails before it is interrupted.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    /// SIGINT, then its output once it has finished.
-    fn interrupt(mut self) -> std::process::Output {
-        let child = self.0.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Connect once with a clean session under `id`: the broker forgets that client's session.
-fn forget_session(id: &str) {
-    let _ = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "1883",
-            "-i",
-            id,
-            "-t",
-            "patchbay-test/forget",
-            "-E",
-        ])
-        .output();
-}
-
-fn publish_seqs(topic: &str, seqs: std::ops::Range<u64>) -> bool {
+fn publish_seqs(port: u16, topic: &str, seqs: std::ops::Range<u64>) -> bool {
+    let port = port.to_string();
     let mut publish = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-l",
-            "-t",
-            topic,
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-l", "-t", topic])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -380,23 +360,17 @@ fn publish_seqs(topic: &str, seqs: std::ops::Range<u64>) -> bool {
 /// Restart Mosquitto (SIGTERM, down for a second, started again) while both MQTT connectors
 /// run: each notices, reconnects by itself, and nothing the broker acknowledged is lost.
 ///
-/// What the stock /etc/mosquitto/mosquitto.conf guarantees, and so what this relies on:
-/// `persistence true` writes the retained messages, the persistent sessions (`clean_session =
-/// false`: the source's, and the checking subscriber's) and the QoS 1 messages queued or in
-/// flight for them to /var/lib/mosquitto/mosquitto.db when Mosquitto stops on SIGTERM, and
-/// reads them back on start (`autosave_interval`, 30 min by default, only matters for a crash,
-/// which this test does not cause). But `max_queued_messages` is left at its default of 1,000
-/// per client: beyond that, messages for a client that is away (or slow) are dropped, even
-/// QoS 1 ones the publisher got a `PUBACK` for. So the test keeps every queue below that: the
-/// source side publishes 500-message chunks, and the checking subscriber is started again
-/// the moment the broker accepts, within milliseconds, well before the sink (waiting out its
-/// back-off) can have sent 1,000 of its backlog. (Left alone, `mosquitto_sub` reconnects by
-/// itself, but only after its fixed 1 s delay, while the sink may already have sent thousands.)
+/// The broker is the test's own ([`PrivateBroker`]): `persistence` writes the persistent
+/// sessions (`clean_session = false`: the source's, and the checking subscriber's) and the
+/// QoS 1 messages queued or in flight for them when Mosquitto stops on SIGTERM, and reads them
+/// back on start; `max_queued_messages 0` keeps the broker from dropping what it acknowledged
+/// to a publisher when a subscriber falls behind (the stock configuration drops beyond 1,000
+/// per client, which on a loaded machine the checking subscriber can be).
 #[test]
 fn the_mqtt_connectors_recover_when_the_broker_restarts() {
-    let _mqtt = mqtt_lock();
-    require_broker();
-    let _broker = BrokerGuard;
+    let mut broker = PrivateBroker::new();
+    let addr = broker.addr();
+    let port = broker.port;
     let pid = std::process::id();
     let src_topic = unique("restart-source");
     let sink_topic = unique("restart-sink");
@@ -415,13 +389,13 @@ config = {{ count = {total}, rate = 4000 }}
 
 [plugins.to-mqtt]
 path = "{{plugin:mqtt-sink}}"
-config = {{ url = "mqtt://{BROKER}", topic = "{sink_topic}", qos = 1, client_id = "pb-restart-sink-{pid}" }}
-grants = {{ tcp = ["{BROKER}"] }}
+config = {{ url = "mqtt://{addr}", topic = "{sink_topic}", qos = 1, client_id = "pb-restart-sink-{pid}" }}
+grants = {{ tcp = ["{addr}"] }}
 
 [plugins.from-mqtt]
 path = "{{plugin:mqtt-source}}"
-config = {{ url = "mqtt://{BROKER}", topics = ["{src_topic}/#"], qos = 1, client_id = "{source_id}" }}
-grants = {{ tcp = ["{BROKER}"] }}
+config = {{ url = "mqtt://{addr}", topics = ["{src_topic}/#"], qos = 1, client_id = "{source_id}" }}
+grants = {{ tcp = ["{addr}"] }}
 
 [plugins.out]
 path = "{{plugin:file-sink}}"
@@ -443,30 +417,21 @@ sinks = ["out"]
             out_dir.display()
         ),
     );
-    // The checking subscriber's persistent session, fresh and registered before the run: from
-    // here on the broker keeps what the sink publishes for it, connected or not.
-    forget_session(&sub_id);
-    forget_session(&source_id);
+    // The checking subscriber's persistent session, registered before the run: from here on
+    // the broker keeps what the sink publishes for it, connected or not.
     let status = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-c"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-c"])
         .args(["-i", &sub_id, "-t", &sink_topic, "-E"])
         .status()
         .unwrap();
     assert!(status.success());
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let sub = Subscriber::start(&sub_id, &sink_topic, &received);
+    let sub = Subscriber::start(port, &sub_id, &sink_topic, &received);
     let count_received = || received.lock().unwrap().len() as u64;
     let read =
         || seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default());
     let started = Instant::now();
-    let child = Running(Some(
-        patchbay()
-            .args(["run", "p.toml"])
-            .current_dir(s.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
+    let child = Running::start(s.path(), &["run", "p.toml"]);
     let wait = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !done() {
@@ -476,21 +441,21 @@ sinks = ["out"]
     };
     // The sink is publishing; a first chunk through the source shows it has subscribed.
     wait("the sink did not start", 60, &|| count_received() >= 1000);
-    assert!(publish_seqs(&format!("{src_topic}/a"), 0..100));
+    assert!(publish_seqs(port, &format!("{src_topic}/a"), 0..100));
     wait("the source did not start", 60, &|| read().len() >= 100);
     // A chunk that may be only partly read (and acknowledged) when the broker goes.
-    assert!(publish_seqs(&format!("{src_topic}/b"), 100..600));
+    assert!(publish_seqs(port, &format!("{src_topic}/b"), 100..600));
     let restart = Instant::now();
-    stop_broker();
+    broker.stop();
     let down = restart.elapsed();
     sub.stop();
     std::thread::sleep(Duration::from_secs(1));
-    assert!(start_broker(), "mosquitto did not come back");
-    let sub = Subscriber::start(&sub_id, &sink_topic, &received);
+    assert!(broker.start(), "mosquitto did not come back");
+    let sub = Subscriber::start(port, &sub_id, &sink_topic, &received);
     let restarted = restart.elapsed();
     // Published while the source may still be waiting out its back-off: its persistent
     // session, read back from the broker's file, keeps them.
-    assert!(publish_seqs(&format!("{src_topic}/c"), 600..1100));
+    assert!(publish_seqs(port, &format!("{src_topic}/c"), 600..1100));
     // From here on a failure is reported with what `patchbay run` said: wait, stop it, then
     // check.
     let until = |secs: u64, done: &dyn Fn() -> bool| {
@@ -504,21 +469,20 @@ sinks = ["out"]
     let sink_done = until(90, &|| {
         seq_counts(&received.lock().unwrap().join("\n")).len() as u64 >= total
     });
-    let out = child.interrupt();
+    let (code, stderr) = child.interrupt();
     sub.stop();
-    let (_, stderr) = text(&out);
     eprintln!(
         "broker refusing {down:?} after the SIGTERM, accepting again after {restarted:?}; source \
          side complete after {source_done:?}, sink side after {sink_done:?}; whole run {:?}",
         started.elapsed()
     );
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains(" failed in "), "{stderr}");
     // Both noticed and came back by themselves.
     for stage in ["out-of/from-mqtt", "into/to-mqtt"] {
         for event in ["connection lost", "reconnected"] {
             assert!(
-                stderr.contains(&format!("{stage}: mqtt {BROKER}: {event}")),
+                stderr.contains(&format!("{stage}: mqtt {addr}: {event}")),
                 "{stage} {event}?\n{stderr}"
             );
         }
@@ -543,6 +507,4 @@ sinks = ["out"]
         missing.len(),
         &missing[..missing.len().min(20)]
     );
-    forget_session(&sub_id);
-    forget_session(&source_id);
 }

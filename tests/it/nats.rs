@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Scratch, patchbay, seq_counts, text};
+use crate::{Running, Scratch, seq_counts, text};
 
 const SERVER: &str = "127.0.0.1:4222";
 const COUNT: u64 = 10_000;
@@ -381,25 +381,6 @@ fn summary(stderr: &str) -> String {
         .join("\n")
 }
 
-fn interrupt(child: std::process::Child) -> (std::process::Output, String) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let (_, stderr) = text(&out);
-    (out, stderr)
-}
-
-fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} after {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn the_nats_sink_publishes_every_message_once_with_headers() {
     let _nats = nats_lock();
@@ -550,21 +531,20 @@ sinks = ["out"]
             file_sink(&out_dir)
         ),
     );
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
     let read = || std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default();
     // Core NATS delivers to current subscribers only: probe until the source is subscribed.
     let mut client = Client::connect();
-    wait_for("the source never subscribed", 60, || {
-        client.publish(&format!("{subject}.probe"), None, &[], b"{\"probe\":true}");
-        client.flush();
-        std::thread::sleep(Duration::from_millis(100));
-        !read().is_empty()
-    });
+    child.wait_for(
+        "the source never subscribed",
+        Duration::from_secs(60),
+        || {
+            client.publish(&format!("{subject}.probe"), None, &[], b"{\"probe\":true}");
+            client.flush();
+            std::thread::sleep(Duration::from_millis(100));
+            !read().is_empty()
+        },
+    );
     let started = Instant::now();
     for n in 0..COUNT {
         client.publish(
@@ -578,15 +558,17 @@ sinks = ["out"]
         }
     }
     client.flush();
-    wait_for("not every message arrived", 120, || {
-        seqs(&read()).len() as u64 >= COUNT
-    });
+    child.wait_for(
+        "not every message arrived",
+        Duration::from_secs(120),
+        || seqs(&read()).len() as u64 >= COUNT,
+    );
     eprintln!(
         "nats-source core: {COUNT} messages in {:.2}s",
         started.elapsed().as_secs_f64()
     );
-    let (out, stderr) = interrupt(child);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "subscribed to `{subject}.>` in queue group `workers`"
@@ -627,22 +609,19 @@ sinks = ["out"]
         ),
     );
     let started = Instant::now();
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
     let read = || std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default();
-    wait_for("not every message arrived", 120, || {
-        read().lines().count() as u64 >= COUNT
-    });
+    child.wait_for(
+        "not every message arrived",
+        Duration::from_secs(120),
+        || read().lines().count() as u64 >= COUNT,
+    );
     eprintln!(
         "nats-source jetstream: {COUNT} messages in {:.2}s (with start-up)",
         started.elapsed().as_secs_f64()
     );
-    let (out, stderr) = interrupt(child);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!("consumer `pb` on stream `{stream}`")),
         "{stderr}"
@@ -652,10 +631,14 @@ sinks = ["out"]
     assert!(counts.values().all(|n| *n == 1), "duplicates");
     // Everything delivered was acknowledged, and nothing is left.
     let mut info = Value::Null;
-    wait_for("the consumer still has unacknowledged messages", 10, || {
-        info = client.api(&format!("CONSUMER.INFO.{stream}.pb"), &Value::Null);
-        info["num_pending"] == 0 && info["num_ack_pending"] == 0
-    });
+    crate::wait_until(
+        "the consumer still has unacknowledged messages",
+        Duration::from_secs(10),
+        || {
+            info = client.api(&format!("CONSUMER.INFO.{stream}.pb"), &Value::Null);
+            info["num_pending"] == 0 && info["num_ack_pending"] == 0
+        },
+    );
     assert_eq!(info["delivered"]["stream_seq"], COUNT, "{info}");
     client.delete_stream(&stream);
 }
@@ -690,12 +673,7 @@ sinks = ["out"]
     );
     let mut sub = Client::connect();
     sub.sub(&format!("{subject}.out"), 1);
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Running::start(s.path(), &["run", "p.toml"]);
     let mut client = Client::connect();
     // Probe until the source is subscribed.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -746,8 +724,8 @@ sinks = ["out"]
         (plain.payload.as_slice(), plain.headers.as_str()),
         (&b"plain"[..], "")
     );
-    let (out, stderr) = interrupt(child);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]
@@ -938,31 +916,32 @@ batch_size = 100
             file_sink(&out_dir)
         ),
     );
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
     let read = || seqs(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default());
-    wait_for("the source did not start", 60, || !read().is_empty());
+    child.wait_for("the source did not start", Duration::from_secs(60), || {
+        !read().is_empty()
+    });
     std::thread::sleep(Duration::from_millis(800));
     drop(client);
     restart_nats(&in_stream);
     let mut client = Client::connect();
     client.fill_stream(&in_subject, total / 2..total);
-    wait_for(
+    child.wait_for(
         "the source did not read everything after the restart",
-        90,
+        Duration::from_secs(90),
         || read().len() as u64 >= total,
     );
     // The generator's pipeline ends by itself once every message is stored.
-    wait_for("the sink did not finish after the restart", 90, || {
-        client.stream_messages(&out_stream) >= total
-            && seqs(&client.read_stream(&out_stream)).len() as u64 >= total
-    });
-    let (out, stderr) = interrupt(child);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    child.wait_for(
+        "the sink did not finish after the restart",
+        Duration::from_secs(90),
+        || {
+            client.stream_messages(&out_stream) >= total
+                && seqs(&client.read_stream(&out_stream)).len() as u64 >= total
+        },
+    );
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("connection lost"), "{stderr}");
     assert!(stderr.contains(": reconnected"), "{stderr}");
     assert!(

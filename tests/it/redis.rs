@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Scratch, patchbay, seq_counts, text};
+use crate::{Running, Scratch, seq_counts, text};
 
 const REDIS: &str = "127.0.0.1:6379";
 const COUNT: u64 = 10_000;
@@ -160,46 +160,23 @@ sinks = ["out"]
             out_dir.display()
         ),
     );
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
     let lines = || {
         std::fs::read_to_string(out_dir.join("out.jsonl"))
             .unwrap_or_default()
             .lines()
             .count() as u64
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines() < COUNT {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {COUNT} after 60 s",
-            lines()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    child.wait_for("every entry written", Duration::from_secs(60), || {
+        lines() >= COUNT
+    });
     // More entries while it runs: they arrive too.
     fill_stream(&key, COUNT, COUNT + 100);
-    while lines() < COUNT + 100 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} after 60 s",
-            lines(),
-            COUNT + 100
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    child.wait_for("the later entries written", Duration::from_secs(60), || {
+        lines() >= COUNT + 100
+    });
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
     let counts = seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap());
     assert_eq!(counts.len() as u64, COUNT + 100);
     assert!(counts.values().all(|n| *n == 1));
@@ -356,12 +333,7 @@ sinks = ["out"]
             out_dir.display()
         ),
     );
-    let child = patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
     // Let both run for a second, then restart the server under them.
     fill_stream(&stream, 0, 100);
     std::thread::sleep(Duration::from_secs(1));
@@ -369,48 +341,30 @@ sinks = ["out"]
     // New entries after the restart (the group is gone with the old data: the source makes
     // it again and reads them).
     fill_stream(&stream, 1000, 1100);
-    let lines = || {
-        std::fs::read_to_string(out_dir.join("out.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"seq\":1"))
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default())
-        .range(1000..1100)
-        .count()
-        < 100
-    {
-        assert!(
-            Instant::now() < deadline,
-            "entries after the restart did not arrive: {}",
-            lines()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    child.wait_for(
+        "entries after the restart did not arrive",
+        Duration::from_secs(60),
+        || {
+            seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default())
+                .range(1000..1100)
+                .count()
+                >= 100
+        },
+    );
     // The generator's pipeline ends by itself once every message is written.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cli_ok(&["LLEN", &list])
-        .and_then(|n| n.parse::<u64>().ok())
-        .is_none_or(|n| n == 0)
-        || !cli_ok(&["LINDEX", &list, "-1"])
-            .is_some_and(|l| l.contains(&format!("\"seq\":{}", total - 1)))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sink did not finish after the restart"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    child.wait_for(
+        "the sink did not finish after the restart",
+        Duration::from_secs(60),
+        || {
+            cli_ok(&["LLEN", &list])
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+                && cli_ok(&["LINDEX", &list, "-1"])
+                    .is_some_and(|l| l.contains(&format!("\"seq\":{}", total - 1)))
+        },
+    );
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("connection lost"), "{stderr}");
     assert!(stderr.contains(": reconnected"), "{stderr}");
     // The list holds a run of sequence numbers that ends with the last one, each once: what

@@ -5,11 +5,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{Scratch, patchbay, seq_counts, text};
+use crate::{Running, Scratch, seq_counts, text};
 
 /// A port nothing listens on now.
 fn free_port() -> u16 {
@@ -100,7 +99,7 @@ fn post(addr: &str, body: &str) -> (u16, String) {
 
 /// `patchbay run` of a webhook pipeline, started and listening.
 struct Webhook {
-    child: Child,
+    child: Running,
     addr: String,
     out: PathBuf,
     _scratch: Scratch,
@@ -133,20 +132,12 @@ sinks = ["out"]
                 out_dir.display()
             ),
         );
-        let child = patchbay()
-            .args(["run", "p.toml"])
-            .current_dir(s.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "http-source never listened on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut child = Running::start(s.path(), &["run", "p.toml"]);
+        child.wait_for(
+            &format!("http-source never listened on {addr}"),
+            Duration::from_secs(60),
+            || TcpStream::connect(&addr).is_ok(),
+        );
         Webhook {
             child,
             addr,
@@ -157,15 +148,9 @@ sinks = ["out"]
 
     /// Ctrl-C, then the exit code and stderr.
     fn stop(self) -> (Option<i32>, String, String) {
-        let status = std::process::Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let out = self.child.wait_with_output().unwrap();
-        let (_, stderr) = text(&out);
+        let (code, stderr) = self.child.interrupt();
         let written = std::fs::read_to_string(&self.out).unwrap_or_default();
-        (out.status.code(), stderr, written)
+        (code, stderr, written)
     }
 }
 

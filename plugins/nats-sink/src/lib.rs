@@ -19,7 +19,8 @@
 //! - `mode = "jetstream"`: each message is published with a reply subject, and is `ok` when
 //!   its PubAck (`{"stream":…,"seq":…}`) came back. An `{"error":…}` answer is `invalid-data`
 //!   (`retryable` for server-side 5xx), no answer within `timeout_ms` is `retryable`, and a
-//!   subject that no stream captures is `fatal`.
+//!   subject that no stream captures is `fatal` (once JetStream confirms it: a server that is
+//!   shutting down or starting answers "no responders" too, which is `retryable`).
 //! - A lost connection is `retryable` for what it took with it; the next call reconnects
 //!   with a back-off that doubles from 100 ms to 5 s (`patchbay_sdk::net::Reconnect`).
 
@@ -245,6 +246,20 @@ impl NatsSink {
         Ok(subject)
     }
 
+    /// Whether JetStream answers that no stream captures `subject` (`$JS.API.STREAM.NAMES`);
+    /// `false` when it does not answer at all.
+    fn no_stream_captures(&self, conn: &mut Conn, subject: &str) -> bool {
+        let query = serde_json::json!({ "subject": subject }).to_string();
+        let deadline = Instant::now() + self.timeout;
+        match conn.request("$JS.API.STREAM.NAMES", query.as_bytes(), deadline) {
+            Ok(Some(msg)) => nats::api_answer(&msg).is_ok_and(|v| {
+                v.get("streams")
+                    .is_none_or(|s| s.as_array().is_none_or(Vec::is_empty))
+            }),
+            _ => false,
+        }
+    }
+
     /// The answer to one JetStream publish.
     fn puback(&self, msg: &Msg, subject: &str, jetstream_enabled: bool) -> Result<(), Error> {
         let addr = self.link.addr();
@@ -448,6 +463,8 @@ impl Sink for NatsSink {
             return results;
         }
         let deadline = Instant::now() + self.timeout;
+        // JetStream publishes answered 503 (no responders): (index, subject).
+        let mut no_responders: Vec<(usize, String)> = Vec::new();
         let outcome = if self.jetstream {
             // Every message has its own reply subject: wait for each PubAck.
             conn.send(&bytes).and_then(|()| {
@@ -459,6 +476,9 @@ impl Sink for NatsSink {
                         && let Some(slot) = results.get_mut(i)
                     {
                         *slot = self.puback(&msg, &subject, jetstream_enabled);
+                        if msg.status == Some(503) {
+                            no_responders.push((i, subject));
+                        }
                     }
                     // Anything else: an answer to an earlier batch that timed out.
                 }
@@ -468,6 +488,23 @@ impl Sink for NatsSink {
             // The PONG comes after the server has processed every PUB before the PING.
             conn.send_and_flush(bytes, deadline)
         };
+        // A 503 means that no stream took the message at that moment, which is also what a
+        // server answers while it shuts JetStream down or has not started it yet. Only when
+        // JetStream itself says that no stream captures the subject is it fatal.
+        let mut captured: HashMap<String, bool> = HashMap::new();
+        for (i, subject) in no_responders {
+            let missing = *captured
+                .entry(subject.clone())
+                .or_insert_with(|| self.no_stream_captures(&mut conn, &subject));
+            if !missing && let Some(slot) = results.get_mut(i) {
+                *slot = Err(Error::retryable(format!(
+                    "nats {}: JetStream did not take the message for `{subject}` (no \
+                     responders), but did not say that no stream captures it: the server may \
+                     be restarting",
+                    self.link.addr()
+                )));
+            }
+        }
         self.conn = Some(conn);
         let failure = match outcome {
             Ok(true) => None,
