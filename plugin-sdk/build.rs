@@ -68,7 +68,8 @@ fn write_export_macro(out: &mut String, role: &str, text: &str) -> Result<(), Bo
         "transform" => ("export_transform", "Transform"),
         _ => ("export_sink", "Sink"),
     };
-    // The data interface and its functions, forwarding to `$crate::export`.
+    // The data interface and its functions, forwarding to `$crate::export`; for transforms
+    // and sinks also the packed fast path (world `transform-packed` / `sink-packed`).
     let (api, functions) = match role {
         "source" => (
             "source_api",
@@ -96,11 +97,32 @@ fn write_export_macro(out: &mut String, role: &str, text: &str) -> Result<(), Bo
                 }",
         ),
     };
+    let (world, packed) = match role {
+        "source" => ("source", String::new()),
+        "transform" => (
+            "transform-packed",
+            "impl __api::transform_packed_api::Guest for Adapter {
+                fn process_packed(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                    $crate::export::process_packed(&INSTANCE, &batch)
+                }
+            }"
+            .to_owned(),
+        ),
+        _ => (
+            "sink-packed",
+            "impl __api::sink_packed_api::Guest for Adapter {
+                fn write_packed(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                    $crate::export::write_packed(&INSTANCE, &batch)
+                }
+            }"
+            .to_owned(),
+        ),
+    };
     write!(
         out,
         r#"
 /// Export a type implementing [`{role_trait}`](crate::{role_trait}) as this crate's component
-/// (world `{role}` of `patchbay:connector@0.1.0`). Invoke it once, at the root of a `cdylib`
+/// (world `{world}` of `patchbay:connector@0.1.0`). Invoke it once, at the root of a `cdylib`
 /// crate:
 ///
 /// ```ignore
@@ -120,7 +142,7 @@ macro_rules! {macro_name} {{
             // cannot appear. A plugin must therefore depend on the SDK under its own name.
             ::patchbay_sdk::__wit_bindgen::generate!({{
                 inline: {text:?},
-                world: "patchbay:connector/{role}@0.1.0",
+                world: "patchbay:connector/{world}@0.1.0",
                 runtime_path: "::patchbay_sdk::__wit_bindgen::rt",
                 with: {{
                     "patchbay:connector/types@0.1.0": ::patchbay_sdk::bindings::types,
@@ -157,6 +179,8 @@ macro_rules! {macro_name} {{
             impl __api::{api}::Guest for Adapter {{
                 {functions}
             }}
+
+            {packed}
 
             __patchbay_{role}_bindings::export!(Adapter with_types_in __patchbay_{role}_bindings);
         }};

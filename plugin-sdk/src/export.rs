@@ -9,7 +9,12 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use crate::{Config, ConfigEntry, Error, Message, Outcome, PollResult, Sink, Source, Transform};
+use patchbay_frame::{Kind, MessageRef, Reader, Writer};
+
+use crate::{
+    Config, ConfigEntry, Error, ErrorKind, Header, Message, Outcome, PollResult, Sink, Source,
+    Transform,
+};
 
 /// Where the export macros keep the instance `init` built.
 pub type Slot<T> = LocalKey<RefCell<Option<T>>>;
@@ -67,6 +72,113 @@ pub fn write<T: Sink>(slot: &'static Slot<T>, batch: Vec<Message>) -> Vec<Result
         Some(s) => s.write_batch(batch),
         None => batch.iter().map(|_| Err(not_initialised())).collect(),
     })
+}
+
+/// The messages of a batch frame (see "Packed frames" in wit/README.md).
+fn unpack(frame: &[u8]) -> Result<Vec<Message>, patchbay_frame::FrameError> {
+    let mut r = Reader::new(frame);
+    let n = r.count()?;
+    let mut batch = Vec::with_capacity(n);
+    for _ in 0..n {
+        let MessageRef {
+            payload,
+            key,
+            headers,
+            timestamp,
+        } = r.message()?;
+        batch.push(Message {
+            payload: payload.to_vec(),
+            key: key.map(<[u8]>::to_vec),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| Header {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                })
+                .collect(),
+            timestamp,
+        });
+    }
+    r.end()?;
+    Ok(batch)
+}
+
+fn kind(kind: ErrorKind) -> Kind {
+    match kind {
+        ErrorKind::Retryable => Kind::Retryable,
+        ErrorKind::InvalidData => Kind::InvalidData,
+        ErrorKind::Fatal => Kind::Fatal,
+    }
+}
+
+fn pack_message(w: &mut Writer, m: &Message) {
+    w.message(
+        &m.payload,
+        m.key.as_deref(),
+        m.headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str())),
+        m.timestamp,
+    );
+}
+
+/// A batch frame the host should never send: say so in the log and answer no outcomes, which
+/// the host reports as a wrong count.
+fn bad_frame(function: &str, e: &patchbay_frame::FrameError) -> Vec<u8> {
+    crate::log::error(&format!("{function}: the host sent {e}"));
+    let mut w = Writer::with_capacity(4);
+    w.count(0);
+    w.finish()
+}
+
+/// `process-packed`: [`process`] on a batch frame, answered with an outcomes frame.
+pub fn process_packed<T: Transform>(slot: &'static Slot<T>, frame: &[u8]) -> Vec<u8> {
+    let batch = match unpack(frame) {
+        Ok(batch) => batch,
+        Err(e) => return bad_frame("process-packed", &e),
+    };
+    let outcomes = process(slot, batch);
+    let bytes: usize = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Replace(ms) => ms.iter().map(|m| m.payload.len() + 16).sum(),
+            _ => 1,
+        })
+        .sum();
+    let mut w = Writer::with_capacity(4 + bytes);
+    w.count(outcomes.len());
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Keep => w.keep(),
+            Outcome::Drop => w.drop_message(),
+            Outcome::Replace(messages) => {
+                w.replace(messages.len());
+                for m in messages {
+                    pack_message(&mut w, m);
+                }
+            }
+            Outcome::Fail(e) => w.fail(kind(e.kind), &e.message),
+        }
+    }
+    w.finish()
+}
+
+/// `write-packed`: [`write`] on a batch frame, answered with a results frame.
+pub fn write_packed<T: Sink>(slot: &'static Slot<T>, frame: &[u8]) -> Vec<u8> {
+    let batch = match unpack(frame) {
+        Ok(batch) => batch,
+        Err(e) => return bad_frame("write-packed", &e),
+    };
+    let results = write(slot, batch);
+    let mut w = Writer::with_capacity(4 + results.len());
+    w.count(results.len());
+    for result in &results {
+        match result {
+            Ok(()) => w.ok(),
+            Err(e) => w.err(kind(e.kind), &e.message),
+        }
+    }
+    w.finish()
 }
 
 #[cfg(test)]
@@ -133,5 +245,42 @@ mod tests {
             [Outcome::Fail(_)]
         ));
         assert!(process(&SLOT, vec![]).is_empty());
+    }
+
+    #[test]
+    fn the_packed_call_answers_like_the_typed_one() {
+        thread_local! {
+            static PACKED: RefCell<Option<Counter>> = const { RefCell::new(None) };
+        }
+        let mut w = Writer::default();
+        w.count(2);
+        w.message(b"a", Some(b"k"), [("h", "v")].into_iter(), Some(7));
+        w.message(b"\xff", None, std::iter::empty(), None);
+        let frame = w.finish();
+        assert_eq!(
+            unpack(&frame).unwrap(),
+            vec![
+                Message::new("a")
+                    .with_key("k")
+                    .with_header("h", "v")
+                    .with_timestamp(7),
+                Message::new(b"\xff".to_vec()),
+            ]
+        );
+        // Before init: one fatal `fail` per message, as `process` answers.
+        let answer = process_packed(&PACKED, &frame);
+        let mut r = Reader::new(&answer);
+        assert_eq!(r.count().unwrap(), 2);
+        for _ in 0..2 {
+            assert_eq!(
+                r.outcome().unwrap(),
+                patchbay_frame::OutcomeRef::Fail(Kind::Fatal, NOT_INITIALISED)
+            );
+        }
+        r.end().unwrap();
+        init(&PACKED, vec![], Counter::init).unwrap();
+        let answer = process_packed(&PACKED, &frame);
+        assert_eq!(answer, [2, 0, 0, 0, 0, 0]);
+        PACKED.with(|c| assert_eq!(c.borrow().as_ref().map(|c| c.seen), Some(2)));
     }
 }

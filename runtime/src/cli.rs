@@ -750,7 +750,14 @@ async fn inspect(
     let meta = instance.metadata().await?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     println!("plugin   {} {}", meta.name, meta.version);
-    println!("world    {} (patchbay:connector@0.1.0)", loaded.role);
+    if loaded.packed() {
+        println!(
+            "world    {}-packed (patchbay:connector@0.1.0): called through the packed fast path",
+            loaded.role
+        );
+    } else {
+        println!("world    {} (patchbay:connector@0.1.0)", loaded.role);
+    }
     println!("about    {}", meta.description);
     println!(
         "file     {} ({})",

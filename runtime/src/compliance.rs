@@ -254,6 +254,17 @@ pub async fn run(runtime: &Runtime, options: &Options) -> anyhow::Result<Report>
                 "write"
             };
             data_checks(&subject, call, &samples, &mut check).await;
+            if subject.loaded.packed() {
+                check(
+                    23,
+                    if role == Role::Transform {
+                        "`process-packed` answers exactly as `process` does"
+                    } else {
+                        "`write-packed` answers exactly as `write` does"
+                    },
+                    packed_agrees(&subject, role, &samples).await,
+                );
+            }
         }
         Role::Source => source_checks(&subject, &mut check).await,
     }
@@ -557,6 +568,109 @@ async fn counts(subject: &Subject<'_>, function: &str, batches: &[Vec<Message>])
         batches.len(),
         plural(batches.len()),
         started.elapsed()
+    ))
+}
+
+/// Rule 23: the same batches through the packed call on one fresh instance and through the
+/// typed call on another give the same answers. One instance at a time: a connector's two
+/// instances would share its client id, and a broker lets only one connect under it.
+async fn packed_agrees(subject: &Subject<'_>, role: Role, samples: &[Vec<u8>]) -> Verdict {
+    let mut odd = batch(samples, 100);
+    for payload in [Vec::new(), vec![0xff, 0xfe, 0x00], (0..=255u8).collect()] {
+        odd.push(message(odd.len(), payload));
+    }
+    let batches = [batch(samples, 1), batch(samples, 7), odd, Vec::new()];
+    let packed = match answers(subject, role, &batches, false).await {
+        Ok(a) => a,
+        Err(why) => return Verdict::Fail(why),
+    };
+    let typed = match answers(subject, role, &batches, true).await {
+        Ok(a) => a,
+        Err(why) => return Verdict::Fail(why),
+    };
+    for (i, ((p, t), b)) in packed.iter().zip(&typed).zip(&batches).enumerate() {
+        let differs = match (p, t) {
+            (Ok(p), Ok(t)) => first_difference(p, t),
+            // Both trapped: they agree (the trap is another rule's failure).
+            (Err(_), Err(_)) => None,
+            (Err(trap), Ok(_)) => Some(format!("only the packed call {trap}")),
+            (Ok(_), Err(trap)) => Some(format!("only the typed call {trap}")),
+        };
+        if let Some(why) = differs {
+            return Verdict::Fail(format!(
+                "batch {} ({} message{}): {why}",
+                i + 1,
+                b.len(),
+                plural(b.len())
+            ));
+        }
+    }
+    let messages: usize = batches.iter().map(Vec::len).sum();
+    Verdict::Pass(format!(
+        "{} batches, {messages} messages, the same answers",
+        batches.len()
+    ))
+}
+
+/// Each batch's answers (as text) on one instance, packed or typed; a trapped call gives its
+/// trap and the next batch goes to a fresh instance.
+async fn answers(
+    subject: &Subject<'_>,
+    role: Role,
+    batches: &[Vec<Message>],
+    typed: bool,
+) -> Result<Vec<Result<Vec<String>, String>>, String> {
+    let mut instance = None;
+    let mut out = Vec::new();
+    for b in batches {
+        let mut current = match instance.take() {
+            Some(i) => i,
+            None => {
+                let mut i = subject.ready().await?;
+                if typed {
+                    i.use_typed_calls();
+                }
+                i
+            }
+        };
+        let answer = if role == Role::Transform {
+            current
+                .process(b)
+                .await
+                .map(|a| a.iter().map(|o| format!("{o:?}")).collect())
+        } else {
+            current
+                .write(b)
+                .await
+                .map(|a| a.iter().map(|r| format!("{r:?}")).collect())
+        };
+        match answer {
+            Ok(a) => {
+                out.push(Ok(a));
+                instance = Some(current);
+            }
+            Err(trap) => out.push(Err(trapped(&trap))),
+        }
+    }
+    Ok(out)
+}
+
+/// Where two lists of answers first differ, if they do.
+fn first_difference(packed: &[String], typed: &[String]) -> Option<String> {
+    if packed.len() != typed.len() {
+        return Some(format!(
+            "{} packed answers, {} typed",
+            packed.len(),
+            typed.len()
+        ));
+    }
+    let i = packed.iter().zip(typed).position(|(p, t)| p != t)?;
+    let cut = |v: &str| v.chars().take(200).collect::<String>();
+    Some(format!(
+        "answer {}: packed {}, typed {}",
+        i + 1,
+        cut(&packed[i]),
+        cut(&typed[i])
     ))
 }
 

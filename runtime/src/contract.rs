@@ -50,6 +50,38 @@ pub mod sink {
     });
 }
 
+/// World `transform-packed`: a transform with the packed fast path (`process-packed`).
+#[allow(missing_docs, clippy::all)]
+pub mod transform_packed {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transform-packed",
+        exports: { default: async },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
+    });
+}
+
+/// World `sink-packed`: a sink with the packed fast path (`write-packed`).
+#[allow(missing_docs, clippy::all)]
+pub mod sink_packed {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sink-packed",
+        exports: { default: async },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
+    });
+}
+
 pub use source::patchbay::connector::types::{
     ConfigEntry, ConfigKey, Error as WitError, ErrorKind, Header, Message, Metadata, Outcome,
     PollResult, SourceBatch,

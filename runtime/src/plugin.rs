@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::config::{Grants, Limits, Role};
 use crate::contract::{
     self, ConfigEntry, HostImports, Message, Metadata, Outcome, PluginMetrics, PluginState,
-    PollResult, WitError, sink, source, transform,
+    PollResult, WitError, sink, sink_packed, source, transform, transform_packed,
 };
 use crate::sandbox;
 
@@ -200,17 +200,48 @@ pub struct LoadedPlugin {
     pre: RolePre,
 }
 
+impl LoadedPlugin {
+    /// Whether it is called through the packed fast path (`process-packed`, `write-packed`).
+    pub fn packed(&self) -> bool {
+        matches!(
+            self.pre,
+            RolePre::TransformPacked(_) | RolePre::SinkPacked(_)
+        )
+    }
+}
+
 #[derive(Clone)]
 enum RolePre {
     Source(source::SourcePre<HostState>),
     Transform(transform::TransformPre<HostState>),
+    TransformPacked(transform_packed::TransformPackedPre<HostState>),
     Sink(sink::SinkPre<HostState>),
+    SinkPacked(sink_packed::SinkPackedPre<HostState>),
 }
 
 enum Bindings {
     Source(source::Source),
     Transform(transform::Transform),
+    /// A transform that exports `process-packed` too: called through it.
+    TransformPacked(transform_packed::TransformPacked),
     Sink(sink::Sink),
+    /// A sink that exports `write-packed` too: called through it.
+    SinkPacked(sink_packed::SinkPacked),
+}
+
+/// `$call` on the `plugin` interface of whichever world the instance implements (`$b` names
+/// its bindings), under the call guard; `wrong_role` when it has none.
+macro_rules! plugin_call {
+    ($self:ident, $timeout:expr, $what:literal, |$b:ident| $call:expr) => {
+        match &$self.bindings {
+            Some(Bindings::Source($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::Transform($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::TransformPacked($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::Sink($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SinkPacked($b)) => guard($self.guard_for($timeout), $call).await,
+            None => return Err($self.wrong_role($what)),
+        }
+    };
 }
 
 impl Runtime {
@@ -367,9 +398,15 @@ impl Runtime {
             Role::Source => {
                 RolePre::Source(source::SourcePre::new(instance_pre).map_err(world_error)?)
             }
+            Role::Transform if exports_api("transform-packed-api") => RolePre::TransformPacked(
+                transform_packed::TransformPackedPre::new(instance_pre).map_err(world_error)?,
+            ),
             Role::Transform => {
                 RolePre::Transform(transform::TransformPre::new(instance_pre).map_err(world_error)?)
             }
+            Role::Sink if exports_api("sink-packed-api") => RolePre::SinkPacked(
+                sink_packed::SinkPackedPre::new(instance_pre).map_err(world_error)?,
+            ),
             Role::Sink => RolePre::Sink(sink::SinkPre::new(instance_pre).map_err(world_error)?),
         };
         Ok(LoadedPlugin {
@@ -452,6 +489,8 @@ impl Runtime {
             stderr_tail,
             enforce: self.enforce,
             calls: self.calls.clone(),
+            frame: Vec::new(),
+            typed_only: false,
         };
         let result = match &plugin.pre {
             RolePre::Source(pre) => pre
@@ -462,10 +501,18 @@ impl Runtime {
                 .instantiate_async(&mut instance.store)
                 .await
                 .map(Bindings::Transform),
+            RolePre::TransformPacked(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::TransformPacked),
             RolePre::Sink(pre) => pre
                 .instantiate_async(&mut instance.store)
                 .await
                 .map(Bindings::Sink),
+            RolePre::SinkPacked(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::SinkPacked),
         };
         match result {
             Ok(bindings) => instance.bindings = Some(bindings),
@@ -621,6 +668,11 @@ pub struct Instance {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     enforce: bool,
     calls: Arc<CallMetrics>,
+    /// The packed batch buffer, reused from call to call.
+    frame: Vec<u8>,
+    /// Call `process` / `write` even when the plugin has the packed form (the compliance kit
+    /// compares the two).
+    typed_only: bool,
 }
 
 impl Instance {
@@ -761,30 +813,9 @@ impl Instance {
     pub async fn metadata(&mut self) -> Result<Metadata, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
-        let result = match &self.bindings {
-            Some(Bindings::Source(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_plugin().call_describe(&mut self.store),
-                )
-                .await
-            }
-            Some(Bindings::Transform(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_plugin().call_describe(&mut self.store),
-                )
-                .await
-            }
-            Some(Bindings::Sink(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_plugin().call_describe(&mut self.store),
-                )
-                .await
-            }
-            None => return Err(self.wrong_role("metadata")),
-        };
+        let result = plugin_call!(self, timeout, "metadata", |b| b
+            .patchbay_connector_plugin()
+            .call_describe(&mut self.store));
         result.map_err(|e| self.trap("describe", timeout, e))
     }
 
@@ -792,33 +823,9 @@ impl Instance {
     async fn init_inner(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
         let timeout = self.limits.init_timeout;
         self.arm(timeout);
-        let result = match &self.bindings {
-            Some(Bindings::Source(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_plugin()
-                        .call_init(&mut self.store, config),
-                )
-                .await
-            }
-            Some(Bindings::Transform(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_plugin()
-                        .call_init(&mut self.store, config),
-                )
-                .await
-            }
-            Some(Bindings::Sink(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_plugin()
-                        .call_init(&mut self.store, config),
-                )
-                .await
-            }
-            None => return Err(self.wrong_role("init")),
-        };
+        let result = plugin_call!(self, timeout, "init", |b| b
+            .patchbay_connector_plugin()
+            .call_init(&mut self.store, config));
         result.map_err(|e| self.trap("init", timeout, e))
     }
 
@@ -858,20 +865,44 @@ impl Instance {
         result.map_err(|e| self.trap("ack", timeout, e))
     }
 
-    /// `process(batch)` of a transform.
+    /// `process(batch)` of a transform, through `process-packed` when it has it.
     async fn process_inner(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
-        let Some(Bindings::Transform(b)) = &self.bindings else {
-            return Err(self.wrong_role("process"));
+        let outcomes = match &self.bindings {
+            Some(Bindings::TransformPacked(b)) if !self.typed_only => {
+                let frame = packed::batch(std::mem::take(&mut self.frame), batch);
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_transform_packed_api()
+                        .call_process_packed(&mut self.store, &frame),
+                )
+                .await;
+                self.frame = frame;
+                let answer = result.map_err(|e| self.trap("process", timeout, e))?;
+                packed::outcomes(&answer)
+                    .map_err(|e| self.malformed("process", "process-packed", &e))?
+            }
+            Some(Bindings::Transform(b)) => {
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_transform_api()
+                        .call_process(&mut self.store, batch),
+                )
+                .await;
+                result.map_err(|e| self.trap("process", timeout, e))?
+            }
+            Some(Bindings::TransformPacked(b)) => {
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_transform_api()
+                        .call_process(&mut self.store, batch),
+                )
+                .await;
+                result.map_err(|e| self.trap("process", timeout, e))?
+            }
+            _ => return Err(self.wrong_role("process")),
         };
-        let result = guard(
-            self.guard_for(timeout),
-            b.patchbay_connector_transform_api()
-                .call_process(&mut self.store, batch),
-        )
-        .await;
-        let outcomes = result.map_err(|e| self.trap("process", timeout, e))?;
         let size: u64 = outcomes
             .iter()
             .map(|o| match o {
@@ -883,20 +914,68 @@ impl Instance {
         Ok(outcomes)
     }
 
-    /// `write(batch)` of a sink.
+    /// `write(batch)` of a sink, through `write-packed` when it has it.
     async fn write_inner(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
-        let Some(Bindings::Sink(b)) = &self.bindings else {
-            return Err(self.wrong_role("write"));
-        };
-        let result = guard(
-            self.guard_for(timeout),
-            b.patchbay_connector_sink_api()
-                .call_write(&mut self.store, batch),
-        )
-        .await;
-        result.map_err(|e| self.trap("write", timeout, e))
+        match &self.bindings {
+            Some(Bindings::SinkPacked(b)) if !self.typed_only => {
+                let frame = packed::batch(std::mem::take(&mut self.frame), batch);
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_sink_packed_api()
+                        .call_write_packed(&mut self.store, &frame),
+                )
+                .await;
+                self.frame = frame;
+                let answer = result.map_err(|e| self.trap("write", timeout, e))?;
+                packed::results(&answer).map_err(|e| self.malformed("write", "write-packed", &e))
+            }
+            Some(Bindings::Sink(b)) => {
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_sink_api()
+                        .call_write(&mut self.store, batch),
+                )
+                .await;
+                result.map_err(|e| self.trap("write", timeout, e))
+            }
+            Some(Bindings::SinkPacked(b)) => {
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_sink_api()
+                        .call_write(&mut self.store, batch),
+                )
+                .await;
+                result.map_err(|e| self.trap("write", timeout, e))
+            }
+            _ => Err(self.wrong_role("write")),
+        }
+    }
+
+    /// A packed answer that is not a well-formed frame: the instance is treated as trapped.
+    /// (Traps in a packed call are reported under the typed name, `process` or `write`: the
+    /// function the plugin's author wrote.)
+    fn malformed(
+        &self,
+        function: &'static str,
+        packed: &str,
+        e: &patchbay_frame::FrameError,
+    ) -> Trap {
+        Trap {
+            plugin: self.label.clone(),
+            function,
+            reason: format!(
+                "its answer through `{packed}` is not a valid frame ({e}); see \"Packed \
+                 frames\" in wit/README.md"
+            ),
+        }
+    }
+
+    /// From now on, call the typed `process` / `write` even if the plugin exports their
+    /// packed form.
+    pub fn use_typed_calls(&mut self) {
+        self.typed_only = true;
     }
 
     /// `init(config)`.
@@ -959,5 +1038,92 @@ impl Instance {
             self.errors(results.iter().filter_map(|r| r.as_ref().err()));
         }
         result
+    }
+}
+
+/// The packed fast path: messages into a batch frame, answers out of theirs
+/// (`patchbay-frame`, "Packed frames" in wit/README.md).
+mod packed {
+    use patchbay_frame::{FrameError, Kind, MessageRef, OutcomeRef, Reader, Writer};
+
+    use crate::contract::{ErrorKind, Header, Message, Outcome, WitError};
+
+    /// `batch` as a frame, in `buf`'s allocation.
+    pub fn batch(buf: Vec<u8>, batch: &[Message]) -> Vec<u8> {
+        let mut w = Writer::new(buf);
+        w.count(batch.len());
+        for m in batch {
+            w.message(
+                &m.payload,
+                m.key.as_deref(),
+                m.headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), h.value.as_str())),
+                m.timestamp,
+            );
+        }
+        w.finish()
+    }
+
+    fn message(m: MessageRef<'_>) -> Message {
+        Message {
+            payload: m.payload.to_vec(),
+            key: m.key.map(<[u8]>::to_vec),
+            headers: m
+                .headers
+                .into_iter()
+                .map(|(name, value)| Header {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                })
+                .collect(),
+            timestamp: m.timestamp,
+        }
+    }
+
+    fn error(kind: Kind, message: &str) -> WitError {
+        WitError {
+            kind: match kind {
+                Kind::Retryable => ErrorKind::Retryable,
+                Kind::InvalidData => ErrorKind::InvalidData,
+                Kind::Fatal => ErrorKind::Fatal,
+            },
+            message: message.to_owned(),
+        }
+    }
+
+    /// An outcomes frame.
+    pub fn outcomes(frame: &[u8]) -> Result<Vec<Outcome>, FrameError> {
+        let mut r = Reader::new(frame);
+        let n = r.count()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(match r.outcome()? {
+                OutcomeRef::Keep => Outcome::Keep,
+                OutcomeRef::Drop => Outcome::Drop,
+                OutcomeRef::Replace(n) => {
+                    let mut messages = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        messages.push(message(r.message()?));
+                    }
+                    Outcome::Replace(messages)
+                }
+                OutcomeRef::Fail(kind, text) => Outcome::Fail(error(kind, text)),
+            });
+        }
+        r.end()?;
+        Ok(out)
+    }
+
+    /// A results frame.
+    pub fn results(frame: &[u8]) -> Result<Vec<Result<(), WitError>>, FrameError> {
+        let mut r = Reader::new(frame);
+        let n = r.count()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(r.result()?.map_err(|(kind, text)| error(kind, text)));
+        }
+        r.end()?;
+        Ok(out)
     }
 }

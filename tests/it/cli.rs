@@ -11,8 +11,12 @@ fn inspect_shows_world_metadata_config_keys_and_imports() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("plugin   json-map 0.1.0"), "{stdout}");
+    // Built with the Rust SDK: it has the packed fast path.
     assert!(
-        stdout.contains("world    transform (patchbay:connector@0.1.0)"),
+        stdout.contains(
+            "world    transform-packed (patchbay:connector@0.1.0): called through the packed \
+             fast path"
+        ),
         "{stdout}"
     );
     for key in ["rename", "copy", "drop", "set"] {
@@ -38,10 +42,12 @@ fn inspect_names_the_role_of_each_first_party_plugin() {
     for (name, world) in [
         ("generator", "source"),
         ("file-source", "source"),
-        ("file-sink", "sink"),
-        ("json-map", "transform"),
-        ("csv-to-json", "transform"),
-        ("filter", "transform"),
+        ("file-sink", "sink-packed"),
+        ("json-map", "transform-packed"),
+        ("csv-to-json", "transform-packed"),
+        ("filter", "transform-packed"),
+        ("py-redact", "transform"),
+        ("py-csv-sink", "sink"),
     ] {
         let out = s.run(&["inspect", &plugin(name)]);
         let (stdout, stderr) = text(&out);

@@ -325,6 +325,72 @@ fn the_compliance_kit_catches_each_broken_rule() {
     );
 }
 
+/// Rule 23 on a transform with a hand-written packed call (`test-packed`).
+#[test]
+fn the_compliance_kit_checks_the_packed_call_against_the_typed_one() {
+    let s = Scratch::new();
+    let file = s
+        .write(
+            "packed.toml",
+            r#"
+[plugins.gen]
+path = "{plugin:generator}"
+
+[plugins.t]
+path = "{plugin:test-packed}"
+grants = { env = ["BREAK"] }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "packed"
+source = "gen"
+transforms = ["t"]
+sinks = ["null"]
+"#,
+        )
+        .display()
+        .to_string();
+    let wasm = crate::plugin("test-packed");
+    let args = [wasm.as_str(), "--pipeline", &file, "--plugin", "t"];
+    let (code, report) = test_plugin(&s, &args, None);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(
+            "pass  rule 23  `process-packed` answers exactly as `process` does: 4 batches, 111 \
+             messages, the same answers"
+        ),
+        "{report}"
+    );
+
+    let (code, report) = test_plugin(&s, &args, Some("differs"));
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(
+        failures(&report),
+        [
+            "FAIL  rule 23  `process-packed` answers exactly as `process` does: batch 1 (1 \
+          message): answer 1: packed Outcome::Drop, typed Outcome::Keep"
+        ],
+        "{report}"
+    );
+
+    // Not a frame: every data call fails, saying where the frame went wrong.
+    let (code, report) = test_plugin(&s, &args, Some("malformed"));
+    assert_eq!(code, Some(1), "{report}");
+    let failed = failures(&report);
+    assert!(failed.len() >= 4, "{report}");
+    assert!(
+        failed[0].starts_with(
+            "FAIL  rule  6  `process` returns one outcome per message, in batches of 1, 7 and \
+             100: call 1 of 3 (1 messages): trapped in `process`: its answer through \
+             `process-packed` is not a valid frame (malformed frame at byte 0: item count: 4 \
+             bytes, but only 3 are left); see \"Packed frames\" in wit/README.md"
+        ),
+        "{report}"
+    );
+}
+
 #[test]
 fn test_plugin_explains_a_missing_required_key_and_a_bad_config_argument() {
     let s = Scratch::new();

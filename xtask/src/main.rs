@@ -4,7 +4,8 @@
 //!   into `target/plugins/<name>.wasm`, and the `patchbay` binary (release).
 //! - `quickstart`: `build`, then run `examples/quickstart/pipeline.toml` and show the output.
 //! - `test`: `build`, then fmt check, clippy (host and guests), the whole test suite, and
-//!   `bench --quick` as a smoke test (it checks results and that every row has a number).
+//!   `bench --quick` as a smoke test (it checks results and that every row has a number; without
+//!   the peers, which only `bench` builds).
 //! - `bench [--quick]`: `build`, plus the benchmark's Extism and Fluvio guests
 //!   (wasm32-unknown-unknown, into `target/bench-guests/`), then the benchmark (bench/, with its
 //!   `peers` feature), which writes `bench/results.md`.
@@ -44,6 +45,7 @@ const TEST_PLUGINS: &[&str] = &[
     "test-broken-transform",
     "test-broken-source",
     "test-broken-sink",
+    "test-packed",
 ];
 
 /// Plugins written with the Python SDK (sdk-python/examples): folder, world, output name.
@@ -58,9 +60,10 @@ const JS_PLUGINS: &[(&str, &str, &str)] = &[("redact", "transform", "js-redact")
 /// The peers' guests for the benchmark (bench/guests/), built for wasm32-unknown-unknown.
 const PEER_GUESTS: &[&str] = &["bench-extism-map", "bench-fluvio-map"];
 
-/// The host build turns on the benchmark's peers (Extism, Fluvio SmartModules). Every host
-/// command of `test` passes the same features, so that the tests and clippy reuse one build.
-const HOST_FEATURES: &[&str] = &["--features", "patchbay-bench/peers"];
+/// `bench` turns on the benchmark's peers (Extism, Fluvio SmartModules). They bring two more
+/// wasmtimes (43 and 34), which take ≈12 minutes more to build on 2 cores, so `test` leaves them
+/// out: its quick benchmark (a smoke test) has every row but the peers'.
+const PEER_FEATURES: &[&str] = &["--features", "patchbay-bench/peers"];
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -344,10 +347,10 @@ fn run_quickstart() -> Result<()> {
 /// Build the host (the `patchbay` and `patchbay-bench` binaries, and the tests) with every
 /// target at once: dev-dependencies unify features as they do for `cargo test`, so the tests
 /// then reuse this build instead of compiling wasmtime a second time.
+/// The host, its tests and the benchmark, in release: every later host command of `test`
+/// (clippy aside) reuses this build.
 fn build_host_for_tests() -> Result<()> {
-    run(cargo()
-        .args(["build", "--release", "--all-targets"])
-        .args(HOST_FEATURES))
+    run(cargo().args(["build", "--release", "--all-targets"]))
 }
 
 fn test() -> Result<()> {
@@ -355,7 +358,6 @@ fn test() -> Result<()> {
     ensure_service_clients()?;
     build_plugins()?;
     build_sdk_plugins()?;
-    build_peer_guests()?;
     build_host_for_tests()?;
     let cache = target_dir().join("patchbay-cache");
     // The README's first command, end to end, so that it cannot silently break.
@@ -363,7 +365,6 @@ fn test() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo()
         .args(["clippy", "--release", "--all-targets"])
-        .args(HOST_FEATURES)
         .args(["--", "-D", "warnings"]))?;
     let mut guests = cargo();
     guests.args([
@@ -389,7 +390,6 @@ fn test() -> Result<()> {
     // Default members: the runtime (with the integration tests in tests/it), the SDK, xtask.
     run(cargo()
         .args(["test", "--release"])
-        .args(HOST_FEATURES)
         .env("PATCHBAY_CACHE_DIR", cache))?;
     // Plugins' own unit tests, run natively (the Redis client's URL parsing).
     run(cargo().args(["test", "--release", "-p", "redis-source"]))?;
@@ -401,7 +401,16 @@ fn bench(quick: bool) -> Result<()> {
     build_plugins()?;
     build_sdk_plugins()?;
     build_peer_guests()?;
-    build_host_for_tests()?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "patchbay-bench",
+            "-p",
+            "patchbay-runtime",
+        ])
+        .args(PEER_FEATURES))?;
     run_bench(quick)
 }
 
