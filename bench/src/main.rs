@@ -246,20 +246,23 @@ impl Report {
 /// The rows of the transform table: how each implementation is called.
 const ROWS: &[&str] = &[
     "native Rust, in process (the floor)",
+    "Patchbay, packed frames (one `list<u8>`), batches of 1024, limits on",
     "Patchbay, typed `list<message>`, batches of 1024, limits on",
-    "Patchbay, the same with limits off (no deadline, no memory limit)",
-    "Patchbay, one message per call, limits on",
+    "Patchbay, packed, limits off (no deadline, no memory limit)",
+    "Patchbay, packed, one message per call, limits on",
     "Extism 1.30, one call per message (its only way)",
     "Fluvio SmartModule 0.50, batches of 1024",
     "Fluvio SmartModule 0.50, one record per call",
 ];
 const NATIVE: usize = 0;
+/// The packed fast path: how json-map (built with the Rust SDK) is called in pipelines.
 const ON: usize = 1;
-const OFF: usize = 2;
-const ON_1: usize = 3;
-const EXTISM: usize = 4;
-const FLUVIO: usize = 5;
-const FLUVIO_1: usize = 6;
+const TYPED: usize = 2;
+const OFF: usize = 3;
+const ON_1: usize = 4;
+const EXTISM: usize = 5;
+const FLUVIO: usize = 6;
+const FLUVIO_1: usize = 7;
 
 /// The peers' hosts with their plugins loaded (`bench/guests/`).
 #[cfg(feature = "peers")]
@@ -316,17 +319,21 @@ async fn transform_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
         let input = messages(count, size);
         let expected = native(&bench_mapping()?, &input[0].payload)?;
         let mut on = instance(&limited, &wasm).await?;
+        let mut typed = instance(&limited, &wasm).await?;
+        typed.use_typed_calls();
         let mut off = instance(&unlimited, &wasm).await?;
         // Warm up, then measure in alternating rounds so that drift on a shared machine hits
         // every row alike; keep each row's best round.
         let warm = &input[..input.len().min(10_000)];
         through_plugin(&mut on, warm, 1024).await?;
+        through_plugin(&mut typed, warm, 1024).await?;
         through_plugin(&mut off, warm, 1024).await?;
         peers.round(warm, &expected)?;
         for _ in 0..3 {
             let mut round = vec![
                 (NATIVE, through_native(&input)?),
                 (ON, through_plugin(&mut on, &input, 1024).await?),
+                (TYPED, through_plugin(&mut typed, &input, 1024).await?),
                 (OFF, through_plugin(&mut off, &input, 1024).await?),
                 (ON_1, through_plugin(&mut on, &input, 1).await?),
             ];
@@ -356,7 +363,10 @@ async fn transform_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let ratio = |a: usize, b: usize, i: usize| best[a][i] / best[b][i];
     for (i, size) in ["100 B", "1 KiB"].iter().enumerate() {
         let mut text = format!(
-            "{size}: the limits cost {:.0}% (on / off {:.2})",
+            "{size}: the packed frames save {:.0}% against the typed list (typed / packed \
+             {:.2}); the limits cost {:.0}% (on / off {:.2})",
+            (1.0 - 1.0 / ratio(TYPED, ON, i)) * 100.0,
+            ratio(TYPED, ON, i),
             (ratio(ON, OFF, i) - 1.0) * 100.0,
             ratio(ON, OFF, i)
         );
