@@ -151,6 +151,14 @@ fn messages(count: usize, size: usize) -> Vec<Message> {
 }
 
 async fn instance(runtime: &Runtime, wasm: &Path) -> anyhow::Result<Instance> {
+    instance_with(runtime, wasm, &map_config()).await
+}
+
+async fn instance_with(
+    runtime: &Runtime,
+    wasm: &Path,
+    config: &[ConfigEntry],
+) -> anyhow::Result<Instance> {
     let loaded = runtime.load(wasm, None)?;
     let mut instance = runtime
         .instantiate(
@@ -163,10 +171,27 @@ async fn instance(runtime: &Runtime, wasm: &Path) -> anyhow::Result<Instance> {
         )
         .await?;
     instance
-        .init(&map_config())
+        .init(config)
         .await?
-        .map_err(|e| anyhow::anyhow!("json-map init: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("{} init: {}", wasm.display(), e.message))?;
     Ok(instance)
+}
+
+/// Nanoseconds per message of `write` on a sink that answers `ok` without reading (the
+/// blackhole): the cost of the call and of moving the batch, with no work in the plugin.
+async fn through_sink(instance: &mut Instance, input: &[Message]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for chunk in input.chunks(1024) {
+        let results = instance.write(chunk).await?;
+        if results.len() != chunk.len() || results.iter().any(Result::is_err) {
+            bail!(
+                "the blackhole did not answer `ok` to each of {} messages",
+                chunk.len()
+            );
+        }
+        black_box(results);
+    }
+    Ok(started.elapsed().as_nanos() as f64 / input.len() as f64)
 }
 
 /// Nanoseconds per message through the plugin, after checking its output against `native`.
@@ -360,6 +385,32 @@ async fn transform_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
         r.line(format!("| {name} | {} | {} |", cell(0), cell(1)));
     }
     r.line("");
+    // The boundary alone, packed and typed, on the blackhole sink.
+    let hole = o.plugins.join("blackhole.wasm");
+    let mut call = [[f64::MAX; 2]; 2];
+    for (i, &size) in sizes.iter().enumerate() {
+        let input = messages(count, size);
+        let mut packed = instance_with(&limited, &hole, &[]).await?;
+        let mut typed = instance_with(&limited, &hole, &[]).await?;
+        typed.use_typed_calls();
+        through_sink(&mut packed, &input[..input.len().min(10_000)]).await?;
+        through_sink(&mut typed, &input[..input.len().min(10_000)]).await?;
+        for _ in 0..3 {
+            call[0][i] = call[0][i].min(through_sink(&mut packed, &input).await?);
+            call[1][i] = call[1][i].min(through_sink(&mut typed, &input).await?);
+        }
+    }
+    r.line(format!(
+        "The call alone: `write` on `blackhole` (answers `ok` without reading), batches of 1024, \
+         per message: packed {:.0} ns, typed {:.0} ns ({:.1}×) at 100 B; packed {:.0} ns, typed \
+         {:.0} ns ({:.1}×) at 1 KiB.\n",
+        call[0][0],
+        call[1][0],
+        call[1][0] / call[0][0],
+        call[0][1],
+        call[1][1],
+        call[1][1] / call[0][1],
+    ));
     let ratio = |a: usize, b: usize, i: usize| best[a][i] / best[b][i];
     for (i, size) in ["100 B", "1 KiB"].iter().enumerate() {
         let mut text = format!(

@@ -380,6 +380,7 @@ fn test() -> Result<()> {
     }
     guests.args(["--", "-D", "warnings"]);
     run(&mut guests)?;
+    ensure_rust_target("wasm32-unknown-unknown")?;
     let mut peers = cargo();
     peers.args(["clippy", "--release", "--target", "wasm32-unknown-unknown"]);
     for p in PEER_GUESTS {
