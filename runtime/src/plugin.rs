@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{Grants, Limits, Role};
@@ -23,7 +23,7 @@ use crate::sandbox;
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: sandbox::Limiter,
     imports: HostImports,
     deadline: Instant,
     http: wasmtime_wasi_http::WasiHttpCtx,
@@ -183,6 +183,7 @@ pub struct Runtime {
     audit: Arc<sandbox::Audit>,
     calls: Arc<CallMetrics>,
     enforce: bool,
+    pool: Option<u32>,
     _ticker: Option<sandbox::EpochTicker>,
 }
 
@@ -267,7 +268,26 @@ impl Runtime {
         if std::env::var_os("PATCHBAY_PROFILE").is_some_and(|v| v == "perfmap") {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config)?;
+        let (engine, pool) = match pool_slots()? {
+            Some(slots) => {
+                config.allocation_strategy(pooling(slots));
+                match Engine::new(&config) {
+                    Ok(engine) => (engine, Some(slots)),
+                    Err(e) => {
+                        // The pool reserves its address space up front; where that is refused
+                        // (a `ulimit -v`, a 32-bit address space) instances are allocated one by
+                        // one instead: slower to create, otherwise the same.
+                        tracing::warn!(
+                            "cannot reserve the instance pool ({slots} slots): {e:#}; creating \
+                             instances on demand (set PATCHBAY_INSTANCE_POOL=off to skip the try)"
+                        );
+                        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+                        (Engine::new(&config)?, None)
+                    }
+                }
+            }
+            None => (Engine::new(&config)?, None),
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -290,8 +310,15 @@ impl Runtime {
             audit: Arc::new(sandbox::Audit::default()),
             calls: Arc::new(CallMetrics::default()),
             enforce,
+            pool,
             _ticker: ticker,
         })
+    }
+
+    /// How many instances the pooling allocator has slots for, or `None` when instances are
+    /// allocated on demand (`PATCHBAY_INSTANCE_POOL=off`, or the pool could not be reserved).
+    pub fn instance_pool(&self) -> Option<u32> {
+        self.pool
     }
 
     /// The default cache directory: `$PATCHBAY_CACHE_DIR`, else `$XDG_CACHE_HOME/patchbay`,
@@ -491,6 +518,7 @@ impl Runtime {
             calls: self.calls.clone(),
             frame: Vec::new(),
             typed_only: false,
+            pool: self.pool,
         };
         let result = match &plugin.pre {
             RolePre::Source(pre) => pre
@@ -520,6 +548,56 @@ impl Runtime {
         }
         Ok(instance)
     }
+}
+
+/// Instance slots in the pool when `PATCHBAY_INSTANCE_POOL` is unset.
+pub const DEFAULT_INSTANCE_POOL: u32 = 1000;
+
+/// `PATCHBAY_INSTANCE_POOL`: a number of instance slots, or `off` for on-demand allocation.
+fn pool_slots() -> anyhow::Result<Option<u32>> {
+    let Some(value) = std::env::var_os("PATCHBAY_INSTANCE_POOL") else {
+        return Ok(Some(DEFAULT_INSTANCE_POOL));
+    };
+    let value = value.to_string_lossy();
+    match value.trim() {
+        "off" | "0" => Ok(None),
+        n => match n.parse::<u32>() {
+            Ok(slots) if slots <= 100_000 => Ok(Some(slots)),
+            _ => anyhow::bail!(
+                "PATCHBAY_INSTANCE_POOL is `{value}`: give a number of instance slots from 1 to \
+                 100000, or `off` to create instances on demand"
+            ),
+        },
+    }
+}
+
+/// The pooling allocator: each live plugin instance (its store, with the component's core
+/// instances, memory, table and async stack) takes one slot that is prepared ahead and reused,
+/// which makes instantiation several times faster than mapping fresh memory each time.
+///
+/// Slots are sized so that every component Patchbay runs fits, whatever its language: memories
+/// may grow to 4 GiB (the per-plugin `limits.memory` is enforced by the store's limiter, not by
+/// the slot), a component may hold any number of core instances and memories (componentize-py
+/// links a dozen modules), and tables up to 100,000 entries (an interpreter's function table).
+/// Only address space is reserved up front; memory is committed as instances touch it.
+fn pooling(slots: u32) -> wasmtime::InstanceAllocationStrategy {
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    // A component instance brings several core instances (a Rust plugin 1 to 4, componentize-py
+    // and componentize-js ones more) but, in every language here, one linear memory: memory
+    // slots are the ones that reserve address space (4 GiB and a guard each), so they are
+    // counted per component.
+    let core = slots.saturating_mul(16);
+    pool.total_component_instances(slots)
+        .total_core_instances(core)
+        .total_memories(slots)
+        .total_tables(core)
+        .total_stacks(slots)
+        .max_memories_per_module(1)
+        .max_tables_per_module(2)
+        .table_elements(100_000)
+        .max_component_instance_size(4 << 20)
+        .max_core_instance_size(4 << 20);
+    wasmtime::InstanceAllocationStrategy::Pooling(pool)
 }
 
 /// Re-define `wasi:filesystem` `open-at` around wasmtime-wasi's own, so that an open the sandbox
@@ -673,6 +751,8 @@ pub struct Instance {
     /// Call `process` / `write` even when the plugin has the packed form (the compliance kit
     /// compares the two).
     typed_only: bool,
+    /// The runtime's instance pool slots (for the message when they run out).
+    pool: Option<u32>,
 }
 
 impl Instance {
@@ -708,7 +788,9 @@ impl Instance {
 
     fn arm(&mut self, timeout: Duration) {
         if self.enforce {
-            self.store.data_mut().deadline = Instant::now() + timeout;
+            let state = self.store.data_mut();
+            state.deadline = Instant::now() + timeout;
+            state.limits.clear();
             self.store.set_epoch_deadline(1);
         }
     }
@@ -746,16 +828,21 @@ impl Instance {
             Some(wasmtime::Trap::StackOverflow) => {
                 "call stack exhausted (runaway recursion?)".to_owned()
             }
+            // The guest was refused memory and could not go on without it (a Rust allocator
+            // aborts: an `unreachable` trap): say which limit.
+            _ if self.store.data().limits.refused() => format!(
+                "memory limit of {} reached (limits.memory)",
+                bytesize::ByteSize(self.limits.memory).display().iec()
+            ),
             Some(trap) => trap.to_string(),
             None => {
                 let text = e.root_cause().to_string();
-                if text.contains("forcing trap when growing memory") {
-                    format!(
-                        "memory limit of {} reached (limits.memory)",
-                        bytesize::ByteSize(self.limits.memory).display().iec()
-                    )
-                } else {
-                    text
+                match self.pool {
+                    Some(slots) if text.contains("maximum concurrent limit") => format!(
+                        "all {slots} instance slots of the pool are in use ({text}); raise \
+                         PATCHBAY_INSTANCE_POOL, or set it to `off` to create instances on demand"
+                    ),
+                    _ => text,
                 }
             }
         };
@@ -869,6 +956,18 @@ impl Instance {
     async fn process_inner(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
+        // The typed call, for a world with or without the packed export (distinct binding types).
+        macro_rules! typed {
+            ($b:ident) => {
+                guard(
+                    self.guard_for(timeout),
+                    $b.patchbay_connector_transform_api()
+                        .call_process(&mut self.store, batch),
+                )
+                .await
+                .map_err(|e| self.trap("process", timeout, e))?
+            };
+        }
         let outcomes = match &self.bindings {
             Some(Bindings::TransformPacked(b)) if !self.typed_only => {
                 let frame = packed::batch(std::mem::take(&mut self.frame), batch);
@@ -883,24 +982,8 @@ impl Instance {
                 packed::outcomes(&answer)
                     .map_err(|e| self.malformed("process", "process-packed", &e))?
             }
-            Some(Bindings::Transform(b)) => {
-                let result = guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_transform_api()
-                        .call_process(&mut self.store, batch),
-                )
-                .await;
-                result.map_err(|e| self.trap("process", timeout, e))?
-            }
-            Some(Bindings::TransformPacked(b)) => {
-                let result = guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_transform_api()
-                        .call_process(&mut self.store, batch),
-                )
-                .await;
-                result.map_err(|e| self.trap("process", timeout, e))?
-            }
+            Some(Bindings::Transform(b)) => typed!(b),
+            Some(Bindings::TransformPacked(b)) => typed!(b),
             _ => return Err(self.wrong_role("process")),
         };
         let size: u64 = outcomes
@@ -918,6 +1001,17 @@ impl Instance {
     async fn write_inner(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
+        macro_rules! typed {
+            ($b:ident) => {
+                guard(
+                    self.guard_for(timeout),
+                    $b.patchbay_connector_sink_api()
+                        .call_write(&mut self.store, batch),
+                )
+                .await
+                .map_err(|e| self.trap("write", timeout, e))
+            };
+        }
         match &self.bindings {
             Some(Bindings::SinkPacked(b)) if !self.typed_only => {
                 let frame = packed::batch(std::mem::take(&mut self.frame), batch);
@@ -931,24 +1025,8 @@ impl Instance {
                 let answer = result.map_err(|e| self.trap("write", timeout, e))?;
                 packed::results(&answer).map_err(|e| self.malformed("write", "write-packed", &e))
             }
-            Some(Bindings::Sink(b)) => {
-                let result = guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_sink_api()
-                        .call_write(&mut self.store, batch),
-                )
-                .await;
-                result.map_err(|e| self.trap("write", timeout, e))
-            }
-            Some(Bindings::SinkPacked(b)) => {
-                let result = guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_sink_api()
-                        .call_write(&mut self.store, batch),
-                )
-                .await;
-                result.map_err(|e| self.trap("write", timeout, e))
-            }
+            Some(Bindings::Sink(b)) => typed!(b),
+            Some(Bindings::SinkPacked(b)) => typed!(b),
             _ => Err(self.wrong_role("write")),
         }
     }

@@ -245,15 +245,74 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGate {
 }
 
 /// Memory, table and instance caps for one plugin instance.
-pub fn store_limits(limits: &Limits) -> StoreLimits {
-    StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
-        .table_elements(100_000)
-        .instances(100)
-        .tables(100)
-        .memories(100)
-        .trap_on_grow_failure(true)
-        .build()
+///
+/// A memory grow past `limits.memory` is refused (`memory.grow` answers -1) rather than trapped
+/// on the spot: a garbage-collected guest (JavaScript's SpiderMonkey, Python) collects and
+/// carries on, and a guest that cannot (Rust's allocator aborts) traps by itself. The refusal is
+/// remembered, so that trap is reported as the memory limit it is.
+pub fn store_limits(limits: &Limits) -> Limiter {
+    Limiter {
+        limits: StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(limits.memory).unwrap_or(usize::MAX))
+            .table_elements(100_000)
+            .instances(100)
+            .tables(100)
+            .memories(100)
+            .build(),
+        refused: false,
+    }
+}
+
+/// The store's resource limiter: [`StoreLimits`], remembering a refused memory grow.
+pub struct Limiter {
+    limits: StoreLimits,
+    refused: bool,
+}
+
+impl Limiter {
+    /// Whether a memory grow was refused since the last [`Limiter::clear`].
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Forget refusals (at the start of each call).
+    pub fn clear(&mut self) {
+        self.refused = false;
+    }
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// Advances the engine's epoch every [`TICK`] until dropped. Calls check their deadline at each

@@ -38,7 +38,12 @@ breaker = { traps = 100 }
     assert_eq!(stdout.lines().count(), 100);
     assert_eq!(
         stderr
-            .matches("transform `boom` (#1) trapped; restarted it with a fresh instance")
+            .matches(
+                "transform `boom` (#1) trapped in `process`: wasm trap: wasm `unreachable` \
+                 instruction executed; its last words on stderr: panicked at \
+                 tests/plugins/test-trap/src/lib.rs:51:17: test-trap: deliberate panic after 10 \
+                 messages; restarted it with a fresh instance"
+            )
             .count(),
         9,
         "{stderr}"

@@ -200,8 +200,9 @@ impl Stage {
         }
     }
 
-    /// Replace a trapped instance with a fresh one (its host state carries over).
-    async fn restart(&mut self) -> Result<(), PipelineFailure> {
+    /// Replace a trapped instance with a fresh one (its host state carries over). `trap` says
+    /// what happened, for the log.
+    async fn restart(&mut self, trap: &Trap) -> Result<(), PipelineFailure> {
         self.policy
             .counters
             .restarts
@@ -209,9 +210,11 @@ impl Stage {
         match (self.restart)().await {
             Ok(instance) => {
                 tracing::warn!(
-                    "pipeline `{}`: {} trapped; restarted it with a fresh instance",
+                    "pipeline `{}`: {} trapped in `{}`: {}; restarted it with a fresh instance",
                     self.policy.pipeline,
-                    self.stage
+                    self.stage,
+                    trap.function,
+                    trap.reason
                 );
                 self.instance = instance;
                 Ok(())
@@ -300,8 +303,8 @@ impl Stage {
     }
 
     /// After a trap: restart the instance and feed the breaker. True when the breaker opened.
-    async fn after_trap(&mut self) -> Result<bool, PipelineFailure> {
-        self.restart().await?;
+    async fn after_trap(&mut self, trap: &Trap) -> Result<bool, PipelineFailure> {
+        self.restart(trap).await?;
         let opened = self.circuit.trapped(&self.policy.breaker);
         if opened {
             tracing::warn!(
@@ -363,13 +366,13 @@ impl Stage {
             }
             match called {
                 Err(trap) => {
-                    let failure = trap_failure(trap);
+                    let failure = trap_failure(trap.clone());
                     retry = pending
                         .into_iter()
                         .zip(failures)
                         .map(|(m, f)| (m, Some(merge(f, failure.clone()))))
                         .collect();
-                    if self.after_trap().await? {
+                    if self.after_trap(&trap).await? {
                         let open = open_failure(&self.stage, &self.policy.breaker);
                         dead.extend(retry.into_iter().map(|(m, f)| (m, merge(f, open.clone()))));
                         break;
@@ -468,12 +471,12 @@ impl Stage {
             }
             match called {
                 Err(trap) => {
-                    let failure = trap_failure(trap);
+                    let failure = trap_failure(trap.clone());
                     retry = pending
                         .into_iter()
                         .map(|(i, f)| (i, Some(merge(f, failure.clone()))))
                         .collect();
-                    if self.after_trap().await? {
+                    if self.after_trap(&trap).await? {
                         let open = open_failure(&self.stage, &self.policy.breaker);
                         dead.extend(
                             retry
