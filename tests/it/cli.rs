@@ -157,3 +157,114 @@ fn new_refuses_an_existing_directory() {
         "{stderr}"
     );
 }
+
+/// generator → file-sink (stdout), `count` messages.
+fn small_pipeline(s: &Scratch, count: u32) {
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {count} }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "-" }}
+grants = {{ stdout = true }}
+
+[[pipeline]]
+name = "small"
+source = "gen"
+sinks = ["out"]
+"#
+        ),
+    );
+}
+
+#[test]
+fn a_bad_instance_pool_setting_is_refused_with_what_to_give() {
+    let s = Scratch::new();
+    small_pipeline(&s, 10);
+    let out = crate::patchbay()
+        .args(["run", "p.toml"])
+        .current_dir(s.path())
+        .env("PATCHBAY_INSTANCE_POOL", "lots")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains(
+            "error: PATCHBAY_INSTANCE_POOL is `lots`: give a number of instance slots from 1 to \
+             100000, or `off` to create instances on demand"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn when_the_instance_pool_is_full_the_error_says_which_setting_to_raise() {
+    let s = Scratch::new();
+    small_pipeline(&s, 10);
+    let out = crate::patchbay()
+        .args(["run", "p.toml"])
+        .current_dir(s.path())
+        .env("PATCHBAY_INSTANCE_POOL", "1")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "trapped in `instantiate`: all 1 instance slots of the pool are in use (maximum \
+             concurrent limit of 1 for component instances reached); raise \
+             PATCHBAY_INSTANCE_POOL, or set it to `off` to create instances on demand"
+        ),
+        "{stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn without_address_space_for_the_pool_instances_are_created_on_demand() {
+    let s = Scratch::new();
+    small_pipeline(&s, 100);
+    // 64 GiB of address space: room for a few instances' 4 GiB reservations, not for a pool
+    // of 1000.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -v 67108864 && exec {} run p.toml",
+                env!("CARGO_BIN_EXE_patchbay")
+            ),
+        ])
+        .current_dir(s.path())
+        .env(
+            "PATCHBAY_CACHE_DIR",
+            plugins_dir().join("../patchbay-cache"),
+        )
+        .env_remove("PATCHBAY_INSTANCE_POOL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN cannot reserve the instance pool (1000 slots): "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "; creating instances on demand (set PATCHBAY_INSTANCE_POOL=off to skip the try)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stdout.lines().count(), 100);
+    assert!(
+        stderr.contains("pipeline `small`: 100 in, 0 dropped, 100 written to `out`"),
+        "{stderr}"
+    );
+}
