@@ -182,16 +182,21 @@ sinks = ["out"]
     );
 }
 
-#[test]
-fn a_bad_instance_pool_setting_is_refused_with_what_to_give() {
+/// `patchbay run` of a 10-message [`small_pipeline`] with `PATCHBAY_INSTANCE_POOL=pool`.
+fn run_with_pool(pool: &str) -> std::process::Output {
     let s = Scratch::new();
     small_pipeline(&s, 10);
-    let out = crate::patchbay()
+    crate::patchbay()
         .args(["run", "p.toml"])
         .current_dir(s.path())
-        .env("PATCHBAY_INSTANCE_POOL", "lots")
+        .env("PATCHBAY_INSTANCE_POOL", pool)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_bad_instance_pool_setting_is_refused_with_what_to_give() {
+    let out = run_with_pool("lots");
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stdout, "");
@@ -206,14 +211,7 @@ fn a_bad_instance_pool_setting_is_refused_with_what_to_give() {
 
 #[test]
 fn when_the_instance_pool_is_full_the_error_says_which_setting_to_raise() {
-    let s = Scratch::new();
-    small_pipeline(&s, 10);
-    let out = crate::patchbay()
-        .args(["run", "p.toml"])
-        .current_dir(s.path())
-        .env("PATCHBAY_INSTANCE_POOL", "1")
-        .output()
-        .unwrap();
+    let out = run_with_pool("1");
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
