@@ -465,21 +465,23 @@ async fn startup_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     // Live at once, so within the instance pool's 1000 slots (runtime::DEFAULT_INSTANCE_POOL).
     let n = if o.quick { 200 } else { 800 };
     let before = rss_kib();
+    let (grants, limits) = (Grants::default(), Limits::default());
+    let fresh = async || {
+        runtime
+            .instantiate(
+                &loaded,
+                Arc::from("bench/map"),
+                Arc::from("map"),
+                &grants,
+                &limits,
+                PluginState::default(),
+            )
+            .await
+    };
     let mut live = Vec::with_capacity(n);
     let started = Instant::now();
     for _ in 0..n {
-        live.push(
-            runtime
-                .instantiate(
-                    &loaded,
-                    Arc::from("bench/map"),
-                    Arc::from("map"),
-                    &Grants::default(),
-                    &Limits::default(),
-                    PluginState::default(),
-                )
-                .await?,
-        );
+        live.push(fresh().await?);
     }
     let instantiate = started.elapsed() / n as u32;
     let started = Instant::now();
@@ -496,18 +498,7 @@ async fn startup_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     // dropped (with the pool, in the slot that instance left, already mapped).
     let started = Instant::now();
     for _ in 0..n {
-        drop(
-            runtime
-                .instantiate(
-                    &loaded,
-                    Arc::from("bench/map"),
-                    Arc::from("map"),
-                    &Grants::default(),
-                    &Limits::default(),
-                    PluginState::default(),
-                )
-                .await?,
-        );
+        drop(fresh().await?);
     }
     let reuse = started.elapsed() / n as u32;
     let size = std::fs::metadata(&wasm)?.len();
