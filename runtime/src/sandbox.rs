@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::io::AsyncWrite;
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::cli::AsyncStdoutStream;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
@@ -100,15 +101,17 @@ pub fn wasi_ctx(
     if grants.stdout {
         builder.inherit_stdout();
     } else {
-        builder.stdout(AsyncStdoutStream::new(
-            8192,
-            LogWriter::new(label.clone(), "stdout", None),
-        ));
+        builder.stdout(LogStream::new(LogWriter::new(
+            label.clone(),
+            "stdout",
+            None,
+        )));
     }
-    builder.stderr(AsyncStdoutStream::new(
-        8192,
-        LogWriter::new(label.clone(), "stderr", Some(stderr_tail)),
-    ));
+    builder.stderr(LogStream::new(LogWriter::new(
+        label.clone(),
+        "stderr",
+        Some(stderr_tail),
+    )));
     for dir in &grants.dirs {
         let perms = match dir.mode {
             DirMode::Ro => FsPerms::ReadOnly,
@@ -415,21 +418,96 @@ impl LogWriter {
             self.suppressed += 1;
         }
     }
-}
 
-impl AsyncWrite for LogWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        for &byte in buf {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
             if byte == b'\n' {
                 self.emit();
             } else if self.line.len() < LOG_LINE_MAX {
                 self.line.push(byte);
             }
         }
+    }
+}
+
+impl Drop for LogWriter {
+    /// A last line without its newline still reaches the log when the instance goes.
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+/// A plugin's stdout or stderr as WASI sees it: every write goes straight to its [`LogWriter`],
+/// in the calling thread. (wasmtime-wasi's `AsyncStdoutStream` would spawn a task per stream
+/// and per instance — a sixth of an instantiation — and log a trapping plugin's last words
+/// only after the trap report had been written.)
+#[derive(Clone)]
+struct LogStream(Arc<Mutex<LogWriter>>);
+
+impl LogStream {
+    fn new(writer: LogWriter) -> Self {
+        LogStream(Arc::new(Mutex::new(writer)))
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        // A writer poisoned by a panic elsewhere still takes lines: it holds no invariant.
+        let mut writer = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        writer.write(bytes);
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// How much a plugin may write per `write` call; the log takes any amount at once.
+const LOG_WRITE_PERMIT: usize = 64 * 1024;
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        LogStream::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(LOG_WRITE_PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    /// Always ready: writes never wait.
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for LogStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        LogStream::write(&self, buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -437,10 +515,37 @@ impl AsyncWrite for LogWriter {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.line.is_empty() {
-            self.emit();
-        }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_output_reaches_the_stderr_tail_as_it_is_written_and_at_the_end() {
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stream = LogStream::new(LogWriter::new(
+            Arc::from("p/t"),
+            "stderr",
+            Some(tail.clone()),
+        ));
+        let lines = |tail: &Arc<Mutex<VecDeque<String>>>| -> Vec<String> {
+            tail.lock()
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        let mut p2 = stream.p2_stream();
+        assert_eq!(p2.check_write().ok(), Some(LOG_WRITE_PERMIT));
+        assert!(p2.write(bytes::Bytes::from_static(b"one\ntw")).is_ok());
+        assert_eq!(lines(&tail), ["one"]);
+        assert!(p2.write(bytes::Bytes::from_static(b"o\nthree")).is_ok());
+        assert_eq!(lines(&tail), ["one", "two"]);
+        drop(p2);
+        drop(stream);
+        // The unfinished last line is logged when the instance (its last stream) goes.
+        assert_eq!(lines(&tail), ["one", "two", "three"]);
     }
 }

@@ -224,9 +224,12 @@ impl Scratch {
 }
 
 /// Sequence numbers of a JSON Lines file of generator messages, with how often each occurs.
+/// A last line without its newline is one the sink is still writing (the file was read while
+/// the pipeline ran): it is left for the next read.
 pub fn seq_counts(jsonl: &str) -> std::collections::BTreeMap<u64, u32> {
     let mut counts = std::collections::BTreeMap::new();
-    for line in jsonl.lines() {
+    let complete = jsonl.rfind('\n').map_or("", |end| &jsonl[..end]);
+    for line in complete.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         *counts.entry(v["seq"].as_u64().unwrap()).or_insert(0) += 1;
     }

@@ -365,7 +365,9 @@ impl Client {
 
 /// Sequence numbers of the `{"seq":N}` lines (other lines ignored).
 fn seqs(lines: &str) -> BTreeMap<u64, u32> {
-    let only: String = lines
+    // Only complete lines: the last one may still be being written (see `seq_counts`).
+    let complete = lines.rfind('\n').map_or("", |end| &lines[..end]);
+    let only: String = complete
         .lines()
         .filter(|l| l.contains("\"seq\""))
         .map(|l| format!("{l}\n"))
