@@ -224,13 +224,19 @@ impl Scratch {
 }
 
 /// Sequence numbers of a JSON Lines file of generator messages, with how often each occurs.
-/// A last line without its newline is one the sink is still writing (the file was read while
-/// the pipeline ran): it is left for the next read.
+/// A last line without its newline that does not parse is one the sink is still writing (the
+/// file was read while the pipeline ran): it is left for the next read. (A complete object
+/// line cannot be mistaken for it, and a prefix of one never parses.)
 pub fn seq_counts(jsonl: &str) -> std::collections::BTreeMap<u64, u32> {
     let mut counts = std::collections::BTreeMap::new();
-    let complete = jsonl.rfind('\n').map_or("", |end| &jsonl[..end]);
-    for line in complete.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let mut lines = jsonl.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        let last_unfinished = lines.peek().is_none() && !line.ends_with('\n');
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) if last_unfinished => break,
+            Err(e) => panic!("not a JSON line ({e}): {line}"),
+        };
         *counts.entry(v["seq"].as_u64().unwrap()).or_insert(0) += 1;
     }
     counts

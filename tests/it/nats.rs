@@ -365,12 +365,10 @@ impl Client {
 
 /// Sequence numbers of the `{"seq":N}` lines (other lines ignored).
 fn seqs(lines: &str) -> BTreeMap<u64, u32> {
-    // Only complete lines: the last one may still be being written (see `seq_counts`).
-    let complete = lines.rfind('\n').map_or("", |end| &lines[..end]);
-    let only: String = complete
-        .lines()
+    // Lines kept as they were, so that `seq_counts` can tell a last line still being written.
+    let only: String = lines
+        .split_inclusive('\n')
         .filter(|l| l.contains("\"seq\""))
-        .map(|l| format!("{l}\n"))
         .collect();
     seq_counts(&only)
 }
