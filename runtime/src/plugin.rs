@@ -553,6 +553,10 @@ impl Runtime {
 /// Instance slots in the pool when `PATCHBAY_INSTANCE_POOL` is unset.
 pub const DEFAULT_INSTANCE_POOL: u32 = 1000;
 
+/// How much of a pooled slot's memory (and of its tables) is reset in place when its instance
+/// goes, rather than decommitted.
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// `PATCHBAY_INSTANCE_POOL`: a number of instance slots, or `off` for on-demand allocation.
 fn pool_slots() -> anyhow::Result<Option<u32>> {
     let Some(value) = std::env::var_os("PATCHBAY_INSTANCE_POOL") else {
@@ -580,10 +584,6 @@ fn pool_slots() -> anyhow::Result<Option<u32>> {
 /// the slot), a component may hold any number of core instances and memories (componentize-py
 /// links a dozen modules), and tables up to 100,000 entries (an interpreter's function table).
 /// Only address space is reserved up front; memory is committed as instances touch it.
-/// How much of a pooled slot's memory (and of its tables) is reset in place when its instance
-/// goes, rather than decommitted.
-const KEEP_RESIDENT: usize = 1 << 20;
-
 fn pooling(slots: u32) -> wasmtime::InstanceAllocationStrategy {
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     // A component instance brings several core instances (a Rust plugin 1 to 4, componentize-py
