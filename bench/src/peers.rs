@@ -63,12 +63,14 @@ impl Extism {
 /// fluvio-smartengine 0.50 never frees a call's output inside the guest (the SmartModule hands
 /// it over with `mem::forget`, and the engine's `dealloc` call is commented out), so guest
 /// memory grows by every call's output until the store's limit (1 GB by default) stops the
-/// chain. Each measurement therefore starts on a fresh chain, built outside the timing, with the
-/// limit raised to 4 GiB, Wasm's most.
+/// chain. The chain is therefore built anew, outside the timing, before what it has leaked
+/// could reach [`Fluvio::REBUILD_AFTER`], with the limit raised to 4 GiB, Wasm's most.
 pub struct Fluvio {
     engine: SmartEngine,
     bytes: Vec<u8>,
     chain: SmartModuleChainInstance,
+    /// Bytes of output (with a per-record allowance) the current chain has leaked, about.
+    leaked: usize,
 }
 
 impl Fluvio {
@@ -82,8 +84,13 @@ impl Fluvio {
             engine,
             bytes,
             chain,
+            leaked: 0,
         })
     }
+
+    /// Leaked output after which a measurement starts on a fresh chain: well inside the 4 GiB
+    /// limit even for the largest measurement that follows.
+    const REBUILD_AFTER: usize = 1 << 30;
 
     fn chain(engine: &SmartEngine, bytes: &[u8]) -> anyhow::Result<SmartModuleChainInstance> {
         let mut config = SmartModuleConfig::builder();
@@ -101,7 +108,12 @@ impl Fluvio {
 
     /// Nanoseconds per message in batches of `batch`, after checking the first output.
     pub fn run(&mut self, input: &[Message], batch: usize, expected: &[u8]) -> anyhow::Result<f64> {
-        self.chain = Self::chain(&self.engine, &self.bytes)?;
+        let output: usize = input.iter().map(|m| m.payload.len() + 64).sum();
+        if self.leaked + output > Self::REBUILD_AFTER {
+            self.chain = Self::chain(&self.engine, &self.bytes)?;
+            self.leaked = 0;
+        }
+        self.leaked += output + expected.len() + 64;
         let first = self.process(&input[..1])?;
         if first.first().map(|r| r.value.as_ref()) != Some(expected) {
             bail!(
