@@ -5,6 +5,7 @@
 //! file and json-map's own `mapping.rs`, so every row runs the same code as the Patchbay plugin.
 
 use crate::mapping::Mapping;
+use patchbay_sdk::json::Object;
 use serde_json::Value;
 
 /// Build the mapping from configuration values looked up by key (`rename`, `drop`, `set`, each
@@ -44,13 +45,10 @@ pub fn mapping(get: impl Fn(&str) -> Option<String>) -> Result<Mapping, String> 
     Ok(Mapping::new(pairs("copy")?, pairs("rename")?, drop, set))
 }
 
-/// The transform on one payload: a JSON object in, the mapped object out.
+/// The transform on one payload: a JSON object in, the mapped object out (json-map's
+/// `process`, without the plugin interface).
 pub fn apply(mapping: &Mapping, payload: &[u8]) -> Result<Vec<u8>, String> {
-    let mut doc: Value =
-        serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
-    if !doc.is_object() {
-        return Err("payload is not a JSON object".into());
-    }
+    let mut doc = Object::parse(payload).map_err(|e| format!("payload is {e}"))?;
     mapping.apply(&mut doc)?;
-    serde_json::to_vec(&doc).map_err(|e| format!("cannot encode JSON: {e}"))
+    Ok(doc.to_vec())
 }

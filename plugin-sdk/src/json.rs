@@ -4,6 +4,10 @@
 //! no array indexing and no escaping (a key containing `.` cannot be addressed). [`set`]
 //! creates missing intermediate objects.
 //!
+//! The functions here work on a [`Value`] tree. [`Object`] offers the same paths on a message
+//! parsed only as deep as they go, with untouched values kept as the input's bytes: the choice
+//! for a transform that reshapes messages (json-map uses it).
+//!
 //! ```
 //! use patchbay_sdk::json::{self, Value};
 //!
@@ -15,6 +19,9 @@
 //! ```
 
 pub use serde_json::{Map, Value};
+
+mod object;
+pub use object::{Field, Object, ParseError};
 
 /// Why [`set`] could not store a value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,8 +18,13 @@
 //! A payload that is not a JSON object fails with `invalid-data`, as does a target path that
 //! runs through something other than an object. The key, headers and timestamp of the message
 //! are kept. A message the mapping does not change passes on untouched (`keep`).
+//!
+//! Only the objects the paths go through are parsed into fields; every other value is checked
+//! and then written out as the input had it, byte for byte (`patchbay_sdk::json::Object`):
+//! numbers keep all their digits, strings their escapes, nested values their spacing. The
+//! output is otherwise compact.
 
-use patchbay_sdk::json::{Map, Value};
+use patchbay_sdk::json::{Map, Object, Value};
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
 
 mod mapping;
@@ -91,26 +96,13 @@ impl Transform for JsonMap {
     }
 
     fn process(&mut self, message: &Message) -> Outcome {
-        let mut doc: Value = match serde_json::from_slice(&message.payload) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(other) => {
-                return Outcome::Fail(Error::invalid_data(format!(
-                    "payload is not a JSON object but {}",
-                    kind(&other)
-                )));
-            }
-            Err(e) => {
-                return Outcome::Fail(Error::invalid_data(format!(
-                    "payload is not a JSON object: {e}"
-                )));
-            }
+        let mut doc = match Object::parse(&message.payload) {
+            Ok(doc) => doc,
+            Err(e) => return Outcome::Fail(Error::invalid_data(format!("payload is {e}"))),
         };
         match self.mapping.apply(&mut doc) {
             Ok(false) => Outcome::Keep,
-            Ok(true) => match serde_json::to_vec(&doc) {
-                Ok(payload) => Outcome::Replace(vec![message.with_payload(payload)]),
-                Err(e) => Outcome::Fail(Error::invalid_data(format!("cannot encode JSON: {e}"))),
-            },
+            Ok(true) => Outcome::Replace(vec![message.with_payload(doc.to_vec())]),
             Err(e) => Outcome::Fail(Error::invalid_data(e)),
         }
     }
@@ -128,17 +120,6 @@ fn path_table(config: &Config, key: &str) -> Result<Vec<(String, String)>, Error
             ))),
         })
         .collect()
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 patchbay_sdk::export_transform!(JsonMap);

@@ -1,10 +1,13 @@
 //! The mapping itself, apart from the plugin interface: what `json-map` does to one document.
 //!
-//! It depends only on serde_json (with `preserve_order`) and the SDK's dotted-path helpers, so
-//! the benchmark compiles this very file natively: the native row of `bench/results.md` runs the
-//! same code as the plugin.
+//! It depends only on the SDK's json module and its [`Object`] (a document parsed only as deep as
+//! the mapping's paths go, untouched values kept as the input's bytes), so the benchmark
+//! compiles this very file natively: the native row of `bench/results.md` runs the same code as
+//! the plugin.
 
-use patchbay_sdk::json::{self, Map, Value};
+use std::borrow::Cow;
+
+use patchbay_sdk::json::{Field, Object, Value};
 
 /// The four steps, in the order they run. Built once by [`Mapping::new`], which also plans the
 /// renames, so that applying it to a document does no work that depends only on the config.
@@ -65,20 +68,20 @@ impl Mapping {
     }
 
     /// Apply the four steps; `Ok(true)` when the document changed.
-    pub fn apply(&self, doc: &mut Value) -> Result<bool, String> {
+    pub fn apply(&self, doc: &mut Object<'_>) -> Result<bool, String> {
         let mut changed = false;
 
         if !self.copy.is_empty() {
-            let copies: Vec<(&str, &str, Value)> = self
+            let copies: Vec<(&str, &str, Field<'_>)> = self
                 .copy
                 .iter()
                 .filter_map(|(from, to)| {
-                    Some((from.as_str(), to.as_str(), json::get(doc, from)?.clone()))
+                    Some((from.as_str(), to.as_str(), doc.get_mut(from)?.clone()))
                 })
                 .collect();
             changed |= !copies.is_empty();
             for (from, to, value) in copies {
-                json::set(doc, to, value)
+                doc.set(to, value)
                     .map_err(|e| format!("cannot copy `{from}` to `{to}`: {e}"))?;
             }
         }
@@ -86,11 +89,12 @@ impl Mapping {
         changed |= self.rename(doc)?;
 
         for path in &self.drop {
-            changed |= json::remove(doc, path).is_some();
+            changed |= doc.remove(path).is_some();
         }
 
         for (path, value) in &self.set {
-            json::set(doc, path, value.clone()).map_err(|e| format!("cannot set `{path}`: {e}"))?;
+            doc.set(path, Field::Value(value.clone()))
+                .map_err(|e| format!("cannot set `{path}`: {e}"))?;
             changed = true;
         }
         Ok(changed)
@@ -99,18 +103,18 @@ impl Mapping {
     /// The `rename` step. A field renamed within its object keeps its position there; one moved
     /// to another object is appended to it. Within the step every source is read before any
     /// target is written. `Ok(true)` when a field moved.
-    fn rename(&self, doc: &mut Value) -> Result<bool, String> {
+    fn rename(&self, doc: &mut Object<'_>) -> Result<bool, String> {
         let mut changed = false;
         let mut moved = Vec::new();
         for (from, to) in &self.moves {
-            if let Some(value) = json::remove(doc, from) {
+            if let Some(value) = doc.remove(from) {
                 moved.push((from, to, value));
             }
         }
         for group in &self.in_place {
             let object = match &group.parent {
-                None => doc.as_object_mut(),
-                Some(parent) => json::get_mut(doc, parent).and_then(Value::as_object_mut),
+                None => Some(&mut *doc),
+                Some(parent) => doc.object_mut(parent),
             };
             if let Some(object) = object {
                 changed |= rename_in(object, &group.keys);
@@ -118,7 +122,7 @@ impl Mapping {
         }
         changed |= !moved.is_empty();
         for (from, to, value) in moved {
-            json::set(doc, to, value)
+            doc.set(to, value)
                 .map_err(|e| format!("cannot rename `{from}` to `{to}`: {e}"))?;
         }
         Ok(changed)
@@ -126,22 +130,14 @@ impl Mapping {
 }
 
 /// Rename keys of one object together; `true` when one was present.
-fn rename_in(object: &mut Map<String, Value>, keys: &[(String, String)]) -> bool {
-    // The common case, one field renamed to a name not in use: move it within its place.
-    if let [(from, to)] = keys
-        && !object.contains_key(to.as_str())
-    {
-        let Some(index) = object.keys().position(|k| k == from) else {
-            return false;
-        };
-        if let Some(value) = object.shift_remove(from.as_str()) {
-            object.shift_insert(index, to.clone(), value);
-        }
-        return true;
+fn rename_in(object: &mut Object<'_>, keys: &[(String, String)]) -> bool {
+    // The common case, one field renamed: in its place, over a field of the new name if any.
+    if let [(from, to)] = keys {
+        return object.rename(from, to);
     }
     let sources: Vec<(&str, &str)> = keys
         .iter()
-        .filter(|(from, _)| object.contains_key(from.as_str()))
+        .filter(|(from, _)| object.contains_key(from))
         .map(|(from, to)| (from.as_str(), to.as_str()))
         .collect();
     if sources.is_empty() {
@@ -156,18 +152,14 @@ fn rename_in(object: &mut Map<String, Value>, keys: &[(String, String)]) -> bool
     // A field a rename writes over (and that is not renamed itself) disappears; the renamed
     // field takes the source's position.
     let overwritten = |key: &str| sources.iter().any(|(_, to)| *to == key);
-    let mut renamed = Map::new();
-    for (key, value) in std::mem::take(object) {
-        match new_key(&key) {
-            Some(to) => {
-                renamed.insert(to.to_owned(), value);
-            }
-            None if overwritten(&key) => {}
-            None => {
-                renamed.insert(key, value);
-            }
-        }
-    }
+    let renamed: Object<'_> = std::mem::take(object)
+        .into_iter()
+        .filter_map(|(key, value)| match new_key(&key) {
+            Some(to) => Some((Cow::Owned(to.to_owned()), value)),
+            None if overwritten(&key) => None,
+            None => Some((key, value)),
+        })
+        .collect();
     *object = renamed;
     true
 }
@@ -186,9 +178,9 @@ mod tests {
     use super::*;
 
     fn run(mapping: &Mapping, input: &str) -> (bool, String) {
-        let mut doc: Value = serde_json::from_str(input).unwrap();
+        let mut doc = Object::parse(input.as_bytes()).unwrap();
         let changed = mapping.apply(&mut doc).unwrap();
-        (changed, doc.to_string())
+        (changed, String::from_utf8(doc.to_vec()).unwrap())
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -257,7 +249,7 @@ mod tests {
             Vec::new(),
             vec![("a.b".to_owned(), Value::from(1))],
         );
-        let mut doc: Value = serde_json::from_str(r#"{"a":5}"#).unwrap();
+        let mut doc = Object::parse(br#"{"a":5}"#).unwrap();
         assert_eq!(
             m.apply(&mut doc),
             Err("cannot set `a.b`: `a` is not an object".to_owned())
