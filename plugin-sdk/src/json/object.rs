@@ -94,10 +94,14 @@ impl<'a> Object<'a> {
     /// Parse one JSON object (surrounding whitespace allowed), borrowing from `bytes`.
     pub fn parse(bytes: &'a [u8]) -> Result<Object<'a>, ParseError> {
         serde_json::from_slice(bytes).map_err(|e| {
-            // The reason for the caller: valid JSON of another kind, or where the syntax breaks.
+            // The reason for the caller: where an object breaks; else what the document is, or
+            // where its syntax breaks (the object parse stopped at its first byte).
+            if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+                return ParseError::Invalid(e);
+            }
             match serde_json::from_slice::<IgnoredAny>(bytes) {
                 Ok(_) => ParseError::NotAnObject(kind(bytes)),
-                Err(_) => ParseError::Invalid(e),
+                Err(syntax) => ParseError::Invalid(syntax),
             }
         })
     }
@@ -550,8 +554,26 @@ mod tests {
             reason("{\"a\":\"\u{1}\"}"),
             "not a JSON object: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 6"
         );
-        assert!(Object::parse(b"{\"a\":\"\xff\"}").is_err());
-        assert!(Object::parse(br#"{"a":1} {}"#).is_err());
+        assert_eq!(
+            reason(r#"[1,"#),
+            "not a JSON object: EOF while parsing a value at line 1 column 3"
+        );
+        assert_eq!(
+            reason("[1] x"),
+            "not a JSON object: trailing characters at line 1 column 5"
+        );
+        assert_eq!(
+            reason(r#"{"a":1} {}"#),
+            "not a JSON object: trailing characters at line 1 column 9"
+        );
+        assert_eq!(
+            reason(""),
+            "not a JSON object: EOF while parsing a value at line 1 column 0"
+        );
+        assert_eq!(
+            Object::parse(b"{\"a\":\"\xff\"}").unwrap_err().to_string(),
+            "not a JSON object: invalid unicode code point at line 1 column 7"
+        );
     }
 
     impl Field<'_> {
