@@ -22,9 +22,9 @@ use prometheus_client::registry::Registry;
 
 use crate::assemble::Swappables;
 use crate::contract::MetricValue;
+use crate::pipeline::Counters;
 use crate::plugin::Runtime;
 use crate::reload::ReloadError;
-use crate::route::Counters;
 
 /// Where a pipeline is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

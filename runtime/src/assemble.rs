@@ -1,16 +1,21 @@
 //! Turns a checked [`Config`] into runnable pipelines: load every component, check each one's
 //! world against the role it plays, check its configuration keys against its metadata, then
-//! create and `init` one instance per stage.
+//! create and `init` one instance per stage. The glue between the layers: it may import any of
+//! them, and nothing below `cli` and `admin` imports it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::config::{Config, PipelineDecl, PluginDecl, PluginRef, Role};
-use crate::contract::{ConfigEntry, Metadata, PluginState};
-use crate::dead_letter::DeadLetters;
-use crate::plugin::{Instance, LoadedPlugin, Runtime};
+use crate::contract::{ConfigEntry, Metadata, PluginState, check_keys};
+use crate::pipeline::{
+    DeadLetters, PipelinePlan, Replayed, Router, Slot, SourcePlan, StageKind, StagePlan,
+};
+use crate::plugin::{Instance, LoadedPlugin, Runtime, SinkCalls, Start, TransformCalls};
 use crate::reload::Swappable;
-use crate::route::{PipelinePlan, Replayed, Restart, Router, Slot, SourcePlan, StageInstance};
 
 /// Problems found while assembling, one line each, ready to print.
 #[derive(Debug, thiserror::Error)]
@@ -125,36 +130,6 @@ pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, Assemble
     Ok(Loaded { plugins, metadata })
 }
 
-pub(crate) fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
-    let known: Vec<&str> = meta.config_keys.iter().map(|k| k.name.as_str()).collect();
-    for entry in &decl.config {
-        if !known.contains(&entry.key.as_str()) {
-            problems.push(format!(
-                "{}: plugin `{}` ({} {}) has no config key `{}`; it accepts: {} (see `patchbay inspect {}`)",
-                entry.loc,
-                decl.name,
-                meta.name,
-                meta.version,
-                entry.key,
-                if known.is_empty() {
-                    "no keys".to_owned()
-                } else {
-                    known.join(", ")
-                },
-                decl.path.display()
-            ));
-        }
-    }
-    for key in meta.config_keys.iter().filter(|k| k.required) {
-        if !decl.config.iter().any(|e| e.key == key.name) {
-            problems.push(format!(
-                "{}: plugin `{}` requires config key `{}` ({}); add it under [plugins.{}.config]",
-                decl.path_loc, decl.name, key.name, key.description, decl.name
-            ));
-        }
-    }
-}
-
 /// Every plugin of a running file, swappable by name (see [`crate::reload`]).
 pub type Swappables = BTreeMap<String, Arc<Swappable>>;
 
@@ -235,6 +210,42 @@ pub async fn plan_replay(
     })
 }
 
+/// A started instance, and how to start more of the same plugin.
+struct Started {
+    plugin: String,
+    version: String,
+    instance: Instance,
+    start: StartInstance,
+    swap: Option<Arc<Swappable>>,
+}
+
+impl Started {
+    /// As a transform or sink stage (`boxed` makes the instance its calls).
+    fn stage<C: ?Sized + 'static>(self, boxed: fn(Instance) -> Box<C>) -> StagePlan<C> {
+        let start = self.start;
+        StagePlan {
+            plugin: self.plugin,
+            version: self.version,
+            instance: boxed(self.instance),
+            start: Arc::new(move || {
+                let started = start();
+                let boxed: Pin<Box<dyn Future<Output = anyhow::Result<Box<C>>> + Send>> =
+                    Box::pin(async move { Ok(boxed(started.await?)) });
+                boxed
+            }) as Start<C>,
+            code: self.swap.map(|s| s.subscribe()),
+        }
+    }
+}
+
+fn as_transform(i: Instance) -> Box<dyn TransformCalls> {
+    Box::new(i)
+}
+
+fn as_sink(i: Instance) -> Box<dyn SinkCalls> {
+    Box::new(i)
+}
+
 async fn plan_one(
     runtime: &Arc<Runtime>,
     config: &Config,
@@ -244,7 +255,7 @@ async fn plan_one(
     swappables: Option<&Swappables>,
     problems: &mut Vec<String>,
 ) -> Option<PipelinePlan> {
-    let mut stage = async |r: &PluginRef, role: Role| -> Option<StageInstance> {
+    let mut stage = async |r: &PluginRef, role: Role| -> Option<Started> {
         let (Some(decl), Some(component)) =
             (config.plugins.get(&r.name), loaded.plugins.get(&r.name))
         else {
@@ -262,7 +273,7 @@ async fn plan_one(
         if let Some(swap) = &swap {
             swap.track_state(&pipeline.name, &state);
         }
-        let restart = restarter(
+        let start = starter(
             runtime,
             &pipeline.name,
             decl,
@@ -271,11 +282,11 @@ async fn plan_one(
             swap.clone(),
         );
         match start_instance(runtime, &pipeline.name, decl, component, state).await {
-            Ok(instance) => Some(StageInstance {
+            Ok(instance) => Some(Started {
                 plugin: r.name.clone(),
                 version,
                 instance,
-                restart,
+                start,
                 swap,
             }),
             Err(e) => {
@@ -291,7 +302,10 @@ async fn plan_one(
         Some(entries) => Some(SourcePlan::Replay(entries)),
         None => stage(&pipeline.source, Role::Source)
             .await
-            .map(|s| SourcePlan::Plugin(Box::new(s))),
+            .map(|s| SourcePlan::Plugin {
+                plugin: s.plugin,
+                instance: Box::new(s.instance),
+            }),
     };
     // A replay starts only the stages its entries reach: transforms from the earliest one an
     // entry re-enters at (and then every sink), or just the sinks entries failed at.
@@ -299,7 +313,7 @@ async fn plan_one(
         Some(SourcePlan::Replay(entries)) => {
             let first = entries
                 .iter()
-                .filter(|r| r.entry.stage == "transform")
+                .filter(|r| r.entry.stage == StageKind::Transform)
                 .map(|r| r.entry.stage_index.saturating_sub(1))
                 .min();
             match first {
@@ -327,7 +341,7 @@ async fn plan_one(
             transforms.push(
                 stage(t, Role::Transform)
                     .await
-                    .map(|s| Slot::Live(Box::new(s))),
+                    .map(|s| Slot::Live(Box::new(s.stage(as_transform)))),
             );
         }
     }
@@ -341,13 +355,17 @@ async fn plan_one(
                 plugin: s.name.clone(),
             }));
         } else {
-            sinks.push(stage(s, Role::Sink).await.map(|s| Slot::Live(Box::new(s))));
+            sinks.push(
+                stage(s, Role::Sink)
+                    .await
+                    .map(|s| Slot::Live(Box::new(s.stage(as_sink)))),
+            );
         }
     }
     let dead_letters = match &pipeline.dead_letter_sink {
         Some(r) => {
             let sink = stage(r, Role::Sink).await?;
-            Arc::new(DeadLetters::to_sink(sink.plugin, sink.instance))
+            Arc::new(DeadLetters::to_sink(sink.plugin, Box::new(sink.instance)))
         }
         None => Arc::new(DeadLetters::new(pipeline.dead_letter.clone())),
     };
@@ -381,14 +399,18 @@ async fn plan_one(
     })
 }
 
-fn restarter(
+/// Starts a fresh, initialised instance of one plugin in one pipeline.
+type StartInstance =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Instance>> + Send>> + Send + Sync>;
+
+fn starter(
     runtime: &Arc<Runtime>,
     pipeline: &str,
     decl: &PluginDecl,
     component: &LoadedPlugin,
     state: &PluginState,
     swap: Option<Arc<Swappable>>,
-) -> Restart {
+) -> StartInstance {
     let runtime = runtime.clone();
     let pipeline = pipeline.to_owned();
     let decl = decl.clone();

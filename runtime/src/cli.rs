@@ -14,9 +14,10 @@ use crate::admin::{Admin, PipelineStatus};
 use crate::assemble;
 use crate::config::{Config, Role, parse_duration};
 use crate::contract::PluginState;
-use crate::dead_letter;
+use crate::pipeline::dead_letter;
+use crate::pipeline::{self, Control, Counters, Report, StageKind};
 use crate::plugin::Runtime;
-use crate::route::{self, Control, Counters, Report};
+use crate::sandbox::capability;
 use crate::scaffold;
 
 /// Patchbay: an integration server made of sandboxed WebAssembly component plugins.
@@ -472,7 +473,7 @@ async fn run(
         statuses.push(status.clone());
         let control = control.clone();
         handles.push(tokio::spawn(async move {
-            let report = route::run(plan, control, counters).await;
+            let report = pipeline::run(plan, control, counters).await;
             status.end(report.failure.is_some());
             report
         }));
@@ -600,10 +601,9 @@ async fn replay(
                 entry.pipeline
             );
         }
-        let expected = match entry.stage.as_str() {
-            "transform" => pipeline.transforms.get(entry.stage_index.wrapping_sub(1)),
-            "sink" => pipeline.sinks.get(entry.stage_index.wrapping_sub(1)),
-            other => anyhow::bail!("{where_}: unknown stage `{other}`"),
+        let expected = match entry.stage {
+            StageKind::Transform => pipeline.transforms.get(entry.stage_index.wrapping_sub(1)),
+            StageKind::Sink => pipeline.sinks.get(entry.stage_index.wrapping_sub(1)),
         };
         match expected {
             Some(r) if r.name == entry.plugin => {}
@@ -619,7 +619,7 @@ async fn replay(
             .message
             .to_message()
             .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
-        replayed.push(route::Replayed { entry, message });
+        replayed.push(pipeline::Replayed { entry, message });
     }
     if replayed.is_empty() {
         println!("pipeline `{name}`: no dead letters in {}", file.display());
@@ -644,7 +644,7 @@ async fn replay(
     let (_drain_tx, drain) = watch::channel(false);
     let (_abort_tx, abort) = watch::channel(false);
     let counters = plan.counters();
-    let report = route::run(plan, Control { drain, abort }, counters).await;
+    let report = pipeline::run(plan, Control { drain, abort }, counters).await;
     print_summary(&report);
     if let Some(failure) = &report.failure {
         if let Some(aside) = &aside {
@@ -797,100 +797,20 @@ async fn inspect(
         let g = &decl.grants;
         println!();
         println!("grants ([plugins.{name}] in {}):", file.display());
-        let list = |items: Vec<String>| {
-            if items.is_empty() {
-                "none".to_owned()
-            } else {
-                items.join(", ")
-            }
-        };
-        let patterns =
-            |p: &[crate::config::NetPattern]| list(p.iter().map(|x| x.text.clone()).collect());
-        println!(
-            "  filesystem   {}",
-            list(
-                g.dirs
-                    .iter()
-                    .map(|d| format!(
-                        "{} → {} ({})",
-                        d.guest,
-                        d.host.display(),
-                        match d.mode {
-                            crate::config::DirMode::Ro => "ro",
-                            crate::config::DirMode::Rw => "rw",
-                        }
-                    ))
-                    .collect()
-            )
-        );
-        println!("  tcp          {}", patterns(&g.tcp));
-        println!("  udp          {}", patterns(&g.udp));
-        println!("  listen       {}", patterns(&g.listen));
-        println!(
-            "  http         {}",
-            list(g.http.iter().map(|p| p.text.clone()).collect())
-        );
-        println!("  dns          {}", if g.dns { "yes" } else { "no" });
-        println!("  env          {}", list(g.env.clone()));
-        println!("  stdin        {}", if g.stdin { "yes" } else { "no" });
-        println!(
-            "  stdout       {}",
-            if g.stdout { "yes" } else { "no (to the log)" }
-        );
-        let granted = |cap: &str| match cap {
-            "filesystem" => !g.dirs.is_empty(),
-            "network" => !g.tcp.is_empty() || !g.udp.is_empty() || !g.listen.is_empty(),
-            "dns" => g.dns,
-            "http" => !g.http.is_empty(),
-            // Rust's std imports stdin in every program; an ungranted stdin reads as empty.
-            _ => true,
-        };
+        for (capability, granted) in g.rows() {
+            println!("  {capability:12} {granted}");
+        }
         let mut warned = std::collections::BTreeSet::new();
         for import in &loaded.imports {
             let cap = capability(import);
-            if !granted(cap) && warned.insert(cap) {
+            if !g.grants_capability(cap) && warned.insert(cap) {
                 println!(
                     "warning: it imports {cap} ({import}) but the config grants no {cap} access: those calls will be denied"
                 );
             }
         }
-        let limits = &decl.limits;
         println!();
-        println!(
-            "limits: memory {}, call_timeout {}, init_timeout {}, max_output {}",
-            bytesize::ByteSize(limits.memory).display().iec(),
-            humantime::format_duration(limits.call_timeout),
-            humantime::format_duration(limits.init_timeout),
-            bytesize::ByteSize(limits.max_output).display().iec()
-        );
+        println!("limits: {}", decl.limits.line());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The capability an import stands for, as operators think of it.
-pub fn capability(import: &str) -> &'static str {
-    let name = import.split('@').next().unwrap_or(import);
-    match name {
-        n if n.starts_with("patchbay:connector/logging") => "log",
-        n if n.starts_with("patchbay:connector/metrics") => "metrics",
-        n if n.starts_with("patchbay:connector/state") => "state",
-        n if n.starts_with("patchbay:connector/types") => "contract",
-        n if n.starts_with("wasi:filesystem") => "filesystem",
-        n if n.starts_with("wasi:sockets/ip-name-lookup") => "dns",
-        n if n.starts_with("wasi:sockets") => "network",
-        n if n.starts_with("wasi:http") => "http",
-        "wasi:cli/environment" => "env",
-        n if n.starts_with("wasi:cli/stdin") || n.starts_with("wasi:cli/terminal-stdin") => "stdin",
-        n if n.starts_with("wasi:cli/stdout")
-            || n.starts_with("wasi:cli/stderr")
-            || n.starts_with("wasi:cli/terminal") =>
-        {
-            "stdio"
-        }
-        "wasi:cli/exit" => "exit",
-        n if n.starts_with("wasi:clocks") => "clocks",
-        n if n.starts_with("wasi:random") => "random",
-        n if n.starts_with("wasi:io") => "io",
-        _ => "other",
-    }
 }

@@ -28,22 +28,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use toml::Spanned;
 
-/// Default largest number of messages a source returns per poll.
-pub const DEFAULT_BATCH_SIZE: u32 = 256;
-/// Default number of batches buffered between two stages.
-pub const DEFAULT_BUFFER: u32 = 4;
-/// Default cap of a plugin's linear memory.
-pub const DEFAULT_MEMORY: u64 = 64 * 1024 * 1024;
-/// Default deadline of one data call (poll, process, write, ack).
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default deadline of `init` (connectors may dial a broker there).
-pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default largest output of one plugin call.
-pub const DEFAULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
-/// Default in-flight byte budget of a pipeline.
-pub const DEFAULT_MAX_IN_FLIGHT: u64 = 64 * 1024 * 1024;
-/// Largest accepted `batch_size`.
-pub const MAX_BATCH_SIZE: u32 = 65_536;
+use crate::defaults;
+pub use crate::defaults::{BATCH_SIZE as DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE};
+use crate::sandbox::grants::GrantProblem;
+pub use crate::sandbox::{DirGrant, DirMode, Grants, HttpPattern, Limits, NetPattern};
 
 // ---------------------------------------------------------------------------------------------
 // The file as written
@@ -142,17 +130,6 @@ struct RawDirGrant {
     /// `ro` (default) or `rw`.
     #[serde(default)]
     mode: DirMode,
-}
-
-/// Access to a granted directory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DirMode {
-    /// Read-only.
-    #[default]
-    Ro,
-    /// Read and write, create and delete.
-    Rw,
 }
 
 /// Resource limits for one plugin instance.
@@ -297,9 +274,9 @@ pub struct Breaker {
 impl Default for Breaker {
     fn default() -> Self {
         Breaker {
-            traps: 5,
-            window: Duration::from_secs(10),
-            cooldown: Duration::from_secs(30),
+            traps: defaults::BREAKER_TRAPS,
+            window: defaults::BREAKER_WINDOW,
+            cooldown: defaults::BREAKER_COOLDOWN,
         }
     }
 }
@@ -342,9 +319,9 @@ pub struct Retry {
 impl Default for Retry {
     fn default() -> Self {
         Retry {
-            attempts: 10,
-            backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
+            attempts: defaults::RETRY_ATTEMPTS,
+            backoff: defaults::RETRY_BACKOFF,
+            max_backoff: defaults::RETRY_MAX_BACKOFF,
         }
     }
 }
@@ -460,207 +437,6 @@ pub struct ConfigEntry {
     pub value: String,
     /// Where the key was written.
     pub loc: Loc,
-}
-
-/// Checked grants.
-#[derive(Debug, Clone, Default)]
-pub struct Grants {
-    /// Directory preopens.
-    pub dirs: Vec<DirGrant>,
-    /// Inherit the runtime's stdin.
-    pub stdin: bool,
-    /// Inherit the runtime's stdout.
-    pub stdout: bool,
-    /// Outbound TCP targets.
-    pub tcp: Vec<NetPattern>,
-    /// UDP targets.
-    pub udp: Vec<NetPattern>,
-    /// Listen addresses.
-    pub listen: Vec<NetPattern>,
-    /// Outbound HTTP destinations.
-    pub http: Vec<HttpPattern>,
-    /// Name lookup allowed.
-    pub dns: bool,
-    /// Environment variable names.
-    pub env: Vec<String>,
-}
-
-/// A `HOST:PORT` network grant, host names resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetPattern {
-    /// As written.
-    pub text: String,
-    /// Allowed addresses; `None` means any.
-    pub ips: Option<Vec<std::net::IpAddr>>,
-    /// Allowed port; `None` means any.
-    pub port: Option<u16>,
-}
-
-impl NetPattern {
-    /// Parse and resolve `HOST:PORT`.
-    pub fn parse(text: &str) -> Result<NetPattern, String> {
-        let hint = "write HOST:PORT, e.g. \"127.0.0.1:5432\", \"localhost:4222\", \"[::1]:*\"";
-        let Some((host, port)) = text.rsplit_once(':') else {
-            return Err(format!("network grant `{text}` has no port; {hint}"));
-        };
-        let port = match port {
-            "*" => None,
-            p => Some(
-                p.parse::<u16>()
-                    .map_err(|_| format!("network grant `{text}`: bad port `{p}`; {hint}"))?,
-            ),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let ips = match host {
-            "*" => None,
-            h => match h.parse::<std::net::IpAddr>() {
-                Ok(ip) => Some(vec![ip]),
-                Err(_) => {
-                    use std::net::ToSocketAddrs;
-                    let resolved: Vec<std::net::IpAddr> = (h, 0)
-                        .to_socket_addrs()
-                        .map_err(|e| format!("network grant `{text}`: cannot resolve `{h}`: {e}"))?
-                        .map(|a| a.ip())
-                        .collect();
-                    Some(resolved)
-                }
-            },
-        };
-        Ok(NetPattern {
-            text: text.to_owned(),
-            ips,
-            port,
-        })
-    }
-
-    /// Whether an address matches.
-    pub fn allows(&self, addr: &std::net::SocketAddr) -> bool {
-        self.port.is_none_or(|p| p == addr.port())
-            && self.ips.as_ref().is_none_or(|ips| ips.contains(&addr.ip()))
-    }
-}
-
-/// An outbound HTTP grant: `[SCHEME://]HOST[:PORT]`, where HOST may start with `*.` to allow
-/// every subdomain. Matched against the authority of each request the plugin sends, before any
-/// connection is made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpPattern {
-    /// As written.
-    pub text: String,
-    /// `http` or `https`; `None` means either.
-    pub scheme: Option<String>,
-    /// Lowercase host, or `*.domain` for subdomains of `domain`.
-    pub host: String,
-    /// Allowed port; `None` means any.
-    pub port: Option<u16>,
-}
-
-impl HttpPattern {
-    /// Parse `[SCHEME://]HOST[:PORT]`.
-    pub fn parse(text: &str) -> Result<HttpPattern, String> {
-        let hint = "write [http://|https://]HOST[:PORT], e.g. \"api.example.com\", \
-                    \"https://*.example.com\", \"127.0.0.1:8080\"";
-        let (scheme, rest) = match text.split_once("://") {
-            Some((s, rest)) if s == "http" || s == "https" => (Some(s.to_owned()), rest),
-            Some((s, _)) => {
-                return Err(format!(
-                    "http grant `{text}`: scheme `{s}` is not http or https; {hint}"
-                ));
-            }
-            None => (None, text),
-        };
-        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-            return Err(format!(
-                "http grant `{text}` has a path, query or user; grants name hosts only; {hint}"
-            ));
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            match v6.split_once(']') {
-                Some((h, "")) => (format!("[{h}]"), None),
-                Some((h, p)) => match p.strip_prefix(':') {
-                    Some(p) => (format!("[{h}]"), Some(p)),
-                    None => return Err(format!("http grant `{text}`: bad address; {hint}")),
-                },
-                None => return Err(format!("http grant `{text}`: unclosed `[`; {hint}")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (rest.to_owned(), None),
-            }
-        };
-        let port = match port {
-            None | Some("*") => None,
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .map_err(|_| format!("http grant `{text}`: bad port `{p}`; {hint}"))?,
-            ),
-        };
-        let bare = host.strip_prefix("*.").unwrap_or(&host);
-        if bare.is_empty()
-            || bare.contains('*')
-            || !bare
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
-        {
-            return Err(format!("http grant `{text}`: bad host `{host}`; {hint}"));
-        }
-        Ok(HttpPattern {
-            text: text.to_owned(),
-            scheme,
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    /// Whether a request to `scheme://host:port` matches.
-    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        let host = host.to_ascii_lowercase();
-        let host_ok = match self.host.strip_prefix("*.") {
-            Some(domain) => host
-                .strip_suffix(domain)
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-            None => host == self.host,
-        };
-        host_ok
-            && self.port.is_none_or(|p| p == port)
-            && self.scheme.as_deref().is_none_or(|s| s == scheme)
-    }
-}
-
-/// A checked directory grant.
-#[derive(Debug, Clone)]
-pub struct DirGrant {
-    /// Host directory (exists).
-    pub host: PathBuf,
-    /// Guest mount point.
-    pub guest: String,
-    /// Access mode.
-    pub mode: DirMode,
-}
-
-/// Checked limits, defaults applied.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Linear memory cap in bytes.
-    pub memory: u64,
-    /// Deadline of each data call.
-    pub call_timeout: Duration,
-    /// Deadline of `init`.
-    pub init_timeout: Duration,
-    /// Largest output of one call, in bytes.
-    pub max_output: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory: DEFAULT_MEMORY,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-            init_timeout: DEFAULT_INIT_TIMEOUT,
-            max_output: DEFAULT_MAX_OUTPUT,
-        }
-    }
 }
 
 /// A checked pipeline.
@@ -911,10 +687,10 @@ impl Config {
                         locator.at(&b),
                         b.get_ref()
                     ));
-                    DEFAULT_BUFFER
+                    defaults::BUFFER
                 }
                 Some(b) => b.into_inner(),
-                None => DEFAULT_BUFFER,
+                None => defaults::BUFFER,
             };
             let defaults = Retry::default();
             let attempts = match raw_pipeline.retry.attempts {
@@ -964,7 +740,7 @@ impl Config {
                 .and_then(|d| d.path.as_ref())
             {
                 Some(path) => base.join(path.get_ref()),
-                None => base.join("dead-letter").join(format!("{name}.jsonl")),
+                None => base.join(defaults::dead_letter_path(&name)),
             };
             let dead_letter_sink = raw_pipeline
                 .dead_letter
@@ -1046,7 +822,7 @@ impl Config {
                 buffer,
                 max_in_flight: raw_pipeline
                     .max_in_flight
-                    .map_or(DEFAULT_MAX_IN_FLIGHT, |s| s.0),
+                    .map_or(defaults::MAX_IN_FLIGHT, |s| s.0),
                 on_error: raw_pipeline.on_error,
                 retry,
                 breaker,
@@ -1147,32 +923,33 @@ fn check_plugin(
     let mut dirs = Vec::new();
     let mut guests = BTreeSet::new();
     for dir in raw.grants.dirs {
-        let host = base.join(dir.host.get_ref());
-        if !host.is_dir() {
-            problems.push(format!(
-                "{}: plugin `{name}`: granted directory `{}` does not exist (resolved to `{}`); create it or fix `host`",
-                locator.at(&dir.host),
-                dir.host.get_ref(),
-                absolute(&host).display()
-            ));
-        }
-        let guest = dir.guest.get_ref().clone();
-        if !guest.starts_with('/') || guest.split('/').any(|part| part == "..") {
-            problems.push(format!(
-                "{}: plugin `{name}`: guest path `{guest}` must be absolute without `..`, e.g. \"/data\"",
-                locator.at(&dir.guest)
-            ));
-        } else if !guests.insert(guest.clone()) {
-            problems.push(format!(
-                "{}: plugin `{name}`: guest path `{guest}` is granted twice",
-                locator.at(&dir.guest)
-            ));
-        }
-        dirs.push(DirGrant {
-            host,
+        let guest = dir.guest.get_ref();
+        let checked = DirGrant::check(
+            dir.host.get_ref(),
+            base.join(dir.host.get_ref()),
             guest,
-            mode: dir.mode,
-        });
+            dir.mode,
+        );
+        match checked {
+            Ok(grant) => {
+                if !guests.insert(guest.clone()) {
+                    problems.push(format!(
+                        "{}: plugin `{name}`: guest path `{guest}` is granted twice",
+                        locator.at(&dir.guest)
+                    ));
+                }
+                dirs.push(grant);
+            }
+            Err(found) => {
+                for problem in found {
+                    let (at, text) = match problem {
+                        GrantProblem::Host(text) => (locator.at(&dir.host), text),
+                        GrantProblem::Guest(text) => (locator.at(&dir.guest), text),
+                    };
+                    problems.push(format!("{at}: plugin `{name}`: {text}"));
+                }
+            }
+        }
     }
     let mut patterns = |list: &[Spanned<String>]| -> Vec<NetPattern> {
         list.iter()
@@ -1248,9 +1025,7 @@ fn check_plugin(
     })
 }
 
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
+use crate::sandbox::grants::absolute;
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -1320,36 +1095,5 @@ mod tests {
                 .starts_with("p.toml:3:1: unknown field `sorce`"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn http_grants() {
-        let exact = HttpPattern::parse("api.example.com").unwrap();
-        assert!(exact.allows("https", "API.example.com", 443));
-        assert!(exact.allows("http", "api.example.com", 8080));
-        assert!(!exact.allows("https", "evil.com", 443));
-        assert!(!exact.allows("https", "x.api.example.com", 443));
-        let sub = HttpPattern::parse("https://*.example.com:443").unwrap();
-        assert!(sub.allows("https", "a.b.example.com", 443));
-        assert!(!sub.allows("https", "example.com", 443));
-        assert!(!sub.allows("https", "badexample.com", 443));
-        assert!(!sub.allows("http", "a.example.com", 443));
-        assert!(!sub.allows("https", "a.example.com", 8443));
-        let local = HttpPattern::parse("127.0.0.1:8080").unwrap();
-        assert!(local.allows("http", "127.0.0.1", 8080));
-        assert!(!local.allows("http", "127.0.0.1", 8081));
-        let v6 = HttpPattern::parse("[::1]:80").unwrap();
-        assert!(v6.allows("http", "[::1]", 80));
-        for bad in [
-            "ftp://x",
-            "x.com/path",
-            "x.com:port",
-            "*",
-            "a.*.com",
-            "u@x.com",
-            "",
-        ] {
-            assert!(HttpPattern::parse(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -1,11 +1,16 @@
 //! Host bindings of the WIT contract (`wit/`, package `patchbay:connector@0.1.0`) and the host
 //! side of the interfaces every plugin imports: logging, metrics, state.
 //!
+//! Also the check of a plugin's configuration keys against its metadata.
+//! It may import only `config`.
+//!
 //! The three worlds share one set of types: `source` generates them, `transform` and `sink`
 //! reuse them through `with`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use crate::config::PluginDecl;
 
 /// World `source`.
 #[allow(missing_docs, clippy::all)]
@@ -306,5 +311,37 @@ pub fn message(payload: Vec<u8>) -> Message {
         key: None,
         headers: Vec::new(),
         timestamp: None,
+    }
+}
+
+/// Check a plugin declaration's `config` against the keys the plugin declares in its
+/// metadata: an unknown key or a missing required one is a problem naming where to fix it.
+pub fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {
+    let known: Vec<&str> = meta.config_keys.iter().map(|k| k.name.as_str()).collect();
+    for entry in &decl.config {
+        if !known.contains(&entry.key.as_str()) {
+            problems.push(format!(
+                "{}: plugin `{}` ({} {}) has no config key `{}`; it accepts: {} (see `patchbay inspect {}`)",
+                entry.loc,
+                decl.name,
+                meta.name,
+                meta.version,
+                entry.key,
+                if known.is_empty() {
+                    "no keys".to_owned()
+                } else {
+                    known.join(", ")
+                },
+                decl.path.display()
+            ));
+        }
+    }
+    for key in meta.config_keys.iter().filter(|k| k.required) {
+        if !decl.config.iter().any(|e| e.key == key.name) {
+            problems.push(format!(
+                "{}: plugin `{}` requires config key `{}` ({}); add it under [plugins.{}.config]",
+                decl.path_loc, decl.name, key.name, key.description, decl.name
+            ));
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use patchbay_runtime::{assemble, config::Config, plugin::Runtime, route};
+//! use patchbay_runtime::{assemble, config::Config, pipeline, plugin::Runtime};
 //! let config = Config::load("examples/quickstart/pipeline.toml".as_ref())?;
 //! let runtime = std::sync::Arc::new(Runtime::new(Runtime::default_cache_dir())?);
 //! let loaded = assemble::load(&runtime, &config).await?;
@@ -13,12 +13,24 @@
 //!     let (_drain_tx, drain) = tokio::sync::watch::channel(false);
 //!     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
 //!     let counters = plan.counters();
-//!     let report = route::run(plan, route::Control { drain, abort }, counters).await;
+//!     let report = pipeline::run(plan, pipeline::Control { drain, abort }, counters).await;
 //!     println!("{}: {:?}", report.name, report.failure);
 //! }
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Layout
+//!
+//! Three layers, each importing only the ones below it:
+//!
+//! - [`sandbox`]: grants from parsing to audit, limits (imports only [`defaults`]);
+//! - [`plugin`]: engine, cache, components, instances, behind small call traits;
+//! - [`pipeline`]: source task, stages, retries, breaker, acks, routing, dead letters.
+//!
+//! Beside them: [`config`] (the pipeline file, checked), [`contract`] (the WIT bindings and host
+//! interfaces), [`reload`] (hot swap), [`assemble`] (config + plugins → pipeline plans), and at
+//! the top [`cli`], [`admin`], [`compliance`], [`scaffold`].
 
 pub mod admin;
 pub mod admin_client;
@@ -27,9 +39,9 @@ pub mod cli;
 pub mod compliance;
 pub mod config;
 pub mod contract;
-pub mod dead_letter;
+pub mod defaults;
+pub mod pipeline;
 pub mod plugin;
 pub mod reload;
-pub mod route;
 pub mod sandbox;
 pub mod scaffold;

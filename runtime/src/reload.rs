@@ -9,12 +9,16 @@
 //! state (the `state` interface) belongs to the stage, not the instance, so it carries over.
 //! A reload that fails any check changes nothing: the old version keeps serving.
 
+//!
+//! It may import `plugin`, `contract`, `config` and `pipeline` (whose `swap` channel it
+//! publishes on); the pipeline layer never imports it.
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{PluginDecl, Role};
 use crate::contract::{ConfigEntry, PluginState};
+use crate::pipeline::{Code, CodeSender, CodeWatch};
 use crate::plugin::{LoadedPlugin, Runtime};
 
 /// The code one `[plugins.NAME]` currently runs, swappable at runtime.
@@ -23,7 +27,7 @@ pub struct Swappable {
     decl: PluginDecl,
     role: Role,
     current: Mutex<Current>,
-    generation: AtomicU64,
+    code: CodeSender,
     allowed: Vec<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
     states: Mutex<Vec<(String, PluginState)>>,
@@ -76,9 +80,12 @@ impl Swappable {
             role: plugin.role,
             current: Mutex::new(Current {
                 plugin: plugin.clone(),
+                version: version.clone(),
+            }),
+            code: CodeSender::new(Code {
+                generation: 0,
                 version,
             }),
-            generation: AtomicU64::new(0),
             allowed,
             reloading: tokio::sync::Mutex::new(()),
             states: Mutex::new(Vec::new()),
@@ -104,7 +111,12 @@ impl Swappable {
 
     /// Bumped by every swap.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.code.borrow().generation
+    }
+
+    /// Follow swaps: the receiver sees each new generation once the new code is in place.
+    pub fn subscribe(&self) -> CodeWatch {
+        self.code.subscribe()
     }
 
     /// Plugin name.
@@ -122,10 +134,6 @@ impl Swappable {
     /// What `/v1/plugins` shows of it.
     pub fn describe(&self) -> serde_json::Value {
         let current = self.current();
-        let g = &self.decl.grants;
-        let texts = |p: &[crate::config::NetPattern]| -> Vec<String> {
-            p.iter().map(|x| x.text.clone()).collect()
-        };
         let state: Vec<serde_json::Value> = self
             .states
             .lock()
@@ -147,27 +155,8 @@ impl Swappable {
             "path": current.plugin.path.display().to_string(),
             "generation": self.generation(),
             "watch": self.decl.watch,
-            "grants": {
-                "dirs": g.dirs.iter().map(|d| serde_json::json!({
-                    "host": d.host.display().to_string(),
-                    "guest": d.guest,
-                    "mode": match d.mode { crate::config::DirMode::Ro => "ro", crate::config::DirMode::Rw => "rw" },
-                })).collect::<Vec<_>>(),
-                "tcp": texts(&g.tcp),
-                "udp": texts(&g.udp),
-                "listen": texts(&g.listen),
-                "http": g.http.iter().map(|p| p.text.clone()).collect::<Vec<_>>(),
-                "dns": g.dns,
-                "env": g.env,
-                "stdin": g.stdin,
-                "stdout": g.stdout,
-            },
-            "limits": {
-                "memory": self.decl.limits.memory,
-                "call_timeout_ms": self.decl.limits.call_timeout.as_millis() as u64,
-                "init_timeout_ms": self.decl.limits.init_timeout.as_millis() as u64,
-                "max_output": self.decl.limits.max_output,
-            },
+            "grants": self.decl.grants.to_json(),
+            "limits": self.decl.limits.to_json(),
             "state": state,
         })
     }
@@ -247,7 +236,7 @@ impl Swappable {
             .await
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let mut problems = Vec::new();
-        crate::assemble::check_keys(&self.decl, &meta, &mut problems);
+        crate::contract::check_keys(&self.decl, &meta, &mut problems);
         if !problems.is_empty() {
             return Err(ReloadError::Invalid(problems.join("; ")));
         }
@@ -295,7 +284,13 @@ impl Swappable {
                 }
             }
         }
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        // Publish after the new code is in place: a stage that sees the new generation starts
+        // its fresh instance from it.
+        let generation = self.generation() + 1;
+        self.code.send_replace(Code {
+            generation,
+            version: swapped.version.clone(),
+        });
         tracing::info!(
             "plugin `{}`: swap {generation}: sha256 {old_sha} -> {} (version {}, {}); stages \
              switch at their next batch",

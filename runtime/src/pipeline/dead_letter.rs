@@ -23,7 +23,26 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{Header, Message};
-use crate::plugin::Instance;
+use crate::plugin::SinkCalls;
+
+/// The stage a dead letter failed at (and re-enters at on replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// A transform.
+    Transform,
+    /// A sink.
+    Sink,
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StageKind::Transform => "transform",
+            StageKind::Sink => "sink",
+        })
+    }
+}
 
 /// Bytes that survive JSON: text when they are UTF-8, base64 otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +132,7 @@ pub struct Entry {
     /// Pipeline name.
     pub pipeline: String,
     /// `transform` or `sink`.
-    pub stage: String,
+    pub stage: StageKind,
     /// 1-based position among the pipeline's transforms or sinks.
     pub stage_index: usize,
     /// Plugin name (under `[plugins]`).
@@ -145,7 +164,7 @@ pub fn timestamp(time: SystemTime) -> String {
 pub struct DeadLetters {
     path: PathBuf,
     file: Mutex<Option<File>>,
-    sink: Option<(String, tokio::sync::Mutex<Instance>)>,
+    sink: Option<(String, tokio::sync::Mutex<Box<dyn SinkCalls>>)>,
 }
 
 impl DeadLetters {
@@ -159,7 +178,7 @@ impl DeadLetters {
     }
 
     /// A channel handing entries to the sink plugin `name`.
-    pub fn to_sink(name: String, instance: Instance) -> DeadLetters {
+    pub fn to_sink(name: String, instance: Box<dyn SinkCalls>) -> DeadLetters {
         DeadLetters {
             path: PathBuf::new(),
             file: Mutex::new(None),
@@ -232,7 +251,7 @@ impl DeadLetters {
 
 async fn store_in_sink(
     name: &str,
-    sink: &tokio::sync::Mutex<Instance>,
+    sink: &tokio::sync::Mutex<Box<dyn SinkCalls>>,
     entries: &[Entry],
 ) -> Result<(), String> {
     let mut messages = Vec::with_capacity(entries.len());

@@ -1,4 +1,4 @@
-//! Content-based routing: which sinks get a message, decided by CEL conditions
+//! Content-based routing (the only thing called `route` here): which sinks get a message, decided by CEL conditions
 //! (<https://cel.dev>) over the message, compiled once at start.
 //!
 //! In a condition, `json` is the payload parsed as JSON (absent when it is not JSON), `payload`
@@ -62,6 +62,28 @@ impl Router {
             routes: compiled,
             mode,
         })
+    }
+
+    /// Split a batch by destination, one list per sink; also returns how many messages
+    /// matched no route (dropped).
+    pub fn split(&self, records: Vec<Message>, sinks: usize) -> (Vec<Vec<Message>>, u64) {
+        let root = Context::default();
+        let mut per_sink: Vec<Vec<Message>> = (0..sinks).map(|_| Vec::new()).collect();
+        let mut flags = vec![false; sinks];
+        let mut unrouted = 0;
+        for message in records {
+            self.destinations(&root, &message, &mut flags);
+            // Clone for every destination but the last, which takes the message itself.
+            let Some(last) = flags.iter().rposition(|&f| f) else {
+                unrouted += 1;
+                continue;
+            };
+            for (i, _) in flags[..last].iter().enumerate().filter(|(_, f)| **f) {
+                per_sink[i].push(message.clone());
+            }
+            per_sink[last].push(message);
+        }
+        (per_sink, unrouted)
     }
 
     /// Mark in `to` (one flag per sink) the sinks that get `message`.

@@ -1,0 +1,44 @@
+//! Every default of the pipeline file, in one place: the config layer applies them, the sandbox
+//! and pipeline layers build their `Default`s from them, and the README table and the JSON
+//! Schema (`patchbay schema`) show them. Nothing here imports anything of Patchbay's.
+
+use std::time::Duration;
+
+/// Largest number of messages a source returns per poll (`batch_size`).
+pub const BATCH_SIZE: u32 = 256;
+/// Largest accepted `batch_size`.
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+/// Batches buffered between two stages (`buffer`).
+pub const BUFFER: u32 = 4;
+/// Largest accepted `buffer`.
+pub const MAX_BUFFER: u32 = 1024;
+/// In-flight payload bytes of a pipeline (`max_in_flight`).
+pub const MAX_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+
+/// Cap of a plugin's linear memory (`limits.memory`).
+pub const MEMORY: u64 = 64 * 1024 * 1024;
+/// Deadline of one data call: poll, process, write, ack (`limits.call_timeout`).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of `init`; connectors may dial a broker there (`limits.init_timeout`).
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest output of one plugin call (`limits.max_output`).
+pub const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+
+/// Most attempts per record, the first one included (`retry.attempts`).
+pub const RETRY_ATTEMPTS: u32 = 10;
+/// Wait before the first retry (`retry.backoff`).
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two attempts (`retry.max_backoff`).
+pub const RETRY_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Traps within the window that open a stage's breaker (`breaker.traps`).
+pub const BREAKER_TRAPS: u32 = 5;
+/// The window traps are counted in (`breaker.window`).
+pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
+/// How long an open breaker waits before a trial batch (`breaker.cooldown`).
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// The dead-letter file of pipeline `name`, relative to the pipeline file.
+pub fn dead_letter_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("dead-letter").join(format!("{name}.jsonl"))
+}

@@ -1,0 +1,328 @@
+//! The pipeline layer: runs one pipeline as a chain of tasks joined by bounded channels.
+//!
+//! ```text
+//! source ──batch──▶ transform 1 ──▶ … ──▶ transform n ──▶ router ──▶ every sink
+//!   ▲                                                                   │
+//!   └──────────────── ack(checkpoint) once all sinks are done ◀─────────┘
+//! ```
+//!
+//! - `source`: polling, the in-flight byte budget, acks in order; `replay`: dead letters back in;
+//! - `stage`: the one attempt/retry/breaker/settle loop of transforms and sinks; `breaker`,
+//!   `retry`: its parts; `flow`: batches, channels and the stage tasks;
+//! - `route`: content-based routing (CEL); `dead_letter`: the dead-letter channel;
+//! - `swap`: how stages learn of new code; `failure`, `counters`: what it reports.
+//!
+//! A full channel stops the source from polling (back-pressure). Batches keep their order
+//! through every stage, so a checkpoint is acknowledged only after every sink accepted every
+//! record up to it. Plugins are reached only through `plugin::{SourceCalls, TransformCalls,
+//! SinkCalls}`: this layer may import `plugin`, `contract` and `config`, never `reload`,
+//! `assemble` or anything above them.
+
+// A failure ends its pipeline: the error path is cold, and carrying the whole context by value
+// keeps the code plain.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Breaker, OnError, Retry, Role};
+use crate::plugin::{SinkCalls, SourceCalls, Start, TransformCalls};
+
+mod breaker;
+mod counters;
+pub mod dead_letter;
+mod failure;
+mod flow;
+mod replay;
+mod route;
+mod source;
+mod stage;
+mod swap;
+#[cfg(test)]
+mod tests;
+
+pub use counters::Counters;
+pub use dead_letter::{DeadLetters, Entry, StageKind};
+pub use failure::{Cause, PipelineFailure, StageRef};
+pub use replay::Replayed;
+pub use retry::backoff;
+pub use route::Router;
+pub use swap::{Code, CodeSender, CodeWatch};
+
+use flow::{Batch, Downstream};
+use source::{BUDGET_UNIT, SourceTask, run_source};
+use stage::{Policy, Stage};
+
+mod retry;
+
+/// One stage's plugin instance, ready to run (`init` done), and how to start more.
+pub struct StagePlan<C: ?Sized> {
+    /// Name under `[plugins]`.
+    pub plugin: String,
+    /// The plugin's own version (from its metadata).
+    pub version: String,
+    /// The instance.
+    pub instance: Box<C>,
+    /// Starts a fresh instance after a trap, or of swapped-in code.
+    pub start: Start<C>,
+    /// Swaps of the plugin's code; `None` for a replay (which never swaps).
+    pub code: Option<CodeWatch>,
+}
+
+/// A stage of a pipeline plan: running, or idle (a replay that does not reach it: its plugin
+/// is not started, so its `init` has no side effects such as truncating a file).
+pub enum Slot<C: ?Sized> {
+    /// Started and initialised.
+    Live(Box<StagePlan<C>>),
+    /// Not started; batches pass it by.
+    Idle {
+        /// Plugin name.
+        plugin: String,
+    },
+}
+
+impl<C: ?Sized> Slot<C> {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        match self {
+            Slot::Live(s) => &s.plugin,
+            Slot::Idle { plugin } => plugin,
+        }
+    }
+}
+
+/// Where a pipeline's messages come from.
+pub enum SourcePlan {
+    /// Its source plugin.
+    Plugin {
+        /// Name under `[plugins]`.
+        plugin: String,
+        /// The instance (`init` done).
+        instance: Box<dyn SourceCalls>,
+    },
+    /// Dead letters put back through the pipeline, each entering at the stage that failed it.
+    Replay(Vec<Replayed>),
+}
+
+/// A pipeline ready to run.
+pub struct PipelinePlan {
+    /// Pipeline name.
+    pub name: String,
+    /// Source.
+    pub source: SourcePlan,
+    /// Transforms in order.
+    pub transforms: Vec<Slot<dyn TransformCalls>>,
+    /// Sinks.
+    pub sinks: Vec<Slot<dyn SinkCalls>>,
+    /// Largest batch per poll.
+    pub batch_size: u32,
+    /// Batches buffered between stages.
+    pub buffer: usize,
+    /// What happens to records that failed for good.
+    pub on_error: OnError,
+    /// Retry policy of every stage.
+    pub retry: Retry,
+    /// Circuit breaker settings of every stage.
+    pub breaker: Breaker,
+    /// The dead-letter channel.
+    pub dead_letters: Arc<DeadLetters>,
+    /// Content-based routes; `None` sends every message to every sink.
+    pub router: Option<Arc<Router>>,
+    /// Most payload bytes polled and not yet settled; a full budget pauses the source.
+    pub max_in_flight: u64,
+}
+
+/// The outcome of a finished pipeline.
+#[derive(Debug)]
+pub struct Report {
+    /// Pipeline name.
+    pub name: String,
+    /// Sink names by position.
+    pub sinks: Vec<String>,
+    /// Final counters.
+    pub counters: Arc<Counters>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Why it stopped early, if it did.
+    pub failure: Option<PipelineFailure>,
+}
+
+/// Signals from the supervisor to the pipeline's tasks.
+#[derive(Clone)]
+pub struct Control {
+    /// `true`: stop polling, deliver what is in flight, then finish (graceful).
+    pub drain: watch::Receiver<bool>,
+    /// `true`: stop now (another stage failed, or a second interrupt).
+    pub abort: watch::Receiver<bool>,
+}
+
+impl PipelinePlan {
+    /// Fresh counters for this pipeline, to pass to [`run`] and read while it runs.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::new(Counters {
+            written: self.sinks.iter().map(|_| AtomicU64::new(0)).collect(),
+            ..Counters::default()
+        })
+    }
+}
+
+fn stage<C: ?Sized, K: stage::Kind<Calls = C>>(
+    plan: StagePlan<C>,
+    role: Role,
+    index: usize,
+    policy: &Policy,
+) -> Stage<K> {
+    Stage {
+        at: StageRef {
+            plugin: plan.plugin,
+            role,
+            index,
+        },
+        version: plan.version,
+        instance: plan.instance,
+        start: plan.start,
+        code: plan.code,
+        policy: policy.clone(),
+        circuit: breaker::Circuit::default(),
+    }
+}
+
+pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) -> Report {
+    let started = Instant::now();
+    let name = plan.name.clone();
+    let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.plugin().to_owned()).collect();
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let mut outer_abort = control.abort.clone();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
+    let sink_count = plan.sinks.len();
+
+    let mut tasks: JoinSet<Result<(), PipelineFailure>> = JoinSet::new();
+
+    let policy = Policy {
+        pipeline: name.clone(),
+        on_error: plan.on_error,
+        retry: plan.retry,
+        breaker: plan.breaker,
+        dead_letters: plan.dead_letters.clone(),
+        counters: counters.clone(),
+    };
+    // Sinks first, so every channel has its receiver.
+    let mut sink_txs = Vec::new();
+    for (i, sink) in plan.sinks.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<Arc<Batch>>(plan.buffer);
+        sink_txs.push(tx);
+        match sink {
+            Slot::Live(sink) => {
+                tasks.spawn(flow::run_sink(
+                    stage(*sink, Role::Sink, i + 1, &policy),
+                    i,
+                    rx,
+                    done_tx.clone(),
+                ));
+            }
+            Slot::Idle { .. } => {
+                tasks.spawn(flow::run_idle_sink(rx, done_tx.clone()));
+            }
+        }
+    }
+    drop(done_tx);
+    let mut downstream = Downstream::Sinks {
+        txs: sink_txs,
+        router: plan.router.clone(),
+        counters: counters.clone(),
+    };
+    for (i, transform) in plan.transforms.into_iter().enumerate().rev() {
+        let (tx, rx) = mpsc::channel::<Batch>(plan.buffer);
+        match transform {
+            Slot::Live(transform) => {
+                tasks.spawn(flow::run_transform(
+                    stage(*transform, Role::Transform, i + 1, &policy),
+                    i,
+                    rx,
+                    downstream,
+                ));
+            }
+            Slot::Idle { .. } => {
+                tasks.spawn(flow::run_idle_transform(rx, downstream));
+            }
+        }
+        downstream = Downstream::Stage(tx);
+    }
+    let budget_units =
+        u32::try_from((plan.max_in_flight as usize / BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+    match plan.source {
+        SourcePlan::Plugin { plugin, instance } => {
+            let source_stage = StageRef {
+                plugin,
+                role: Role::Source,
+                index: 1,
+            };
+            tasks.spawn(run_source(SourceTask {
+                pipeline: name.clone(),
+                stage: source_stage,
+                instance,
+                batch_size: plan.batch_size,
+                downstream,
+                done: done_rx,
+                sinks: sink_count,
+                counters: counters.clone(),
+                drain: control.drain.clone(),
+                abort: abort_rx,
+                budget: Arc::new(Semaphore::new(budget_units as usize)),
+                budget_units,
+            }));
+        }
+        SourcePlan::Replay(entries) => {
+            tasks.spawn(replay::run_replay(
+                entries,
+                plan.batch_size as usize,
+                downstream,
+                done_rx,
+                counters.clone(),
+            ));
+        }
+    }
+
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(f))) => {
+                    if failure.is_none() {
+                        failure = Some(f);
+                    }
+                    let _ = abort_tx.send(true);
+                }
+                Some(Err(join_error)) => {
+                    if failure.is_none() {
+                        failure = Some(PipelineFailure {
+                            pipeline: name.clone(),
+                            stage: StageRef { plugin: "?".into(), role: Role::Source, index: 0 },
+                            cause: Cause::Host(format!("internal task failure: {join_error}")),
+                        });
+                    }
+                    let _ = abort_tx.send(true);
+                }
+            },
+            changed = outer_abort.changed(), if !*outer_abort.borrow() => {
+                if changed.is_err() || *outer_abort.borrow() {
+                    let _ = abort_tx.send(true);
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    Report {
+        name,
+        sinks: sink_names,
+        counters,
+        elapsed: started.elapsed(),
+        failure,
+    }
+}

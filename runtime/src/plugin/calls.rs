@@ -1,0 +1,63 @@
+//! The calls the pipeline layer makes on plugins, as three small traits. [`super::Instance`]
+//! implements them over Wasm; the pipeline engine's own tests implement them with in-memory
+//! fakes, so retries, the breaker, acks and dead letters are tested without Wasm.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::trap::Trap;
+use crate::contract::{Message, Outcome, PollResult, WitError};
+
+/// A source: `poll` for batches, `ack` checkpoints once delivered.
+#[async_trait::async_trait]
+pub trait SourceCalls: Send {
+    /// `poll(max)`.
+    async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap>;
+    /// `ack(checkpoint)`.
+    async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap>;
+}
+
+/// A transform: one outcome per input, in order.
+#[async_trait::async_trait]
+pub trait TransformCalls: Send {
+    /// `process(batch)`.
+    async fn process(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap>;
+}
+
+/// A sink: one result per input, in order.
+#[async_trait::async_trait]
+pub trait SinkCalls: Send {
+    /// `write(batch)`.
+    async fn write(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap>;
+}
+
+/// Starts a fresh, initialised instance of a stage's plugin: after a trap, or to move to code
+/// that was swapped in. Its host state carries over.
+pub type Start<T> =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Box<T>>> + Send>> + Send + Sync>;
+
+#[async_trait::async_trait]
+impl SourceCalls for super::Instance {
+    async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+        super::Instance::poll(self, max).await
+    }
+
+    async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        super::Instance::ack(self, checkpoint).await
+    }
+}
+
+#[async_trait::async_trait]
+impl TransformCalls for super::Instance {
+    async fn process(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
+        super::Instance::process(self, batch).await
+    }
+}
+
+#[async_trait::async_trait]
+impl SinkCalls for super::Instance {
+    async fn write(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
+        super::Instance::write(self, batch).await
+    }
+}

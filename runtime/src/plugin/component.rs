@@ -1,0 +1,231 @@
+//! Loading a component: read the file, check the sha256 pin and the header, compile (through
+//! the cache), find the world it implements and pre-link it, ready to instantiate. Nothing of
+//! the plugin runs here.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::engine::Runtime;
+use super::instance::HostState;
+use crate::config::Role;
+use crate::contract::{sink, sink_packed, source, transform, transform_packed};
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The sha256 pin does not match.
+    #[error(
+        "`{path}`: sha256 mismatch: the config pins {expected} but the file has {actual}; \
+         the file changed since it was pinned: check where it came from, then update `sha256`"
+    )]
+    PinMismatch {
+        /// File.
+        path: PathBuf,
+        /// Pinned hash.
+        expected: String,
+        /// Actual hash.
+        actual: String,
+    },
+    /// Not a component.
+    #[error("`{path}` is not a WebAssembly component: {reason}")]
+    NotAComponent {
+        /// File.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+    /// The component does not implement a Patchbay world.
+    #[error("`{path}` does not implement a patchbay:connector@0.1.0 world: {reason}")]
+    NoWorld {
+        /// File.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error(
+        "`{path}` imports {import}, which Patchbay does not provide; a plugin may import \
+         patchbay:connector/{{logging,metrics,state}}@0.1.0 and WASI 0.2 interfaces"
+    )]
+    UnknownImport {
+        /// File.
+        path: PathBuf,
+        /// The import wasmtime could not satisfy.
+        import: String,
+    },
+}
+
+/// A loaded, checked component, ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// File it came from.
+    pub path: PathBuf,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// The world it implements.
+    pub role: Role,
+    /// Everything it imports, as `name` strings.
+    pub imports: Vec<String>,
+    pub(super) pre: RolePre,
+}
+
+impl LoadedPlugin {
+    /// Whether it is called through the packed fast path (`process-packed`, `write-packed`).
+    pub fn packed(&self) -> bool {
+        matches!(
+            self.pre,
+            RolePre::TransformPacked(_) | RolePre::SinkPacked(_)
+        )
+    }
+}
+
+#[derive(Clone)]
+pub(super) enum RolePre {
+    Source(source::SourcePre<HostState>),
+    Transform(transform::TransformPre<HostState>),
+    TransformPacked(transform_packed::TransformPackedPre<HostState>),
+    Sink(sink::SinkPre<HostState>),
+    SinkPacked(sink_packed::SinkPackedPre<HostState>),
+}
+
+impl Runtime {
+    /// Read, verify, compile and check a component.
+    pub fn load(&self, path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        if let Some(expected) = pin
+            && expected != sha256
+        {
+            return Err(LoadError::PinMismatch {
+                path: path.to_owned(),
+                expected: expected.to_owned(),
+                actual: sha256,
+            });
+        }
+        check_header(path, &bytes)?;
+        let component = self.compile(path, &bytes, &sha256)?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports_api = |api: &str| {
+            exports
+                .iter()
+                .any(|e| e == &format!("patchbay:connector/{api}@0.1.0"))
+        };
+        let role = if exports_api("source-api") {
+            Role::Source
+        } else if exports_api("transform-api") {
+            Role::Transform
+        } else if exports_api("sink-api") {
+            Role::Sink
+        } else {
+            let found = if exports.is_empty() {
+                "it exports nothing".to_owned()
+            } else {
+                format!("it exports {}", exports.join(", "))
+            };
+            return Err(LoadError::NoWorld {
+                path: path.to_owned(),
+                reason: format!(
+                    "{found}; a plugin exports patchbay:connector/plugin@0.1.0 and one of \
+                     source-api, transform-api or sink-api (see wit/worlds.wit)"
+                ),
+            });
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            let text = format!("{e:#}");
+            match text.split('`').nth(1) {
+                Some(import) if text.contains("matching implementation was not found") => {
+                    LoadError::UnknownImport {
+                        path: path.to_owned(),
+                        import: format!("`{import}`"),
+                    }
+                }
+                _ => LoadError::UnknownImport {
+                    path: path.to_owned(),
+                    import: text,
+                },
+            }
+        })?;
+        let world_error = |e: wasmtime::Error| LoadError::NoWorld {
+            path: path.to_owned(),
+            reason: format!(
+                "it looks like a {role} but its exports do not match world `{role}`: {e:#}"
+            ),
+        };
+        let pre = match role {
+            Role::Source => {
+                RolePre::Source(source::SourcePre::new(instance_pre).map_err(world_error)?)
+            }
+            Role::Transform if exports_api("transform-packed-api") => RolePre::TransformPacked(
+                transform_packed::TransformPackedPre::new(instance_pre).map_err(world_error)?,
+            ),
+            Role::Transform => {
+                RolePre::Transform(transform::TransformPre::new(instance_pre).map_err(world_error)?)
+            }
+            Role::Sink if exports_api("sink-packed-api") => RolePre::SinkPacked(
+                sink_packed::SinkPackedPre::new(instance_pre).map_err(world_error)?,
+            ),
+            Role::Sink => RolePre::Sink(sink::SinkPre::new(instance_pre).map_err(world_error)?),
+        };
+        Ok(LoadedPlugin {
+            path: path.to_owned(),
+            sha256,
+            role,
+            imports,
+            pre,
+        })
+    }
+}
+
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let fail = |reason: &str| {
+        Err(LoadError::NotAComponent {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if bytes.len() < 8 {
+        return fail("the file is too short to be WebAssembly (truncated?)");
+    }
+    if &bytes[0..4] != b"\0asm" {
+        return fail(
+            "the file does not start with the WebAssembly magic number; is it the right file?",
+        );
+    }
+    match bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => fail(
+            "it is a core WebAssembly module; build the plugin for the wasm32-wasip2 target (which \
+             emits a component) or wrap it with `wasm-tools component new`",
+        ),
+        [_, _, 0x01, 0x00] => Ok(()),
+        _ => fail("unknown WebAssembly version or layer"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of a file, as lowercase hex.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+}

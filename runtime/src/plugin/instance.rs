@@ -1,0 +1,551 @@
+//! One live plugin instance: its own store (WASI context from its grants, limits, host state),
+//! the calls of its world with deadlines armed, traps told apart from WIT errors, metrics of
+//! every call, and the packed fast path when the plugin exports it. After a [`Trap`] an
+//! instance must be discarded; the pipeline layer starts a fresh one.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::component::{LoadedPlugin, RolePre};
+use super::engine::Runtime;
+use super::metrics::CallMetrics;
+use super::packed;
+use super::trap::{Blocked, Trap, guard};
+use crate::contract::{
+    ConfigEntry, HostImports, Message, Metadata, Outcome, PluginState, PollResult, WitError, sink,
+    sink_packed, source, transform, transform_packed,
+};
+use crate::sandbox::{self, Grants, Limits};
+
+/// Everything one plugin instance's store holds.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: sandbox::Limiter,
+    pub(super) imports: HostImports,
+    deadline: Instant,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_gate: sandbox::HttpGate,
+    label: Arc<str>,
+    audit: Arc<sandbox::Audit>,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl sandbox::Audited for HostState {
+    fn audit(&self) -> (&Arc<sandbox::Audit>, &str) {
+        (&self.audit, &self.label)
+    }
+}
+
+enum Bindings {
+    Source(source::Source),
+    Transform(transform::Transform),
+    /// A transform that exports `process-packed` too: called through it.
+    TransformPacked(transform_packed::TransformPacked),
+    Sink(sink::Sink),
+    /// A sink that exports `write-packed` too: called through it.
+    SinkPacked(sink_packed::SinkPacked),
+}
+
+/// `$call` on the `plugin` interface of whichever world the instance implements (`$b` names
+/// its bindings), under the call guard; `wrong_role` when it has none.
+macro_rules! plugin_call {
+    ($self:ident, $timeout:expr, $what:literal, |$b:ident| $call:expr) => {
+        match &$self.bindings {
+            Some(Bindings::Source($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::Transform($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::TransformPacked($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::Sink($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SinkPacked($b)) => guard($self.guard_for($timeout), $call).await,
+            None => return Err($self.wrong_role($what)),
+        }
+    };
+}
+
+impl Runtime {
+    /// Create an instance of a loaded plugin, with its own store, grants and limits. `init` is
+    /// not called.
+    pub async fn instantiate(
+        &self,
+        plugin: &LoadedPlugin,
+        label: Arc<str>,
+        plugin_name: Arc<str>,
+        grants: &Grants,
+        limits: &Limits,
+        state: PluginState,
+    ) -> anyhow::Result<Instance> {
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let wasi = sandbox::wasi_ctx(&label, grants, stderr_tail.clone(), &self.audit)?;
+        let host = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: sandbox::store_limits(limits),
+            imports: HostImports {
+                label: label.clone(),
+                plugin: plugin_name,
+                state,
+                metrics: self.metrics.clone(),
+            },
+            deadline: Instant::now() + limits.init_timeout,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_gate: sandbox::HttpGate::new(&label, grants, &self.audit),
+            label: label.clone(),
+            audit: self.audit.clone(),
+        };
+        let mut store = Store::new(&self.engine, host);
+        if self.enforce {
+            store.limiter(|s| &mut s.limits);
+            store.epoch_deadline_callback(|ctx| {
+                if Instant::now() >= ctx.data().deadline {
+                    Ok(UpdateDeadline::Interrupt)
+                } else {
+                    Ok(UpdateDeadline::Yield(1))
+                }
+            });
+            store.set_epoch_deadline(1);
+        }
+        let mut instance = Instance {
+            store,
+            bindings: None,
+            label,
+            limits: *limits,
+            stderr_tail,
+            enforce: self.enforce,
+            calls: self.calls.clone(),
+            frame: Vec::new(),
+            typed_only: false,
+            pool: self.pool,
+        };
+        let result = match &plugin.pre {
+            RolePre::Source(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::Source),
+            RolePre::Transform(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::Transform),
+            RolePre::TransformPacked(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::TransformPacked),
+            RolePre::Sink(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::Sink),
+            RolePre::SinkPacked(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::SinkPacked),
+        };
+        match result {
+            Ok(bindings) => instance.bindings = Some(bindings),
+            Err(e) => return Err(instance.trap("instantiate", limits.init_timeout, e).into()),
+        }
+        Ok(instance)
+    }
+}
+
+/// What a message costs in memory, roughly: its bytes and a fixed overhead.
+fn message_size(m: &Message) -> u64 {
+    let headers: usize = m.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    (m.payload.len() + m.key.as_ref().map_or(0, Vec::len) + headers + 64) as u64
+}
+
+/// One live plugin instance. After a [`Trap`] it must be discarded.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Option<Bindings>,
+    label: Arc<str>,
+    limits: Limits,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    enforce: bool,
+    calls: Arc<CallMetrics>,
+    /// The packed batch buffer, reused from call to call.
+    frame: Vec<u8>,
+    /// Call `process` / `write` even when the plugin has the packed form (the compliance kit
+    /// compares the two).
+    typed_only: bool,
+    /// The runtime's instance pool slots (for the message when they run out).
+    pool: Option<u32>,
+}
+
+impl Instance {
+    /// Record one finished call: its duration, the records it was handed, a trap.
+    fn observe<T>(
+        &self,
+        function: &str,
+        started: Instant,
+        records: usize,
+        result: &Result<T, Trap>,
+    ) {
+        let labels = CallMetrics::labels(&self.label, "function", function);
+        self.calls
+            .seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if records > 0 {
+            self.calls
+                .records
+                .get_or_create(&labels)
+                .inc_by(records as u64);
+        }
+        if result.is_err() {
+            self.calls.error(&self.label, "trap");
+        }
+    }
+
+    fn errors<'a>(&self, errors: impl Iterator<Item = &'a WitError>) {
+        for e in errors {
+            self.calls.error(&self.label, &e.kind.to_string());
+        }
+    }
+
+    fn arm(&mut self, timeout: Duration) {
+        if self.enforce {
+            let state = self.store.data_mut();
+            state.deadline = Instant::now() + timeout;
+            state.limits.clear();
+            self.store.set_epoch_deadline(1);
+        }
+    }
+
+    fn guard_for(&self, timeout: Duration) -> Option<Duration> {
+        self.enforce.then_some(timeout)
+    }
+
+    fn trap(&self, function: &'static str, timeout: Duration, e: wasmtime::Error) -> Trap {
+        let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "the call ran past its deadline of {} and was stopped after {} (limits.{})",
+                humantime::format_duration(timeout),
+                {
+                    let started = self.store.data().deadline.checked_sub(timeout);
+                    let ran = started.map_or(timeout, |s| s.elapsed());
+                    humantime::format_duration(Duration::from_millis(ran.as_millis() as u64))
+                },
+                if function == "init" || function == "instantiate" {
+                    "init_timeout"
+                } else {
+                    "call_timeout"
+                }
+            ),
+            _ if e.downcast_ref::<Blocked>().is_some() => format!(
+                "the call was still waiting (on I/O or a timer) at its deadline of {} and was \
+                 stopped (limits.{})",
+                humantime::format_duration(timeout),
+                if function == "init" || function == "instantiate" {
+                    "init_timeout"
+                } else {
+                    "call_timeout"
+                }
+            ),
+            Some(wasmtime::Trap::StackOverflow) => {
+                "call stack exhausted (runaway recursion?)".to_owned()
+            }
+            // The guest was refused memory and could not go on without it (a Rust allocator
+            // aborts: an `unreachable` trap): say which limit.
+            _ if self.store.data().limits.refused() => format!(
+                "memory limit of {} reached (limits.memory)",
+                bytesize::ByteSize(self.limits.memory).display().iec()
+            ),
+            Some(trap) => trap.to_string(),
+            None => {
+                let text = e.root_cause().to_string();
+                match self.pool {
+                    Some(slots) if text.contains("maximum concurrent limit") => format!(
+                        "all {slots} instance slots of the pool are in use ({text}); raise \
+                         PATCHBAY_INSTANCE_POOL, or set it to `off` to create instances on demand"
+                    ),
+                    _ => text,
+                }
+            }
+        };
+        let tail = match self.stderr_tail.lock() {
+            Ok(tail) => tail.iter().cloned().collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        };
+        if !tail.is_empty() {
+            let said: Vec<&str> = tail
+                .iter()
+                .map(|line| match line.strip_prefix("thread '") {
+                    Some(rest) => rest.split_once(") ").map_or(line.as_str(), |(_, r)| r),
+                    None => line.as_str(),
+                })
+                .collect();
+            reason.push_str("; its last words on stderr: ");
+            reason.push_str(&said.join(" "));
+        }
+        Trap {
+            plugin: self.label.clone(),
+            function,
+            reason,
+        }
+    }
+
+    fn check_output(&self, function: &'static str, messages: &[Message]) -> Result<(), Trap> {
+        self.check_size(function, messages.iter().map(message_size).sum())
+    }
+
+    /// Refuse a call's output over `limits.max_output`; the instance is treated as trapped.
+    fn check_size(&self, function: &'static str, size: u64) -> Result<(), Trap> {
+        self.limits.check_output(size).map_err(|reason| Trap {
+            plugin: self.label.clone(),
+            function,
+            reason,
+        })
+    }
+
+    fn wrong_role(&self, function: &'static str) -> Trap {
+        Trap {
+            plugin: self.label.clone(),
+            function,
+            reason: "this function is not part of the plugin's world".to_owned(),
+        }
+    }
+
+    /// `metadata()`.
+    pub async fn metadata(&mut self) -> Result<Metadata, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let result = plugin_call!(self, timeout, "metadata", |b| b
+            .patchbay_connector_plugin()
+            .call_describe(&mut self.store));
+        result.map_err(|e| self.trap("describe", timeout, e))
+    }
+
+    /// `init(config)`.
+    async fn init_inner(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
+        let timeout = self.limits.init_timeout;
+        self.arm(timeout);
+        let result = plugin_call!(self, timeout, "init", |b| b
+            .patchbay_connector_plugin()
+            .call_init(&mut self.store, config));
+        result.map_err(|e| self.trap("init", timeout, e))
+    }
+
+    /// `poll(max)` of a source.
+    async fn poll_inner(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let Some(Bindings::Source(b)) = &self.bindings else {
+            return Err(self.wrong_role("poll"));
+        };
+        let result = guard(
+            self.guard_for(timeout),
+            b.patchbay_connector_source_api()
+                .call_poll(&mut self.store, max),
+        )
+        .await;
+        let result = result.map_err(|e| self.trap("poll", timeout, e))?;
+        if let Ok(PollResult::Batch(batch)) = &result {
+            self.check_output("poll", &batch.messages)?;
+        }
+        Ok(result)
+    }
+
+    /// `ack(checkpoint)` of a source.
+    async fn ack_inner(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let Some(Bindings::Source(b)) = &self.bindings else {
+            return Err(self.wrong_role("ack"));
+        };
+        let result = guard(
+            self.guard_for(timeout),
+            b.patchbay_connector_source_api()
+                .call_ack(&mut self.store, checkpoint),
+        )
+        .await;
+        result.map_err(|e| self.trap("ack", timeout, e))
+    }
+
+    /// `process(batch)` of a transform, through `process-packed` when it has it.
+    async fn process_inner(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        // The typed call, for a world with or without the packed export (distinct binding types).
+        macro_rules! typed {
+            ($b:ident) => {
+                guard(
+                    self.guard_for(timeout),
+                    $b.patchbay_connector_transform_api()
+                        .call_process(&mut self.store, batch),
+                )
+                .await
+                .map_err(|e| self.trap("process", timeout, e))?
+            };
+        }
+        let outcomes = match &self.bindings {
+            Some(Bindings::TransformPacked(b)) if !self.typed_only => {
+                let frame = packed::batch(std::mem::take(&mut self.frame), batch);
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_transform_packed_api()
+                        .call_process_packed(&mut self.store, &frame),
+                )
+                .await;
+                self.frame = frame;
+                let answer = result.map_err(|e| self.trap("process", timeout, e))?;
+                packed::outcomes(&answer)
+                    .map_err(|e| self.malformed("process", "process-packed", &e))?
+            }
+            Some(Bindings::Transform(b)) => typed!(b),
+            Some(Bindings::TransformPacked(b)) => typed!(b),
+            _ => return Err(self.wrong_role("process")),
+        };
+        let size: u64 = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Replace(messages) => messages.iter().map(message_size).sum(),
+                _ => 0,
+            })
+            .sum();
+        self.check_size("process", size)?;
+        Ok(outcomes)
+    }
+
+    /// `write(batch)` of a sink, through `write-packed` when it has it.
+    async fn write_inner(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        macro_rules! typed {
+            ($b:ident) => {
+                guard(
+                    self.guard_for(timeout),
+                    $b.patchbay_connector_sink_api()
+                        .call_write(&mut self.store, batch),
+                )
+                .await
+                .map_err(|e| self.trap("write", timeout, e))
+            };
+        }
+        match &self.bindings {
+            Some(Bindings::SinkPacked(b)) if !self.typed_only => {
+                let frame = packed::batch(std::mem::take(&mut self.frame), batch);
+                let result = guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_sink_packed_api()
+                        .call_write_packed(&mut self.store, &frame),
+                )
+                .await;
+                self.frame = frame;
+                let answer = result.map_err(|e| self.trap("write", timeout, e))?;
+                packed::results(&answer).map_err(|e| self.malformed("write", "write-packed", &e))
+            }
+            Some(Bindings::Sink(b)) => typed!(b),
+            Some(Bindings::SinkPacked(b)) => typed!(b),
+            _ => Err(self.wrong_role("write")),
+        }
+    }
+
+    /// A packed answer that is not a well-formed frame: the instance is treated as trapped.
+    /// (Traps in a packed call are reported under the typed name, `process` or `write`: the
+    /// function the plugin's author wrote.)
+    fn malformed(
+        &self,
+        function: &'static str,
+        packed: &str,
+        e: &patchbay_frame::FrameError,
+    ) -> Trap {
+        Trap {
+            plugin: self.label.clone(),
+            function,
+            reason: format!(
+                "its answer through `{packed}` is not a valid frame ({e}); see \"Packed \
+                 frames\" in wit/README.md"
+            ),
+        }
+    }
+
+    /// From now on, call the typed `process` / `write` even if the plugin exports their
+    /// packed form.
+    pub fn use_typed_calls(&mut self) {
+        self.typed_only = true;
+    }
+
+    /// `init(config)`.
+    pub async fn init(&mut self, config: &[ConfigEntry]) -> Result<Result<(), WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.init_inner(config).await;
+        self.observe("init", started, 0, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `poll(max)` of a source.
+    pub async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.poll_inner(max).await;
+        let records = match &result {
+            Ok(Ok(PollResult::Batch(batch))) => batch.messages.len(),
+            _ => 0,
+        };
+        self.observe("poll", started, records, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `ack(checkpoint)` of a source.
+    pub async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.ack_inner(checkpoint).await;
+        self.observe("ack", started, 0, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `process(batch)` of a transform.
+    pub async fn process(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, Trap> {
+        let started = Instant::now();
+        let result = self.process_inner(batch).await;
+        self.observe("process", started, batch.len(), &result);
+        if let Ok(outcomes) = &result {
+            self.errors(outcomes.iter().filter_map(|o| match o {
+                Outcome::Fail(e) => Some(e),
+                _ => None,
+            }));
+        }
+        result
+    }
+
+    /// `write(batch)` of a sink.
+    pub async fn write(&mut self, batch: &[Message]) -> Result<Vec<Result<(), WitError>>, Trap> {
+        let started = Instant::now();
+        let result = self.write_inner(batch).await;
+        self.observe("write", started, batch.len(), &result);
+        if let Ok(results) = &result {
+            self.errors(results.iter().filter_map(|r| r.as_ref().err()));
+        }
+        result
+    }
+}

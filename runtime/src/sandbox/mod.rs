@@ -1,0 +1,27 @@
+//! The sandbox layer: a plugin's grants from the text of the pipeline file to their audit.
+//!
+//! - `grants`: the typed grants — pattern parsing, matching, display for `inspect`, JSON for
+//!   the admin API (one place);
+//! - `wasi`: grants → a WASI context holding only what was granted;
+//! - `net`, `http`, `fs`: the checks wasmtime calls for every socket address, outgoing HTTP
+//!   request and refused file open;
+//! - `limits`: memory, deadlines and output per call;
+//! - `audit`: denials, logged and counted; `stdio`: plugin output to the log.
+//!
+//! It may import only `defaults`: it knows nothing of pipeline files, plugins or pipelines.
+
+mod audit;
+mod fs;
+pub mod grants;
+mod http;
+mod limits;
+mod net;
+mod stdio;
+mod wasi;
+
+pub use audit::Audit;
+pub use fs::{Audited, audit_open_at};
+pub use grants::{DirGrant, DirMode, Grants, HttpPattern, NetPattern, capability};
+pub use http::HttpGate;
+pub use limits::{Limiter, Limits, store_limits};
+pub use wasi::wasi_ctx;
