@@ -194,3 +194,51 @@ fn a_missing_pipeline_file_is_reported() {
         "{stderr}"
     );
 }
+
+/// Bad-config cases that are a matter of the file's shape (an unknown key, a wrong type, a
+/// value outside an enum, a size or duration that is not one): the JSON Schema refuses them.
+const SCHEMA_CASES: &[&str] = &[
+    "unknown-key",
+    "unknown-grant",
+    "wrong-type",
+    "bad-dir-mode",
+    "bad-on-error",
+    "bad-size",
+    "bad-duration",
+];
+
+/// `patchbay schema` prints a JSON Schema that accepts every pipeline file in `examples/` and
+/// refuses every schema-matter case of `tests/cases/bad-config/`.
+#[test]
+fn the_json_schema_accepts_the_examples_and_refuses_shape_errors() {
+    let out = crate::patchbay().arg("schema").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let as_json = |path: &std::path::Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(path).unwrap();
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let mut examples = 0;
+    for dir in std::fs::read_dir(root().join("examples")).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let errors: Vec<String> = validator
+                    .iter_errors(&as_json(&path))
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                examples += 1;
+            }
+        }
+    }
+    assert!(examples >= 5, "only {examples} example files");
+    for case in SCHEMA_CASES {
+        let path = root().join(format!("tests/cases/bad-config/{case}.toml"));
+        assert!(
+            !validator.is_valid(&as_json(&path)),
+            "the schema accepts {case}.toml"
+        );
+    }
+}

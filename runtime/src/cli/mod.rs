@@ -1,0 +1,338 @@
+//! The `patchbay` command line: arguments and dispatch here; `run` holds `run` and
+//! `dlq replay` (the long-running commands), `inspect` holds `inspect`, `validate` and
+//! `test-plugin`. The top of the crate: it may import every module, and none imports it.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::admin::{Admin, PipelineStatus};
+use crate::assemble;
+use crate::config::{Config, Role, parse_duration};
+use crate::contract::PluginState;
+use crate::pipeline::dead_letter;
+use crate::pipeline::{self, Control, Counters, Report, StageKind};
+use crate::plugin::Runtime;
+use crate::sandbox::capability;
+use crate::scaffold;
+
+mod inspect;
+mod run;
+
+use inspect::*;
+use run::*;
+
+/// Patchbay: an integration server made of sandboxed WebAssembly component plugins.
+#[derive(Debug, Parser)]
+#[command(name = "patchbay", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level filter for the runtime's own log (stderr), e.g. `info`, `debug`,
+    /// `patchbay_runtime=trace`. `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Compile plugins every time instead of using the precompiled cache
+    /// (`$PATCHBAY_CACHE_DIR`, else `~/.cache/patchbay`).
+    #[arg(long, global = true)]
+    no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every pipeline of a pipeline file until its sources end (or Ctrl-C: drain, then exit).
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// How often to print progress (messages/s and totals) on stderr; `0s` turns it off.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        progress: Duration,
+        /// Serve the admin API (/health, /metrics, /v1/…) on this address, e.g.
+        /// `127.0.0.1:7400`. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token the admin API requires (all routes but /health); needed to bind it to
+        /// a non-loopback address. Default: `$PATCHBAY_ADMIN_TOKEN`.
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
+    },
+    /// Swap a plugin of a running `patchbay run --admin` for new code, between batches, with
+    /// nothing lost: the new component is compiled, checked and initialised first, and a
+    /// failed check leaves the old version serving.
+    Reload {
+        /// The plugin's name (`[plugins.NAME]`).
+        plugin: String,
+        /// The new component; default: the file the config names (rebuilt in place).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The admin API's URL.
+        #[arg(long, default_value = "http://127.0.0.1:7400")]
+        admin: String,
+        /// Bearer token (default: `$PATCHBAY_ADMIN_TOKEN`).
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
+    },
+    /// Show the pipelines, counters and sandbox denials of a running `patchbay run --admin`.
+    Status {
+        /// The admin API's URL.
+        #[arg(long, default_value = "http://127.0.0.1:7400")]
+        admin: String,
+        /// Bearer token (default: `$PATCHBAY_ADMIN_TOKEN`).
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
+    },
+    /// Check a pipeline file: syntax, plugin files, worlds, roles and config keys. Runs nothing.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Show a plugin's world, metadata, config keys and imports; with --config and --plugin,
+    /// also what that pipeline file grants it, and imports nothing grants.
+    Inspect {
+        /// The component file (.wasm).
+        plugin: PathBuf,
+        /// A pipeline file that uses the plugin.
+        #[arg(long, requires = "name")]
+        config: Option<PathBuf>,
+        /// The plugin's name in that file (`[plugins.NAME]`).
+        #[arg(long = "plugin", requires = "config")]
+        name: Option<String>,
+    },
+    /// Check a plugin against the contract's MUST rules (wit/README.md), each check on a fresh
+    /// instance: pass or fail per check with the reason; exit 1 on any failure.
+    TestPlugin {
+        /// The component file (.wasm).
+        plugin: PathBuf,
+        /// A working configuration entry, KEY=VALUE (repeat it). VALUE is passed as text, as a
+        /// TOML string would be; write tables and arrays as JSON.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Take configuration, grants and limits from a pipeline file (with --plugin NAME);
+        /// --config entries override its configuration.
+        #[arg(long, requires = "name")]
+        pipeline: Option<PathBuf>,
+        /// The plugin's name in that file (`[plugins.NAME]`).
+        #[arg(long = "plugin", requires = "pipeline")]
+        name: Option<String>,
+        /// Sample payloads for a transform or a sink, one per line (default: JSON objects).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// How long a source may take to reach `end-of-stream` before that rule counts as not
+        /// applicable (an endless source).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        source_budget: Duration,
+    },
+    /// Work with a pipeline's dead-letter channel.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Print the JSON Schema of the pipeline file, for editors (e.g. with taplo or the Even
+    /// Better TOML extension); with --markdown, the table of keys the README shows.
+    Schema {
+        /// Print the README's table of keys instead.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Create a new plugin crate that builds as is.
+    New {
+        /// What the plugin is.
+        kind: Kind,
+        /// Crate and plugin name, e.g. `my-thing`.
+        name: String,
+        /// Directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Path of the patchbay-sdk crate (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Put dead letters back through their pipeline, each at the stage that failed it. Entries
+    /// that fail again land in the dead-letter channel again; nothing is dropped.
+    Replay {
+        /// The pipeline file (TOML).
+        pipeline_file: PathBuf,
+        /// The pipeline whose dead letters to replay.
+        #[arg(long = "pipeline")]
+        name: String,
+        /// Read entries from this file instead of the pipeline's dead-letter file.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+}
+
+/// Plugin kinds for `patchbay new`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// Brings messages in.
+    Source,
+    /// Changes messages.
+    Transform,
+    /// Delivers messages out.
+    Sink,
+}
+
+impl From<Kind> for Role {
+    fn from(kind: Kind) -> Role {
+        match kind {
+            Kind::Source => Role::Source,
+            Kind::Transform => Role::Transform,
+            Kind::Sink => Role::Sink,
+        }
+    }
+}
+
+/// Parse arguments, run the command, return the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::New {
+            kind,
+            name,
+            dir,
+            sdk,
+        } => scaffold::create(kind.into(), &name, dir.as_deref(), sdk.as_deref()),
+        Command::Schema { markdown } => {
+            if markdown {
+                print!("{}", crate::config::schema::markdown());
+            } else {
+                match serde_json::to_string_pretty(&crate::config::schema::json()) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => return fail(&format!("cannot print the schema: {e}")),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            runtime.block_on(async_main(command, cli.no_cache))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    for line in message.lines() {
+        eprintln!("error: {line}");
+    }
+    ExitCode::FAILURE
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode> {
+    let cache = if no_cache {
+        None
+    } else {
+        Runtime::default_cache_dir()
+    };
+    let runtime = Arc::new(Runtime::new(cache)?);
+    match command {
+        Command::Run {
+            pipeline,
+            progress,
+            admin,
+            admin_token,
+        } => {
+            run(
+                &runtime,
+                &pipeline,
+                progress,
+                admin,
+                admin_token.or_else(env_token),
+            )
+            .await
+        }
+        Command::Reload {
+            plugin,
+            path,
+            admin,
+            admin_token,
+        } => {
+            crate::admin_client::reload(
+                &admin,
+                admin_token.or_else(env_token).as_deref(),
+                &plugin,
+                path.as_deref(),
+            )
+            .await
+        }
+        Command::Status { admin, admin_token } => {
+            crate::admin_client::status(&admin, admin_token.or_else(env_token).as_deref()).await
+        }
+        Command::Dlq {
+            action:
+                DlqAction::Replay {
+                    pipeline_file,
+                    name,
+                    from,
+                },
+        } => replay(&runtime, &pipeline_file, &name, from.as_deref()).await,
+        Command::Validate { pipeline } => validate(&runtime, &pipeline).await,
+        Command::Inspect {
+            plugin,
+            config,
+            name,
+        } => inspect(&runtime, &plugin, config.as_deref().zip(name.as_deref())).await,
+        Command::TestPlugin {
+            plugin,
+            config,
+            pipeline,
+            name,
+            input,
+            source_budget,
+        } => {
+            test_plugin(
+                &runtime,
+                plugin,
+                &config,
+                pipeline.as_deref().zip(name.as_deref()),
+                input.as_deref(),
+                source_budget,
+            )
+            .await
+        }
+        Command::New { .. } | Command::Schema { .. } => Ok(ExitCode::FAILURE),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn env_token() -> Option<String> {
+    std::env::var("PATCHBAY_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
