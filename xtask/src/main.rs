@@ -35,7 +35,7 @@ const PLUGINS: &[&str] = &[
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
 /// plugins, and lints and runs their unit tests natively.
-const PROTO_CRATES: &[&str] = &["patchbay-proto-nats"];
+const PROTO_CRATES: &[&str] = &["patchbay-proto-nats", "patchbay-proto-mqtt"];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",
     "test-bad-count",
