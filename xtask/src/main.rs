@@ -32,6 +32,14 @@ const PLUGINS: &[&str] = &[
     "nats-source",
     "nats-sink",
 ];
+/// The protocol libraries that connector plugins share (plugins/proto/): package names. They
+/// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
+/// plugins, and lints and runs their unit tests natively.
+const PROTO_CRATES: &[&str] = &[
+    "patchbay-proto-nats",
+    "patchbay-proto-mqtt",
+    "patchbay-proto-resp",
+];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",
     "test-bad-count",
@@ -375,11 +383,18 @@ fn test() -> Result<()> {
         "-p",
         "patchbay-sdk",
     ]);
-    for p in PLUGINS.iter().chain(TEST_PLUGINS) {
+    for p in PLUGINS.iter().chain(TEST_PLUGINS).chain(PROTO_CRATES) {
         guests.args(["-p", p]);
     }
     guests.args(["--", "-D", "warnings"]);
     run(&mut guests)?;
+    let mut protos = cargo();
+    protos.args(["clippy", "--release", "--all-targets"]);
+    for p in PROTO_CRATES {
+        protos.args(["-p", p]);
+    }
+    protos.args(["--", "-D", "warnings"]);
+    run(&mut protos)?;
     ensure_rust_target("wasm32-unknown-unknown")?;
     let mut peers = cargo();
     peers.args(["clippy", "--release", "--target", "wasm32-unknown-unknown"]);
@@ -392,8 +407,13 @@ fn test() -> Result<()> {
     run(cargo()
         .args(["test", "--release"])
         .env("PATCHBAY_CACHE_DIR", cache))?;
-    // Plugins' own unit tests, run natively (the Redis client's URL parsing).
-    run(cargo().args(["test", "--release", "-p", "redis-source"]))?;
+    // The protocol libraries' unit tests (their codecs), run natively.
+    let mut units = cargo();
+    units.args(["test", "--release"]);
+    for p in PROTO_CRATES {
+        units.args(["-p", p]);
+    }
+    run(&mut units)?;
     run_bench(true)
 }
 

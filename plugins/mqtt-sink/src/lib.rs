@@ -24,12 +24,7 @@ use std::time::{Duration, Instant};
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
 
-// The client is shared with mqtt-source; the sink neither subscribes nor acknowledges.
-#[path = "../../mqtt-source/src/mqtt.rs"]
-#[allow(dead_code)]
-mod mqtt;
-
-use mqtt::{Conn, Options, Packet};
+use patchbay_proto_mqtt::{Conn, Options, Packet};
 
 struct MqttSink {
     link: Reconnect,
@@ -118,7 +113,7 @@ impl Sink for MqttSink {
 
     fn init(config: Config) -> Result<Self, Error> {
         let url = config.get("url").unwrap_or("mqtt://127.0.0.1:1883");
-        let (addr, user, password) = mqtt::parse_url(url)
+        let (addr, user, password) = patchbay_sdk::net::parse_url(url, "mqtt", 1883)
             .map_err(|e| config.invalid("url", &format!("mqtt://host:port ({e})")))?;
         let topic = config.required("topic")?.to_owned();
         if topic.is_empty() || topic.contains(['+', '#']) {

@@ -22,11 +22,7 @@ use std::time::{Duration, Instant};
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source};
 
-// The client is shared with mqtt-sink, which publishes; the source only subscribes.
-#[allow(dead_code)]
-mod mqtt;
-
-use mqtt::{Conn, Options, Packet};
+use patchbay_proto_mqtt::{Conn, Options, Packet};
 
 struct MqttSource {
     link: Reconnect,
@@ -120,7 +116,7 @@ impl Source for MqttSource {
 
     fn init(config: Config) -> Result<Self, Error> {
         let url = config.get("url").unwrap_or("mqtt://127.0.0.1:1883");
-        let (addr, user, password) = mqtt::parse_url(url)
+        let (addr, user, password) = patchbay_sdk::net::parse_url(url, "mqtt", 1883)
             .map_err(|e| config.invalid("url", &format!("mqtt://host:port ({e})")))?;
         let qos: u8 = config.parse("qos")?.unwrap_or(1);
         if qos > 1 {

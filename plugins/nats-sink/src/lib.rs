@@ -30,12 +30,7 @@ use std::time::{Duration, Instant};
 use patchbay_sdk::net::{self, Reconnect};
 use patchbay_sdk::{Config, ConfigKey, Error, ErrorKind, Message, Metadata, Sink, log};
 
-// The client is shared with nats-source; the sink does not subscribe but to its inbox.
-#[path = "../../nats-source/src/nats.rs"]
-#[allow(dead_code)]
-mod nats;
-
-use nats::{Auth, Conn, Msg};
+use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 
 /// How long connecting (INFO, CONNECT, PONG) may take.
 const SETUP: Duration = Duration::from_millis(800);

@@ -31,11 +31,7 @@ use patchbay_sdk::{
     Config, ConfigKey, Error, ErrorKind, Message, Metadata, PollResult, Source, log,
 };
 
-// The client is shared with nats-sink.
-#[allow(dead_code)]
-mod nats;
-
-use nats::{Auth, Conn, Msg};
+use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 
 /// How long connecting (INFO, CONNECT, PONG) and setting up (SUB, the consumer) may take.
 const SETUP: Duration = Duration::from_millis(800);

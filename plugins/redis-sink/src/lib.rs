@@ -24,12 +24,7 @@ use std::time::Duration;
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
 
-// The client is shared with redis-source; the sink reads no arrays.
-#[path = "../../redis-source/src/resp.rs"]
-#[allow(dead_code)]
-mod resp;
-
-use resp::{Conn, Value};
+use patchbay_proto_resp::{self as resp, Conn, Value};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {

@@ -28,9 +28,7 @@ use std::time::Duration;
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log};
 
-mod resp;
-
-use resp::{Conn, Value};
+use patchbay_proto_resp::{self as resp, Conn, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

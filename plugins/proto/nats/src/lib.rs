@@ -1,7 +1,19 @@
-//! A small NATS client over `std::net` (wasi:sockets on wasm32-wasip2), speaking the text
-//! protocol: `INFO`/`CONNECT`, `PING`/`PONG`, `SUB`/`UNSUB` (with queue groups), `PUB` and
-//! `HPUB`, `MSG` and `HMSG` (with status lines such as `NATS/1.0 503`), `+OK` and `-ERR`.
-//! Shared by `nats-source` and `nats-sink`; it depends on nothing but `std` and `serde_json`.
+//! `patchbay-proto-nats`: the NATS client protocol over a TCP stream (`std::net`, which is
+//! wasi:sockets on wasm32-wasip2), shared by the `nats-source` and `nats-sink` plugins.
+//!
+//! What lives here: the text protocol's codec ([`parse`] for what the server sends: `INFO`,
+//! `MSG` and `HMSG` with their header blocks and status lines such as `NATS/1.0 503`, `PING`,
+//! `PONG`, `+OK`, `-ERR`; [`publish`] and [`subscribe`] for what a client sends, `PUB`/`HPUB`
+//! and `SUB` with queue groups), the checks of subjects, names, hosts and headers, the
+//! `CONNECT` options, the JetStream API's answers ([`api_answer`]), and [`Conn`], one
+//! connection that logs in, answers the server's `PING`s and waits for `PONG`s and replies.
+//!
+//! What it may not touch: Patchbay's pipeline. It knows nothing of messages, batches,
+//! checkpoints, configs, grants or the plugin SDK; it speaks the protocol and reports
+//! `std::io` errors (a refused login is `PermissionDenied` without an OS error code, so that
+//! it is not taken for a sandbox denial). Turning those into a connector's behaviour
+//! (retries, acknowledgements, what is fatal) is the plugins' job. It depends on nothing but
+//! `std` and `serde_json`, and builds natively too, where its unit tests run.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -192,8 +204,8 @@ pub fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Why `HOST:PORT` (from `patchbay_sdk::net::parse_url`) cannot be a server address: the
-/// host must be a name or IPv4 address (letters, digits, `.`, `-`, `_`) or `[IPv6]`.
+/// Why `HOST:PORT` cannot be a server address: the host must be a name or IPv4 address
+/// (letters, digits, `.`, `-`, `_`) or `[IPv6]`.
 pub fn check_host(addr: &str) -> Result<(), String> {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -302,12 +314,6 @@ pub fn subscribe(out: &mut Vec<u8>, subject: &str, queue: Option<&str>, sid: u64
     out.extend_from_slice(format!("SUB {subject}{queue} {sid}\r\n").as_bytes());
 }
 
-/// Append `UNSUB sid [max]`.
-pub fn unsubscribe(out: &mut Vec<u8>, sid: u64, max: Option<u64>) {
-    let max = max.map(|m| format!(" {m}")).unwrap_or_default();
-    out.extend_from_slice(format!("UNSUB {sid}{max}\r\n").as_bytes());
-}
-
 /// Credentials from the URL: `user:pass@` or a token (`token@`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Auth {
@@ -317,8 +323,7 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// From `patchbay_sdk::net::parse_url`'s user and password: a user without a password is
-    /// a token.
+    /// From a URL's user and password: a user without a password is a token.
     pub fn new(user: Option<String>, pass: Option<String>) -> Auth {
         match (user, pass) {
             (Some(token), None) => Auth {
@@ -573,11 +578,6 @@ impl Conn {
                 None => {}
             }
         }
-    }
-
-    /// Whether a message is already here (read and not yet returned), without waiting.
-    pub fn has_buffered(&self) -> bool {
-        !self.backlog.is_empty() || self.pos < self.buf.len()
     }
 
     /// Handle one operation: a message is returned, the rest handled here. `None` when
@@ -862,5 +862,177 @@ mod tests {
             ..Msg::default()
         };
         assert_eq!(api_answer(&m).unwrap()["seq"], 3);
+    }
+
+    #[test]
+    fn publish_round_trip() {
+        // What a client publishes, the server relays as the same bytes behind a MSG or HMSG
+        // line: encode with `publish`, relay as the server would, parse.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [u8], Option<&'a str>);
+        let cases: &[Case] = &[
+            (&[], b"", None),
+            (&[], b"plain", Some("_INBOX.r.1")),
+            (&[], b"MSG x 1 2\r\n\r\nPING\r\n", None),
+            (
+                &[("Nats-Msg-Id", "k-1"), ("a", ""), ("a", "2")],
+                &[0, 255, 13, 10, 0],
+                Some("r"),
+            ),
+        ];
+        for &(headers, payload, reply) in cases {
+            let block = header_block(headers.iter().copied());
+            let mut out = Vec::new();
+            publish(&mut out, "orders.eu", reply, &block, payload);
+            let cr = out.iter().position(|&b| b == b'\r').unwrap();
+            let line = std::str::from_utf8(&out[..cr]).unwrap();
+            // PUB subject [reply] size… → MSG subject sid [reply] size…
+            let mut words: Vec<&str> = line.split(' ').collect();
+            assert_eq!(words[0], if block.is_empty() { "PUB" } else { "HPUB" });
+            words[0] = if block.is_empty() { "MSG" } else { "HMSG" };
+            words.insert(2, "9");
+            let wire = [words.join(" ").as_bytes(), &out[cr..]].concat();
+            let (op, used) = one(&wire);
+            assert_eq!(used, wire.len());
+            let Op::Msg(m) = op else { panic!("{op:?}") };
+            assert_eq!(m.subject, "orders.eu");
+            assert_eq!(m.sid, 9);
+            assert_eq!(m.reply.as_deref(), reply);
+            assert_eq!(m.payload, payload);
+            let sent: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(m.headers, sent);
+        }
+        let mut out = Vec::new();
+        subscribe(&mut out, "a.>", Some("workers"), 3);
+        subscribe(&mut out, "b", None, 4);
+        assert_eq!(out, b"SUB a.> workers 3\r\nSUB b 4\r\n");
+    }
+
+    #[test]
+    fn malformed_input_says_what_is_wrong() {
+        let err = |input: &[u8]| {
+            let e = parse(input).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            e.to_string()
+        };
+        assert_eq!(err(b"BOGUS x\r\n"), "an unknown operation `BOGUS x`");
+        assert_eq!(err(b"\xff\r\n"), "a protocol line that is not UTF-8");
+        assert_eq!(err(b"MSG s\r\n"), "a malformed `MSG s`");
+        assert_eq!(err(b"MSG s x 2\r\n"), "a malformed sid in `MSG s x 2`");
+        assert_eq!(err(b"MSG s 1 z\r\n"), "a malformed size in `MSG s 1 z`");
+        assert_eq!(
+            err(b"MSG s 1 2\r\nabcd"),
+            "no CRLF after the 2 bytes of `MSG s 1 2`"
+        );
+        assert_eq!(
+            err(b"HMSG s 1 9 4\r\n"),
+            "headers longer than the message in `HMSG s 1 9 4`"
+        );
+        assert_eq!(
+            err(b"HMSG s 1 4 4\r\nXXXX\r\n"),
+            "a header block starting with `XXXX`"
+        );
+        let huge = format!("MSG s 1 {}\r\n", MAX_MESSAGE + 1);
+        assert_eq!(
+            err(huge.as_bytes()),
+            format!("a message of {} bytes", MAX_MESSAGE + 1)
+        );
+        assert!(
+            Info::parse("{")
+                .unwrap_err()
+                .to_string()
+                .starts_with("an unreadable INFO")
+        );
+    }
+
+    /// A server on a loopback socket that writes `script` `step` bytes at a time (each piece
+    /// its own write, so that the client reads frames in pieces), hangs up when `hang_up`,
+    /// and returns all that the client sent.
+    fn serve(
+        script: Vec<u8>,
+        step: usize,
+        hang_up: bool,
+    ) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_nodelay(true).unwrap();
+            for piece in script.chunks(step) {
+                // The client may have given up already (a malformed frame).
+                if stream.write_all(piece).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if hang_up {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+            let mut sent = Vec::new();
+            let _ = stream.read_to_end(&mut sent);
+            sent
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn a_connection_reads_frames_split_across_reads() {
+        let block = header_block([("K", "v")]);
+        let script = [
+            b"INFO {\"server_name\":\"t\",\"headers\":true,\"jetstream\":true}\r\nPONG\r\n"
+                .to_vec(),
+            b"MSG a.b 1 5\r\nhello\r\nPING\r\n".to_vec(),
+            format!("HMSG c 2 _INBOX.x {} {}\r\n", block.len(), block.len() + 3).into_bytes(),
+            block,
+            b"abc\r\n".to_vec(),
+        ]
+        .concat();
+        let (addr, server) = serve(script, 3, false);
+        let mut conn = Conn::connect(&addr, &Auth::default(), "t", Duration::from_secs(5)).unwrap();
+        assert_eq!(conn.info.server_name, "t");
+        assert!(conn.info.jetstream && conn.info.headers);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let m = conn.next(deadline).unwrap().unwrap();
+        assert_eq!((m.subject.as_str(), m.sid), ("a.b", 1));
+        assert_eq!(m.payload, b"hello");
+        let m = conn.next(deadline).unwrap().unwrap();
+        assert_eq!(
+            (m.subject.as_str(), m.reply.as_deref()),
+            ("c", Some("_INBOX.x"))
+        );
+        assert_eq!((m.header("k"), &m.payload[..]), (Some("v"), &b"abc"[..]));
+        // Nothing more: `None` at the deadline.
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(conn.next(soon).unwrap().is_none());
+        drop(conn);
+        let sent = String::from_utf8(server.join().unwrap()).unwrap();
+        // CONNECT and the PING that waited for its PONG, then the PONG for the server's PING.
+        assert!(sent.starts_with("CONNECT {"), "{sent}");
+        assert!(sent.ends_with("}\r\nPING\r\nPONG\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn a_connection_reports_a_refusal_and_a_hang_up() {
+        let script = b"INFO {}\r\n-ERR 'Authorization Violation'\r\n".to_vec();
+        let (addr, server) = serve(script, 4, true);
+        let e = Conn::connect(&addr, &Auth::default(), "t", Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(e.to_string(), "the server said: Authorization Violation");
+        server.join().unwrap();
+        // The server goes away in the middle of a message.
+        let script = b"INFO {}\r\nPONG\r\nMSG a 1 10\r\nhal".to_vec();
+        let (addr, server) = serve(script, 5, true);
+        let mut conn = Conn::connect(&addr, &Auth::default(), "t", Duration::from_secs(5)).unwrap();
+        let e = conn
+            .next(Instant::now() + Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(e.to_string(), format!("{addr} closed the connection"));
+        drop(conn);
+        server.join().unwrap();
     }
 }
