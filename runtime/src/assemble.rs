@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::config::{Config, PipelineDecl, PluginDecl, PluginRef, Role};
-use crate::contract::{ConfigEntry, Metadata, PluginState, check_keys};
+use crate::contract::{Metadata, PluginState, check_keys, init_entries};
 use crate::pipeline::{
     DeadLetters, PipelinePlan, Replayed, Router, Slot, SourcePlan, StageKind, StagePlan,
 };
@@ -447,15 +447,7 @@ async fn start_instance(
             state,
         )
         .await?;
-    let entries: Vec<ConfigEntry> = decl
-        .config
-        .iter()
-        .map(|e| ConfigEntry {
-            key: e.key.clone(),
-            value: e.value.clone(),
-        })
-        .collect();
-    match instance.init(&entries).await? {
+    match instance.init(&init_entries(decl)).await? {
         Ok(()) => Ok(instance),
         Err(error) => anyhow::bail!(
             "`init` returned {}; fix [plugins.{}.config] in the pipeline file",

@@ -314,6 +314,17 @@ pub fn message(payload: Vec<u8>) -> Message {
     }
 }
 
+/// The `init` entries of a plugin declaration, as the plugin receives them.
+pub fn init_entries(decl: &PluginDecl) -> Vec<ConfigEntry> {
+    decl.config
+        .iter()
+        .map(|e| ConfigEntry {
+            key: e.key.clone(),
+            value: e.value.clone(),
+        })
+        .collect()
+}
+
 /// Check a plugin declaration's `config` against the keys the plugin declares in its
 /// metadata: an unknown key or a missing required one is a problem naming where to fix it.
 pub fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>) {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{PluginDecl, Role};
-use crate::contract::{ConfigEntry, PluginState};
+use crate::contract::PluginState;
 use crate::pipeline::{Code, CodeSender, CodeWatch};
 use crate::plugin::{LoadedPlugin, Runtime};
 
@@ -240,16 +240,7 @@ impl Swappable {
         if !problems.is_empty() {
             return Err(ReloadError::Invalid(problems.join("; ")));
         }
-        let entries: Vec<ConfigEntry> = self
-            .decl
-            .config
-            .iter()
-            .map(|e| ConfigEntry {
-                key: e.key.clone(),
-                value: e.value.clone(),
-            })
-            .collect();
-        match trial.init(&entries).await {
+        match trial.init(&crate::contract::init_entries(&self.decl)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 return Err(ReloadError::Invalid(format!(

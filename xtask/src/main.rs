@@ -39,6 +39,7 @@ const PROTO_CRATES: &[&str] = &[
     "patchbay-proto-nats",
     "patchbay-proto-mqtt",
     "patchbay-proto-resp",
+    "patchbay-proto-testing",
 ];
 const TEST_PLUGINS: &[&str] = &[
     "test-trap",

@@ -22,14 +22,7 @@ pub(super) async fn test_plugin(
     };
     if let Some((file, name)) = from {
         let decl = plugin_decl(file, name)?;
-        options.config = decl
-            .config
-            .iter()
-            .map(|e| crate::contract::ConfigEntry {
-                key: e.key.clone(),
-                value: e.value.clone(),
-            })
-            .collect();
+        options.config = crate::contract::init_entries(&decl);
         options.grants = decl.grants;
         options.limits = decl.limits;
     }

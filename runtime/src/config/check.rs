@@ -133,46 +133,42 @@ pub(super) fn check(
                 );
             }
         }
-        let batch_size = match raw_pipeline.batch_size {
-            Some(b) if *b.get_ref() == 0 || *b.get_ref() > defaults::MAX_BATCH_SIZE => {
-                problems.push(
-                    Diagnostic::new(
-                        locator.at(&b),
-                        format!("batch_size {} is out of range", b.get_ref()),
-                    )
-                    .hint(&format!("use 1 to {}", defaults::MAX_BATCH_SIZE)),
-                );
-                defaults::BATCH_SIZE
-            }
-            Some(b) => b.into_inner(),
-            None => defaults::BATCH_SIZE,
-        };
-        let buffer = match raw_pipeline.buffer {
-            Some(b) if *b.get_ref() == 0 || *b.get_ref() > defaults::MAX_BUFFER => {
-                problems.push(
-                    Diagnostic::new(
-                        locator.at(&b),
-                        format!("buffer {} is out of range", b.get_ref()),
-                    )
-                    .hint(&format!("use 1 to {} batches", defaults::MAX_BUFFER)),
-                );
-                defaults::BUFFER
-            }
-            Some(b) => b.into_inner(),
-            None => defaults::BUFFER,
-        };
+        let batch_size = count(
+            raw_pipeline.batch_size,
+            1..=defaults::MAX_BATCH_SIZE,
+            defaults::BATCH_SIZE,
+            |n| {
+                Diagnostic::new(Loc::file(path), format!("batch_size {n} is out of range"))
+                    .hint(&format!("use 1 to {}", defaults::MAX_BATCH_SIZE))
+            },
+            locator,
+            &mut problems,
+        );
+        let buffer = count(
+            raw_pipeline.buffer,
+            1..=defaults::MAX_BUFFER,
+            defaults::BUFFER,
+            |n| {
+                Diagnostic::new(Loc::file(path), format!("buffer {n} is out of range"))
+                    .hint(&format!("use 1 to {} batches", defaults::MAX_BUFFER))
+            },
+            locator,
+            &mut problems,
+        );
         let defaults = Retry::default();
-        let attempts = match raw_pipeline.retry.attempts {
-            Some(a) if *a.get_ref() == 0 => {
-                problems.push(Diagnostic::new(
-                    locator.at(&a),
+        let attempts = count(
+            raw_pipeline.retry.attempts,
+            1..=u32::MAX,
+            defaults.attempts,
+            |_| {
+                Diagnostic::new(
+                    Loc::file(path),
                     "retry.attempts must be at least 1 (1 means no retry)".to_owned(),
-                ));
-                1
-            }
-            Some(a) => a.into_inner(),
-            None => defaults.attempts,
-        };
+                )
+            },
+            locator,
+            &mut problems,
+        );
         let retry = Retry {
             attempts,
             backoff: raw_pipeline.retry.backoff.map_or(defaults.backoff, |d| d.0),
@@ -183,17 +179,19 @@ pub(super) fn check(
         };
         let breaker_defaults = Breaker::default();
         let breaker = Breaker {
-            traps: match raw_pipeline.breaker.traps {
-                Some(t) if *t.get_ref() == 0 => {
-                    problems.push(Diagnostic::new(
-                        locator.at(&t),
+            traps: count(
+                raw_pipeline.breaker.traps,
+                1..=u32::MAX,
+                breaker_defaults.traps,
+                |_| {
+                    Diagnostic::new(
+                        Loc::file(path),
                         "breaker.traps must be at least 1".to_owned(),
-                    ));
-                    1
-                }
-                Some(t) => t.into_inner(),
-                None => breaker_defaults.traps,
-            },
+                    )
+                },
+                locator,
+                &mut problems,
+            ),
             window: raw_pipeline
                 .breaker
                 .window
@@ -318,6 +316,28 @@ pub(super) fn check(
         })
     } else {
         Err(ConfigError { problems })
+    }
+}
+
+/// A count as written, within `valid`; one outside it is a problem (`problem` says which, its
+/// location is set here) and the default stands in for it, so that checking goes on.
+fn count(
+    value: Option<Spanned<u32>>,
+    valid: std::ops::RangeInclusive<u32>,
+    default: u32,
+    problem: impl FnOnce(u32) -> Diagnostic,
+    locator: &Locator,
+    problems: &mut Vec<Diagnostic>,
+) -> u32 {
+    match value {
+        Some(v) if valid.contains(v.get_ref()) => v.into_inner(),
+        Some(v) => {
+            let mut diagnostic = problem(*v.get_ref());
+            diagnostic.location = locator.at(&v);
+            problems.push(diagnostic);
+            default
+        }
+        None => default,
     }
 }
 

@@ -138,6 +138,10 @@ fn walk(schema: &Value, defs: &Map<String, Value>, prefix: &str, rows: &mut Vec<
     let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
         return;
     };
+    // In name order, whatever map serde_json was built with (`preserve_order` keeps the
+    // declaration order, and feature unification decides whether it is on).
+    let mut properties: Vec<(&String, &Value)> = properties.iter().collect();
+    properties.sort_by_key(|(name, _)| name.as_str());
     for (name, property) in properties {
         let target = resolve(property, defs);
         let items = target.get("items").map(|i| resolve(i, defs));

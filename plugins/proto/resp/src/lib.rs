@@ -309,35 +309,7 @@ mod tests {
         Value::Bulk(Some(b.to_vec()))
     }
 
-    /// A server on a loopback socket that writes `script` `step` bytes at a time (each piece
-    /// its own write, so that the client reads replies in pieces), hangs up when `hang_up`,
-    /// and returns all that the client sent.
-    fn serve(
-        script: Vec<u8>,
-        step: usize,
-        hang_up: bool,
-    ) -> (String, std::thread::JoinHandle<Vec<u8>>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            stream.set_nodelay(true).unwrap();
-            for piece in script.chunks(step) {
-                // The client may have given up already (a malformed frame).
-                if stream.write_all(piece).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            if hang_up {
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            }
-            let mut sent = Vec::new();
-            let _ = stream.read_to_end(&mut sent);
-            sent
-        });
-        (addr, server)
-    }
+    use patchbay_proto_testing::serve;
 
     fn connect(addr: &str) -> Conn {
         Conn::connect(addr, None, None, Duration::from_secs(5)).unwrap()
