@@ -4,6 +4,10 @@
 //!
 //! A check that does not apply (an endless source cannot show that `end-of-stream` sticks) is
 //! reported as such, never as a pass.
+//!
+//! `data` holds the transform and sink rules, `source` the source rules. It drives plugins
+//! through `plugin::Instance` directly (never through a pipeline) and may import `plugin`,
+//! `contract`, `config` and `defaults`; nothing but `cli` imports it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
