@@ -2,7 +2,7 @@
 //! side of the interfaces every plugin imports: logging, metrics, state.
 //!
 //! Also the check of a plugin's configuration keys against its metadata.
-//! It may import only `config`.
+//! It may import `config` and `sandbox` (for the log line rules).
 //!
 //! The three worlds share one set of types: `source` generates them, `transform` and `sink`
 //! reuse them through `with`.
@@ -228,11 +228,18 @@ pub struct HostImports {
     pub state: PluginState,
     /// Shared metrics registry.
     pub metrics: PluginMetrics,
+    /// The rate limit of its `logging.log` lines.
+    pub log_budget: crate::sandbox::logline::LineBudget,
 }
 
 impl logging::Host for HostImports {
+    /// Rate-limited, cut and escaped like the plugin's stderr (`sandbox::logline`).
     fn log(&mut self, level: logging::Level, message: String) {
+        if !self.log_budget.admit(std::time::Instant::now()) {
+            return;
+        }
         let plugin = &*self.label;
+        let message = crate::sandbox::logline::clean_line(&message);
         match level {
             logging::Level::Trace => tracing::trace!("{plugin}: {message}"),
             logging::Level::Debug => tracing::debug!("{plugin}: {message}"),

@@ -519,3 +519,50 @@ limits = { call_timeout = "300ms" }"#,
     // Stopped, not slept out: the sleep asked for an hour.
     assert!(started.elapsed() < std::time::Duration::from_secs(600));
 }
+
+/// A plugin that floods `logging.log` gets the same budget as its stderr: at most 100 lines a
+/// second reach the log, the rest are counted and reported, and a newline in its text is
+/// escaped, so it cannot start a line that reads like the host's denial of another plugin.
+#[test]
+fn a_log_flood_is_rate_limited_and_cannot_forge_a_line() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "flood",
+            r#"config = { attack = "log-flood", count = 5000 }"#,
+            "",
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        report(&s, "flood"),
+        "attack log-flood: ok: logged 5000 lines"
+    );
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains("flood/flood: flood "))
+        .count();
+    // The flood takes well under a second, but may straddle one boundary: two budgets at most.
+    assert!(
+        (100..=200).contains(&logged),
+        "{logged} lines logged:\n{stderr}"
+    );
+    let dropped: u64 = stderr
+        .lines()
+        .filter_map(|l| l.split("(log): ").nth(1))
+        .filter_map(|l| l.strip_suffix(" lines dropped by the rate limit (100/s)"))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(dropped + logged as u64, 5000, "{stderr}");
+    for line in stderr.lines().filter(|l| l.contains("for plugin `victim`")) {
+        assert!(
+            line.contains("flood/flood: flood "),
+            "a forged line: {line}"
+        );
+        assert!(line.contains("\\nWARN sandbox: denied"), "{line}");
+    }
+}

@@ -108,6 +108,7 @@ impl Runtime {
                 plugin: plugin_name,
                 state,
                 metrics: self.metrics.clone(),
+                log_budget: sandbox::logline::LineBudget::new(label.clone(), "log"),
             },
             deadline: Instant::now() + limits.init_timeout,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),

@@ -6,7 +6,8 @@
 //! - `net`, `http`, `fs`: the checks wasmtime calls for every socket address, outgoing HTTP
 //!   request and refused file open;
 //! - `limits`: memory, deadlines and output per call;
-//! - `audit`: denials, logged and counted; `stdio`: plugin output to the log.
+//! - `audit`: denials, logged and counted; `stdio`: plugin output to the log; `logline`: the
+//!   rate limit, length cap and escaping of every line a plugin logs.
 //!
 //! It may import only `defaults`: it knows nothing of pipeline files, plugins or pipelines.
 
@@ -15,6 +16,7 @@ mod fs;
 pub mod grants;
 mod http;
 mod limits;
+pub mod logline;
 mod net;
 mod stdio;
 mod wasi;

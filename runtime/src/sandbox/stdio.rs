@@ -5,25 +5,20 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Most log lines a plugin's stdout/stderr may produce per second; more are counted and dropped.
-const LOG_LINES_PER_SECOND: u32 = 100;
-/// Longest log line kept from a plugin's output, in bytes.
-const LOG_LINE_MAX: usize = 4096;
+use super::logline::{LINE_MAX, LineBudget, clean_line};
 
 /// Sends a plugin's output stream to the log, one line per event, rate-limited.
 pub(super) struct LogWriter {
     label: Arc<str>,
     stream: &'static str,
     line: Vec<u8>,
-    window: Instant,
-    lines_in_window: u32,
-    suppressed: u64,
+    budget: LineBudget,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 }
 
@@ -37,12 +32,10 @@ impl LogWriter {
         tail: Option<Arc<Mutex<VecDeque<String>>>>,
     ) -> Self {
         LogWriter {
+            budget: LineBudget::new(label.clone(), stream),
             label,
             stream,
             line: Vec::new(),
-            window: Instant::now(),
-            lines_in_window: 0,
-            suppressed: 0,
             tail,
         }
     }
@@ -61,25 +54,8 @@ impl LogWriter {
             }
             tail.push_back(text.clone());
         }
-        let now = Instant::now();
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            if self.suppressed > 0 {
-                tracing::warn!(
-                    "{} ({}): {} lines dropped by the rate limit ({LOG_LINES_PER_SECOND}/s)",
-                    self.label,
-                    self.stream,
-                    self.suppressed
-                );
-            }
-            self.window = now;
-            self.lines_in_window = 0;
-            self.suppressed = 0;
-        }
-        if self.lines_in_window < LOG_LINES_PER_SECOND {
-            self.lines_in_window += 1;
-            tracing::info!("{} ({}): {text}", self.label, self.stream);
-        } else {
-            self.suppressed += 1;
+        if self.budget.admit(Instant::now()) {
+            tracing::info!("{} ({}): {}", self.label, self.stream, clean_line(&text));
         }
     }
 
@@ -87,7 +63,7 @@ impl LogWriter {
         for &byte in bytes {
             if byte == b'\n' {
                 self.emit();
-            } else if self.line.len() < LOG_LINE_MAX {
+            } else if self.line.len() < LINE_MAX {
                 self.line.push(byte);
             }
         }

@@ -23,6 +23,7 @@ const ATTACKS: &[&str] = &[
     "big-output",
     "init-loop",
     "init-memory",
+    "log-flood",
 ];
 
 struct Hostile {
@@ -73,6 +74,16 @@ impl Hostile {
             "loop" => spin(),
             "memory" => bomb(),
             "recursion" => Ok(recurse(0).to_string()),
+            // `count` lines through the logging interface, each trying to start a line of its
+            // own that reads like the host's denial of another plugin.
+            "log-flood" => {
+                for i in 0..self.count {
+                    patchbay_sdk::log::warn(&format!(
+                        "flood {i}\nWARN sandbox: denied tcp access to 10.0.0.1:22 for plugin `victim`"
+                    ));
+                }
+                Ok(format!("logged {} lines", self.count))
+            }
             "read-file" => std::fs::read_to_string(&self.path)
                 .map(|text| text.lines().next().unwrap_or("").to_owned())
                 .map_err(|e| e.to_string()),
@@ -143,7 +154,7 @@ impl Transform for Hostile {
         .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect.", "127.0.0.1:5432"))
         .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
         .key(ConfigKey::optional("url", "URL to GET for http.", "http://127.0.0.1:80/"))
-        .key(ConfigKey::optional("count", "Messages per input for big-output.", "100000"))
+        .key(ConfigKey::optional("count", "Messages per input for big-output, lines for log-flood.", "100000"))
         .key(ConfigKey::optional("size", "Bytes per message for big-output.", "1024"))
     }
 
