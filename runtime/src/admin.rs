@@ -225,6 +225,21 @@ fn gauge(
 }
 
 /// A metric name made safe for Prometheus: `[a-zA-Z0-9_]`, not starting with a digit.
+/// A label value as the Prometheus text format wants it: `\\`, `"` and newlines escaped
+/// (prometheus-client writes label values as they are).
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn metric_name(name: &str) -> String {
     let mut out: String = name
         .chars()
@@ -403,12 +418,29 @@ impl Collector for MetricsCollector {
             "Hot swaps of a plugin to new code.",
             &swaps,
         )?;
+        let refused: Series<u64> = admin
+            .runtime
+            .plugin_metrics()
+            .refused()
+            .into_iter()
+            .map(|(plugin, n)| (vec![("plugin".to_owned(), plugin)], n))
+            .collect();
+        counter(
+            &mut encoder,
+            "patchbay_plugin_metrics_refused",
+            "Metric updates refused from a plugin (a bad name or label, or over its series cap).",
+            &refused,
+        )?;
         // What plugins report through the metrics interface, one family per metric name.
         let mut families: std::collections::BTreeMap<String, Series<MetricValue>> =
             std::collections::BTreeMap::new();
         for ((plugin, name, labels), value) in admin.runtime.plugin_metrics().snapshot() {
             let mut all = vec![("plugin".to_owned(), plugin)];
-            all.extend(labels.into_iter().map(|(k, v)| (metric_name(&k), v)));
+            all.extend(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| (metric_name(&k), escape_label_value(&v))),
+            );
             families
                 .entry(format!("plugin_{}", metric_name(&name)))
                 .or_default()
@@ -604,6 +636,14 @@ mod tests {
     fn names_are_made_safe() {
         assert_eq!(metric_name("rows.read-total"), "rows_read_total");
         assert_eq!(metric_name("9lives"), "_9lives");
+    }
+
+    #[test]
+    fn label_values_cannot_break_out_of_their_quotes() {
+        assert_eq!(
+            escape_label_value("a\"} 0\npatchbay_pipeline_up{pipeline=\"x\\"),
+            "a\\\"} 0\\npatchbay_pipeline_up{pipeline=\\\"x\\\\"
+        );
     }
 
     #[test]

@@ -190,31 +190,123 @@ pub enum MetricValue {
     },
 }
 
-/// Metrics reported by plugins, keyed by (plugin, metric name, labels).
+/// Most series one plugin may report; a new one past this is refused and counted.
+pub const MAX_SERIES_PER_PLUGIN: usize = 1000;
+/// Longest metric name, in bytes.
+pub const MAX_METRIC_NAME: usize = 128;
+/// Most labels on one series.
+pub const MAX_LABELS: usize = 8;
+/// Longest label name, in bytes.
+pub const MAX_LABEL_NAME: usize = 64;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// Metrics reported by plugins, keyed by (plugin, metric name, labels), within the caps above:
+/// a plugin cannot grow the host's memory or `/metrics` without bound, forge another series
+/// (the `plugin` label is the host's) or make the scrape unparseable (label values are escaped
+/// when encoded). What is refused is counted per plugin.
 #[derive(Debug, Default, Clone)]
 pub struct PluginMetrics {
-    inner: Arc<Mutex<BTreeMap<MetricKey, MetricValue>>>,
+    inner: Arc<Mutex<MetricStore>>,
+}
+
+#[derive(Debug, Default)]
+struct MetricStore {
+    series: BTreeMap<MetricKey, MetricValue>,
+    per_plugin: BTreeMap<String, usize>,
+    refused: BTreeMap<String, u64>,
 }
 
 /// Identity of one plugin-reported series.
 pub type MetricKey = (String, String, Vec<(String, String)>);
 
+/// Why a metric a plugin reported is refused; `None` when it is fine.
+pub fn metric_problem(name: &str, labels: &[(String, String)]) -> Option<String> {
+    let word = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    // `.`, `-` and `:` are allowed in names (OpenTelemetry style) and shown as `_`.
+    let name_ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-:".contains(c));
+    if name.len() > MAX_METRIC_NAME || !name_ok {
+        return Some(format!(
+            "metric name `{}` is not a word of letters, digits, `_`, `.`, `-` or `:` of at most \
+             {MAX_METRIC_NAME} bytes",
+            name.chars().take(64).collect::<String>().escape_debug()
+        ));
+    }
+    if labels.len() > MAX_LABELS {
+        return Some(format!(
+            "metric `{name}` has {} labels; at most {MAX_LABELS}",
+            labels.len()
+        ));
+    }
+    for (i, (label, value)) in labels.iter().enumerate() {
+        if label.len() > MAX_LABEL_NAME || !word(label) || label == "plugin" {
+            return Some(format!(
+                "metric `{name}`: label name `{}` is not a word of at most {MAX_LABEL_NAME} bytes, \
+                 or is `plugin` (the host's)",
+                label.chars().take(64).collect::<String>().escape_debug()
+            ));
+        }
+        if labels[..i].iter().any(|(l, _)| l == label) {
+            return Some(format!("metric `{name}`: label `{label}` is given twice"));
+        }
+        if value.len() > MAX_LABEL_VALUE {
+            return Some(format!(
+                "metric `{name}`: the value of label `{label}` is {} bytes; at most \
+                 {MAX_LABEL_VALUE}",
+                value.len()
+            ));
+        }
+    }
+    None
+}
+
 impl PluginMetrics {
-    fn update(&self, key: MetricKey, f: impl FnOnce(Option<&MetricValue>) -> MetricValue) {
-        let mut guard = match self.inner.lock() {
+    fn store(&self) -> std::sync::MutexGuard<'_, MetricStore> {
+        match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        let value = f(guard.get(&key));
-        guard.insert(key, value);
+        }
+    }
+
+    /// Update one series; `Err` says why it was refused (and counts it).
+    fn update(
+        &self,
+        key: MetricKey,
+        f: impl FnOnce(Option<&MetricValue>) -> MetricValue,
+    ) -> Result<(), String> {
+        let mut store = self.store();
+        let problem = metric_problem(&key.1, &key.2).or_else(|| {
+            let count = store.per_plugin.get(&key.0).copied().unwrap_or(0);
+            (!store.series.contains_key(&key) && count >= MAX_SERIES_PER_PLUGIN).then(|| {
+                format!("it reports {MAX_SERIES_PER_PLUGIN} series already, the most a plugin may")
+            })
+        });
+        if let Some(problem) = problem {
+            *store.refused.entry(key.0).or_insert(0) += 1;
+            return Err(problem);
+        }
+        let value = f(store.series.get(&key));
+        let plugin = key.0.clone();
+        if store.series.insert(key, value).is_none() {
+            *store.per_plugin.entry(plugin).or_insert(0) += 1;
+        }
+        Ok(())
     }
 
     /// A copy of every series.
     pub fn snapshot(&self) -> BTreeMap<MetricKey, MetricValue> {
-        match self.inner.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.store().series.clone()
+    }
+
+    /// Metric updates refused so far, by plugin.
+    pub fn refused(&self) -> BTreeMap<String, u64> {
+        self.store().refused.clone()
     }
 }
 
@@ -230,6 +322,8 @@ pub struct HostImports {
     pub metrics: PluginMetrics,
     /// The rate limit of its `logging.log` lines.
     pub log_budget: crate::sandbox::logline::LineBudget,
+    /// Whether this instance was told already that a metric was refused.
+    pub metric_refused: bool,
 }
 
 impl logging::Host for HostImports {
@@ -256,23 +350,42 @@ fn metric_key(plugin: &str, name: String, labels: Vec<metrics::Label>) -> Metric
     (plugin.to_owned(), name, labels)
 }
 
+impl HostImports {
+    /// Say once per instance that a metric was refused, and why (every refusal is counted in
+    /// `patchbay_plugin_metrics_refused`).
+    fn refused(&mut self, result: Result<(), String>) {
+        if let Err(why) = result
+            && !self.metric_refused
+        {
+            self.metric_refused = true;
+            tracing::warn!(
+                "{}: a metric was refused: {why}; further refusals are only counted \
+                 (patchbay_plugin_metrics_refused)",
+                self.label
+            );
+        }
+    }
+}
+
 impl metrics::Host for HostImports {
     fn counter_add(&mut self, name: String, value: u64, labels: Vec<metrics::Label>) {
         let key = metric_key(&self.plugin, name, labels);
-        self.metrics.update(key, |old| match old {
+        let result = self.metrics.update(key, |old| match old {
             Some(MetricValue::Counter(c)) => MetricValue::Counter(c.saturating_add(value)),
             _ => MetricValue::Counter(value),
         });
+        self.refused(result);
     }
 
     fn gauge_set(&mut self, name: String, value: f64, labels: Vec<metrics::Label>) {
         let key = metric_key(&self.plugin, name, labels);
-        self.metrics.update(key, |_| MetricValue::Gauge(value));
+        let result = self.metrics.update(key, |_| MetricValue::Gauge(value));
+        self.refused(result);
     }
 
     fn histogram_observe(&mut self, name: String, value: f64, labels: Vec<metrics::Label>) {
         let key = metric_key(&self.plugin, name, labels);
-        self.metrics.update(key, |old| match old {
+        let result = self.metrics.update(key, |old| match old {
             Some(MetricValue::Histogram { count, sum }) => MetricValue::Histogram {
                 count: count + 1,
                 sum: sum + value,
@@ -282,6 +395,7 @@ impl metrics::Host for HostImports {
                 sum: value,
             },
         });
+        self.refused(result);
     }
 }
 
@@ -361,5 +475,58 @@ pub fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>
                 decl.path_loc, decl.name, key.name, key.description, decl.name
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn metrics_are_refused_past_their_caps_and_counted() {
+        assert_eq!(
+            metric_problem("rows.read-total", &labels(&[("k", "v")])),
+            None
+        );
+        for (name, l) in [
+            ("", labels(&[])),
+            ("9lives", labels(&[])),
+            ("a b", labels(&[])),
+            ("x", labels(&[("plugin", "other")])),
+            ("x", labels(&[("k", "1"), ("k", "2")])),
+            ("x", labels(&[("bad-label", "v")])),
+            ("x", labels(&[("k", &"v".repeat(MAX_LABEL_VALUE + 1))])),
+        ] {
+            assert!(metric_problem(name, &l).is_some(), "{name} {l:?}");
+        }
+        assert_eq!(
+            metric_problem("x", &labels(&[("plugin", "other")])).unwrap(),
+            "metric `x`: label name `plugin` is not a word of at most 64 bytes, or is `plugin` \
+             (the host's)"
+        );
+        let metrics = PluginMetrics::default();
+        for i in 0..MAX_SERIES_PER_PLUGIN + 5 {
+            let key = (
+                "p".to_owned(),
+                "n".to_owned(),
+                labels(&[("i", &i.to_string())]),
+            );
+            let result = metrics.update(key, |_| MetricValue::Gauge(1.0));
+            assert_eq!(result.is_ok(), i < MAX_SERIES_PER_PLUGIN, "series {i}");
+        }
+        // A series it has may still be updated; another plugin has its own cap.
+        let known = ("p".to_owned(), "n".to_owned(), labels(&[("i", "0")]));
+        assert!(metrics.update(known, |_| MetricValue::Gauge(2.0)).is_ok());
+        let other = ("q".to_owned(), "n".to_owned(), labels(&[]));
+        assert!(metrics.update(other, |_| MetricValue::Gauge(2.0)).is_ok());
+        assert_eq!(metrics.snapshot().len(), MAX_SERIES_PER_PLUGIN + 1);
+        assert_eq!(metrics.refused().get("p"), Some(&5));
     }
 }

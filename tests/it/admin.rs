@@ -303,3 +303,103 @@ sinks = ["null"]
     assert!(stderr.contains(expected), "{stderr}");
     assert!(!stderr.contains(" in, "), "a pipeline ran: {stderr}");
 }
+
+/// A plugin that reports more series than its cap, a label value that tries to end its line,
+/// a `plugin` label and a name that is no name: the excess and the bad ones are refused and
+/// counted, and the scrape still parses, with no forged series in it.
+#[test]
+fn a_plugin_cannot_flood_or_forge_the_metrics() {
+    let s = Scratch::new();
+    s.write(
+        "p.toml",
+        r#"
+[plugins.ticker]
+path = "{plugin:generator}"
+config = { count = 0, rate = 20 }
+
+[plugins.noisy]
+path = "{plugin:test-hostile}"
+config = { attack = "metrics", count = 1500 }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "noisy"
+source = "ticker"
+transforms = ["noisy"]
+sinks = ["null"]
+batch_size = 1
+"#,
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = patchbay()
+        .args(["run", "p.toml", "--admin", &format!("127.0.0.1:{port}")])
+        .current_dir(s.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    // The attack runs once, on the first message; the refusals are counted as it runs.
+    let scrape = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the attack did not run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(answer) = rt.block_on(call("GET", &format!("{base}/metrics"), None, None)) else {
+            continue;
+        };
+        assert_eq!(answer.status, 200);
+        let lines = answer.body.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        if sample(
+            &scrape,
+            "patchbay_plugin_metrics_refused_total",
+            &[("plugin", "noisy")],
+        )
+        .is_some()
+        {
+            break (scrape, answer.body);
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let (scrape, body) = scrape;
+    // The forging label value is kept, escaped (the scrape parsed); the `plugin` label and the
+    // bad name are refused; of the 1,500 series 999 fit under the cap of 1,000 and 501 do not.
+    let kept = scrape
+        .samples
+        .iter()
+        .filter(|x| x.metric == "plugin_hostile_series_total")
+        .count();
+    assert_eq!(kept, 999);
+    assert!(
+        body.lines().any(|l| l
+            == r#"plugin_hostile_forge{plugin="noisy",v="x\"} 0\npatchbay_pipeline_up{pipeline=\"victim"} 1.0"#),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "patchbay_plugin_metrics_refused_total",
+            &[("plugin", "noisy")]
+        ),
+        Some(503.0)
+    );
+    assert!(
+        !body
+            .lines()
+            .any(|l| l.starts_with("patchbay_pipeline_up{pipeline=\"victim")),
+        "{body}"
+    );
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|x| x.labels.get("plugin") == Some("victim")),
+        "a forged plugin label"
+    );
+}

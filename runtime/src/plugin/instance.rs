@@ -109,6 +109,7 @@ impl Runtime {
                 state,
                 metrics: self.metrics.clone(),
                 log_budget: sandbox::logline::LineBudget::new(label.clone(), "log"),
+                metric_refused: false,
             },
             deadline: Instant::now() + limits.init_timeout,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),

@@ -24,6 +24,7 @@ const ATTACKS: &[&str] = &[
     "init-loop",
     "init-memory",
     "log-flood",
+    "metrics",
 ];
 
 struct Hostile {
@@ -76,6 +77,22 @@ impl Hostile {
             "recursion" => Ok(recurse(0).to_string()),
             // `count` lines through the logging interface, each trying to start a line of its
             // own that reads like the host's denial of another plugin.
+            // A label value that tries to end its line and forge a series of the host's, a
+            // `plugin` label, a name that is no name, then `count` series of one metric.
+            "metrics" => {
+                use patchbay_sdk::metrics;
+                metrics::gauge_set(
+                    "hostile_forge",
+                    1.0,
+                    &[("v", "x\"} 0\npatchbay_pipeline_up{pipeline=\"victim")],
+                );
+                metrics::gauge_set("hostile_forge", 1.0, &[("plugin", "victim")]);
+                metrics::gauge_set("hostile forge\n", 1.0, &[]);
+                for i in 0..self.count {
+                    metrics::counter_add("hostile_series", 1, &[("i", &i.to_string())]);
+                }
+                Ok(format!("reported {} series", self.count))
+            }
             "log-flood" => {
                 for i in 0..self.count {
                     patchbay_sdk::log::warn(&format!(
@@ -154,7 +171,7 @@ impl Transform for Hostile {
         .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect.", "127.0.0.1:5432"))
         .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
         .key(ConfigKey::optional("url", "URL to GET for http.", "http://127.0.0.1:80/"))
-        .key(ConfigKey::optional("count", "Messages per input for big-output, lines for log-flood.", "100000"))
+        .key(ConfigKey::optional("count", "Messages per input for big-output, lines for log-flood, series for metrics.", "100000"))
         .key(ConfigKey::optional("size", "Bytes per message for big-output.", "1024"))
     }
 
