@@ -38,6 +38,7 @@ pub mod dead_letter;
 mod failure;
 mod flow;
 mod replay;
+mod retry;
 mod route;
 mod source;
 mod stage;
@@ -56,8 +57,6 @@ pub use swap::{Code, CodeSender, CodeWatch};
 use flow::{Batch, Downstream};
 use source::{BUDGET_UNIT, SourceTask, run_source};
 use stage::{Policy, Stage};
-
-mod retry;
 
 /// One stage's plugin instance, ready to run (`init` done), and how to start more.
 pub struct StagePlan<C: ?Sized> {
