@@ -133,13 +133,20 @@ pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, Assemble
 /// Every plugin of a running file, swappable by name (see [`crate::reload`]).
 pub type Swappables = BTreeMap<String, Arc<Swappable>>;
 
-/// Create and `init` one instance per stage of every pipeline. The plugins come back
-/// swappable: reloads may come from the directories the file's plugins are in.
-pub async fn plan(
-    runtime: &Arc<Runtime>,
-    config: &Config,
-    loaded: &Loaded,
-) -> Result<(Vec<PipelinePlan>, Swappables), AssembleError> {
+/// What [`plan`] made of a file's pipelines.
+pub struct Planned {
+    /// The pipelines that started, ready to run.
+    pub plans: Vec<PipelinePlan>,
+    /// Every plugin, swappable by name.
+    pub swappables: Swappables,
+    /// The pipelines that could not start, each with why (its other stages are stopped).
+    pub failed: Vec<(String, AssembleError)>,
+}
+
+/// Create and `init` one instance per stage of every pipeline. Pipelines start independently:
+/// one that cannot start is reported in `failed` and the others are planned all the same. The
+/// plugins come back swappable: reloads may come from the directories the file's plugins are in.
+pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> Planned {
     let mut allowed: Vec<std::path::PathBuf> = config
         .plugins
         .values()
@@ -165,9 +172,10 @@ pub async fn plan(
         })
         .collect();
     let mut plans = Vec::new();
-    let mut problems = Vec::new();
+    let mut failed = Vec::new();
     for pipeline in &config.pipelines {
-        if let Some(plan) = plan_one(
+        let mut problems = Vec::new();
+        let plan = plan_one(
             runtime,
             config,
             loaded,
@@ -176,13 +184,23 @@ pub async fn plan(
             Some(&swappables),
             &mut problems,
         )
-        .await
-        {
-            plans.push(plan);
+        .await;
+        match (plan, AssembleError::check(problems)) {
+            (Some(plan), Ok(())) => plans.push(plan),
+            (_, Err(problems)) => failed.push((pipeline.name.clone(), problems)),
+            (None, Ok(())) => failed.push((
+                pipeline.name.clone(),
+                AssembleError {
+                    problems: vec![format!("pipeline `{}` could not start", pipeline.name)],
+                },
+            )),
         }
     }
-    AssembleError::check(problems)?;
-    Ok((plans, swappables))
+    Planned {
+        plans,
+        swappables,
+        failed,
+    }
 }
 
 /// Plan one pipeline whose source is replaced by dead letters to put back.

@@ -8,8 +8,11 @@
 //! let config = Config::load("examples/quickstart/pipeline.toml".as_ref())?;
 //! let runtime = std::sync::Arc::new(Runtime::new(Runtime::default_cache_dir())?);
 //! let loaded = assemble::load(&runtime, &config).await?;
-//! let (plans, _swappable) = assemble::plan(&runtime, &config, &loaded).await?;
-//! for plan in plans {
+//! let planned = assemble::plan(&runtime, &config, &loaded).await;
+//! for (name, why) in &planned.failed {
+//!     eprintln!("pipeline `{name}` could not start: {why}");
+//! }
+//! for plan in planned.plans {
 //!     let (_drain_tx, drain) = tokio::sync::watch::channel(false);
 //!     let (_abort_tx, abort) = tokio::sync::watch::channel(false);
 //!     let counters = plan.counters();

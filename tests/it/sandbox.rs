@@ -566,3 +566,70 @@ fn a_log_flood_is_rate_limited_and_cannot_forge_a_line() {
         assert!(line.contains("\\nWARN sandbox: denied"), "{line}");
     }
 }
+
+/// A pipeline whose plugin cannot start does not keep the others from running: they deliver
+/// everything, the failure is reported, and the run ends with exit code 1. With
+/// `on_start_failure = "abort"` nothing runs.
+#[test]
+fn one_pipeline_failing_at_start_does_not_stop_the_others() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    let victim = r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 100 }
+
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/fine.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "fine"
+source = "gen"
+sinks = ["out"]
+"#;
+    let bomb = attack_pipeline(
+        "bomb",
+        r#"config = { attack = "init-memory" }
+limits = { memory = "16MiB" }"#,
+        "",
+    );
+    s.write("p.toml", &format!("{bomb}\n{victim}"));
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(s.read("out/fine.jsonl").lines().count(), 100, "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: pipeline `bomb`: transform `bomb` could not start: plugin `bomb/bomb` \
+             trapped in `init`: memory limit of 16.0 MiB reached (limits.memory)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipeline `fine`: 100 in, 0 dropped, 100 written to `out`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: pipeline `bomb` did not run: it could not start (see above)"),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(s.path().join("out/fine.jsonl")).unwrap();
+    s.write(
+        "p.toml",
+        &format!("on_start_failure = \"abort\"\n{bomb}\n{victim}"),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: on_start_failure = \"abort\": no pipeline runs; fix the one above, or set \
+             on_start_failure = \"continue\" to run the others"
+        ),
+        "{stderr}"
+    );
+    assert!(!s.path().join("out/fine.jsonl").exists() || s.read("out/fine.jsonl").is_empty());
+}

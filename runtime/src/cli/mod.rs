@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, PipelineStatus};
 use crate::assemble;
-use crate::config::{Config, Role, parse_duration};
+use crate::config::{Config, OnStartFailure, Role, parse_duration};
 use crate::contract::PluginState;
 use crate::pipeline::dead_letter;
 use crate::pipeline::{self, Control, Counters, Report, StageKind};

@@ -20,7 +20,27 @@ pub(super) async fn run(
         None => None,
     };
     let loaded = assemble::load(runtime, &config).await?;
-    let (plans, swappables) = assemble::plan(runtime, &config, &loaded).await?;
+    let assemble::Planned {
+        plans,
+        swappables,
+        failed,
+    } = assemble::plan(runtime, &config, &loaded).await;
+    for (_, why) in &failed {
+        for line in why.to_string().lines() {
+            eprintln!("error: {line}");
+        }
+    }
+    if !failed.is_empty() && (plans.is_empty() || config.on_start_failure == OnStartFailure::Abort)
+    {
+        if !plans.is_empty() {
+            eprintln!(
+                "error: on_start_failure = \"abort\": no pipeline runs; fix the one{} above, or \
+                 set on_start_failure = \"continue\" to run the others",
+                if failed.len() == 1 { "" } else { "s" }
+            );
+        }
+        return Ok(ExitCode::FAILURE);
+    }
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = watch::channel(false);
@@ -62,6 +82,16 @@ pub(super) async fn run(
             status.end(report.failure.is_some());
             report
         }));
+    }
+    // A pipeline that could not start shows as failed on the admin API (`/health` degraded).
+    for (name, _) in &failed {
+        let status = Arc::new(PipelineStatus::new(
+            name.clone(),
+            Vec::new(),
+            Arc::new(Counters::default()),
+        ));
+        status.end(true);
+        statuses.push(status);
     }
     let mut watchers = Vec::new();
     for plugin in swappables.values().filter(|p| p.watched()) {
@@ -106,16 +136,19 @@ pub(super) async fn run(
         }
     };
 
-    let mut failed = false;
+    let mut stopped = !failed.is_empty();
     for report in &reports {
         print_summary(report);
         if let Some(failure) = &report.failure {
-            failed = true;
+            stopped = true;
             eprintln!("error: {failure}");
         }
     }
+    for (name, _) in &failed {
+        eprintln!("error: pipeline `{name}` did not run: it could not start (see above)");
+    }
     print_denials(runtime);
-    Ok(if failed {
+    Ok(if stopped {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -313,6 +313,7 @@ pub(super) fn check(
             plugins,
             pipelines,
             admin,
+            on_start_failure: raw.on_start_failure,
         })
     } else {
         Err(ConfigError { problems })

@@ -94,6 +94,17 @@ impl Default for Breaker {
     }
 }
 
+/// What `patchbay run` does with the other pipelines when one cannot start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStartFailure {
+    /// Run the pipelines that started; report the others and end with exit code 1.
+    #[default]
+    Continue,
+    /// Run none of them.
+    Abort,
+}
+
 /// What to do with a record that failed for good.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -138,6 +149,8 @@ pub struct Config {
     pub pipelines: Vec<PipelineDecl>,
     /// `[admin] listen`, when the file turns the admin API on.
     pub admin: Option<std::net::SocketAddr>,
+    /// What `run` does when a pipeline cannot start.
+    pub on_start_failure: OnStartFailure,
 }
 
 /// A checked plugin declaration.

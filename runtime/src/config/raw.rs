@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{HumanDuration, Size};
-use super::{OnError, RoutingMode};
+use super::{OnError, OnStartFailure, RoutingMode};
 use crate::sandbox::DirMode;
 
 /// The whole pipeline file.
@@ -29,6 +29,11 @@ pub(super) struct RawFile {
     /// The admin API, off unless `[admin]` or `--admin` turns it on.
     #[serde(default)]
     pub(super) admin: Option<RawAdmin>,
+    /// What `patchbay run` does when a pipeline cannot start (a plugin's `init` fails, traps
+    /// or runs past its deadline): `continue` with the others (the default; the run ends with
+    /// exit code 1 and `/health` says degraded) or `abort` the whole run.
+    #[serde(default)]
+    pub(super) on_start_failure: OnStartFailure,
 }
 
 /// `[admin]`: serve the admin API while pipelines run.

@@ -82,6 +82,12 @@ fn defaults_of() -> Vec<(&'static str, &'static str, Value)> {
 /// The JSON Schema (draft 2020-12) of the pipeline file.
 pub fn json() -> Value {
     let mut schema = serde_json::to_value(schema_for!(RawFile)).unwrap_or(Value::Null);
+    if let Some(property) = schema
+        .pointer_mut("/properties/on_start_failure")
+        .and_then(Value::as_object_mut)
+    {
+        property.insert("default".to_owned(), json!("continue"));
+    }
     for (def, field, value) in defaults_of() {
         if let Some(property) = schema
             .pointer_mut(&format!("/$defs/{def}/properties/{field}"))
