@@ -633,3 +633,52 @@ limits = { memory = "16MiB" }"#,
     );
     assert!(!s.path().join("out/fine.jsonl").exists() || s.read("out/fine.jsonl").is_empty());
 }
+
+/// Name lookup without `grants.dns` is refused and, like every other denial, logged and
+/// counted; with the grant it resolves.
+#[test]
+fn a_name_lookup_without_the_dns_grant_is_denied_and_counted() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "dns",
+            r#"config = { attack = "dns", host = "localhost:80" }"#,
+            "",
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(report(&s, "dns").starts_with("attack dns: denied: "));
+    assert!(
+        stderr.contains(
+            "sandbox: denied dns access to localhost for plugin `dns/dns` (not granted: \
+             grants.dns is false)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sandbox denied 1 access: dns by dns/dns (1)"),
+        "{stderr}"
+    );
+
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "dns",
+            r#"config = { attack = "dns", host = "localhost:80" }
+grants = { dns = true }"#,
+            "",
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        report(&s, "dns").starts_with("attack dns: ok: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sandbox denied"), "{stderr}");
+}

@@ -33,6 +33,8 @@ pub struct HostState {
     http_gate: sandbox::HttpGate,
     label: Arc<str>,
     audit: Arc<sandbox::Audit>,
+    /// `grants.dns`.
+    dns: bool,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
@@ -57,6 +59,10 @@ impl WasiView for HostState {
 impl sandbox::Audited for HostState {
     fn audit(&self) -> (&Arc<sandbox::Audit>, &str) {
         (&self.audit, &self.label)
+    }
+
+    fn dns_granted(&self) -> bool {
+        self.dns
     }
 }
 
@@ -116,6 +122,7 @@ impl Runtime {
             http_gate: sandbox::HttpGate::new(&label, grants, &self.audit),
             label: label.clone(),
             audit: self.audit.clone(),
+            dns: grants.dns,
         };
         let mut store = Store::new(&self.engine, host);
         if self.enforce {

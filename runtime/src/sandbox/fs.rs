@@ -15,6 +15,8 @@ use super::audit::Audit;
 pub trait Audited: WasiView + Send + 'static {
     /// The audit log and the plugin's label (`pipeline/plugin`).
     fn audit(&self) -> (&Arc<Audit>, &str);
+    /// Whether the plugin may look up names (`grants.dns`).
+    fn dns_granted(&self) -> bool;
 }
 
 /// Shadow `[method]descriptor.open-at` in `linker` (after WASI was added to it).

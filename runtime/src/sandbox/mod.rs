@@ -3,8 +3,8 @@
 //! - `grants`: the typed grants — pattern parsing, matching, display for `inspect`, JSON for
 //!   the admin API (one place);
 //! - `wasi`: grants → a WASI context holding only what was granted;
-//! - `net`, `http`, `fs`: the checks wasmtime calls for every socket address, outgoing HTTP
-//!   request and refused file open;
+//! - `net`, `http`, `fs`, `dns`: the checks wasmtime calls for every socket address, outgoing
+//!   HTTP request, refused file open and name lookup;
 //! - `limits`: memory, deadlines and output per call;
 //! - `audit`: denials, logged and counted; `stdio`: plugin output to the log; `logline`: the
 //!   rate limit, length cap and escaping of every line a plugin logs.
@@ -12,6 +12,7 @@
 //! It may import only `defaults`: it knows nothing of pipeline files, plugins or pipelines.
 
 mod audit;
+mod dns;
 mod fs;
 pub mod grants;
 mod http;
@@ -22,6 +23,7 @@ mod stdio;
 mod wasi;
 
 pub use audit::Audit;
+pub use dns::audit_name_lookup;
 pub use fs::{Audited, audit_open_at};
 pub use grants::{DirGrant, DirMode, Grants, HttpPattern, NetPattern, capability};
 pub use http::HttpGate;
