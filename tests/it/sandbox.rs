@@ -682,3 +682,32 @@ grants = { dns = true }"#,
     );
     assert!(!stderr.contains("sandbox denied"), "{stderr}");
 }
+
+/// Creating a directory under a read-only grant is refused and, like a refused open, audited.
+#[test]
+fn a_directory_created_under_a_read_only_grant_is_denied_and_counted() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.mkdir("data");
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "mk",
+            r#"config = { attack = "mkdir", path = "/data/new" }
+grants = { dirs = [{ host = "data", guest = "/data", mode = "ro" }] }"#,
+            "",
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        report(&s, "mk").starts_with("attack mkdir: denied: "),
+        "{stderr}"
+    );
+    assert!(!s.path().join("data/new").exists());
+    assert!(
+        stderr.contains("sandbox denied 1 access: filesystem by mk/mk (1)"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,7 @@
-//! Audited file access: wasi:filesystem `open-at` re-defined around wasmtime-wasi's own, so that
-//! an open the sandbox refuses (a `..` or symlink escape from a granted directory, a write under
-//! a read-only grant) is audited like a network denial. Paths outside every granted directory
+//! Audited file access: wasi:filesystem's path operations (`open-at`, `create-directory-at`,
+//! `remove-directory-at`, `unlink-file-at`, `rename-at`, `symlink-at`, `link-at`) re-defined
+//! around wasmtime-wasi's own, so that one the sandbox refuses (a `..` or symlink escape from a
+//! granted directory, a write under a read-only grant) is audited like a network denial. Paths outside every granted directory
 //! never reach the host: the guest's libc finds no directory to resolve them against.
 //! (cap-std inside wasmtime-wasi does the refusing; this only reports it.)
 
@@ -19,54 +20,88 @@ pub trait Audited: WasiView + Send + 'static {
     fn dns_granted(&self) -> bool;
 }
 
-/// Shadow `[method]descriptor.open-at` in `linker` (after WASI was added to it).
+/// Whether a filesystem error is the sandbox's refusal (worth an audit entry).
+fn refused(code: &wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode) -> bool {
+    use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode;
+    matches!(
+        code,
+        ErrorCode::NotPermitted | ErrorCode::Access | ErrorCode::ReadOnly
+    )
+}
+
+const WHY: &str = "outside its granted directories, or a write under a read-only grant";
+
+/// Shadow `[method]descriptor.NAME` (whose arguments are `$args`, with the path(s) to audit
+/// named in `$paths`) by a wrapper that calls wasmtime-wasi's own and audits a refusal.
+macro_rules! audited {
+    ($types:ident, $name:literal, $method:ident, ($($arg:ident: $ty:ty),*), $ok:ty, [$($path:ident),+]) => {
+        $types.func_wrap_async(
+            $name,
+            |mut store: wasmtime::StoreContextMut<'_, T>, ($($arg,)*): ($($ty,)*)| {
+                Box::new(async move {
+                    let state = store.data_mut();
+                    let shown = [$($path.clone()),+].join(" -> ");
+                    match state.filesystem().$method($($arg),*).await {
+                        Ok(value) => Ok((Ok::<$ok, fs::ErrorCode>(value),)),
+                        Err(e) => {
+                            let code: fs::ErrorCode = e.downcast()?;
+                            if refused(&code) {
+                                let (audit, label) = state.audit();
+                                audit.deny(label, "filesystem", &shown, WHY);
+                            }
+                            Ok((Err(code),))
+                        }
+                    }
+                })
+            },
+        )?;
+    };
+}
+
+/// Shadow in `linker` (after WASI was added to it) the `descriptor` methods that open, create,
+/// remove, rename or link by path: a refusal of any of them is audited.
 pub fn audit_open_at<T: Audited>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     use wasmtime::component::Resource;
     use wasmtime_wasi::filesystem::WasiFilesystemView;
     use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor as _};
-    type Args = (
-        Resource<fs::Descriptor>,
-        fs::PathFlags,
-        String,
-        fs::OpenFlags,
-        fs::DescriptorFlags,
-    );
+    type Fd = Resource<fs::Descriptor>;
     linker.allow_shadowing(true);
     let mut types = linker.instance("wasi:filesystem/types@0.2.12")?;
-    types.func_wrap_async(
+    audited!(
+        types,
         "[method]descriptor.open-at",
-        |mut store: wasmtime::StoreContextMut<'_, T>,
-         (fd, path_flags, path, open_flags, flags): Args| {
-            Box::new(async move {
-                let state = store.data_mut();
-                let opened = state
-                    .filesystem()
-                    .open_at(fd, path_flags, path.clone(), open_flags, flags)
-                    .await;
-                match opened {
-                    Ok(fd) => Ok((Ok(fd),)),
-                    Err(e) => {
-                        let code = e.downcast()?;
-                        if matches!(
-                            code,
-                            fs::ErrorCode::NotPermitted
-                                | fs::ErrorCode::Access
-                                | fs::ErrorCode::ReadOnly
-                        ) {
-                            let (audit, label) = state.audit();
-                            audit.deny(
-                                label,
-                                "filesystem",
-                                &path,
-                                "outside its granted directories, or a write under a read-only grant",
-                            );
-                        }
-                        Ok((Err(code),))
-                    }
-                }
-            })
-        },
-    )?;
+        open_at,
+        (fd: Fd, path_flags: fs::PathFlags, path: String, open_flags: fs::OpenFlags, flags: fs::DescriptorFlags),
+        Fd,
+        [path]
+    );
+    audited!(types, "[method]descriptor.create-directory-at", create_directory_at, (fd: Fd, path: String), (), [path]);
+    audited!(types, "[method]descriptor.remove-directory-at", remove_directory_at, (fd: Fd, path: String), (), [path]);
+    audited!(types, "[method]descriptor.unlink-file-at", unlink_file_at, (fd: Fd, path: String), (), [path]);
+    audited!(
+        types,
+        "[method]descriptor.rename-at",
+        rename_at,
+        (fd: Fd, old_path: String, new_fd: Fd, new_path: String),
+        (),
+        [old_path, new_path]
+    );
+    audited!(
+        types,
+        "[method]descriptor.symlink-at",
+        symlink_at,
+        (fd: Fd, old_path: String, new_path: String),
+        (),
+        [old_path, new_path]
+    );
+    audited!(
+        types,
+        "[method]descriptor.link-at",
+        link_at,
+        (fd: Fd, old_flags: fs::PathFlags, old_path: String, new_fd: Fd, new_path: String),
+        (),
+        [old_path, new_path]
+    );
     linker.allow_shadowing(false);
     Ok(())
 }

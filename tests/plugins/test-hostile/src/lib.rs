@@ -25,6 +25,7 @@ const ATTACKS: &[&str] = &[
     "init-memory",
     "log-flood",
     "metrics",
+    "mkdir",
 ];
 
 struct Hostile {
@@ -93,6 +94,9 @@ impl Hostile {
                 }
                 Ok(format!("reported {} series", self.count))
             }
+            "mkdir" => std::fs::create_dir(&self.path)
+                .map(|()| format!("created {}", self.path))
+                .map_err(|e| e.to_string()),
             "log-flood" => {
                 for i in 0..self.count {
                     patchbay_sdk::log::warn(&format!(
@@ -167,7 +171,7 @@ impl Transform for Hostile {
             "none, loop, memory, read-file, list-dir, write-file, tcp-connect, dns, http, sleep, env, recursion, big-output, init-loop or init-memory.",
             "none",
         ))
-        .key(ConfigKey::optional("path", "File or directory for read-file, list-dir and write-file.", "/etc/passwd"))
+        .key(ConfigKey::optional("path", "File or directory for read-file, list-dir, write-file and mkdir.", "/etc/passwd"))
         .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect.", "127.0.0.1:5432"))
         .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
         .key(ConfigKey::optional("url", "URL to GET for http.", "http://127.0.0.1:80/"))
