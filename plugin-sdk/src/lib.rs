@@ -74,11 +74,13 @@ pub mod log;
 pub mod metrics;
 pub mod net;
 mod roles;
+pub mod spec;
 pub mod state;
 mod types;
 
 pub use config::Config;
 pub use roles::{Sink, Source, Transform};
+pub use spec::{Key, Settings};
 pub use types::{
     ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome, PollResult,
     SourceBatch,
