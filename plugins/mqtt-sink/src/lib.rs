@@ -10,7 +10,7 @@
 //!
 //! The topic is `topic`, or with `topic_from_key = true` the message key when it has one. A
 //! batch goes out in one write; with QoS 1 the sink then waits for every `PUBACK` (at most
-//! `timeout_ms`), and a message without one is `retryable`. A lost connection is `retryable`
+//! `timeout`), and a message without one is `retryable`. A lost connection is `retryable`
 //! for the whole batch, and the next call reconnects (back-off doubling from 100 ms to 5 s).
 //!
 //! With QoS 1 a batch takes at least one round trip to the broker; with Mosquitto's default
