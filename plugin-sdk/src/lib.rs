@@ -67,6 +67,7 @@ pub mod bindings;
 mod config;
 #[doc(hidden)]
 pub mod export;
+mod export_macros;
 pub mod http;
 #[cfg(feature = "json")]
 pub mod json;
@@ -89,5 +90,6 @@ pub use types::{
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-// `WIT_TEXT` and the export macros, written by build.rs.
+// `WIT_TEXT` and the macro `__patchbay_with_wit!` that hands the WIT text to the export macros
+// as a literal, written by build.rs.
 include!(concat!(env!("OUT_DIR"), "/wit.rs"));
