@@ -69,7 +69,8 @@ pub enum Kind {
 impl Kind {
     fn describe(self) -> String {
         match self {
-            Kind::Text | Kind::Json => "text".to_owned(),
+            Kind::Text => "text".to_owned(),
+            Kind::Json => "JSON".to_owned(),
             Kind::Choice(words) => {
                 let list: Vec<String> = words.iter().map(|c| format!("`{c}`")).collect();
                 format!("one of {}", list.join(", "))
@@ -218,10 +219,17 @@ impl Key {
 
     /// The metadata entries of this key: itself, then its old `*_ms` name if any.
     pub fn config_keys(&self) -> Vec<ConfigKey> {
-        let mut description = self.doc.to_owned();
-        if let Some(old) = self.alias_ms {
-            description.push_str(&format!(" (`{old}`, in milliseconds, is still accepted)"));
-        }
+        // The note about the old name goes before the doc's final period, if any.
+        let description = match self.alias_ms {
+            None => self.doc.to_owned(),
+            Some(old) => {
+                let (doc, end) = match self.doc.strip_suffix('.') {
+                    Some(doc) => (doc, "."),
+                    None => (self.doc, ""),
+                };
+                format!("{doc} (`{old}`, in milliseconds, is still accepted){end}")
+            }
+        };
         let mut out = vec![ConfigKey {
             name: self.name.to_owned(),
             description,
@@ -952,7 +960,7 @@ mod tests {
         let ack = &meta.config_keys[2];
         assert_eq!(
             ack.description,
-            "Ack wait. (`ack_wait_ms`, in milliseconds, is still accepted)"
+            "Ack wait (`ack_wait_ms`, in milliseconds, is still accepted)."
         );
         assert_eq!(ack.default_value.as_deref(), Some("30s"));
         let old = &meta.config_keys[3];
