@@ -571,6 +571,8 @@ fn invalid(key: &str, expected: &str, got: &str) -> Error {
 fn range_text(min: u64, max: u64, show: impl Fn(u64) -> String, unit: &str) -> String {
     if max == u64::MAX {
         format!("at least {}{unit}", show(min))
+    } else if min == 0 {
+        format!("at most {}{unit}", show(max))
     } else {
         format!("{} to {}{unit}", show(min), show(max))
     }
@@ -713,6 +715,10 @@ mod tests {
             .default("10000")
             .range(1, 10_000_000),
         Key::uint("min_only", "At least two.").range(2, u64::MAX),
+        Key::duration("block", "Block.")
+            .default("100ms")
+            .range(0, 900)
+            .alias_ms("block_ms"),
         Key::size("max_body", "Largest body.")
             .default("1MiB")
             .range(1, 64 << 20),
@@ -862,6 +868,14 @@ mod tests {
              deadline), got `1s`"
         );
         assert_eq!(
+            err(&[("stream", "S"), ("block", "1s")]),
+            "config key `block`: expected at most 900ms, got `1s`"
+        );
+        assert_eq!(
+            err(&[("stream", "S"), ("block_ms", "901")]),
+            "config key `block_ms`: expected at most 900 milliseconds, got `901`"
+        );
+        assert_eq!(
             err(&[("stream", "S"), ("max_body", "65MiB")]),
             "config key `max_body`: expected 1B to 64MiB, got `65MiB`"
         );
@@ -948,6 +962,8 @@ mod tests {
                 "wait_ms",
                 "max_ack_pending",
                 "min_only",
+                "block",
+                "block_ms",
                 "max_body",
                 "stream",
                 "queue",
@@ -966,7 +982,7 @@ mod tests {
         let old = &meta.config_keys[3];
         assert!(old.description.starts_with("deprecated: use `ack_wait`"));
         assert!(!old.required);
-        assert!(meta.config_keys[9].required);
-        assert_eq!(meta.config_keys[10].default_value, None);
+        assert!(meta.config_keys[11].required);
+        assert_eq!(meta.config_keys[12].default_value, None);
     }
 }
