@@ -7,8 +7,10 @@ use crate::{ConfigEntry, Error};
 /// The configuration `init` receives.
 ///
 /// Values arrive as text: a TOML string as the string itself, any other TOML value (number,
-/// boolean, array, table) as its JSON text. Every accessor returns `None` for an absent key, so
-/// defaults stay in the plugin: `config.parse("count")?.unwrap_or(1000)`. Errors are kind
+/// boolean, array, table) as its JSON text. Prefer declaring the keys once as
+/// `const KEYS: &[Key]` ([`Key`](crate::Key)) and reading them through
+/// [`Config::checked`], which applies the declared defaults. The accessors here are the raw
+/// ones: each returns `None` for an absent key (`config.parse("count")?.unwrap_or(1000)`). Errors are kind
 /// `fatal` and name the key, the expected format and the value found, e.g.
 /// ``config key `count`: expected an unsigned integer, got `abc` ``.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

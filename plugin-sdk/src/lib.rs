@@ -3,7 +3,10 @@
 //! A complete transform that upper-cases UTF-8 payloads, with one optional config key:
 //!
 //! ```no_run
-//! use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
+//! use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform};
+//!
+//! /// The config keys, declared once: `metadata` lists them, `init` reads them.
+//! const KEYS: &[Key] = &[Key::text("prefix", "Text put before every payload.").default("")];
 //!
 //! struct Upper {
 //!     prefix: String,
@@ -12,12 +15,12 @@
 //! impl Transform for Upper {
 //!     fn metadata() -> Metadata {
 //!         Metadata::new("upper", env!("CARGO_PKG_VERSION"), "Upper-cases UTF-8 payloads.")
-//!             .key(ConfigKey::optional("prefix", "Text put before every payload.", ""))
+//!             .keys(KEYS)
 //!     }
 //!
 //!     fn init(config: Config) -> Result<Self, Error> {
-//!         let prefix = config.get("prefix").unwrap_or_default().to_owned();
-//!         Ok(Upper { prefix })
+//!         let c = config.checked(KEYS)?; // types, ranges, required keys; defaults applied
+//!         Ok(Upper { prefix: c.text("prefix")?.to_owned() })
 //!     }
 //!
 //!     fn process(&mut self, message: &Message) -> Outcome {
@@ -53,8 +56,12 @@
 //! - The contract's types ([`Message`], [`Outcome`], [`Error`], [`Metadata`]…), generated from
 //!   `wit/` (package `patchbay:connector@0.1.0`), with constructors such as
 //!   [`Error::fatal`] and [`Message::new`].
-//! - [`Config`]: typed access to the configuration `init` receives, with error messages that
-//!   name the key, the expected format and the value found.
+//! - [`Key`]: a plugin's config keys declared once (`const KEYS: &[Key]`), from which come both
+//!   the metadata ([`Metadata::keys`]) and the parsing in `init` ([`Config::checked`], then the
+//!   typed accessors of [`Settings`], defaults applied). Durations and sizes are written like
+//!   the pipeline file's (`"250ms"`, `"64MiB"`); an old `*_ms` key can stay accepted as an alias.
+//! - [`Config`]: the raw configuration `init` receives, with error messages that name the key,
+//!   the expected format and the value found.
 //! - The host's services as plain functions: [`log`], [`metrics`], [`state`].
 //! - [`json`] (feature `json`, on by default): dotted paths (`a.b.c`) into JSON objects.
 //!
@@ -67,6 +74,7 @@ pub mod bindings;
 mod config;
 #[doc(hidden)]
 pub mod export;
+mod export_macros;
 pub mod http;
 #[cfg(feature = "json")]
 pub mod json;
@@ -74,11 +82,13 @@ pub mod log;
 pub mod metrics;
 pub mod net;
 mod roles;
+pub mod spec;
 pub mod state;
 mod types;
 
 pub use config::Config;
 pub use roles::{Sink, Source, Transform};
+pub use spec::{Key, Settings};
 pub use types::{
     ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome, PollResult,
     SourceBatch,
@@ -87,5 +97,6 @@ pub use types::{
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-// `WIT_TEXT` and the export macros, written by build.rs.
+// `WIT_TEXT` and the macro `__patchbay_with_wit!` that hands the WIT text to the export macros
+// as a literal, written by build.rs.
 include!(concat!(env!("OUT_DIR"), "/wit.rs"));

@@ -9,7 +9,19 @@
 //! `discarded 100000 messages (10000000 bytes); latency over the last 100000: p50 1.21 ms,
 //! p99 2.87 ms, max 4.02 ms`.
 
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink, log, metrics};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink, log, metrics};
+
+const KEYS: &[Key] = &[
+    Key::uint(
+        "report_every",
+        "Unsigned integer: log a count every this many messages; 0 means never.",
+    )
+    .default("0"),
+    Key::text(
+        "latency_header",
+        "String: a header holding when each message was made (microseconds since the Unix epoch); each summary then gives latency p50, p99 and max. Needs report_every.",
+    ),
+];
 
 struct Blackhole {
     report_every: u64,
@@ -29,24 +41,13 @@ impl Sink for Blackhole {
             env!("CARGO_PKG_VERSION"),
             "Accepts and discards every message; counts them.",
         )
-        .key(ConfigKey::optional(
-            "report_every",
-            "Unsigned integer: log a count every this many messages; 0 means never.",
-            "0",
-        ))
-        .key(ConfigKey::optional(
-            "latency_header",
-            "String: a header holding when each message was made (microseconds since the Unix epoch); each summary then gives latency p50, p99 and max. Needs report_every.",
-            "",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let report_every = config.parse("report_every")?.unwrap_or(0);
-        let latency_header = config
-            .get("latency_header")
-            .filter(|h| !h.is_empty())
-            .map(str::to_owned);
+        let c = config.checked(KEYS)?;
+        let report_every = c.uint("report_every")?;
+        let latency_header = c.text_opt("latency_header")?.map(str::to_owned);
         if latency_header.is_some() && report_every == 0 {
             return Err(Error::fatal(
                 "config key `latency_header` needs `report_every` > 0: latencies are summarised \

@@ -24,7 +24,29 @@
 //! arrives in one message: `file-source` splits its input at every line break.
 
 use patchbay_sdk::json::{Map, Value};
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform, log, state};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform, log, state};
+
+const KEYS: &[Key] = &[
+    Key::json(
+        "header",
+        "Array of column names. When absent, the first row of the stream is the header (dropped, and kept in the host state).",
+    ),
+    Key::text(
+        "delimiter",
+        "One ASCII character separating fields, e.g. \";\" or \"\\t\" (a tab).",
+    )
+    .default(","),
+    Key::bool(
+        "infer_types",
+        "Boolean: fields that are entirely an integer, a decimal number or true/false become JSON numbers and booleans; otherwise every value is a string.",
+    )
+    .default("true"),
+    Key::bool(
+        "skip_empty",
+        "Boolean: drop rows whose fields are all empty (`,,,`); when false they are converted like any row. Blank lines are always dropped.",
+    )
+    .default("true"),
+];
 
 /// State key of the learned header row (JSON array of strings).
 const HEADER_KEY: &str = "header";
@@ -45,44 +67,26 @@ impl Transform for CsvToJson {
             env!("CARGO_PKG_VERSION"),
             "Turns CSV rows into JSON objects keyed by the header row.",
         )
-        .key(ConfigKey::optional(
-            "header",
-            "Array of column names. When absent, the first row of the stream is the header (dropped, and kept in the host state).",
-            "the first row",
-        ))
-        .key(ConfigKey::optional(
-            "delimiter",
-            "One ASCII character separating fields, e.g. \";\" or \"\\t\" (a tab).",
-            ",",
-        ))
-        .key(ConfigKey::optional(
-            "infer_types",
-            "Boolean: fields that are entirely an integer, a decimal number or true/false become JSON numbers and booleans; otherwise every value is a string.",
-            "true",
-        ))
-        .key(ConfigKey::optional(
-            "skip_empty",
-            "Boolean: drop rows whose fields are all empty (`,,,`); when false they are converted like any row. Blank lines are always dropped.",
-            "true",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let delimiter = match config.get("delimiter").unwrap_or(",") {
+        let c = config.checked(KEYS)?;
+        let delimiter = match c.text("delimiter")? {
             "\\t" | "\t" => b'\t',
             d if d.len() == 1 && d.is_ascii() && d != "\"" && d != "\n" && d != "\r" => {
                 d.as_bytes()[0]
             }
             _ => {
-                return Err(config.invalid(
+                return Err(c.invalid(
                     "delimiter",
                     "one ASCII character such as \",\", \";\" or \"\\t\"",
                 ));
             }
         };
-        let mut header: Option<Vec<String>> = config.json("header")?;
+        let mut header: Option<Vec<String>> = c.json("header")?;
         if header.as_ref().is_some_and(Vec::is_empty) {
-            return Err(config.invalid("header", "an array of at least one column name"));
+            return Err(c.invalid("header", "an array of at least one column name"));
         }
         let learned = header.is_none();
         if learned && let Some(saved) = state::get(HEADER_KEY) {
@@ -92,8 +96,8 @@ impl Transform for CsvToJson {
             header,
             learned,
             delimiter,
-            infer_types: config.parse("infer_types")?.unwrap_or(true),
-            skip_empty: config.parse("skip_empty")?.unwrap_or(true),
+            infer_types: c.bool("infer_types")?,
+            skip_empty: c.bool("skip_empty")?,
         })
     }
 

@@ -21,7 +21,31 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Stdout, Write};
 
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink, json};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink, json};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "path",
+        "String: the file to write as the plugin sees it inside a directory granted rw (e.g. `/out/data.jsonl`), or `-` for stdout (needs the stdout grant).",
+    )
+    .required(),
+    Key::bool(
+        "append",
+        "Boolean: append to an existing file instead of truncating it at start.",
+    )
+    .default("false"),
+    Key::choice(
+        "format",
+        &["lines", "jsonl"],
+        "`lines` (payload as is, then a newline; payloads holding newlines span several lines) or `jsonl` (payload must be valid JSON, else an invalid-data error for that record; written on one line).",
+    )
+    .default("lines"),
+    Key::bool(
+        "fsync",
+        "Boolean: sync the file to disk at the end of every write call, not just hand it to the OS (slower; ignored for stdout).",
+    )
+    .default("false"),
+];
 
 enum Output {
     File(File),
@@ -60,32 +84,15 @@ impl Sink for FileSink {
             env!("CARGO_PKG_VERSION"),
             "Writes one line per message to a file or to stdout.",
         )
-        .key(ConfigKey::required(
-            "path",
-            "String: the file to write as the plugin sees it inside a directory granted rw (e.g. `/out/data.jsonl`), or `-` for stdout (needs the stdout grant).",
-        ))
-        .key(ConfigKey::optional(
-            "append",
-            "Boolean: append to an existing file instead of truncating it at start.",
-            "false",
-        ))
-        .key(ConfigKey::optional(
-            "format",
-            "`lines` (payload as is, then a newline; payloads holding newlines span several lines) or `jsonl` (payload must be valid JSON, else an invalid-data error for that record; written on one line).",
-            "lines",
-        ))
-        .key(ConfigKey::optional(
-            "fsync",
-            "Boolean: sync the file to disk at the end of every write call, not just hand it to the OS (slower; ignored for stdout).",
-            "false",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let path = config.required("path")?.to_owned();
-        let append: bool = config.parse("append")?.unwrap_or(false);
-        let jsonl = config.choice("format", &["lines", "jsonl"], "lines")? == "jsonl";
-        let fsync: bool = config.parse("fsync")?.unwrap_or(false);
+        let c = config.checked(KEYS)?;
+        let path = c.text("path")?.to_owned();
+        let append = c.bool("append")?;
+        let jsonl = c.choice("format")? == "jsonl";
+        let fsync = c.bool("fsync")?;
         let output = if path == "-" {
             Output::Stdout(std::io::stdout())
         } else {

@@ -24,9 +24,31 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 
-use patchbay_sdk::{
-    Config, ConfigKey, Error, Message, Metadata, PollResult, Source, json, log, state,
-};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, json, log, state};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "path",
+        "String: the file to read as the plugin sees it inside a granted directory (e.g. `/data/in.csv`), or `-` for stdin (needs the stdin grant).",
+    )
+    .required(),
+    Key::choice(
+        "format",
+        &["lines", "jsonl"],
+        "`lines` (each line as is, empty ones included) or `jsonl` (empty lines skipped, every other line must be valid JSON, else a fatal error).",
+    )
+    .default("lines"),
+    Key::bool(
+        "skip_header",
+        "Boolean: do not deliver the first line (a CSV header the next step does not need).",
+    )
+    .default("false"),
+    Key::bool(
+        "resume",
+        "Boolean: skip the lines up to the last acknowledged one (kept in the host state as `acked-line`), to go on after a restart.",
+    )
+    .default("false"),
+];
 
 /// State key of the last acknowledged line number (decimal text).
 const ACKED_LINE: &str = "acked-line";
@@ -53,32 +75,15 @@ impl Source for FileSource {
             env!("CARGO_PKG_VERSION"),
             "Reads a file or stdin line by line, one message per line.",
         )
-        .key(ConfigKey::required(
-            "path",
-            "String: the file to read as the plugin sees it inside a granted directory (e.g. `/data/in.csv`), or `-` for stdin (needs the stdin grant).",
-        ))
-        .key(ConfigKey::optional(
-            "format",
-            "`lines` (each line as is, empty ones included) or `jsonl` (empty lines skipped, every other line must be valid JSON, else a fatal error).",
-            "lines",
-        ))
-        .key(ConfigKey::optional(
-            "skip_header",
-            "Boolean: do not deliver the first line (a CSV header the next step does not need).",
-            "false",
-        ))
-        .key(ConfigKey::optional(
-            "resume",
-            "Boolean: skip the lines up to the last acknowledged one (kept in the host state as `acked-line`), to go on after a restart.",
-            "false",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let path = config.required("path")?.to_owned();
-        let jsonl = config.choice("format", &["lines", "jsonl"], "lines")? == "jsonl";
-        let skip_header: bool = config.parse("skip_header")?.unwrap_or(false);
-        let resume: bool = config.parse("resume")?.unwrap_or(false);
+        let c = config.checked(KEYS)?;
+        let path = c.text("path")?.to_owned();
+        let jsonl = c.choice("format")? == "jsonl";
+        let skip_header = c.bool("skip_header")?;
+        let resume = c.bool("resume")?;
         let reader: Box<dyn BufRead> = if path == "-" {
             Box::new(BufReader::with_capacity(64 * 1024, std::io::stdin()))
         } else {

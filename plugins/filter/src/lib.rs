@@ -30,7 +30,48 @@
 use std::cmp::Ordering;
 
 use patchbay_sdk::json::{self, Value};
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "field",
+        "Dotted path of the field to test, e.g. `order.amount`.",
+    )
+    .required(),
+    Key::choice(
+        "op",
+        &[
+            "eq",
+            "ne",
+            "gt",
+            "ge",
+            "lt",
+            "le",
+            "exists",
+            "missing",
+            "contains",
+            "starts_with",
+        ],
+        "One of eq, ne, gt, ge, lt, le (numbers with numbers, strings with strings), exists, missing, contains, starts_with.",
+    )
+    .required(),
+    Key::json(
+        "value",
+        "Any TOML value, compared as JSON; required except with exists and missing. A string that is valid JSON is read as JSON: write '\"100\"' for the string 100.",
+    ),
+    Key::choice(
+        "action",
+        &["keep", "drop"],
+        "`keep`: keep matching messages and drop the rest; `drop`: drop matching messages and keep the rest.",
+    )
+    .default("keep"),
+    Key::choice(
+        "on_invalid",
+        &["fail", "drop"],
+        "What to do with a payload that is not JSON: `fail` (an invalid-data error for that message) or `drop`.",
+    )
+    .default("fail"),
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op {
@@ -74,44 +115,20 @@ impl Transform for Filter {
             env!("CARGO_PKG_VERSION"),
             "Keeps or drops messages by a condition on one JSON field.",
         )
-        .key(ConfigKey::required(
-            "field",
-            "Dotted path of the field to test, e.g. `order.amount`.",
-        ))
-        .key(ConfigKey::required(
-            "op",
-            "One of eq, ne, gt, ge, lt, le (numbers with numbers, strings with strings), exists, missing, contains, starts_with.",
-        ))
-        .key(ConfigKey {
-            name: "value".to_owned(),
-            description: "Any TOML value, compared as JSON; required except with exists and missing. A string that is valid JSON is read as JSON: write '\"100\"' for the string 100.".to_owned(),
-            required: false,
-            default_value: None,
-        })
-        .key(ConfigKey::optional(
-            "action",
-            "`keep`: keep matching messages and drop the rest; `drop`: drop matching messages and keep the rest.",
-            "keep",
-        ))
-        .key(ConfigKey::optional(
-            "on_invalid",
-            "What to do with a payload that is not JSON: `fail` (an invalid-data error for that message) or `drop`.",
-            "fail",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let field = config.required("field")?.to_owned();
+        let c = config.checked(KEYS)?;
+        let field = c.text("field")?.to_owned();
         if field.split('.').any(str::is_empty) {
-            return Err(config.invalid("field", "a dotted path such as `order.amount`"));
+            return Err(c.invalid("field", "a dotted path such as `order.amount`"));
         }
-        config.required("op")?;
-        let names: Vec<&str> = OPS.iter().map(|(name, _)| *name).collect();
-        let op_name = config.choice("op", &names, "eq")?;
+        let op_name = c.choice("op")?;
         let Some(&(_, op)) = OPS.iter().find(|(name, _)| *name == op_name) else {
-            return Err(config.invalid("op", "an operator"));
+            return Err(c.invalid("op", "an operator"));
         };
-        let value: Option<Value> = config.json("value")?;
+        let value: Option<Value> = c.json("value")?;
         let value = match (op, value) {
             (Op::Exists | Op::Missing, Some(_)) => {
                 return Err(Error::fatal(format!(
@@ -127,14 +144,14 @@ impl Transform for Filter {
             }
         };
         if matches!(op, Op::StartsWith) && !value.is_string() {
-            return Err(config.invalid("value", "a string with op = \"starts_with\""));
+            return Err(c.invalid("value", "a string with op = \"starts_with\""));
         }
         Ok(Filter {
             field,
             op,
             value,
-            keep_matching: config.choice("action", &["keep", "drop"], "keep")? == "keep",
-            drop_invalid: config.choice("on_invalid", &["fail", "drop"], "fail")? == "drop",
+            keep_matching: c.choice("action")? == "keep",
+            drop_invalid: c.choice("on_invalid")? == "drop",
         })
     }
 

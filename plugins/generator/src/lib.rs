@@ -21,7 +21,41 @@
 
 use std::time::Instant;
 
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source};
+
+const KEYS: &[Key] = &[
+    Key::uint(
+        "count",
+        "Unsigned integer: how many messages to produce before end-of-stream; 0 means never end.",
+    )
+    .default("1000"),
+    Key::uint(
+        "size",
+        "Unsigned integer: payload size in bytes (json: padded with `x` to about this size; raw: zero-padded digits).",
+    )
+    .default("64"),
+    Key::choice(
+        "format",
+        &["json", "raw"],
+        "`json` ({\"seq\":N,\"data\":\"xxx…\"}) or `raw` (the zero-padded decimal sequence number).",
+    )
+    .default("json"),
+    Key::uint("start", "Unsigned integer: the first sequence number.").default("0"),
+    Key::bool(
+        "key",
+        "Boolean: set each message's key to its sequence number in decimal.",
+    )
+    .default("true"),
+    Key::float(
+        "rate",
+        "Number: messages per second, paced by the wall clock; 0 means as fast as the pipeline takes them.",
+    )
+    .default("0"),
+    Key::text(
+        "time_header",
+        "String: a header to put the production time in (microseconds since the Unix epoch); empty means none.",
+    ),
+];
 
 struct Generator {
     /// Sequence number of the next message.
@@ -46,61 +80,25 @@ impl Source for Generator {
             env!("CARGO_PKG_VERSION"),
             "Synthetic sequence-numbered messages (JSON or raw), for demos, tests and benchmarks.",
         )
-        .key(ConfigKey::optional(
-            "count",
-            "Unsigned integer: how many messages to produce before end-of-stream; 0 means never end.",
-            "1000",
-        ))
-        .key(ConfigKey::optional(
-            "size",
-            "Unsigned integer: payload size in bytes (json: padded with `x` to about this size; raw: zero-padded digits).",
-            "64",
-        ))
-        .key(ConfigKey::optional(
-            "format",
-            "`json` ({\"seq\":N,\"data\":\"xxx…\"}) or `raw` (the zero-padded decimal sequence number).",
-            "json",
-        ))
-        .key(ConfigKey::optional(
-            "start",
-            "Unsigned integer: the first sequence number.",
-            "0",
-        ))
-        .key(ConfigKey::optional(
-            "key",
-            "Boolean: set each message's key to its sequence number in decimal.",
-            "true",
-        ))
-        .key(ConfigKey::optional(
-            "rate",
-            "Number: messages per second, paced by the wall clock; 0 means as fast as the pipeline takes them.",
-            "0",
-        ))
-        .key(ConfigKey::optional(
-            "time_header",
-            "String: a header to put the production time in (microseconds since the Unix epoch); empty means none.",
-            "",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let count: u64 = config.parse("count")?.unwrap_or(1000);
-        let start: u64 = config.parse("start")?.unwrap_or(0);
-        let rate: f64 = config.parse("rate")?.unwrap_or(0.0);
+        let c = config.checked(KEYS)?;
+        let count = c.uint("count")?;
+        let start = c.uint("start")?;
+        let rate = c.float("rate")?;
         if !rate.is_finite() || rate < 0.0 {
-            return Err(config.invalid("rate", "a number of messages per second, 0 or more"));
+            return Err(c.invalid("rate", "a number of messages per second, 0 or more"));
         }
         Ok(Generator {
             next: start,
             end: (count > 0).then(|| start.saturating_add(count)),
-            size: config.parse("size")?.unwrap_or(64),
-            json: config.choice("format", &["json", "raw"], "json")? == "json",
-            key: config.parse("key")?.unwrap_or(true),
+            size: usize::try_from(c.uint("size")?).map_err(|_| c.invalid("size", "a size"))?,
+            json: c.choice("format")? == "json",
+            key: c.bool("key")?,
             rate,
-            time_header: config
-                .get("time_header")
-                .filter(|h| !h.is_empty())
-                .map(str::to_owned),
+            time_header: c.text_opt("time_header")?.map(str::to_owned),
             started: Instant::now(),
             produced: 0,
             checkpoint: start.saturating_sub(1),

@@ -22,7 +22,44 @@ use std::time::Duration;
 
 use patchbay_sdk::http::{HttpError, Method, Request, send};
 use patchbay_sdk::json::{Map, Value};
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`http://` or `https://` URL; its host must be granted in `grants.http`.",
+    )
+    .required(),
+    Key::choice("method", &["POST", "PUT", "PATCH"], "`POST`, `PUT` or `PATCH`.").default("POST"),
+    Key::choice(
+        "batch",
+        &["none", "json", "ndjson"],
+        "`none` (a request per message), `json` (a JSON array per batch) or `ndjson` (a line per message, per batch).",
+    )
+    .default("none"),
+    Key::json(
+        "headers",
+        "Table of HTTP headers sent with every request, e.g. { authorization = \"Bearer …\" }.",
+    )
+    .default("{}"),
+    Key::bool(
+        "forward_headers",
+        "Boolean, `batch = \"none\"` only: send each message's headers as HTTP headers, and its key as `x-message-key`.",
+    )
+    .default("true"),
+    Key::text(
+        "content_type",
+        "Content type of per-message requests without their own `content-type` header.",
+    )
+    .default("application/octet-stream"),
+    Key::duration(
+        "timeout",
+        "Time allowed to connect and for the answer to start, e.g. \"5s\"; keep it under `limits.call_timeout`.",
+    )
+    .default("5s")
+    .range(1, u64::MAX)
+    .alias_ms("timeout_ms"),
+];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Batch {
@@ -115,70 +152,39 @@ impl Sink for HttpSink {
             env!("CARGO_PKG_VERSION"),
             "Sends messages to an HTTP endpoint (POST or PUT), one request per message or per batch.",
         )
-        .key(ConfigKey::required(
-            "url",
-            "`http://` or `https://` URL; its host must be granted in `grants.http`.",
-        ))
-        .key(ConfigKey::optional("method", "`POST`, `PUT` or `PATCH`.", "POST"))
-        .key(ConfigKey::optional(
-            "batch",
-            "`none` (a request per message), `json` (a JSON array per batch) or `ndjson` (a line per message, per batch).",
-            "none",
-        ))
-        .key(ConfigKey::optional(
-            "headers",
-            "Table of HTTP headers sent with every request, e.g. { authorization = \"Bearer …\" }.",
-            "{}",
-        ))
-        .key(ConfigKey::optional(
-            "forward_headers",
-            "Boolean, `batch = \"none\"` only: send each message's headers as HTTP headers, and its key as `x-message-key`.",
-            "true",
-        ))
-        .key(ConfigKey::optional(
-            "content_type",
-            "Content type of per-message requests without their own `content-type` header.",
-            "application/octet-stream",
-        ))
-        .key(ConfigKey::optional(
-            "timeout_ms",
-            "Milliseconds allowed to connect and for the answer to start; keep it under `limits.call_timeout`.",
-            "5000",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.required("url")?.to_owned();
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?.to_owned();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(config.invalid("url", "an http:// or https:// URL"));
+            return Err(c.invalid("url", "an http:// or https:// URL"));
         }
-        let method = match config.choice("method", &["POST", "PUT", "PATCH"], "POST")? {
+        let method = match c.choice("method")? {
             "PUT" => Method::Put,
             "PATCH" => Method::Patch,
             _ => Method::Post,
         };
-        let batch = match config.choice("batch", &["none", "json", "ndjson"], "none")? {
+        let batch = match c.choice("batch")? {
             "json" => Batch::Json,
             "ndjson" => Batch::Ndjson,
             _ => Batch::None,
         };
-        let headers = config
+        let headers = c
             .json::<Map<String, Value>>("headers")?
             .unwrap_or_default()
             .into_iter()
             .map(|(name, value)| match value {
                 Value::String(v) => Ok((name, v.into_bytes())),
-                other => Err(config.invalid(
+                other => Err(c.invalid(
                     "headers",
                     &format!("a table of strings (header `{name}` is {other})"),
                 )),
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let forward_headers = config.parse::<bool>("forward_headers")?.unwrap_or(true);
-        let content_type = config
-            .get("content_type")
-            .unwrap_or("application/octet-stream")
-            .to_owned();
+        let forward_headers = c.bool("forward_headers")?;
+        let content_type = c.text("content_type")?.to_owned();
         let mut headers = headers;
         if batch == Batch::None
             && !headers
@@ -187,17 +193,14 @@ impl Sink for HttpSink {
         {
             headers.push(("content-type".into(), content_type.into_bytes()));
         }
-        let timeout_ms = config.parse::<u64>("timeout_ms")?.unwrap_or(5000);
-        if timeout_ms == 0 {
-            return Err(config.invalid("timeout_ms", "a positive number of milliseconds"));
-        }
+        let timeout = c.duration("timeout")?;
         Ok(HttpSink {
             url,
             method,
             batch,
             headers,
             forward_headers,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout,
         })
     }
 

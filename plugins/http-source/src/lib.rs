@@ -38,7 +38,65 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::json::Value;
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log, net};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, log, net};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "listen",
+        "`HOST:PORT` to listen on; it must be granted in `grants.listen`.",
+    )
+    .default("127.0.0.1:8080"),
+    Key::text(
+        "path",
+        "The path records are posted to (and paths below it); other paths get 404. `/` takes every path.",
+    )
+    .default("/"),
+    Key::text(
+        "token",
+        "A bearer token every request must carry (`Authorization: Bearer TOKEN`); none when absent.",
+    ),
+    Key::size(
+        "max_body",
+        "Largest body, e.g. \"1MiB\" (a plain integer is a number of bytes); a larger one gets 413.",
+    )
+    .default("1MiB")
+    .range(1, 64 * 1024 * 1024),
+    Key::choice(
+        "split",
+        &["none", "lines", "json-array"],
+        "`none`: the body is one record; `lines`: one record per non-empty line (NDJSON); `json-array`: one per array element.",
+    )
+    .default("none"),
+    Key::json(
+        "forward_headers",
+        "Array of request header names copied into each record's headers.",
+    )
+    .default("[\"content-type\"]"),
+    Key::text(
+        "key_header",
+        "A request header whose value becomes each record's key.",
+    ),
+    Key::uint(
+        "max_pending",
+        "Most records waiting for delivery; past it, requests get 503 with Retry-After (back-pressure).",
+    )
+    .default("10000")
+    .range(1, u64::MAX),
+    Key::uint(
+        "max_connections",
+        "Most open client connections; one more gets 503 and is closed.",
+    )
+    .default("1024")
+    .range(1, u64::MAX),
+    Key::duration(
+        "wait",
+        "How long an idle poll waits for a first request, e.g. \"50ms\" (at most 900ms).",
+    )
+    .default("50ms")
+    .range(0, 900)
+    .note("a poll must end within its call deadline")
+    .alias_ms("wait_ms"),
+];
 
 /// Largest request head (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;
@@ -521,106 +579,37 @@ impl Source for HttpSource {
             env!("CARGO_PKG_VERSION"),
             "Webhook ingress: records POSTed to a granted address, answered 200 after delivery.",
         )
-        .key(ConfigKey::optional(
-            "listen",
-            "`HOST:PORT` to listen on; it must be granted in `grants.listen`.",
-            "127.0.0.1:8080",
-        ))
-        .key(ConfigKey::optional(
-            "path",
-            "The path records are posted to (and paths below it); other paths get 404. `/` takes every path.",
-            "/",
-        ))
-        .key(ConfigKey::optional(
-            "token",
-            "A bearer token every request must carry (`Authorization: Bearer TOKEN`); none when absent.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "max_body",
-            "Largest body in bytes; a larger one gets 413.",
-            "1048576",
-        ))
-        .key(ConfigKey::optional(
-            "split",
-            "`none`: the body is one record; `lines`: one record per non-empty line (NDJSON); `json-array`: one per array element.",
-            "none",
-        ))
-        .key(ConfigKey::optional(
-            "forward_headers",
-            "Array of request header names copied into each record's headers.",
-            "[\"content-type\"]",
-        ))
-        .key(ConfigKey::optional(
-            "key_header",
-            "A request header whose value becomes each record's key.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "max_pending",
-            "Most records waiting for delivery; past it, requests get 503 with Retry-After (back-pressure).",
-            "10000",
-        ))
-        .key(ConfigKey::optional(
-            "max_connections",
-            "Most open client connections; one more gets 503 and is closed.",
-            "1024",
-        ))
-        .key(ConfigKey::optional(
-            "wait_ms",
-            "How long an idle poll waits for a first request, in milliseconds.",
-            "50",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let listen = config.get("listen").unwrap_or("127.0.0.1:8080").to_owned();
+        let c = config.checked(KEYS)?;
+        let listen = c.text("listen")?.to_owned();
         let (listen, _, _) = net::parse_url(&listen, "http", 8080)
-            .map_err(|e| config.invalid("listen", &format!("HOST:PORT ({e})")))?;
-        let path = config.get("path").unwrap_or("/").trim_end_matches('/');
+            .map_err(|e| c.invalid("listen", &format!("HOST:PORT ({e})")))?;
+        let path = c.text("path")?.trim_end_matches('/');
         let path = if path.is_empty() { "/" } else { path }.to_owned();
         if !path.starts_with('/') {
-            return Err(config.invalid("path", "a path starting with `/`"));
+            return Err(c.invalid("path", "a path starting with `/`"));
         }
-        let token = config
-            .get("token")
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        let max_body: usize = config.parse("max_body")?.unwrap_or(1024 * 1024);
-        if max_body == 0 || max_body > 64 * 1024 * 1024 {
-            return Err(config.invalid("max_body", "1 to 67108864 bytes"));
-        }
-        let split = match config.choice("split", &["none", "lines", "json-array"], "none")? {
+        let token = c.text_opt("token")?.map(str::to_owned);
+        let usize_of =
+            |key: &str, n: u64| usize::try_from(n).map_err(|_| c.invalid(key, "a smaller number"));
+        let max_body = usize_of("max_body", c.size("max_body")?)?;
+        let split = match c.choice("split")? {
             "lines" => Split::Lines,
             "json-array" => Split::JsonArray,
             _ => Split::None,
         };
-        let forward_headers: Vec<String> = config
-            .json("forward_headers")?
-            .unwrap_or_else(|| vec!["content-type".to_owned()]);
+        let forward_headers: Vec<String> = c.json("forward_headers")?.unwrap_or_default();
         let forward_headers = forward_headers
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        let key_header = config
-            .get("key_header")
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned);
-        let max_pending: usize = config.parse("max_pending")?.unwrap_or(10_000);
-        if max_pending == 0 {
-            return Err(config.invalid("max_pending", "at least 1"));
-        }
-        let max_connections: usize = config.parse("max_connections")?.unwrap_or(1024);
-        if max_connections == 0 {
-            return Err(config.invalid("max_connections", "at least 1"));
-        }
-        let wait_ms: u64 = config.parse("wait_ms")?.unwrap_or(50);
-        if wait_ms > 900 {
-            return Err(config.invalid(
-                "wait_ms",
-                "0 to 900 (a poll must end within its call deadline)",
-            ));
-        }
+        let key_header = c.text_opt("key_header")?.map(str::to_owned);
+        let max_pending = usize_of("max_pending", c.uint("max_pending")?)?;
+        let max_connections = usize_of("max_connections", c.uint("max_connections")?)?;
+        let wait = c.duration("wait")?;
         let listener = TcpListener::bind(&listen).map_err(|e| {
             if net::is_sandbox_denial(&e) {
                 Error::fatal(format!(
@@ -646,7 +635,7 @@ impl Source for HttpSource {
             key_header,
             max_pending,
             max_connections,
-            wait: Duration::from_millis(wait_ms),
+            wait,
             conns: HashMap::new(),
             next_conn: 0,
             queue: VecDeque::new(),

@@ -25,11 +25,34 @@
 //! output is otherwise compact.
 
 use patchbay_sdk::json::{Map, Object, Value};
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Settings, Transform};
 
 mod mapping;
 
 use mapping::Mapping;
+
+const KEYS: &[Key] = &[
+    Key::json(
+        "copy",
+        "Table of from = \"to\" field paths: copy a field's value to another path. Runs first.",
+    )
+    .default("{}"),
+    Key::json(
+        "rename",
+        "Table of old = \"new\" field paths: move a field. Runs after copy; missing fields are skipped.",
+    )
+    .default("{}"),
+    Key::json(
+        "drop",
+        "Array of field paths to remove. Runs after rename.",
+    )
+    .default("[]"),
+    Key::json(
+        "set",
+        "Table of field = value (any TOML value, stored as JSON): set a field, creating parent objects. Runs last.",
+    )
+    .default("{}"),
+];
 
 struct JsonMap {
     mapping: Mapping,
@@ -42,33 +65,15 @@ impl Transform for JsonMap {
             env!("CARGO_PKG_VERSION"),
             "Copies, renames, drops and sets fields of JSON objects (dotted paths).",
         )
-        .key(ConfigKey::optional(
-            "copy",
-            "Table of from = \"to\" field paths: copy a field's value to another path. Runs first.",
-            "{}",
-        ))
-        .key(ConfigKey::optional(
-            "rename",
-            "Table of old = \"new\" field paths: move a field. Runs after copy; missing fields are skipped.",
-            "{}",
-        ))
-        .key(ConfigKey::optional(
-            "drop",
-            "Array of field paths to remove. Runs after rename.",
-            "[]",
-        ))
-        .key(ConfigKey::optional(
-            "set",
-            "Table of field = value (any TOML value, stored as JSON): set a field, creating parent objects. Runs last.",
-            "{}",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let copy = path_table(&config, "copy")?;
-        let rename = path_table(&config, "rename")?;
-        let drop = config.json::<Vec<String>>("drop")?.unwrap_or_default();
-        let set: Vec<(String, Value)> = config
+        let c = config.checked(KEYS)?;
+        let copy = path_table(&c, "copy")?;
+        let rename = path_table(&c, "rename")?;
+        let drop = c.json::<Vec<String>>("drop")?.unwrap_or_default();
+        let set: Vec<(String, Value)> = c
             .json::<Map<String, Value>>("set")?
             .unwrap_or_default()
             .into_iter()
@@ -109,7 +114,7 @@ impl Transform for JsonMap {
 }
 
 /// A table of field path → field path.
-fn path_table(config: &Config, key: &str) -> Result<Vec<(String, String)>, Error> {
+fn path_table(config: &Settings<'_>, key: &str) -> Result<Vec<(String, String)>, Error> {
     let table = config.json::<Map<String, Value>>(key)?.unwrap_or_default();
     table
         .into_iter()

@@ -10,7 +10,7 @@
 //!
 //! The topic is `topic`, or with `topic_from_key = true` the message key when it has one. A
 //! batch goes out in one write; with QoS 1 the sink then waits for every `PUBACK` (at most
-//! `timeout_ms`), and a message without one is `retryable`. A lost connection is `retryable`
+//! `timeout`), and a message without one is `retryable`. A lost connection is `retryable`
 //! for the whole batch, and the next call reconnects (back-off doubling from 100 ms to 5 s).
 //!
 //! With QoS 1 a batch takes at least one round trip to the broker; with Mosquitto's default
@@ -22,9 +22,42 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::Reconnect;
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink};
 
 use patchbay_proto_mqtt::{Conn, Options, Packet};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
+    )
+    .default("mqtt://127.0.0.1:1883"),
+    Key::text("topic", "The topic to publish to.").required(),
+    Key::bool(
+        "topic_from_key",
+        "Boolean: publish each message to its key (as text) when it has one.",
+    )
+    .default("false"),
+    Key::uint(
+        "qos",
+        "0 (fire and forget) or 1 (ok once the broker acknowledged it).",
+    )
+    .default("1"),
+    Key::bool("retain", "Boolean: set the retain flag.").default("false"),
+    Key::text(
+        "client_id",
+        "The MQTT client id (must differ from every other client of the broker).",
+    )
+    .default("patchbay-sink"),
+    Key::duration(
+        "timeout",
+        "How long to wait for the broker's acknowledgements of a batch, e.g. \"500ms\" (at most 900ms).",
+    )
+    .default("500ms")
+    .range(1, 900)
+    .note("within the call deadline")
+    .alias_ms("timeout_ms"),
+];
 
 struct MqttSink {
     link: Reconnect,
@@ -78,61 +111,27 @@ impl Sink for MqttSink {
             env!("CARGO_PKG_VERSION"),
             "Publishes messages to an MQTT 3.1.1 broker with QoS 0 or 1.",
         )
-        .key(ConfigKey::optional(
-            "url",
-            "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
-            "mqtt://127.0.0.1:1883",
-        ))
-        .key(ConfigKey::required("topic", "The topic to publish to."))
-        .key(ConfigKey::optional(
-            "topic_from_key",
-            "Boolean: publish each message to its key (as text) when it has one.",
-            "false",
-        ))
-        .key(ConfigKey::optional(
-            "qos",
-            "0 (fire and forget) or 1 (ok once the broker acknowledged it).",
-            "1",
-        ))
-        .key(ConfigKey::optional(
-            "retain",
-            "Boolean: set the retain flag.",
-            "false",
-        ))
-        .key(ConfigKey::optional(
-            "client_id",
-            "The MQTT client id (must differ from every other client of the broker).",
-            "patchbay-sink",
-        ))
-        .key(ConfigKey::optional(
-            "timeout_ms",
-            "How long to wait for the broker's acknowledgements of a batch, in milliseconds.",
-            "500",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.get("url").unwrap_or("mqtt://127.0.0.1:1883");
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?;
         let (addr, user, password) = patchbay_sdk::net::parse_url(url, "mqtt", 1883)
-            .map_err(|e| config.invalid("url", &format!("mqtt://host:port ({e})")))?;
-        let topic = config.required("topic")?.to_owned();
+            .map_err(|e| c.invalid("url", &format!("mqtt://host:port ({e})")))?;
+        let topic = c.text("topic")?.to_owned();
         if topic.is_empty() || topic.contains(['+', '#']) {
-            return Err(config.invalid("topic", "a topic name without wildcards"));
+            return Err(c.invalid("topic", "a topic name without wildcards"));
         }
-        let qos: u8 = config.parse("qos")?.unwrap_or(1);
-        if qos > 1 {
-            return Err(config.invalid("qos", "0 or 1"));
-        }
-        let timeout_ms: u64 = config.parse("timeout_ms")?.unwrap_or(500);
-        if !(1..=900).contains(&timeout_ms) {
-            return Err(config.invalid("timeout_ms", "1 to 900 (within the call deadline)"));
-        }
-        let client_id = config
-            .get("client_id")
-            .unwrap_or("patchbay-sink")
-            .to_owned();
+        let qos = match c.uint("qos")? {
+            0 => 0,
+            1 => 1,
+            _ => return Err(c.invalid("qos", "0 or 1")),
+        };
+        let timeout = c.duration("timeout")?;
+        let client_id = c.text("client_id")?.to_owned();
         if client_id.is_empty() {
-            return Err(config.invalid("client_id", "a non-empty client id"));
+            return Err(c.invalid("client_id", "a non-empty client id"));
         }
         let mut sink = MqttSink {
             link: Reconnect::new("mqtt", addr),
@@ -140,10 +139,10 @@ impl Sink for MqttSink {
             password,
             client_id,
             topic,
-            topic_from_key: config.parse("topic_from_key")?.unwrap_or(false),
+            topic_from_key: c.bool("topic_from_key")?,
             qos,
-            retain: config.parse("retain")?.unwrap_or(false),
-            timeout: Duration::from_millis(timeout_ms),
+            retain: c.bool("retain")?,
+            timeout,
             conn: None,
             next_id: 0,
         };

@@ -20,9 +20,43 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::Reconnect;
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source};
 
 use patchbay_proto_mqtt::{Conn, Options, Packet};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
+    )
+    .default("mqtt://127.0.0.1:1883"),
+    Key::json(
+        "topics",
+        "Array of topic filters, wildcards allowed, e.g. [\"sensors/+/temp\", \"alerts/#\"].",
+    )
+    .required(),
+    Key::uint(
+        "qos",
+        "0 (at most once) or 1 (at least once: acknowledged after delivery, persistent session).",
+    )
+    .default("1"),
+    Key::text(
+        "client_id",
+        "The MQTT client id; keep it stable with QoS 1 so that the broker keeps the session.",
+    )
+    .default("patchbay"),
+    Key::duration(
+        "wait",
+        "How long one poll waits for a first message, e.g. \"100ms\" (at most 900ms).",
+    )
+    .default("100ms")
+    .range(1, 900)
+    .note("a poll must end within its call deadline")
+    .alias_ms("wait_ms"),
+    Key::uint("keep_alive", "Keep-alive interval in seconds.")
+        .default("30")
+        .range(0, 65535),
+];
 
 struct MqttSource {
     link: Reconnect,
@@ -83,63 +117,32 @@ impl Source for MqttSource {
             env!("CARGO_PKG_VERSION"),
             "Subscribes to MQTT 3.1.1 topics; with QoS 1, PUBACK only after delivery.",
         )
-        .key(ConfigKey::optional(
-            "url",
-            "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
-            "mqtt://127.0.0.1:1883",
-        ))
-        .key(ConfigKey::required(
-            "topics",
-            "Array of topic filters, wildcards allowed, e.g. [\"sensors/+/temp\", \"alerts/#\"].",
-        ))
-        .key(ConfigKey::optional(
-            "qos",
-            "0 (at most once) or 1 (at least once: acknowledged after delivery, persistent session).",
-            "1",
-        ))
-        .key(ConfigKey::optional(
-            "client_id",
-            "The MQTT client id; keep it stable with QoS 1 so that the broker keeps the session.",
-            "patchbay",
-        ))
-        .key(ConfigKey::optional(
-            "wait_ms",
-            "How long one poll waits for a first message, in milliseconds.",
-            "100",
-        ))
-        .key(ConfigKey::optional(
-            "keep_alive",
-            "Keep-alive interval in seconds.",
-            "30",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.get("url").unwrap_or("mqtt://127.0.0.1:1883");
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?;
         let (addr, user, password) = patchbay_sdk::net::parse_url(url, "mqtt", 1883)
-            .map_err(|e| config.invalid("url", &format!("mqtt://host:port ({e})")))?;
-        let qos: u8 = config.parse("qos")?.unwrap_or(1);
-        if qos > 1 {
-            return Err(config.invalid("qos", "0 or 1"));
-        }
-        let topics: Vec<String> = config
+            .map_err(|e| c.invalid("url", &format!("mqtt://host:port ({e})")))?;
+        let qos = match c.uint("qos")? {
+            0 => 0,
+            1 => 1,
+            _ => return Err(c.invalid("qos", "0 or 1")),
+        };
+        let topics: Vec<String> = c
             .json("topics")?
-            .ok_or_else(|| config.invalid("topics", "an array of topic filters"))?;
+            .ok_or_else(|| c.invalid("topics", "an array of topic filters"))?;
         if topics.is_empty() || topics.iter().any(String::is_empty) {
-            return Err(config.invalid("topics", "a non-empty array of non-empty topic filters"));
+            return Err(c.invalid("topics", "a non-empty array of non-empty topic filters"));
         }
-        let client_id = config.get("client_id").unwrap_or("patchbay").to_owned();
+        let client_id = c.text("client_id")?.to_owned();
         if client_id.is_empty() || client_id.len() > 65535 {
-            return Err(config.invalid("client_id", "a non-empty client id"));
+            return Err(c.invalid("client_id", "a non-empty client id"));
         }
-        let wait_ms: u64 = config.parse("wait_ms")?.unwrap_or(100);
-        if !(1..=900).contains(&wait_ms) {
-            return Err(config.invalid(
-                "wait_ms",
-                "1 to 900 (a poll must end within its call deadline)",
-            ));
-        }
-        let keep_alive: u16 = config.parse("keep_alive")?.unwrap_or(30);
+        let wait = c.duration("wait")?;
+        let keep_alive = u16::try_from(c.uint("keep_alive")?)
+            .map_err(|_| c.invalid("keep_alive", "0 to 65535"))?;
         let mut source = MqttSource {
             link: Reconnect::new("mqtt", addr),
             user,
@@ -147,7 +150,7 @@ impl Source for MqttSource {
             client_id,
             topics: topics.into_iter().map(|t| (t, qos)).collect(),
             qos,
-            wait: Duration::from_millis(wait_ms),
+            wait,
             keep_alive,
             conn: None,
             last_sent: Instant::now(),

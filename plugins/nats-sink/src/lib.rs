@@ -18,7 +18,7 @@
 //!   delivers to whoever is subscribed at that moment.
 //! - `mode = "jetstream"`: each message is published with a reply subject, and is `ok` when
 //!   its PubAck (`{"stream":…,"seq":…}`) came back. An `{"error":…}` answer is `invalid-data`
-//!   (`retryable` for server-side 5xx), no answer within `timeout_ms` is `retryable`, and a
+//!   (`retryable` for server-side 5xx), no answer within `timeout` is `retryable`, and a
 //!   subject that no stream captures is `fatal` (once JetStream confirms it: a server that is
 //!   shutting down or starting answers "no responders" too, which is `retryable`).
 //! - A lost connection is `retryable` for what it took with it; the next call reconnects
@@ -28,9 +28,48 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::{self, Reconnect};
-use patchbay_sdk::{Config, ConfigKey, Error, ErrorKind, Message, Metadata, Sink, log};
+use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, log};
 
 use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`nats://[user:password@|token@]host[:port]`; the address must be granted in `grants.tcp`.",
+    )
+    .default("nats://127.0.0.1:4222"),
+    Key::text(
+        "subject",
+        "The subject to publish to (no wildcards); required unless `subject_from_key = true`, where it is used for messages without a key.",
+    ),
+    Key::bool(
+        "subject_from_key",
+        "Boolean: publish each message to its key (as text) when it has one.",
+    )
+    .default("false"),
+    Key::choice(
+        "mode",
+        &["core", "jetstream"],
+        "`core` (ok once the server has the batch: PING/PONG after it) or `jetstream` (ok once a stream acknowledged each message).",
+    )
+    .default("core"),
+    Key::text(
+        "msg_id",
+        "A `Nats-Msg-Id` header for JetStream's duplicate detection: `key` (the message key), `header:NAME` (the value of header NAME), or empty for none.",
+    ),
+    Key::text(
+        "create_stream",
+        "JetStream: the name of a stream to create for `subject` (file storage) when no stream of that name exists; empty: the stream must exist.",
+    ),
+    Key::duration(
+        "timeout",
+        "How long to wait for the server's answers to a batch, e.g. \"500ms\" (1ms to 899ms, within the call deadline).",
+    )
+    .default("500ms")
+    .range(1, 899)
+    .note("within the call deadline")
+    .alias_ms("timeout_ms"),
+];
 
 /// How long connecting (INFO, CONNECT, PONG) may take.
 const SETUP: Duration = Duration::from_millis(800);
@@ -304,67 +343,30 @@ impl Sink for NatsSink {
             env!("CARGO_PKG_VERSION"),
             "Publishes messages to NATS: core (ok after a PING/PONG round trip) or JetStream (ok after each PubAck).",
         )
-        .key(ConfigKey::optional(
-            "url",
-            "`nats://[user:password@|token@]host[:port]`; the address must be granted in `grants.tcp`.",
-            "nats://127.0.0.1:4222",
-        ))
-        .key(ConfigKey::optional(
-            "subject",
-            "The subject to publish to (no wildcards); required unless `subject_from_key = true`, where it is used for messages without a key.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "subject_from_key",
-            "Boolean: publish each message to its key (as text) when it has one.",
-            "false",
-        ))
-        .key(ConfigKey::optional(
-            "mode",
-            "`core` (ok once the server has the batch: PING/PONG after it) or `jetstream` (ok once a stream acknowledged each message).",
-            "core",
-        ))
-        .key(ConfigKey::optional(
-            "msg_id",
-            "A `Nats-Msg-Id` header for JetStream's duplicate detection: `key` (the message key), `header:NAME` (the value of header NAME), or empty for none.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "create_stream",
-            "JetStream: the name of a stream to create for `subject` (file storage) when no stream of that name exists; empty: the stream must exist.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "timeout_ms",
-            "How long to wait for the server's answers to a batch, in milliseconds (1 to 899, within the call deadline).",
-            "500",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.get("url").unwrap_or("nats://127.0.0.1:4222");
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?;
         let (addr, user, pass) = net::parse_url(url, "nats", 4222)
-            .map_err(|e| config.invalid("url", &format!("nats://host:port ({e})")))?;
+            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
         nats::check_host(&addr)
-            .map_err(|e| config.invalid("url", &format!("nats://host:port ({e})")))?;
-        let subject = config
-            .get("subject")
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
+            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
+        let subject = c.text_opt("subject")?.map(str::to_owned);
         if let Some(s) = &subject {
-            nats::check_subject(s, false).map_err(|e| {
-                config.invalid("subject", &format!("a subject without wildcards ({e})"))
-            })?;
+            nats::check_subject(s, false)
+                .map_err(|e| c.invalid("subject", &format!("a subject without wildcards ({e})")))?;
         }
-        let subject_from_key: bool = config.parse("subject_from_key")?.unwrap_or(false);
+        let subject_from_key = c.bool("subject_from_key")?;
         if subject.is_none() && !subject_from_key {
-            return Err(config.invalid(
+            return Err(c.invalid(
                 "subject",
                 "a subject to publish to (or subject_from_key = true)",
             ));
         }
-        let jetstream = config.choice("mode", &["core", "jetstream"], "core")? == "jetstream";
-        let msg_id = match config.get("msg_id").unwrap_or("") {
+        let jetstream = c.choice("mode")? == "jetstream";
+        let msg_id = match c.text("msg_id")? {
             "" => MsgId::None,
             "key" => MsgId::Key,
             other => match other.strip_prefix("header:") {
@@ -372,23 +374,17 @@ impl Sink for NatsSink {
                     MsgId::Header(name.to_owned())
                 }
                 _ => {
-                    return Err(config.invalid("msg_id", "`key`, `header:NAME` or empty"));
+                    return Err(c.invalid("msg_id", "`key`, `header:NAME` or empty"));
                 }
             },
         };
-        let timeout_ms: u64 = config.parse("timeout_ms")?.unwrap_or(500);
-        if !(1..900).contains(&timeout_ms) {
-            return Err(config.invalid("timeout_ms", "1 to 899 (within the call deadline)"));
-        }
-        let create_stream = config
-            .get("create_stream")
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
+        let timeout = c.duration("timeout")?;
+        let create_stream = c.text_opt("create_stream")?.map(str::to_owned);
         if let Some(name) = &create_stream {
             nats::check_name(name)
-                .map_err(|e| config.invalid("create_stream", &format!("a stream name ({e})")))?;
+                .map_err(|e| c.invalid("create_stream", &format!("a stream name ({e})")))?;
             if !jetstream || subject.is_none() {
-                return Err(config.invalid(
+                return Err(c.invalid(
                     "create_stream",
                     "nothing unless mode = \"jetstream\" and `subject` is set",
                 ));
@@ -401,7 +397,7 @@ impl Sink for NatsSink {
             subject_from_key,
             jetstream,
             msg_id,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout,
             create_stream,
             conn: None,
         };

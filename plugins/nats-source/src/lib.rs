@@ -15,9 +15,9 @@
 //!   the connection is down is not seen (at most once).
 //! - `mode = "jetstream"`: the durable consumer `consumer` on `stream` is created or updated
 //!   (`$JS.API.CONSUMER.DURABLE.CREATE`, explicit acks) on every connect; each poll asks for
-//!   at most `max` messages (`$JS.API.CONSUMER.MSG.NEXT`, expiring after `wait_ms`), and
+//!   at most `max` messages (`$JS.API.CONSUMER.MSG.NEXT`, expiring after `wait`), and
 //!   `+ACK` goes to each message's reply subject only when Patchbay acks its batch. What is
-//!   not acknowledged within `ack_wait_ms` is delivered again: at least once. The message
+//!   not acknowledged within `ack_wait` is delivered again: at least once. The message
 //!   timestamp is the time JetStream stored it.
 //! - A lost connection is a `retryable` error; `poll` reconnects with a back-off that doubles
 //!   from 100 ms to 5 s (`patchbay_sdk::net::Reconnect`), and acknowledgements that could not
@@ -27,11 +27,70 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::{self, Reconnect};
-use patchbay_sdk::{
-    Config, ConfigKey, Error, ErrorKind, Message, Metadata, PollResult, Source, log,
-};
+use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, PollResult, Source, log};
 
 use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`nats://[user:password@|token@]host[:port]`; the address must be granted in `grants.tcp`.",
+    )
+    .default("nats://127.0.0.1:4222"),
+    Key::choice(
+        "mode",
+        &["core", "jetstream"],
+        "`core` (a subscription: at most once) or `jetstream` (a durable pull consumer on `stream`: at least once, `+ACK` after delivery).",
+    )
+    .default("core"),
+    Key::text(
+        "subject",
+        "The subject to subscribe to, wildcards allowed (`orders.*`, `sensors.>`); required with mode = \"core\". With JetStream, the consumer's filter unless `filter_subject` is given.",
+    ),
+    Key::text(
+        "queue",
+        "Core mode: a queue group name; the server gives each message to one member of the group.",
+    ),
+    Key::text(
+        "stream",
+        "JetStream: the stream to read (required with mode = \"jetstream\"; it must exist).",
+    ),
+    Key::text(
+        "consumer",
+        "JetStream: the durable consumer's name (required with mode = \"jetstream\"); created if missing, its position survives restarts.",
+    ),
+    Key::text(
+        "filter_subject",
+        "JetStream: only messages of the stream on this subject (wildcards allowed); default `subject`, else the whole stream.",
+    ),
+    Key::choice(
+        "deliver",
+        &["all", "new", "last"],
+        "JetStream: where a new consumer starts: `all` (the whole stream), `new` (messages stored from now on) or `last` (the last message).",
+    )
+    .default("all"),
+    Key::duration(
+        "ack_wait",
+        "JetStream: how long the server waits for a message's ack before delivering it again, e.g. \"30s\".",
+    )
+    .default("30s")
+    .range(100, 86_400_000)
+    .alias_ms("ack_wait_ms"),
+    Key::uint(
+        "max_ack_pending",
+        "JetStream: most messages delivered and not yet acknowledged; the server sends no more until acks come.",
+    )
+    .default("10000")
+    .range(1, 10_000_000),
+    Key::duration(
+        "wait",
+        "How long one poll waits for a first message, e.g. \"100ms\" (1ms to 899ms: a poll must end within its call deadline).",
+    )
+    .default("100ms")
+    .range(1, 899)
+    .note("a poll must end within its call deadline")
+    .alias_ms("wait_ms"),
+];
 
 /// How long connecting (INFO, CONNECT, PONG) and setting up (SUB, the consumer) may take.
 const SETUP: Duration = Duration::from_millis(800);
@@ -210,7 +269,7 @@ impl NatsSource {
             )))),
             Err((_, _, text)) => Err(Setup::Fatal(Error::fatal(format!(
                 "nats {addr}: cannot create or update the durable consumer `{}` on stream `{}` \
-                 (config keys `consumer`, `filter_subject`, `deliver`, `ack_wait_ms`, \
+                 (config keys `consumer`, `filter_subject`, `deliver`, `ack_wait`, \
                  `max_ack_pending`): {text}; an existing consumer keeps some settings for good: \
                  delete it (`$JS.API.CONSUMER.DELETE.{}.{}`) or choose another name",
                 js.consumer, js.stream, js.stream, js.consumer
@@ -403,120 +462,55 @@ impl Source for NatsSource {
             env!("CARGO_PKG_VERSION"),
             "Subscribes to NATS subjects, or reads a JetStream stream through a durable pull consumer (ack after delivery).",
         )
-        .key(ConfigKey::optional(
-            "url",
-            "`nats://[user:password@|token@]host[:port]`; the address must be granted in `grants.tcp`.",
-            "nats://127.0.0.1:4222",
-        ))
-        .key(ConfigKey::optional(
-            "mode",
-            "`core` (a subscription: at most once) or `jetstream` (a durable pull consumer on `stream`: at least once, `+ACK` after delivery).",
-            "core",
-        ))
-        .key(ConfigKey::optional(
-            "subject",
-            "The subject to subscribe to, wildcards allowed (`orders.*`, `sensors.>`); required with mode = \"core\". With JetStream, the consumer's filter unless `filter_subject` is given.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "queue",
-            "Core mode: a queue group name; the server gives each message to one member of the group.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "stream",
-            "JetStream: the stream to read (required with mode = \"jetstream\"; it must exist).",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "consumer",
-            "JetStream: the durable consumer's name (required with mode = \"jetstream\"); created if missing, its position survives restarts.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "filter_subject",
-            "JetStream: only messages of the stream on this subject (wildcards allowed); default `subject`, else the whole stream.",
-            "",
-        ))
-        .key(ConfigKey::optional(
-            "deliver",
-            "JetStream: where a new consumer starts: `all` (the whole stream), `new` (messages stored from now on) or `last` (the last message).",
-            "all",
-        ))
-        .key(ConfigKey::optional(
-            "ack_wait_ms",
-            "JetStream: how long the server waits for a message's ack before delivering it again, in milliseconds.",
-            "30000",
-        ))
-        .key(ConfigKey::optional(
-            "max_ack_pending",
-            "JetStream: most messages delivered and not yet acknowledged; the server sends no more until acks come.",
-            "10000",
-        ))
-        .key(ConfigKey::optional(
-            "wait_ms",
-            "How long one poll waits for a first message, in milliseconds (1 to 899: a poll must end within its call deadline).",
-            "100",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.get("url").unwrap_or("nats://127.0.0.1:4222");
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?;
         let (addr, user, pass) = net::parse_url(url, "nats", 4222)
-            .map_err(|e| config.invalid("url", &format!("nats://host:port ({e})")))?;
+            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
         nats::check_host(&addr)
-            .map_err(|e| config.invalid("url", &format!("nats://host:port ({e})")))?;
-        let mode = config.choice("mode", &["core", "jetstream"], "core")?;
-        let text = |key: &str| config.get(key).filter(|v| !v.is_empty()).map(str::to_owned);
-        let subject = text("subject");
+            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
+        let mode = c.choice("mode")?;
+        let text = |key: &str| -> Result<Option<String>, Error> {
+            Ok(c.text_opt(key)?.map(str::to_owned))
+        };
+        let subject = text("subject")?;
         if let Some(s) = &subject {
             nats::check_subject(s, true).map_err(|e| {
-                config.invalid(
+                c.invalid(
                     "subject",
                     &format!("a NATS subject such as `orders.>` ({e})"),
                 )
             })?;
         }
-        let queue = text("queue");
+        let queue = text("queue")?;
         if let Some(q) = &queue {
             nats::check_name(q)
-                .map_err(|e| config.invalid("queue", &format!("a queue group name ({e})")))?;
+                .map_err(|e| c.invalid("queue", &format!("a queue group name ({e})")))?;
         }
-        let wait_ms: u64 = config.parse("wait_ms")?.unwrap_or(100);
-        if !(1..900).contains(&wait_ms) {
-            return Err(config.invalid(
-                "wait_ms",
-                "1 to 899 (a poll must end within its call deadline)",
-            ));
-        }
-        let filter = text("filter_subject");
+        let wait = c.duration("wait")?;
+        let filter = text("filter_subject")?;
         if let Some(f) = &filter {
             nats::check_subject(f, true)
-                .map_err(|e| config.invalid("filter_subject", &format!("a NATS subject ({e})")))?;
+                .map_err(|e| c.invalid("filter_subject", &format!("a NATS subject ({e})")))?;
         }
-        let deliver = config
-            .choice("deliver", &["all", "new", "last"], "all")?
-            .to_owned();
-        let ack_wait_ms: u64 = config.parse("ack_wait_ms")?.unwrap_or(30_000);
-        if !(100..=86_400_000).contains(&ack_wait_ms) {
-            return Err(config.invalid("ack_wait_ms", "100 to 86400000 milliseconds"));
-        }
-        let max_ack_pending: u64 = config.parse("max_ack_pending")?.unwrap_or(10_000);
-        if !(1..=10_000_000).contains(&max_ack_pending) {
-            return Err(config.invalid("max_ack_pending", "1 to 10000000"));
-        }
+        let deliver = c.choice("deliver")?.to_owned();
+        let ack_wait = c.duration("ack_wait")?;
+        let max_ack_pending = c.uint("max_ack_pending")?;
         let name = |key: &str| -> Result<Option<String>, Error> {
-            let Some(value) = text(key) else {
+            let Some(value) = text(key)? else {
                 return Ok(None);
             };
             nats::check_name(&value)
-                .map_err(|e| config.invalid(key, &format!("a JetStream name ({e})")))?;
+                .map_err(|e| c.invalid(key, &format!("a JetStream name ({e})")))?;
             Ok(Some(value))
         };
         let (stream, consumer) = (name("stream")?, name("consumer")?);
         let js = if mode == "jetstream" {
             let required = |key: &str| {
-                config.invalid(
+                c.invalid(
                     key,
                     &format!("a name (`{key}` is required with mode = \"jetstream\")"),
                 )
@@ -526,12 +520,12 @@ impl Source for NatsSource {
                 consumer: consumer.ok_or_else(|| required("consumer"))?,
                 filter: filter.or_else(|| subject.clone()),
                 deliver,
-                ack_wait: Duration::from_millis(ack_wait_ms),
+                ack_wait,
                 max_ack_pending,
             })
         } else {
             if subject.is_none() {
-                return Err(config.invalid(
+                return Err(c.invalid(
                     "subject",
                     "a subject to subscribe to (required with mode = \"core\")",
                 ));
@@ -544,7 +538,7 @@ impl Source for NatsSource {
             subject,
             queue,
             js,
-            wait: Duration::from_millis(wait_ms),
+            wait,
             conn: None,
             pull: None,
             inflight: VecDeque::new(),

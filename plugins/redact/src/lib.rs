@@ -13,7 +13,16 @@
 //! compares the three.
 
 use patchbay_sdk::json::Value;
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform, metrics};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform, metrics};
+
+const KEYS: &[Key] = &[
+    Key::json(
+        "fields",
+        "Array of dotted field paths to blank, e.g. [\"email\", \"card.number\"].",
+    )
+    .required(),
+    Key::text("mask", "Text that replaces each value.").default("***"),
+];
 
 struct Redact {
     fields: Vec<String>,
@@ -27,28 +36,21 @@ impl Transform for Redact {
             env!("CARGO_PKG_VERSION"),
             "Replaces the values of JSON fields (dotted paths) with a mask.",
         )
-        .key(ConfigKey::required(
-            "fields",
-            "Array of dotted field paths to blank, e.g. [\"email\", \"card.number\"].",
-        ))
-        .key(ConfigKey::optional(
-            "mask",
-            "Text that replaces each value.",
-            "***",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let fields: Vec<String> = config
+        let c = config.checked(KEYS)?;
+        let fields: Vec<String> = c
             .json("fields")?
-            .ok_or_else(|| config.invalid("fields", "an array of dotted field paths"))?;
+            .ok_or_else(|| c.invalid("fields", "an array of dotted field paths"))?;
         if fields.iter().any(|f| f.split('.').any(str::is_empty)) {
-            return Err(config.invalid(
+            return Err(c.invalid(
                 "fields",
                 "an array of dotted paths like [\"user.email\"], without empty segments",
             ));
         }
-        let mask = Value::String(config.get("mask").unwrap_or("***").to_owned());
+        let mask = Value::String(c.text("mask")?.to_owned());
         Ok(Redact { fields, mask })
     }
 

@@ -22,9 +22,34 @@
 use std::time::Duration;
 
 use patchbay_sdk::net::Reconnect;
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, Sink};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink};
 
 use patchbay_proto_resp::{self as resp, Conn, Value};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
+    )
+    .default("redis://127.0.0.1:6379"),
+    Key::choice(
+        "mode",
+        &["stream", "list", "pubsub"],
+        "`stream` (XADD), `list` (RPUSH) or `pubsub` (PUBLISH).",
+    )
+    .default("stream"),
+    Key::text("key", "The stream, list or channel name.").required(),
+    Key::text(
+        "field",
+        "Stream mode: the entry field that holds the payload.",
+    )
+    .default("payload"),
+    Key::text(
+        "maxlen",
+        "Stream mode: trim the stream to about this many entries (XADD MAXLEN ~).",
+    )
+    .default("none"),
+];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -104,56 +129,34 @@ impl Sink for RedisSink {
             env!("CARGO_PKG_VERSION"),
             "Writes messages to a Redis stream (XADD), list (RPUSH) or Pub/Sub channel (PUBLISH).",
         )
-        .key(ConfigKey::optional(
-            "url",
-            "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
-            "redis://127.0.0.1:6379",
-        ))
-        .key(ConfigKey::optional(
-            "mode",
-            "`stream` (XADD), `list` (RPUSH) or `pubsub` (PUBLISH).",
-            "stream",
-        ))
-        .key(ConfigKey::required(
-            "key",
-            "The stream, list or channel name.",
-        ))
-        .key(ConfigKey::optional(
-            "field",
-            "Stream mode: the entry field that holds the payload.",
-            "payload",
-        ))
-        .key(ConfigKey::optional(
-            "maxlen",
-            "Stream mode: trim the stream to about this many entries (XADD MAXLEN ~).",
-            "none",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.get("url").unwrap_or("redis://127.0.0.1:6379");
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?;
         let (addr, password, db) = resp::parse_url(url)
-            .map_err(|e| config.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
-        let mode = match config.choice("mode", &["stream", "list", "pubsub"], "stream")? {
+            .map_err(|e| c.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
+        let mode = match c.choice("mode")? {
             "list" => Mode::List,
             "pubsub" => Mode::PubSub,
             _ => Mode::Stream,
         };
-        let key = config.required("key")?.to_owned();
+        let key = c.text("key")?.to_owned();
         if key.is_empty() {
-            return Err(config.invalid("key", "a non-empty stream, list or channel name"));
+            return Err(c.invalid("key", "a non-empty stream, list or channel name"));
         }
-        let field = config.get("field").unwrap_or("payload").to_owned();
+        let field = c.text("field")?.to_owned();
         if field.is_empty() {
-            return Err(config.invalid("field", "a non-empty field name"));
+            return Err(c.invalid("field", "a non-empty field name"));
         }
-        let maxlen = match config.get("maxlen") {
-            None | Some("none") => None,
-            Some(_) => Some(
-                config
-                    .parse::<u64>("maxlen")?
+        let maxlen = match c.text("maxlen")?.trim() {
+            "none" => None,
+            n => Some(
+                n.parse::<u64>()
+                    .ok()
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| config.invalid("maxlen", "a positive number of entries"))?,
+                    .ok_or_else(|| c.invalid("maxlen", "a positive number of entries"))?,
             ),
         };
         let mut sink = RedisSink {

@@ -26,9 +26,39 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use patchbay_sdk::net::Reconnect;
-use patchbay_sdk::{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, log};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, log};
 
 use patchbay_proto_resp::{self as resp, Conn, Value};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
+    )
+    .default("redis://127.0.0.1:6379"),
+    Key::text("stream", "The stream to read.").required(),
+    Key::text("group", "The consumer group; created if missing.").default("patchbay"),
+    Key::text(
+        "consumer",
+        "This reader's name within the group; give each instance reading the group its own.",
+    )
+    .default("patchbay-1"),
+    Key::choice(
+        "start",
+        &["$", "0"],
+        "Where a new group starts: `$` (entries added from now on) or `0` (the whole stream).",
+    )
+    .default("$"),
+    Key::text("field", "The entry field that holds the payload.").default("payload"),
+    Key::duration(
+        "block",
+        "How long one poll waits for new entries, e.g. \"100ms\" (keep it well under the call deadline; at most 900ms).",
+    )
+    .default("100ms")
+    .range(0, 900)
+    .note("a poll must end within its 1 s call deadline")
+    .alias_ms("block_ms"),
+];
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -242,67 +272,35 @@ impl Source for RedisSource {
             env!("CARGO_PKG_VERSION"),
             "Reads a Redis stream through a consumer group; XACK after delivery, pending entries recovered.",
         )
-        .key(ConfigKey::optional(
-            "url",
-            "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
-            "redis://127.0.0.1:6379",
-        ))
-        .key(ConfigKey::required("stream", "The stream to read."))
-        .key(ConfigKey::optional(
-            "group",
-            "The consumer group; created if missing.",
-            "patchbay",
-        ))
-        .key(ConfigKey::optional(
-            "consumer",
-            "This reader's name within the group; give each instance reading the group its own.",
-            "patchbay-1",
-        ))
-        .key(ConfigKey::optional(
-            "start",
-            "Where a new group starts: `$` (entries added from now on) or `0` (the whole stream).",
-            "$",
-        ))
-        .key(ConfigKey::optional(
-            "field",
-            "The entry field that holds the payload.",
-            "payload",
-        ))
-        .key(ConfigKey::optional(
-            "block_ms",
-            "How long one poll waits for new entries, in milliseconds (keep it well under the call deadline).",
-            "100",
-        ))
+        .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
-        let url = config.get("url").unwrap_or("redis://127.0.0.1:6379");
+        let c = config.checked(KEYS)?;
+        let url = c.text("url")?;
         let (addr, password, db) = resp::parse_url(url)
-            .map_err(|e| config.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
-        let stream = config.required("stream")?.to_owned();
-        let group = config.get("group").unwrap_or("patchbay").to_owned();
-        let consumer = config.get("consumer").unwrap_or("patchbay-1").to_owned();
+            .map_err(|e| c.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
+        let stream = c.text("stream")?.to_owned();
+        let group = c.text("group")?.to_owned();
+        let consumer = c.text("consumer")?.to_owned();
         for (key, value) in [
             ("stream", &stream),
             ("group", &group),
             ("consumer", &consumer),
         ] {
             if value.is_empty() {
-                return Err(config.invalid(key, "a non-empty name"));
+                return Err(c.invalid(key, "a non-empty name"));
             }
         }
-        let start = config.choice("start", &["$", "0"], "$")?.to_owned();
-        let field = config.get("field").unwrap_or("payload").to_owned();
+        let start = c.choice("start")?.to_owned();
+        let field = c.text("field")?.to_owned();
         if field.is_empty() {
-            return Err(config.invalid("field", "a non-empty field name"));
+            return Err(c.invalid("field", "a non-empty field name"));
         }
-        let block_ms = config.parse::<u64>("block_ms")?.unwrap_or(100);
-        if block_ms > 900 {
-            return Err(config.invalid(
-                "block_ms",
-                "at most 900 (a poll must end within its 1 s call deadline)",
-            ));
-        }
+        // Whole milliseconds for XREADGROUP BLOCK, rounded up: a sub-millisecond wait must not
+        // become BLOCK 0 (wait forever). At most 900 (the key's range).
+        let block_ms =
+            u64::try_from(c.duration("block")?.as_nanos().div_ceil(1_000_000)).unwrap_or(900);
         let mut source = RedisSource {
             link: Reconnect::new("redis", addr),
             password,
