@@ -139,7 +139,11 @@ fn source(role: Role, name: &str) -> String {
         Role::Transform => format!(
             r#"//! `{name}`: a Patchbay transform. It upper-cases UTF-8 payloads and adds a prefix.
 
-use patchbay_sdk::{{Config, ConfigKey, Error, Message, Metadata, Outcome, Transform}};
+use patchbay_sdk::{{Config, Error, Key, Message, Metadata, Outcome, Transform}};
+
+/// The config keys, declared once: type, doc, default, limits. `metadata` lists them and
+/// `init` reads them through `checked`, which checks every one and applies the defaults.
+const KEYS: &[Key] = &[Key::text("prefix", "Text put before every payload.").default("")];
 
 struct {ty} {{
     prefix: String,
@@ -147,21 +151,18 @@ struct {ty} {{
 
 impl Transform for {ty} {{
     fn metadata() -> Metadata {{
-        Metadata {{
-            name: "{name}".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Upper-cases UTF-8 payloads and puts a prefix in front.".into(),
-            config_keys: vec![ConfigKey::optional(
-                "prefix",
-                "Text put before every payload.",
-                "",
-            )],
-        }}
+        Metadata::new(
+            "{name}",
+            env!("CARGO_PKG_VERSION"),
+            "Upper-cases UTF-8 payloads and puts a prefix in front.",
+        )
+        .keys(KEYS)
     }}
 
     fn init(config: Config) -> Result<Self, Error> {{
+        let c = config.checked(KEYS)?;
         Ok({ty} {{
-            prefix: config.get("prefix").unwrap_or_default().to_owned(),
+            prefix: c.text("prefix")?.to_owned(),
         }})
     }}
 
@@ -183,7 +184,10 @@ patchbay_sdk::export_transform!({ty});
         Role::Source => format!(
             r#"//! `{name}`: a Patchbay source. It counts from 0 to `count` - 1, then ends.
 
-use patchbay_sdk::{{Config, ConfigKey, Error, Message, Metadata, PollResult, Source, SourceBatch}};
+use patchbay_sdk::{{Config, Error, Key, Message, Metadata, PollResult, Source, SourceBatch}};
+
+/// The config keys, declared once (see `patchbay_sdk::Key`).
+const KEYS: &[Key] = &[Key::uint("count", "How many messages to produce.").default("10")];
 
 struct {ty} {{
     next: u64,
@@ -192,18 +196,19 @@ struct {ty} {{
 
 impl Source for {ty} {{
     fn metadata() -> Metadata {{
-        Metadata {{
-            name: "{name}".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Counts from 0 to count - 1, one message per number.".into(),
-            config_keys: vec![ConfigKey::optional("count", "How many messages to produce.", "10")],
-        }}
+        Metadata::new(
+            "{name}",
+            env!("CARGO_PKG_VERSION"),
+            "Counts from 0 to count - 1, one message per number.",
+        )
+        .keys(KEYS)
     }}
 
     fn init(config: Config) -> Result<Self, Error> {{
+        let c = config.checked(KEYS)?;
         Ok({ty} {{
             next: 0,
-            count: config.parse("count")?.unwrap_or(10),
+            count: c.uint("count")?,
         }})
     }}
 
@@ -234,7 +239,10 @@ patchbay_sdk::export_source!({ty});
         Role::Sink => format!(
             r#"//! `{name}`: a Patchbay sink. It logs each payload and counts what it saw.
 
-use patchbay_sdk::{{Config, ConfigKey, Error, Message, Metadata, Sink}};
+use patchbay_sdk::{{Config, Error, Key, Message, Metadata, Sink}};
+
+/// The config keys, declared once (see `patchbay_sdk::Key`).
+const KEYS: &[Key] = &[Key::text("unused", "An example key.")];
 
 struct {ty} {{
     seen: u64,
@@ -242,15 +250,16 @@ struct {ty} {{
 
 impl Sink for {ty} {{
     fn metadata() -> Metadata {{
-        Metadata {{
-            name: "{name}".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Logs every payload and counts messages.".into(),
-            config_keys: vec![ConfigKey::optional("unused", "An example key.", "")],
-        }}
+        Metadata::new(
+            "{name}",
+            env!("CARGO_PKG_VERSION"),
+            "Logs every payload and counts messages.",
+        )
+        .keys(KEYS)
     }}
 
-    fn init(_config: Config) -> Result<Self, Error> {{
+    fn init(config: Config) -> Result<Self, Error> {{
+        config.checked(KEYS)?;
         Ok({ty} {{ seen: 0 }})
     }}
 
