@@ -148,7 +148,9 @@ impl Sink for MqttSink {
         };
         match sink.connect() {
             Ok(()) => {}
-            Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
+            Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => {
+                return Err(Error::fatal(format!("config key `url`: {}", e.message)));
+            }
             Err(_) => {} // logged; `write` tries again
         }
         Ok(sink)

@@ -159,7 +159,9 @@ impl Source for MqttSource {
         };
         match source.connect() {
             Ok(()) => {}
-            Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => return Err(e),
+            Err(e) if e.kind == patchbay_sdk::ErrorKind::Fatal => {
+                return Err(Error::fatal(format!("config key `url`: {}", e.message)));
+            }
             Err(_) => {} // logged; `poll` tries again
         }
         Ok(source)
