@@ -135,9 +135,6 @@ impl Sink for RedisSink {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        if !plausible_host(url) {
-            return Err(c.invalid("url", "redis://host:port[/db] (a host name or address)"));
-        }
         let (addr, password, db) = resp::parse_url(url)
             .map_err(|e| c.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
         let mode = match c.choice("mode")? {
@@ -226,22 +223,3 @@ impl Sink for RedisSink {
 }
 
 patchbay_sdk::export_sink!(RedisSink);
-
-/// Whether the host of a `redis://` URL is a name or an address at all, so that a mistyped
-/// `url` is reported as the key it is, not as a refused connection to nowhere.
-fn plausible_host(url: &str) -> bool {
-    let rest = url.strip_prefix("redis://").unwrap_or(url);
-    let rest = rest.rsplit('@').next().unwrap_or("");
-    let authority = rest.split('/').next().unwrap_or("");
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6
-            .split_once(']')
-            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
-    }
-    let host = authority.split(':').next().unwrap_or("");
-    !host.is_empty()
-        && !host.starts_with(['-', '.'])
-        && host
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
-}

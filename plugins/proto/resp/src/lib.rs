@@ -259,7 +259,29 @@ pub fn parse_url(url: &str) -> Result<(String, Option<String>, Option<u32>), Str
     if addr.starts_with(':') {
         return Err("no host".into());
     }
+    if !plausible_host(&addr) {
+        return Err(format!(
+            "`{}` is not a host name or address",
+            addr.escape_debug()
+        ));
+    }
     Ok((addr, password.filter(|p| !p.is_empty()), db))
+}
+
+/// Whether `HOST:PORT` names a host at all (a name of letters, digits, `-` and `.`, or an
+/// address), so that a mistyped `url` is reported as such, not as a refused connection.
+fn plausible_host(addr: &str) -> bool {
+    if let Some(v6) = addr.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
 }
 
 #[cfg(test)]
