@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::{Config, PipelineDecl, PluginDecl, PluginRef, Role};
+use crate::config::{Config, PartitionBy, PipelineDecl, PluginDecl, PluginRef, Role};
 use crate::contract::{Metadata, PluginState, check_keys, init_entries};
 use crate::pipeline::{
     DeadLetters, PipelinePlan, Replayed, Router, Slot, SourcePlan, StageKind, StagePlan,
@@ -233,6 +233,9 @@ struct Started {
     plugin: String,
     version: String,
     instance: Instance,
+    /// Further instances of a stage with `concurrency` over 1.
+    more: Vec<Instance>,
+    partition: Option<PartitionBy>,
     start: StartInstance,
     swap: Option<Arc<Swappable>>,
 }
@@ -244,7 +247,11 @@ impl Started {
         StagePlan {
             plugin: self.plugin,
             version: self.version,
-            instance: boxed(self.instance),
+            instances: std::iter::once(self.instance)
+                .chain(self.more)
+                .map(boxed)
+                .collect(),
+            partition: self.partition,
             start: Arc::new(move || {
                 let started = start();
                 let boxed: Pin<Box<dyn Future<Output = anyhow::Result<Box<C>>> + Send>> =
@@ -273,6 +280,7 @@ async fn plan_one(
     swappables: Option<&Swappables>,
     problems: &mut Vec<String>,
 ) -> Option<PipelinePlan> {
+    let replaying = replay.is_some();
     let mut stage = async |r: &PluginRef, role: Role| -> Option<Started> {
         let (Some(decl), Some(component)) =
             (config.plugins.get(&r.name), loaded.plugins.get(&r.name))
@@ -299,15 +307,36 @@ async fn plan_one(
             &state,
             swap.clone(),
         );
-        match start_instance(runtime, &pipeline.name, decl, component, state).await {
-            Ok(instance) => Some(Started {
+        // A replay is a small batch of dead letters: one instance per stage does.
+        let count = if replaying {
+            1
+        } else {
+            r.parallel.instances.max(1)
+        };
+        let mut started = Vec::with_capacity(count);
+        let mut failed = None;
+        for _ in 0..count {
+            match start_instance(runtime, &pipeline.name, decl, component, state.clone()).await {
+                Ok(instance) => started.push(instance),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut started = started.into_iter();
+        match (failed, started.next()) {
+            (None, Some(instance)) => Some(Started {
                 plugin: r.name.clone(),
                 version,
                 instance,
+                more: started.collect(),
+                partition: r.parallel.partition_by.clone(),
                 start,
                 swap,
             }),
-            Err(e) => {
+            (failed, _) => {
+                let e = failed.unwrap_or_else(|| anyhow::anyhow!("no instance started"));
                 problems.push(format!(
                     "pipeline `{}`: {role} `{}` could not start: {e}",
                     pipeline.name, r.name

@@ -12,6 +12,10 @@ pub const MAX_BATCH_SIZE: u32 = 65_536;
 pub const BUFFER: u32 = 4;
 /// Largest accepted `buffer`.
 pub const MAX_BUFFER: u32 = 1024;
+/// Instances of each transform and sink (`concurrency`).
+pub const CONCURRENCY: u32 = 1;
+/// Largest accepted `concurrency`.
+pub const MAX_CONCURRENCY: u32 = 256;
 /// In-flight payload bytes of a pipeline (`max_in_flight`).
 pub const MAX_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 

@@ -11,9 +11,10 @@ use toml::Spanned;
 
 use super::diagnostic::{ConfigError, Diagnostic, Loc, Locator};
 use super::raw::{RawFile, RawPlugin};
+use super::stages;
 use super::{
-    Breaker, Config, ConfigEntry, OnError, PipelineDecl, PluginDecl, PluginRef, Retry, Role,
-    RouteDecl,
+    Breaker, Config, ConfigEntry, OnError, Parallel, PipelineDecl, PluginDecl, PluginRef, Retry,
+    Role, RouteDecl,
 };
 use crate::defaults;
 use crate::sandbox::grants::{GrantProblem, absolute};
@@ -92,6 +93,7 @@ pub(super) fn check(
             let plugin_ref = PluginRef {
                 name: r.get_ref().clone(),
                 loc: locator.at(r),
+                parallel: Parallel::default(),
             };
             if !declared.contains(&plugin_ref.name) {
                 let known = declared.iter().cloned().collect::<Vec<_>>().join(", ");
@@ -105,12 +107,12 @@ pub(super) fn check(
             plugin_ref
         };
         let source = reference(&raw_pipeline.source, Role::Source, &mut problems);
-        let transforms = raw_pipeline
+        let mut transforms: Vec<PluginRef> = raw_pipeline
             .transforms
             .iter()
             .map(|t| reference(t, Role::Transform, &mut problems))
             .collect();
-        let sinks: Vec<PluginRef> = raw_pipeline
+        let mut sinks: Vec<PluginRef> = raw_pipeline
             .sinks
             .iter()
             .map(|s| reference(s, Role::Sink, &mut problems))
@@ -258,14 +260,7 @@ pub(super) fn check(
                 }
             }
             let when = raw_route.when.as_ref().map(|w| {
-                if let Err(e) = cel::Program::compile(w.get_ref()) {
-                    let first = e.to_string();
-                    let first = first
-                        .lines()
-                        .next()
-                        .unwrap_or("syntax error")
-                        .trim()
-                        .to_owned();
+                if let Some(first) = stages::cel_error(w.get_ref()) {
                     problems.push(Diagnostic::new(
                         locator.at(w),
                         format!(
@@ -286,6 +281,19 @@ pub(super) fn check(
                 }
             }
         }
+        stages::apply(
+            &name,
+            stages::StageSettings {
+                concurrency: raw_pipeline.concurrency,
+                partition_by: raw_pipeline.partition_by,
+                stages: raw_pipeline.stages,
+            },
+            &source,
+            &mut transforms,
+            &mut sinks,
+            locator,
+            &mut problems,
+        );
         pipelines.push(PipelineDecl {
             name,
             loc,

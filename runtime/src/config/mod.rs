@@ -44,10 +44,11 @@ mod check;
 mod diagnostic;
 mod raw;
 pub mod schema;
+mod stages;
 mod units;
 
 pub use diagnostic::{ConfigError, Diagnostic, Loc};
-pub use units::{HumanDuration, Size, parse_duration, parse_size};
+pub use units::{Concurrency, HumanDuration, Size, parse_duration, parse_size};
 
 use diagnostic::Locator;
 use raw::RawFile;
@@ -227,6 +228,35 @@ pub struct PluginRef {
     pub name: String,
     /// Where it was written.
     pub loc: Loc,
+    /// How many instances run, and how batches are spread over them (transforms and sinks).
+    pub parallel: Parallel,
+}
+
+/// How many instances of a stage run and how a batch is spread over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parallel {
+    /// Instances, 1 or more.
+    pub instances: usize,
+    /// Keep records of the same key on the same instance; `None`: whole batches, next free one.
+    pub partition_by: Option<PartitionBy>,
+}
+
+impl Default for Parallel {
+    fn default() -> Self {
+        Parallel {
+            instances: defaults::CONCURRENCY as usize,
+            partition_by: None,
+        }
+    }
+}
+
+/// What a stage's records are partitioned by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionBy {
+    /// The message key (records without a key share one instance).
+    Key,
+    /// The value of a CEL expression over `json`, `payload`, `key` and `headers`.
+    Expression(String),
 }
 
 /// The role a plugin plays in a pipeline, matching the WIT world it must implement.

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{HumanDuration, Size};
+use super::units::{Concurrency, HumanDuration, Size};
 use super::{OnError, OnStartFailure, RoutingMode};
 use crate::sandbox::DirMode;
 
@@ -197,6 +197,36 @@ pub(super) struct RawPipeline {
     /// message goes to every sink.
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
+    /// Instances of each transform and sink, taking batches in turn (`"auto"`: one per core).
+    /// Output keeps source order either way. `[pipeline.stages.NAME]` sets it per stage.
+    #[serde(default)]
+    #[schemars(with = "Option<Concurrency>")]
+    pub(super) concurrency: Option<Spanned<Concurrency>>,
+    /// Spread each batch over a stage's instances by `"key"` (the message key) or by the value
+    /// of a CEL expression (same variables as routes), so that all records of a key go to the
+    /// same instance and keep their order; without it whole batches go to the next free one.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(super) partition_by: Option<Spanned<String>>,
+    /// Settings of one stage, by plugin name (`[pipeline.stages.NAME]`): they override the
+    /// pipeline's `concurrency` and `partition_by` for that stage.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawStage>")]
+    pub(super) stages: BTreeMap<Spanned<String>, RawStage>,
+}
+
+/// One stage's own settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStage {
+    /// Instances of this stage (`"auto"`: one per core). A source runs one.
+    #[serde(default)]
+    #[schemars(with = "Option<Concurrency>")]
+    pub(super) concurrency: Option<Spanned<Concurrency>>,
+    /// `"key"` or a CEL expression: records with the same value go to the same instance.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(super) partition_by: Option<Spanned<String>>,
 }
 
 /// One content-based route.

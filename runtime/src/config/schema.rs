@@ -33,6 +33,7 @@ fn defaults_of() -> Vec<(&'static str, &'static str, Value)> {
     vec![
         ("RawPipeline", "batch_size", json!(defaults::BATCH_SIZE)),
         ("RawPipeline", "buffer", json!(defaults::BUFFER)),
+        ("RawPipeline", "concurrency", json!(defaults::CONCURRENCY)),
         (
             "RawPipeline",
             "max_in_flight",
@@ -151,13 +152,15 @@ fn walk(schema: &Value, defs: &Map<String, Value>, prefix: &str, rows: &mut Vec<
     for (name, property) in properties {
         let target = resolve(property, defs);
         let items = target.get("items").map(|i| resolve(i, defs));
-        let (key, nested) = match (name.as_str(), prefix) {
-            ("plugins", "") => (
-                "plugins.NAME".to_owned(),
-                target.get("additionalProperties"),
-            ),
-            _ => (format!("{prefix}{name}"), None),
+        // A map of tables (`[plugins.NAME]`, `[pipeline.stages.NAME]`) is shown by its values.
+        let named = target
+            .get("additionalProperties")
+            .filter(|v| is_table(resolve(v, defs)));
+        let key = match named {
+            Some(_) => format!("{prefix}{name}.NAME"),
+            None => format!("{prefix}{name}"),
         };
+        let nested = named;
         let description = text(property.get("description").or(target.get("description")));
         let default = match property.get("default") {
             None | Some(Value::Null) => String::new(),
@@ -204,8 +207,10 @@ fn type_of(schema: &Value, defs: &Map<String, Value>) -> String {
     if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
         return options
             .iter()
-            .filter_map(|o| o.get("const").and_then(Value::as_str))
-            .map(|v| format!("`{v}`"))
+            .map(|o| match o.get("const").and_then(Value::as_str) {
+                Some(v) => format!("`{v}`"),
+                None => type_of(o, defs),
+            })
             .collect::<Vec<_>>()
             .join(" or ");
     }

@@ -31,6 +31,57 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     ))
 }
 
+/// How many instances of a stage run: a count, or `"auto"` (one per core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// This many.
+    Count(u64),
+    /// As many as the machine has cores.
+    Auto,
+}
+
+impl Concurrency {
+    /// The number of instances (`auto` asks the operating system how many cores there are).
+    pub fn count(self) -> u64 {
+        match self {
+            Concurrency::Count(n) => n,
+            Concurrency::Auto => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Concurrency;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of instances, e.g. 4, or \"auto\" (one per core)")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Concurrency, E> {
+                u64::try_from(n).map(Concurrency::Count).map_err(|_| {
+                    E::custom(format!(
+                        "concurrency {n} is not a number of instances: write 1 or more, or \"auto\""
+                    ))
+                })
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Concurrency, E> {
+                Ok(Concurrency::Count(n))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Concurrency, E> {
+                if text.trim() == "auto" {
+                    Ok(Concurrency::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "concurrency `{text}` is not a number: write a count, e.g. 4, or \"auto\" (one instance per core)"
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// A duration such as `"250ms"`, `"5s"` or `"1m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -63,6 +114,22 @@ impl JsonSchema for Size {
             "type": "string",
             "description": "A size with a unit: B, KB/KiB, MB/MiB, GB/GiB, e.g. \"64MiB\", \"512KiB\".",
             "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[KMGTPkmgtp]?[Ii]?[Bb]\\s*$"
+        })
+    }
+}
+
+impl JsonSchema for Concurrency {
+    fn schema_name() -> Cow<'static, str> {
+        "Concurrency".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A number of instances (1 or more), or \"auto\" for one per core.",
+            "oneOf": [
+                { "type": "integer", "minimum": 1 },
+                { "const": "auto" }
+            ]
         })
     }
 }

@@ -96,7 +96,7 @@ pub(super) async fn run_transform(
         };
         if applies && !batch.records.is_empty() {
             let records = std::mem::take(&mut batch.records);
-            batch.records = stage.transform(records).await?;
+            batch.records = stage.transform(records, None).await?;
         }
         if !downstream.send(batch).await {
             return Ok(());
@@ -118,7 +118,7 @@ pub(super) async fn run_sink(
             _ => true,
         };
         if applies && !batch.records.is_empty() {
-            let written = stage.deliver(&batch.records).await?;
+            let written = stage.deliver(&batch.records, None).await?;
             if let Some(counter) = stage.policy.counters.written.get(position) {
                 counter.fetch_add(written, Ordering::Relaxed);
             }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Breaker, OnError, Retry, Role};
+use crate::config::{Breaker, OnError, PartitionBy, Retry, Role};
 use crate::plugin::{SinkCalls, SourceCalls, Start, TransformCalls};
 
 mod breaker;
@@ -37,6 +37,8 @@ mod counters;
 pub mod dead_letter;
 mod failure;
 mod flow;
+mod lanes;
+mod partition;
 mod replay;
 mod retry;
 mod route;
@@ -49,6 +51,7 @@ mod tests;
 pub use counters::Counters;
 pub use dead_letter::{DeadLetters, Entry, StageKind};
 pub use failure::{Cause, PipelineFailure, StageRef};
+use partition::Partitioner;
 pub use replay::Replayed;
 pub use retry::backoff;
 pub use route::Router;
@@ -58,14 +61,16 @@ use flow::{Batch, Downstream};
 use source::{BUDGET_UNIT, SourceTask, run_source};
 use stage::{Policy, Stage};
 
-/// One stage's plugin instance, ready to run (`init` done), and how to start more.
+/// One stage's plugin instances, ready to run (`init` done), and how to start more.
 pub struct StagePlan<C: ?Sized> {
     /// Name under `[plugins]`.
     pub plugin: String,
     /// The plugin's own version (from its metadata).
     pub version: String,
-    /// The instance.
-    pub instance: Box<C>,
+    /// The instances: one, or `concurrency` of them, sharing the plugin's host state.
+    pub instances: Vec<Box<C>>,
+    /// How batches are spread over several instances (`partition_by`).
+    pub partition: Option<PartitionBy>,
     /// Starts a fresh instance after a trap, or of swapped-in code.
     pub start: Start<C>,
     /// Swaps of the plugin's code; `None` for a replay (which never swaps).
@@ -169,24 +174,86 @@ impl PipelinePlan {
     }
 }
 
-fn stage<C: ?Sized, K: stage::Kind<Calls = C>>(
+/// The stages of a plan: one per instance (the first instance first).
+fn stages<C: ?Sized, K: stage::Kind<Calls = C>>(
     plan: StagePlan<C>,
     role: Role,
     index: usize,
     policy: &Policy,
-) -> Stage<K> {
-    Stage {
-        at: StageRef {
-            plugin: plan.plugin,
-            role,
-            index,
-        },
-        version: plan.version,
-        instance: plan.instance,
-        start: plan.start,
+) -> Result<lanes::Lanes<K>, PipelineFailure> {
+    let at = StageRef {
+        plugin: plan.plugin,
+        role,
+        index,
+    };
+    let partition = match &plan.partition {
+        Some(by) => Some(Arc::new(Partitioner::new(by).map_err(|e| {
+            PipelineFailure {
+                pipeline: policy.pipeline.clone(),
+                stage: at.clone(),
+                cause: Cause::Host(e),
+            }
+        })?)),
+        None => None,
+    };
+    let generation = plan.code.as_ref().map_or(0, |c| c.borrow().generation);
+    let stages = plan
+        .instances
+        .into_iter()
+        .map(|instance| Stage {
+            at: at.clone(),
+            version: plan.version.clone(),
+            instance,
+            start: plan.start.clone(),
+            code: plan.code.clone(),
+            generation,
+            policy: policy.clone(),
+            circuit: breaker::Circuit::default(),
+        })
+        .collect();
+    Ok(lanes::Lanes {
+        stages,
+        partition,
         code: plan.code,
-        policy: policy.clone(),
-        circuit: breaker::Circuit::default(),
+    })
+}
+
+type Task =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PipelineFailure>> + Send>>;
+
+/// The task of a transform stage: one instance, or lanes.
+fn transform_task(
+    plan: StagePlan<dyn TransformCalls>,
+    i: usize,
+    policy: &Policy,
+    rx: mpsc::Receiver<Batch>,
+    downstream: Downstream,
+) -> Task {
+    match stages(plan, Role::Transform, i + 1, policy) {
+        Err(failure) => Box::pin(std::future::ready(Err(failure))),
+        Ok(mut lanes) if lanes.stages.len() == 1 => match lanes.stages.pop() {
+            Some(stage) => Box::pin(flow::run_transform(stage, i, rx, downstream)),
+            None => Box::pin(std::future::ready(Ok(()))),
+        },
+        Ok(lanes) => Box::pin(lanes::run_transform(lanes, i, rx, downstream)),
+    }
+}
+
+/// The task of a sink stage: one instance, or lanes.
+fn sink_task(
+    plan: StagePlan<dyn SinkCalls>,
+    i: usize,
+    policy: &Policy,
+    rx: mpsc::Receiver<Arc<Batch>>,
+    done: mpsc::UnboundedSender<u64>,
+) -> Task {
+    match stages(plan, Role::Sink, i + 1, policy) {
+        Err(failure) => Box::pin(std::future::ready(Err(failure))),
+        Ok(mut lanes) if lanes.stages.len() == 1 => match lanes.stages.pop() {
+            Some(stage) => Box::pin(flow::run_sink(stage, i, rx, done)),
+            None => Box::pin(std::future::ready(Ok(()))),
+        },
+        Ok(lanes) => Box::pin(lanes::run_sink(lanes, i, rx, done)),
     }
 }
 
@@ -216,12 +283,7 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
         sink_txs.push(tx);
         match sink {
             Slot::Live(sink) => {
-                tasks.spawn(flow::run_sink(
-                    stage(*sink, Role::Sink, i + 1, &policy),
-                    i,
-                    rx,
-                    done_tx.clone(),
-                ));
+                tasks.spawn(sink_task(*sink, i, &policy, rx, done_tx.clone()));
             }
             Slot::Idle { .. } => {
                 tasks.spawn(flow::run_idle_sink(rx, done_tx.clone()));
@@ -238,12 +300,7 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
         let (tx, rx) = mpsc::channel::<Batch>(plan.buffer);
         match transform {
             Slot::Live(transform) => {
-                tasks.spawn(flow::run_transform(
-                    stage(*transform, Role::Transform, i + 1, &policy),
-                    i,
-                    rx,
-                    downstream,
-                ));
+                tasks.spawn(transform_task(*transform, i, &policy, rx, downstream));
             }
             Slot::Idle { .. } => {
                 tasks.spawn(flow::run_idle_transform(rx, downstream));

@@ -23,10 +23,60 @@ struct Route {
 pub struct Router {
     routes: Vec<Route>,
     mode: RoutingMode,
-    needs_json: bool,
-    needs_payload: bool,
-    needs_key: bool,
-    needs_headers: bool,
+    vars: Vars,
+}
+
+/// Which of a message's variables some CEL programs read: only those are built per message.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Vars {
+    json: bool,
+    payload: bool,
+    key: bool,
+    headers: bool,
+}
+
+impl Vars {
+    /// The variables any of `programs` reads.
+    pub(super) fn read_by<'a>(programs: impl Iterator<Item = &'a Program> + Clone) -> Vars {
+        let uses = |name: &str| programs.clone().any(|p| p.references().has_variable(name));
+        Vars {
+            json: uses("json"),
+            payload: uses("payload"),
+            key: uses("key"),
+            headers: uses("headers"),
+        }
+    }
+
+    /// Bind the variables to `message` in `scope`.
+    pub(super) fn bind(&self, scope: &mut Context<'_, '_>, message: &Message) {
+        if self.json {
+            let json = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                .map_or(Value::Null, json_to_cel);
+            scope.add_variable_from_value("json", json);
+        }
+        if self.payload {
+            scope.add_variable_from_value(
+                "payload",
+                String::from_utf8_lossy(&message.payload).into_owned(),
+            );
+        }
+        if self.key {
+            let key = message
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            scope.add_variable_from_value("key", key);
+        }
+        if self.headers {
+            let headers: HashMap<String, String> = message
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect();
+            scope.add_variable_from_value("headers", headers);
+        }
+    }
 }
 
 impl Router {
@@ -47,18 +97,8 @@ impl Router {
                 to: route.to.clone(),
             });
         }
-        let uses = |name: &str| {
-            compiled.iter().any(|r| {
-                r.when
-                    .as_ref()
-                    .is_some_and(|p| p.references().has_variable(name))
-            })
-        };
         Ok(Router {
-            needs_json: uses("json"),
-            needs_payload: uses("payload"),
-            needs_key: uses("key"),
-            needs_headers: uses("headers"),
+            vars: Vars::read_by(compiled.iter().filter_map(|r| r.when.as_ref())),
             routes: compiled,
             mode,
         })
@@ -90,33 +130,7 @@ impl Router {
     pub fn destinations(&self, root: &Context<'_, '_>, message: &Message, to: &mut [bool]) {
         to.iter_mut().for_each(|t| *t = false);
         let mut scope = root.new_inner_scope();
-        if self.needs_json {
-            let json = serde_json::from_slice::<serde_json::Value>(&message.payload)
-                .map_or(Value::Null, json_to_cel);
-            scope.add_variable_from_value("json", json);
-        }
-        if self.needs_payload {
-            scope.add_variable_from_value(
-                "payload",
-                String::from_utf8_lossy(&message.payload).into_owned(),
-            );
-        }
-        if self.needs_key {
-            let key = message
-                .key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default();
-            scope.add_variable_from_value("key", key);
-        }
-        if self.needs_headers {
-            let headers: HashMap<String, String> = message
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
-            scope.add_variable_from_value("headers", headers);
-        }
+        self.vars.bind(&mut scope, message);
         for route in &self.routes {
             let matched = match &route.when {
                 None => true,
@@ -138,7 +152,7 @@ impl Router {
 
 /// JSON to CEL, with integers as CEL `int` so that `json.n % 2 == 0` and `json.n > 10` work
 /// as written (CEL does not mix `int` and `uint`).
-fn json_to_cel(value: serde_json::Value) -> Value {
+pub(super) fn json_to_cel(value: serde_json::Value) -> Value {
     use serde_json::Value as J;
     match value {
         J::Null => Value::Null,

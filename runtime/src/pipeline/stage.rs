@@ -131,6 +131,8 @@ pub struct Stage<K: Kind> {
     pub start: Start<K::Calls>,
     /// Swaps of the plugin's code, when it is swappable.
     pub code: Option<CodeWatch>,
+    /// The swap generation the instance runs.
+    pub generation: u64,
     /// Pipeline-wide policy.
     pub policy: Policy,
     /// This stage's circuit breaker.
@@ -177,15 +179,18 @@ impl<K: Kind> Stage<K> {
     }
 
     /// Between batches: if the plugin was swapped, move to a fresh instance of the new code.
-    /// The old instance finished its last batch already; the host state carries over.
-    async fn follow_swap(&mut self) {
+    /// The old instance finished its last batch already; the host state carries over. `wanted`
+    /// is the generation the batch must meet (the lanes of a parallel stage all get the one
+    /// read when the batch was handed out); `None` follows the latest swap.
+    async fn follow_swap(&mut self, wanted: Option<u64>) {
         let Some(code) = &mut self.code else {
             return;
         };
-        if !code.has_changed().unwrap_or(false) {
+        let current = code.borrow_and_update().clone();
+        if wanted.unwrap_or(current.generation) <= self.generation {
             return;
         }
-        let version = code.borrow_and_update().version.clone();
+        let version = current.version;
         let started = Instant::now();
         match (self.start)().await {
             Ok(instance) => {
@@ -197,13 +202,18 @@ impl<K: Kind> Stage<K> {
                     started.elapsed().as_micros()
                 );
                 self.version = version;
+                self.generation = current.generation;
             }
-            Err(e) => tracing::error!(
-                "pipeline `{}`: {}: version {version} could not start here ({e:#}); the \
-                 previous version keeps serving",
-                self.policy.pipeline,
-                self.at
-            ),
+            Err(e) => {
+                tracing::error!(
+                    "pipeline `{}`: {}: version {version} could not start here ({e:#}); the \
+                     previous version keeps serving",
+                    self.policy.pipeline,
+                    self.at
+                );
+                // Not again for every batch: the next swap tries anew.
+                self.generation = current.generation;
+            }
         }
     }
 
@@ -385,8 +395,9 @@ impl Stage<TransformKind> {
     pub async fn transform(
         &mut self,
         records: Vec<Message>,
+        code: Option<u64>,
     ) -> Result<Vec<Message>, PipelineFailure> {
-        self.follow_swap().await;
+        self.follow_swap(code).await;
         let Attempted { done, dead } = self.attempt(&records).await?;
         let mut out = Vec::with_capacity(records.len());
         let mut dropped = 0u64;
@@ -421,8 +432,12 @@ impl Stage<TransformKind> {
 impl Stage<SinkKind> {
     /// Deliver a batch to a sink: every record ends written or settled. Returns how many were
     /// written.
-    pub async fn deliver(&mut self, records: &[Message]) -> Result<u64, PipelineFailure> {
-        self.follow_swap().await;
+    pub async fn deliver(
+        &mut self,
+        records: &[Message],
+        code: Option<u64>,
+    ) -> Result<u64, PipelineFailure> {
+        self.follow_swap(code).await;
         let Attempted { done, dead } = self.attempt(records).await?;
         let written = done.iter().filter(|d| d.is_some()).count() as u64;
         let failed = dead

@@ -12,6 +12,8 @@ use super::*;
 use crate::contract::{ErrorKind, Message, Outcome, PollResult, SourceBatch, WitError, message};
 use crate::plugin::Trap;
 
+mod lanes;
+
 /// A source of `batches` batches of `per_batch` messages numbered from 0; checkpoint = batch
 /// number. Each ack is recorded with how many messages the sink had by then.
 struct FakeSource {
@@ -157,7 +159,8 @@ fn rig(
             vec![Slot::Live(Box::new(StagePlan {
                 plugin: "t".into(),
                 version: "1".into(),
-                instance: Box::new(FakeTransform(shared)) as Box<dyn TransformCalls>,
+                instances: vec![Box::new(FakeTransform(shared)) as Box<dyn TransformCalls>],
+                partition: None,
                 start,
                 code: None,
             }))]
@@ -192,7 +195,8 @@ fn rig(
         sinks: vec![Slot::Live(Box::new(StagePlan {
             plugin: "k".into(),
             version: "1".into(),
-            instance: sink_instance,
+            instances: vec![sink_instance],
+            partition: None,
             start: sink_start,
             code: None,
         }))],
@@ -417,7 +421,8 @@ async fn a_wrong_number_of_results_is_dead_lettered_as_contract_without_retry() 
     r.plan.sinks = vec![Slot::Live(Box::new(StagePlan {
         plugin: "k".into(),
         version: "2".into(),
-        instance: Box::new(Extra),
+        instances: vec![Box::new(Extra)],
+        partition: None,
         start: Arc::new(|| Box::pin(async { Ok(Box::new(Extra) as Box<dyn SinkCalls>) })),
         code: None,
     }))];
@@ -533,23 +538,26 @@ async fn an_open_breaker_lets_one_trial_through_after_its_cool_down() {
             dead_letters: plan.dead_letters.clone(),
             counters: Arc::new(Counters::default()),
         };
-        super::stage(*t, Role::Transform, 1, &policy)
+        match super::stages(*t, Role::Transform, 1, &policy) {
+            Ok(mut lanes) => lanes.stages.remove(0),
+            Err(_) => panic!("one stage"),
+        }
     };
     let batch = || vec![message(b"1".to_vec())];
     // Three traps (one attempt each): the third opens the breaker.
     for _ in 0..3 {
-        assert!(stage.transform(batch()).await.unwrap().is_empty());
+        assert!(stage.transform(batch(), None).await.unwrap().is_empty());
     }
     // Open: the plugin is not called; the record is settled at once.
-    assert!(stage.transform(batch()).await.unwrap().is_empty());
+    assert!(stage.transform(batch(), None).await.unwrap().is_empty());
     assert_eq!(
         stage.policy.counters.dead_lettered.load(Ordering::Relaxed),
         4
     );
     // After the cool-down, one trial batch goes through, succeeds and closes it.
     tokio::time::sleep(Duration::from_millis(40)).await;
-    assert_eq!(stage.transform(batch()).await.unwrap().len(), 1);
-    assert_eq!(stage.transform(batch()).await.unwrap().len(), 1);
+    assert_eq!(stage.transform(batch(), None).await.unwrap().len(), 1);
+    assert_eq!(stage.transform(batch(), None).await.unwrap().len(), 1);
     assert_eq!(
         stage.policy.counters.dead_lettered.load(Ordering::Relaxed),
         4
