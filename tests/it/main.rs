@@ -7,6 +7,7 @@ mod admin;
 mod bad_input;
 mod cli;
 mod compliance;
+mod concurrency;
 mod examples;
 mod http;
 mod mqtt;

@@ -15,13 +15,26 @@
 //!   its tokens (pretty-printed JSON) are removed, so each record stays on one line.
 //!
 //! Every `write` call ends with a flush, so `ok` means the lines were handed to the operating
-//! system; with `fsync = true` they are also on disk. The file is truncated at `init` unless
-//! `append = true`.
+//! system; with `fsync = true` they are also on disk. The file is truncated when the pipeline
+//! starts unless `append = true`: by the first instance only (a marker in the plugin's host
+//! state), so an instance restarted after a trap, swapped-in code or a second instance
+//! (`concurrency`) never empties what was already written.
+//!
+//! The file is opened in append mode and a batch goes out in chunks of whole lines (at most
+//! [`CHUNK`] bytes each, one host write per chunk), so several instances writing the same file
+//! never tear each other's lines; a single line longer than a chunk is written on its own.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Stdout, Write};
+use std::io::{Stdout, Write};
 
-use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink, json};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink, json, state};
+
+/// Most bytes handed to the host in one write: the host's own write size for files, so each
+/// chunk reaches the file in one append.
+const CHUNK: usize = 64 * 1024;
+
+/// Host-state key set once the file was truncated in this run.
+const TRUNCATED: &str = "file-sink/truncated";
 
 const KEYS: &[Key] = &[
     Key::text(
@@ -70,11 +83,13 @@ impl Write for Output {
 
 struct FileSink {
     path: String,
-    out: BufWriter<Output>,
+    out: Output,
     jsonl: bool,
     fsync: bool,
-    /// Scratch space for a JSON payload with its line breaks removed.
-    line: Vec<u8>,
+    /// The lines of the batch being written.
+    buf: Vec<u8>,
+    /// Where in `buf` each line ends (to cut chunks at line ends).
+    ends: Vec<usize>,
 }
 
 impl Sink for FileSink {
@@ -98,9 +113,7 @@ impl Sink for FileSink {
         } else {
             let file = OpenOptions::new()
                 .create(true)
-                .write(true)
-                .append(append)
-                .truncate(!append)
+                .append(true)
                 .open(&path)
                 .map_err(|e| {
                     Error::fatal(format!(
@@ -108,14 +121,23 @@ impl Sink for FileSink {
                          directory with mode = \"rw\" and give the path as the plugin sees it"
                     ))
                 })?;
+            if !append && state::get(TRUNCATED).is_none() {
+                file.set_len(0).map_err(|e| {
+                    Error::fatal(format!(
+                        "cannot truncate `{path}`: {e}; or set append = true"
+                    ))
+                })?;
+                state::set(TRUNCATED, b"1").map_err(Error::fatal)?;
+            }
             Output::File(file)
         };
         Ok(FileSink {
             path,
-            out: BufWriter::with_capacity(64 * 1024, output),
+            out: output,
             jsonl,
             fsync,
-            line: Vec::new(),
+            buf: Vec::with_capacity(CHUNK),
+            ends: Vec::new(),
         })
     }
 
@@ -155,7 +177,7 @@ enum Failure {
 impl FileSink {
     /// Buffer one record.
     fn put(&mut self, message: &Message) -> Result<(), Failure> {
-        let mut payload = message.payload.as_slice();
+        let payload = message.payload.as_slice();
         if self.jsonl {
             json::validate(payload).map_err(|e| {
                 Failure::Invalid(Error::invalid_data(format!(
@@ -164,25 +186,46 @@ impl FileSink {
             })?;
             // In valid JSON a raw line break can only be whitespace between tokens.
             if payload.iter().any(|b| matches!(b, b'\n' | b'\r')) {
-                self.line.clear();
-                self.line
+                self.buf
                     .extend(payload.iter().filter(|b| !matches!(b, b'\n' | b'\r')));
-                payload = &self.line;
+            } else {
+                self.buf.extend_from_slice(payload);
             }
+        } else {
+            self.buf.extend_from_slice(payload);
         }
-        self.out
-            .write_all(payload)
-            .and_then(|()| self.out.write_all(b"\n"))
-            .map_err(Failure::Io)
+        self.buf.push(b'\n');
+        self.ends.push(self.buf.len());
+        Ok(())
     }
 
-    /// Flush (and sync) what was buffered.
+    /// Write what was buffered, in chunks of whole lines, then flush (and sync).
     fn commit(&mut self) -> std::io::Result<()> {
+        let result = self.write_chunks();
+        self.buf.clear();
+        self.ends.clear();
+        result?;
         self.out.flush()?;
         if self.fsync
-            && let Output::File(file) = self.out.get_ref()
+            && let Output::File(file) = &self.out
         {
             file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn write_chunks(&mut self) -> std::io::Result<()> {
+        let mut start = 0;
+        let mut last = 0;
+        for &end in &self.ends {
+            if end - start > CHUNK && last > start {
+                self.out.write_all(&self.buf[start..last])?;
+                start = last;
+            }
+            last = end;
+        }
+        if last > start {
+            self.out.write_all(&self.buf[start..last])?;
         }
         Ok(())
     }

@@ -12,7 +12,8 @@
 //! - `format = "raw"`: the sequence number in decimal, zero-padded to `size` digits.
 //!
 //! Sequence numbers run from `start`; the key of each message is its sequence number in
-//! decimal (unless `key = false`). The checkpoint of a batch is the sequence number of its last
+//! decimal (unless `key = false`; with `keys = N`, the key is `seq % N` instead, so N keys
+//! repeat, as `partition_by = "key"` wants). The checkpoint of a batch is the sequence number of its last
 //! message (an empty batch repeats the previous checkpoint). After `count` messages the source
 //! ends; `count = 0` never ends. With `rate` set, message `k` is due `k / rate` seconds after
 //! `init`, and `poll` returns only what is due by the wall clock. With `time_header` set, each
@@ -46,6 +47,11 @@ const KEYS: &[Key] = &[
         "Boolean: set each message's key to its sequence number in decimal.",
     )
     .default("true"),
+    Key::uint(
+        "keys",
+        "Unsigned integer: when over 0, the key is the sequence number modulo this (keys repeat); 0 means the sequence number itself.",
+    )
+    .default("0"),
     Key::float(
         "rate",
         "Number: messages per second, paced by the wall clock; 0 means as fast as the pipeline takes them.",
@@ -65,6 +71,8 @@ struct Generator {
     size: usize,
     json: bool,
     key: bool,
+    /// Keys cycle through `0..keys` when over 0.
+    keys: u64,
     rate: f64,
     /// Header for the production time, if any.
     time_header: Option<String>,
@@ -97,6 +105,7 @@ impl Source for Generator {
             size: usize::try_from(c.uint("size")?).map_err(|_| c.invalid("size", "a size"))?,
             json: c.choice("format")? == "json",
             key: c.bool("key")?,
+            keys: c.uint("keys")?,
             rate,
             time_header: c.text_opt("time_header")?.map(str::to_owned),
             started: Instant::now(),
@@ -155,7 +164,8 @@ impl Generator {
         };
         let message = Message::new(payload);
         if self.key {
-            message.with_key(seq.to_string())
+            let key = if self.keys > 0 { seq % self.keys } else { seq };
+            message.with_key(key.to_string())
         } else {
             message
         }
