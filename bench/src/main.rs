@@ -24,12 +24,13 @@ const SECTIONS: &[&str] = &[
     "languages",
     "e2e",
     "swap",
+    "scaling",
     "connectors",
 ];
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap,connectors`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,connectors`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -97,6 +98,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
 }
 
 mod connectors;
+mod scaling;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
 /// native row runs the very code the plugin runs.
 #[path = "../../plugins/json-map/src/mapping.rs"]
@@ -1126,6 +1128,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("swap") {
         swap_table(&o, &mut r).await?;
+    }
+    if run("scaling") {
+        scaling::table(&o, &mut r)?;
     }
     // The bridges need Redis, Mosquitto and nats-server: a full run, or `--only connectors`;
     // the quick smoke test in CI leaves them to the connector tests.
