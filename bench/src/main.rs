@@ -98,13 +98,13 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
 }
 
 mod connectors;
-mod scaling;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
 /// native row runs the very code the plugin runs.
 #[path = "../../plugins/json-map/src/mapping.rs"]
 mod mapping;
 #[cfg(feature = "peers")]
 mod peers;
+mod scaling;
 mod transform;
 
 /// The mapping's configuration, as every row passes it (Patchbay's `init`, Extism's manifest

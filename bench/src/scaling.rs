@@ -58,8 +58,13 @@ fn run(o: &Options, dir: &Path, name: &str, toml: &str, total: u64) -> anyhow::R
         .lines()
         .filter_map(|l| l.split(" in, 0 dropped, ").nth(1))
         .filter_map(|rest| {
-            let written = rest.split(' ').next()?.parse().ok()?;
-            let seconds = rest.split("; ").nth(1)?.split('s').next()?.parse().ok()?;
+            let (sinks, timing) = rest.split_once("; ")?;
+            // `500 written to `a`, 500 written to `b``: every sink's count.
+            let written = sinks
+                .split(", ")
+                .filter_map(|part| part.split(' ').next()?.parse::<u64>().ok())
+                .sum();
+            let seconds = timing.split('s').next()?.parse().ok()?;
             Some((written, seconds))
         })
         .collect();
@@ -155,16 +160,35 @@ pub(crate) fn table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let auto = cores.clamp(1, 256);
     if auto > 2 {
         let all = run(o, dir.path(), "pyn", &pipelines(o, 1, n, py, auto)?, n)?;
-        row(r, &format!("Python redact, `concurrency = {auto}`"), n, all, one.0);
+        row(
+            r,
+            &format!("Python redact, `concurrency = {auto}`"),
+            n,
+            all,
+            one.0,
+        );
     }
     let m = if o.quick { 200_000 } else { 1_000_000 };
     let single = run(o, dir.path(), "map1", &pipelines(o, 1, m, map, 1)?, m)?;
     row(r, "json-map, one pipeline", m, single, single.0);
     let pair = run(o, dir.path(), "map2", &pipelines(o, 2, m / 2, map, 1)?, m)?;
-    row(r, "json-map, two pipelines (half the messages each)", m, pair, single.0);
+    row(
+        r,
+        "json-map, two pipelines (half the messages each)",
+        m,
+        pair,
+        single.0,
+    );
     let wide = run(o, dir.path(), "map1c2", &pipelines(o, 1, m, map, 2)?, m)?;
-    row(r, "json-map, one pipeline, `concurrency = 2`", m, wide, single.0);
+    row(
+        r,
+        "json-map, one pipeline, `concurrency = 2`",
+        m,
+        wide,
+        single.0,
+    );
     r.line("");
+    router_rows(o, dir.path(), r, if o.quick { 500_000 } else { 2_000_000 })?;
 
     // What the rows predict for more cores: the part of the CPU per message that one
     // instance of the transform does not run (source, routing core, sink) stays on their own
@@ -178,5 +202,56 @@ pub(crate) fn table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
         (16.0 / total).min(1.0 / host) * 1e3,
         (16.0 / total).min(1.0 / host) * 1e6 / one.0,
     ));
+    Ok(())
+}
+
+/// generator → json-map → one blackhole, against the same with a CEL router that sends even
+/// `seq`s to one blackhole and the rest to another.
+fn router_rows(o: &Options, dir: &Path, r: &mut Report, m: u64) -> anyhow::Result<()> {
+    let plugins = std::path::absolute(&o.plugins)?;
+    let file = |routed: bool| {
+        let mut text = format!(
+            r#"
+[plugins.gen]
+path = "{gen}"
+config = {{ count = {m}, size = 100 }}
+
+[plugins.t]
+path = "{map}"
+config = {{ rename = {{ data = "body" }}, set = {{ source = "bench" }} }}
+
+[plugins.a]
+path = "{null}"
+
+[plugins.b]
+path = "{null}"
+
+[[pipeline]]
+name = "p"
+source = "gen"
+transforms = ["t"]
+batch_size = 256
+"#,
+            gen = plugins.join("generator.wasm").display(),
+            map = plugins.join("json-map.wasm").display(),
+            null = plugins.join("blackhole.wasm").display(),
+        );
+        if routed {
+            text.push_str(
+                "sinks = [\"a\", \"b\"]\nrouting = \"first\"\n\n[[pipeline.route]]\nwhen = \"json.seq % 2 == 0\"\nto = [\"a\"]\n\n[[pipeline.route]]\nto = [\"b\"]\n",
+            );
+        } else {
+            text.push_str("sinks = [\"a\"]\n");
+        }
+        text
+    };
+    let plain = run(o, dir, "plain", &file(false), m)?;
+    let routed = run(o, dir, "routed", &file(true), m)?;
+    r.line("CEL routing: generator → json-map → one blackhole, against the same with `[[pipeline.route]]` `json.seq % 2 == 0` to one blackhole and the rest to another (`routing = \"first\"`):\n");
+    r.line("| pipeline | messages | msg/s | CPU | × first row |");
+    r.line("| --- | --- | --- | --- | --- |");
+    row(r, "one sink, no routes", m, plain, plain.0);
+    row(r, "CEL router, two sinks", m, routed, plain.0);
+    r.line("");
     Ok(())
 }

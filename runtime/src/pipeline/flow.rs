@@ -81,6 +81,20 @@ impl Downstream {
     }
 }
 
+/// The router's task (pipelines with routes): batches in, each split over the sinks by its
+/// routes, in order.
+pub(super) async fn run_router(
+    mut rx: mpsc::Receiver<Batch>,
+    downstream: Downstream,
+) -> Result<(), PipelineFailure> {
+    while let Some(batch) = rx.recv().await {
+        if !downstream.send(batch).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A transform task: batches in, transformed batches out, in order.
 pub(super) async fn run_transform(
     mut stage: Stage<TransformKind>,

@@ -1,7 +1,7 @@
 //! The pipeline layer: runs one pipeline as a chain of tasks joined by bounded channels.
 //!
 //! ```text
-//! source ──batch──▶ transform 1 ──▶ … ──▶ transform n ──▶ router ──▶ every sink
+//! source ──batch──▶ transform 1 ──▶ … ──▶ transform n ──▶ (router) ──▶ every sink
 //!   ▲                                                                   │
 //!   └──────────────── ack(checkpoint) once all sinks are done ◀─────────┘
 //! ```
@@ -36,6 +36,7 @@ mod breaker;
 mod counters;
 pub mod dead_letter;
 mod failure;
+mod fields;
 mod flow;
 mod lanes;
 mod partition;
@@ -296,6 +297,12 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
         router: plan.router.clone(),
         counters: counters.clone(),
     };
+    if plan.router.is_some() {
+        // Routing on its own task: its CEL work runs beside the last stage's, not after it.
+        let (tx, rx) = mpsc::channel::<Batch>(plan.buffer);
+        tasks.spawn(flow::run_router(rx, downstream));
+        downstream = Downstream::Stage(tx);
+    }
     for (i, transform) in plan.transforms.into_iter().enumerate().rev() {
         let (tx, rx) = mpsc::channel::<Batch>(plan.buffer);
         match transform {

@@ -51,8 +51,10 @@ impl Partitioner {
             .map(|_| Vec::with_capacity(records.len() / lanes + 1))
             .collect();
         let root = Context::default();
+        // One scope for the batch: each message's variables replace the last one's.
+        let mut scope = root.new_inner_scope();
         for message in records {
-            let lane = self.lane(&root, &message, lanes);
+            let lane = self.lane(&mut scope, &message, lanes);
             if let Some(part) = parts.get_mut(lane) {
                 part.push(message);
             }
@@ -60,7 +62,7 @@ impl Partitioner {
         parts
     }
 
-    fn lane(&self, root: &Context<'_, '_>, message: &Message, lanes: usize) -> usize {
+    fn lane(&self, scope: &mut Context<'_, '_>, message: &Message, lanes: usize) -> usize {
         let mut hasher = DefaultHasher::new();
         match self {
             Partitioner::Key => match &message.key {
@@ -68,9 +70,8 @@ impl Partitioner {
                 None => return 0,
             },
             Partitioner::Expression { program, vars } => {
-                let mut scope = root.new_inner_scope();
-                vars.bind(&mut scope, message);
-                match program.execute(&scope) {
+                vars.bind(scope, message);
+                match program.execute(scope) {
                     Ok(value) => hash_value(&value, &mut hasher),
                     Err(_) => return 0,
                 }

@@ -5,12 +5,13 @@
 //! the payload as text, `key` the key as text (empty when none) and `headers` a map of header
 //! names to values. A condition that cannot be evaluated for a message (say `json.amount` on a
 //! message without that field) does not match; write `has(json.amount) && json.amount > 100`
-//! to be explicit.
+//! to be explicit. Of `json`, only the fields the conditions read are built (see `fields`).
 
 use std::collections::HashMap;
 
 use cel::{Context, Program, Value};
 
+use super::fields::JsonUse;
 use crate::config::{RouteDecl, RoutingMode};
 use crate::contract::Message;
 
@@ -27,9 +28,9 @@ pub struct Router {
 }
 
 /// Which of a message's variables some CEL programs read: only those are built per message.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Vars {
-    json: bool,
+    json: JsonUse,
     payload: bool,
     key: bool,
     headers: bool,
@@ -40,7 +41,11 @@ impl Vars {
     pub(super) fn read_by<'a>(programs: impl Iterator<Item = &'a Program> + Clone) -> Vars {
         let uses = |name: &str| programs.clone().any(|p| p.references().has_variable(name));
         Vars {
-            json: uses("json"),
+            json: if uses("json") {
+                JsonUse::of(programs.clone())
+            } else {
+                JsonUse::None
+            },
             payload: uses("payload"),
             key: uses("key"),
             headers: uses("headers"),
@@ -49,10 +54,8 @@ impl Vars {
 
     /// Bind the variables to `message` in `scope`.
     pub(super) fn bind(&self, scope: &mut Context<'_, '_>, message: &Message) {
-        if self.json {
-            let json = serde_json::from_slice::<serde_json::Value>(&message.payload)
-                .map_or(Value::Null, json_to_cel);
-            scope.add_variable_from_value("json", json);
+        if self.json != JsonUse::None {
+            scope.add_variable_from_value("json", self.json.value(&message.payload));
         }
         if self.payload {
             scope.add_variable_from_value(
@@ -108,11 +111,13 @@ impl Router {
     /// matched no route (dropped).
     pub fn split(&self, records: Vec<Message>, sinks: usize) -> (Vec<Vec<Message>>, u64) {
         let root = Context::default();
+        // One scope for the batch: each message's variables replace the last one's.
+        let mut scope = root.new_inner_scope();
         let mut per_sink: Vec<Vec<Message>> = (0..sinks).map(|_| Vec::new()).collect();
         let mut flags = vec![false; sinks];
         let mut unrouted = 0;
         for message in records {
-            self.destinations(&root, &message, &mut flags);
+            self.mark(&mut scope, &message, &mut flags);
             // Clone for every destination but the last, which takes the message itself.
             let Some(last) = flags.iter().rposition(|&f| f) else {
                 unrouted += 1;
@@ -128,13 +133,17 @@ impl Router {
 
     /// Mark in `to` (one flag per sink) the sinks that get `message`.
     pub fn destinations(&self, root: &Context<'_, '_>, message: &Message, to: &mut [bool]) {
+        self.mark(&mut root.new_inner_scope(), message, to);
+    }
+
+    fn mark(&self, scope: &mut Context<'_, '_>, message: &Message, to: &mut [bool]) {
         to.iter_mut().for_each(|t| *t = false);
-        let mut scope = root.new_inner_scope();
-        self.vars.bind(&mut scope, message);
+        self.vars.bind(scope, message);
+        let scope = &*scope;
         for route in &self.routes {
             let matched = match &route.when {
                 None => true,
-                Some(program) => matches!(program.execute(&scope), Ok(Value::Bool(true))),
+                Some(program) => matches!(program.execute(scope), Ok(Value::Bool(true))),
             };
             if matched {
                 for &sink in &route.to {
