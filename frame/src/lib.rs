@@ -293,6 +293,18 @@ impl<'a> Reader<'a> {
 
     /// One message.
     pub fn message(&mut self) -> Result<MessageRef<'a>, FrameError> {
+        self.message_within(usize::MAX)?.ok_or_else(|| FrameError {
+            offset: self.pos,
+            what: "too many headers".to_owned(),
+        })
+    }
+
+    /// One message, or `None` (and the reader is left mid-message) when it has more than
+    /// `max_headers` headers: checked before the list of headers is allocated.
+    pub fn message_within(
+        &mut self,
+        max_headers: usize,
+    ) -> Result<Option<MessageRef<'a>>, FrameError> {
         let flags = self.u8("message flags")?;
         if flags & !(HAS_KEY | HAS_TIMESTAMP) != 0 {
             self.pos -= 1;
@@ -318,18 +330,21 @@ impl<'a> Reader<'a> {
                 "a count of {n} headers, more than there is room for"
             ));
         }
+        if n > max_headers {
+            return Ok(None);
+        }
         let mut headers = Vec::with_capacity(n);
         for _ in 0..n {
             let name = self.text("header name")?;
             let value = self.text("header value")?;
             headers.push((name, value));
         }
-        Ok(MessageRef {
+        Ok(Some(MessageRef {
             payload,
             key,
             headers,
             timestamp,
-        })
+        }))
     }
 
     fn error(&mut self) -> Result<(Kind, &'a str), FrameError> {

@@ -253,6 +253,13 @@ fn deep_recursion_and_oversized_output_are_stopped() {
         r#"config = { attack = "big-output", count = 20000, size = 1024 }"#,
         "",
     ));
+    // 400,000 empty headers on one message: no bytes, but 64 each against max_output, so the
+    // transform that made them is refused, not the sink that would have had to take them.
+    config.push_str(&attack_pipeline(
+        "headers",
+        r#"config = { attack = "many-headers", count = 400000 }"#,
+        "",
+    ));
     s.write("p.toml", &config);
     let out = s.run(&["run", "p.toml"]);
     let (_, stderr) = text(&out);
@@ -276,6 +283,13 @@ fn deep_recursion_and_oversized_output_are_stopped() {
         stderr.contains("is over the limit of 16.0 MiB (limits.max_output)"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(
+            "error: pipeline `headers`: transform `headers` (#1) trapped in `process`: output of"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sink `out-headers`"), "{stderr}");
 }
 
 #[test]

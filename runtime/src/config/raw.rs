@@ -141,7 +141,7 @@ pub(super) struct RawLimits {
     #[serde(default)]
     pub(super) init_timeout: Option<HumanDuration>,
     /// Largest output of one call (messages returned by `poll` or `process`, counting
-    /// payloads, keys, headers and 64 bytes per message).
+    /// payloads, keys, headers, 64 bytes per message and 64 per header).
     #[serde(default)]
     pub(super) max_output: Option<Size>,
 }

@@ -179,9 +179,14 @@ impl Runtime {
 }
 
 /// What a message costs in memory, roughly: its bytes and a fixed overhead.
+/// What a message costs against `limits.max_output` (as `packed::message_size` counts it).
 fn message_size(m: &Message) -> u64 {
-    let headers: usize = m.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-    (m.payload.len() + m.key.as_ref().map_or(0, Vec::len) + headers + 64) as u64
+    let headers: usize = m
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + packed::PER_HEADER)
+        .sum();
+    (m.payload.len() + m.key.as_ref().map_or(0, Vec::len) + headers + packed::PER_MESSAGE) as u64
 }
 
 /// One live plugin instance. After a [`Trap`] it must be discarded.
@@ -419,8 +424,31 @@ impl Instance {
                 .await;
                 self.frame = frame;
                 let answer = result.map_err(|e| self.trap("process", timeout, e))?;
-                packed::outcomes(&answer)
-                    .map_err(|e| self.malformed("process", "process-packed", &e))?
+                match packed::outcomes(&answer, batch.len(), self.limits.max_output) {
+                    Ok(outcomes) => outcomes,
+                    Err(packed::Refusal::Frame(e)) => {
+                        return Err(self.malformed("process", "process-packed", &e));
+                    }
+                    // Decoding stopped once over the limit: this refuses it (an empty answer,
+                    // if it ever passed, is a wrong count the stage reports).
+                    Err(packed::Refusal::Output(size)) => {
+                        self.check_size("process", size)?;
+                        Vec::new()
+                    }
+                    // Far more outcomes than inputs: refused before anything was built (a count
+                    // a little off is decoded, and the stage reports it).
+                    Err(packed::Refusal::Count(n)) => {
+                        return Err(Trap {
+                            plugin: self.label.clone(),
+                            function: "process",
+                            reason: format!(
+                                "`process-packed` returned {n} outcomes for {} messages (not \
+                                 decoded); it must return exactly one outcome per input, in order",
+                                batch.len()
+                            ),
+                        });
+                    }
+                }
             }
             Some(Bindings::Transform(b)) => typed!(b),
             Some(Bindings::TransformPacked(b)) => typed!(b),
@@ -463,7 +491,26 @@ impl Instance {
                 .await;
                 self.frame = frame;
                 let answer = result.map_err(|e| self.trap("write", timeout, e))?;
-                packed::results(&answer).map_err(|e| self.malformed("write", "write-packed", &e))
+                match packed::results(&answer, batch.len()) {
+                    Ok(results) => Ok(results),
+                    Err(packed::Refusal::Count(n)) => Err(Trap {
+                        plugin: self.label.clone(),
+                        function: "write",
+                        reason: format!(
+                            "`write-packed` returned {n} results for {} messages (not decoded); \
+                             it must return exactly one result per input, in order",
+                            batch.len()
+                        ),
+                    }),
+                    Err(packed::Refusal::Frame(e)) => {
+                        Err(self.malformed("write", "write-packed", &e))
+                    }
+                    // Results carry no messages: never over the output limit.
+                    Err(packed::Refusal::Output(size)) => {
+                        self.check_size("write", size)?;
+                        Ok(Vec::new())
+                    }
+                }
             }
             Some(Bindings::Sink(b)) => typed!(b),
             Some(Bindings::SinkPacked(b)) => typed!(b),

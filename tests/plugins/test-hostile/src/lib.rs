@@ -21,6 +21,7 @@ const ATTACKS: &[&str] = &[
     "env",
     "recursion",
     "big-output",
+    "many-headers",
     "init-loop",
     "init-memory",
     "log-flood",
@@ -215,6 +216,17 @@ impl Transform for Hostile {
                     .map(|_| message.with_payload(vec![b'x'; self.size]))
                     .collect(),
             ),
+            // Empty headers: no bytes, but each costs the host (and the next plugin) memory.
+            "many-headers" => {
+                let mut m = message.clone();
+                m.headers = (0..self.count)
+                    .map(|_| patchbay_sdk::Header {
+                        name: String::new(),
+                        value: String::new(),
+                    })
+                    .collect();
+                Outcome::Replace(vec![m])
+            }
             _ => {
                 if self.report.is_none() {
                     self.report = Some(self.run());
