@@ -207,10 +207,12 @@ fn tcp_is_denied_without_a_grant_and_allowed_with_one() {
         "{}",
         report(&s, "granted")
     );
+    // With no network grant at all, not even a socket: refused where it is made.
     assert!(
-        stderr.contains(&format!(
-            "sandbox: denied tcp access to {addr} for plugin `nogrant/nogrant`"
-        )),
+        stderr.contains(
+            "sandbox: denied tcp access to a new socket for plugin `nogrant/nogrant` (not \
+             granted: no grants.tcp or grants.listen)"
+        ),
         "{stderr}"
     );
     drop(listener);
@@ -379,7 +381,10 @@ fn postgresql_is_reachable_only_with_a_grant() {
     s.mkdir("out");
     let mut config = attack_pipeline(
         "pg-denied",
-        &format!("config = {{ attack = \"tcp-connect\", addr = \"{PG}\" }}"),
+        // A grant for another address: the socket is made, the connect is refused.
+        &format!(
+            "config = {{ attack = \"tcp-connect\", addr = \"{PG}\" }}\ngrants = {{ tcp = [\"127.0.0.1:1\"] }}"
+        ),
         "",
     );
     config.push_str(&attack_pipeline(

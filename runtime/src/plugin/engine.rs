@@ -81,6 +81,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         sandbox::audit_open_at(&mut linker)?;
         sandbox::audit_name_lookup(&mut linker)?;
+        sandbox::audit_socket_creation(&mut linker)?;
         contract::add_to_linker(&mut linker, |s: &mut HostState| &mut s.imports)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

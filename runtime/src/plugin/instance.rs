@@ -35,6 +35,8 @@ pub struct HostState {
     audit: Arc<sandbox::Audit>,
     /// `grants.dns`.
     dns: bool,
+    /// Which sockets the grants allow.
+    sockets: sandbox::SocketGrants,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
@@ -63,6 +65,10 @@ impl sandbox::Audited for HostState {
 
     fn dns_granted(&self) -> bool {
         self.dns
+    }
+
+    fn sockets_granted(&self) -> sandbox::SocketGrants {
+        self.sockets
     }
 }
 
@@ -123,6 +129,10 @@ impl Runtime {
             label: label.clone(),
             audit: self.audit.clone(),
             dns: grants.dns,
+            sockets: sandbox::SocketGrants {
+                tcp: !grants.tcp.is_empty() || !grants.listen.is_empty(),
+                udp: !grants.udp.is_empty(),
+            },
         };
         let mut store = Store::new(&self.engine, host);
         if self.enforce {

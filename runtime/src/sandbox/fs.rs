@@ -18,6 +18,8 @@ pub trait Audited: WasiView + Send + 'static {
     fn audit(&self) -> (&Arc<Audit>, &str);
     /// Whether the plugin may look up names (`grants.dns`).
     fn dns_granted(&self) -> bool;
+    /// Which sockets the plugin may create.
+    fn sockets_granted(&self) -> super::SocketGrants;
 }
 
 /// Whether a filesystem error is the sandbox's refusal (worth an audit entry).

@@ -26,8 +26,9 @@ pub fn wasi_ctx(
             builder.env(name, value);
         }
     }
-    // TCP and UDP sockets may be created; every address they use is checked (and a denial
-    // audited) by the address check below, which denies everything not granted.
+    // Sockets may be created only with a grant for their kind (see `sockets`, which refuses
+    // and audits the rest); every address they use is checked (and a denial audited) by the
+    // address check below, which denies everything not granted.
     builder
         .allow_tcp(true)
         .allow_udp(true)
