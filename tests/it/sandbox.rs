@@ -730,3 +730,60 @@ grants = { dirs = [{ host = "data", guest = "/data", mode = "ro" }] }"#,
         "{stderr}"
     );
 }
+
+/// A symlink out of a granted directory (to an absolute path, or up with `..`) is refused
+/// and audited; one that stays inside is made.
+#[test]
+fn a_symlink_pointing_out_of_its_grant_is_refused_and_counted() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.mkdir("data");
+    let mut config = String::new();
+    for (name, target) in [
+        ("abs", "/etc/passwd"),
+        ("up", "../../etc/passwd"),
+        ("inside", "other.txt"),
+    ] {
+        config.push_str(&attack_pipeline(
+            name,
+            &format!(
+                r#"config = {{ attack = "symlink", path = "/data/{name}", addr = "{target}" }}
+grants = {{ dirs = [{{ host = "data", guest = "/data", mode = "rw" }}] }}"#
+            ),
+            "",
+        ));
+    }
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for name in ["abs", "up"] {
+        assert!(
+            report(&s, name).starts_with("attack symlink: denied: "),
+            "{name}: {}",
+            report(&s, name)
+        );
+        assert!(
+            s.path()
+                .join(format!("data/{name}"))
+                .symlink_metadata()
+                .is_err()
+        );
+    }
+    assert_eq!(
+        report(&s, "inside"),
+        "attack symlink: ok: /data/inside -> other.txt"
+    );
+    assert!(s.path().join("data/inside").symlink_metadata().is_ok());
+    assert!(
+        stderr.contains(
+            "sandbox: denied filesystem access to /etc/passwd -> abs for plugin `abs/abs` (a \
+             symlink may not point outside its directory (absolute or `..`))"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("filesystem by abs/abs (1)") && stderr.contains("filesystem by up/up (1)"),
+        "{stderr}"
+    );
+}

@@ -33,6 +33,14 @@ fn refused(code: &wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode) -> 
 
 const WHY: &str = "outside its granted directories, or a write under a read-only grant";
 
+/// Whether a symlink target could lead out of the directory it is made in.
+fn escapes(target: &str) -> bool {
+    use std::path::Component;
+    std::path::Path::new(target)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
 /// Shadow `[method]descriptor.NAME` (whose arguments are `$args`, with the path(s) to audit
 /// named in `$paths`) by a wrapper that calls wasmtime-wasi's own and audits a refusal.
 macro_rules! audited {
@@ -88,14 +96,47 @@ pub fn audit_open_at<T: Audited>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         (),
         [old_path, new_path]
     );
-    audited!(
-        types,
+    // A symlink's target is only text to the host, but one pointing outside the grant is a
+    // trap left for whoever follows it later: absolute targets and `..` are refused.
+    types.func_wrap_async(
         "[method]descriptor.symlink-at",
-        symlink_at,
-        (fd: Fd, old_path: String, new_path: String),
-        (),
-        [old_path, new_path]
-    );
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (fd, old_path, new_path): (Fd, String, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if escapes(&old_path) {
+                    let (audit, label) = state.audit();
+                    audit.deny(
+                        label,
+                        "filesystem",
+                        &format!("{old_path} -> {new_path}"),
+                        "a symlink may not point outside its directory (absolute or `..`)",
+                    );
+                    return Ok((Err::<(), fs::ErrorCode>(fs::ErrorCode::NotPermitted),));
+                }
+                match state
+                    .filesystem()
+                    .symlink_at(fd, old_path.clone(), new_path.clone())
+                    .await
+                {
+                    Ok(()) => Ok((Ok(()),)),
+                    Err(e) => {
+                        let code: fs::ErrorCode = e.downcast()?;
+                        if refused(&code) {
+                            let (audit, label) = state.audit();
+                            audit.deny(
+                                label,
+                                "filesystem",
+                                &format!("{old_path} -> {new_path}"),
+                                WHY,
+                            );
+                        }
+                        Ok((Err(code),))
+                    }
+                }
+            })
+        },
+    )?;
     audited!(
         types,
         "[method]descriptor.link-at",

@@ -46,8 +46,10 @@ impl NetCheck {
                 "grants.listen",
             ),
             SocketAddrUse::TcpAccept => (true, "tcp", "grants.listen"),
+            // Only from senders in `grants.udp`: a `listen` grant lets a plugin bind there, not
+            // take datagrams from anyone.
             SocketAddrUse::UdpReceive => (
-                self.udp.iter().any(|p| p.allows(&addr)) || !self.listen.is_empty(),
+                self.udp.iter().any(|p| p.allows(&addr)),
                 "udp",
                 "grants.udp",
             ),

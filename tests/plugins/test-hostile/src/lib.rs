@@ -27,6 +27,7 @@ const ATTACKS: &[&str] = &[
     "log-flood",
     "metrics",
     "mkdir",
+    "symlink",
 ];
 
 struct Hostile {
@@ -38,6 +39,18 @@ struct Hostile {
     count: usize,
     size: usize,
     report: Option<String>,
+}
+
+/// `symlink-at` in the first granted directory: `name` (inside it) pointing at `target`.
+fn symlink(target: &str, name: &str) -> Result<String, String> {
+    let dirs = wasip2::filesystem::preopens::get_directories();
+    let Some((dir, guest)) = dirs.first() else {
+        return Err("no granted directory".to_owned());
+    };
+    let inside = name.strip_prefix(guest.as_str()).unwrap_or(name);
+    dir.symlink_at(target, inside.trim_start_matches('/'))
+        .map(|()| format!("{name} -> {target}"))
+        .map_err(|e| format!("{e:?}"))
 }
 
 fn spin() -> ! {
@@ -95,6 +108,9 @@ impl Hostile {
                 }
                 Ok(format!("reported {} series", self.count))
             }
+            // A link in a granted directory (`path`) to a file outside it (`addr` holds the
+            // target, e.g. /etc/passwd): harmless to the plugin, a trap for the host.
+            "symlink" => symlink(&self.addr, &self.path),
             "mkdir" => std::fs::create_dir(&self.path)
                 .map(|()| format!("created {}", self.path))
                 .map_err(|e| e.to_string()),
