@@ -787,3 +787,95 @@ grants = {{ dirs = [{{ host = "data", guest = "/data", mode = "rw" }}] }}"#
         "{stderr}"
     );
 }
+
+/// A FIFO in a granted directory is not opened: reading it would hold one of the host's
+/// blocking threads until someone writes, for ever. Refused at once, audited.
+#[test]
+fn a_fifo_in_a_granted_directory_is_refused_without_blocking() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.mkdir("data");
+    let made = std::process::Command::new("mkfifo")
+        .arg(s.path().join("data/pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    s.write(
+        "p.toml",
+        &attack_pipeline(
+            "fifo",
+            r#"config = { attack = "read-file", path = "/data/pipe" }
+grants = { dirs = [{ host = "data", guest = "/data", mode = "ro" }] }"#,
+            "",
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        report(&s, "fifo").starts_with("attack read-file: denied: "),
+        "{}",
+        report(&s, "fifo")
+    );
+    assert!(
+        stderr.contains(
+            "sandbox: denied filesystem access to pipe for plugin `fifo/fifo` (not a \
+             regular file or directory (a FIFO, device or socket))"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Name lookups hold threads of the host's shared blocking pool: one instance may have 16 in
+/// flight; the rest are refused (and audited) while a victim pipeline delivers everything.
+#[test]
+fn a_flood_of_name_lookups_is_capped_per_instance() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    let mut config = attack_pipeline(
+        "lookups",
+        r#"config = { attack = "dns-flood", host = "localhost", count = 5000 }
+grants = { dns = true }"#,
+        "",
+    );
+    config.push_str(
+        r#"
+[plugins.gen-calm]
+path = "{plugin:generator}"
+config = { count = 20000 }
+
+[plugins.out-calm]
+path = "{plugin:file-sink}"
+config = { path = "/out/calm.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "calm"
+source = "gen-calm"
+sinks = ["out-calm"]
+"#,
+    );
+    s.write("p.toml", &config);
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        report(&s, "lookups"),
+        "attack dns-flood: ok: started 16, refused 4984"
+    );
+    assert!(
+        stderr.contains(
+            "sandbox: denied dns access to localhost for plugin `lookups/lookups` (over 16 \
+             lookups in flight: drop finished ones first)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipeline `calm`: 20000 in, 0 dropped, 20000 written to `out-calm`"),
+        "{stderr}"
+    );
+    // Every refusal counted, but the log kept to its budget (20 lines a second).
+    assert!(stderr.contains("dns by lookups/lookups (4984)"), "{stderr}");
+    let lines = stderr.matches("denied dns access to localhost").count();
+    assert!((1..=60).contains(&lines), "{lines} denial lines:\n{stderr}");
+}

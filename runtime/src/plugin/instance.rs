@@ -37,6 +37,8 @@ pub struct HostState {
     dns: bool,
     /// Which sockets the grants allow.
     sockets: sandbox::SocketGrants,
+    /// Name lookups started and maybe not dropped yet (`sandbox::audit_name_lookup`).
+    lookups: Vec<u32>,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
@@ -69,6 +71,10 @@ impl sandbox::Audited for HostState {
 
     fn sockets_granted(&self) -> sandbox::SocketGrants {
         self.sockets
+    }
+
+    fn lookups(&mut self) -> &mut Vec<u32> {
+        &mut self.lookups
     }
 }
 
@@ -133,6 +139,7 @@ impl Runtime {
                 tcp: !grants.tcp.is_empty() || !grants.listen.is_empty(),
                 udp: !grants.udp.is_empty(),
             },
+            lookups: Vec::new(),
         };
         let mut store = Store::new(&self.engine, host);
         if self.enforce {

@@ -20,6 +20,8 @@ pub trait Audited: WasiView + Send + 'static {
     fn dns_granted(&self) -> bool;
     /// Which sockets the plugin may create.
     fn sockets_granted(&self) -> super::SocketGrants;
+    /// Handles of the name lookups the plugin started (see `dns`).
+    fn lookups(&mut self) -> &mut Vec<u32>;
 }
 
 /// Whether a filesystem error is the sandbox's refusal (worth an audit entry).
@@ -77,14 +79,58 @@ pub fn audit_open_at<T: Audited>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     type Fd = Resource<fs::Descriptor>;
     linker.allow_shadowing(true);
     let mut types = linker.instance("wasi:filesystem/types@0.2.12")?;
-    audited!(
-        types,
+    // Only regular files and directories are opened: opening a FIFO (or reading a device)
+    // blocks one of the host's blocking threads for as long as nobody writes, so a plugin
+    // could starve every other pipeline's file I/O and the process's shutdown.
+    types.func_wrap_async(
         "[method]descriptor.open-at",
-        open_at,
-        (fd: Fd, path_flags: fs::PathFlags, path: String, open_flags: fs::OpenFlags, flags: fs::DescriptorFlags),
-        Fd,
-        [path]
-    );
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (fd, path_flags, path, open_flags, flags): (
+            Fd,
+            fs::PathFlags,
+            String,
+            fs::OpenFlags,
+            fs::DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let probe = Resource::<fs::Descriptor>::new_borrow(fd.rep());
+                if let Ok(stat) = state
+                    .filesystem()
+                    .stat_at(probe, path_flags, path.clone())
+                    .await
+                    && !matches!(
+                        stat.type_,
+                        fs::DescriptorType::RegularFile | fs::DescriptorType::Directory
+                    )
+                {
+                    let (audit, label) = state.audit();
+                    audit.deny(
+                        label,
+                        "filesystem",
+                        &path,
+                        "not a regular file or directory (a FIFO, device or socket)",
+                    );
+                    return Ok((Err::<Fd, fs::ErrorCode>(fs::ErrorCode::NotPermitted),));
+                }
+                match state
+                    .filesystem()
+                    .open_at(fd, path_flags, path.clone(), open_flags, flags)
+                    .await
+                {
+                    Ok(opened) => Ok((Ok(opened),)),
+                    Err(e) => {
+                        let code: fs::ErrorCode = e.downcast()?;
+                        if refused(&code) {
+                            let (audit, label) = state.audit();
+                            audit.deny(label, "filesystem", &path, WHY);
+                        }
+                        Ok((Err(code),))
+                    }
+                }
+            })
+        },
+    )?;
     audited!(types, "[method]descriptor.create-directory-at", create_directory_at, (fd: Fd, path: String), (), [path]);
     audited!(types, "[method]descriptor.remove-directory-at", remove_directory_at, (fd: Fd, path: String), (), [path]);
     audited!(types, "[method]descriptor.unlink-file-at", unlink_file_at, (fd: Fd, path: String), (), [path]);

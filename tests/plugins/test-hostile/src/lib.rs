@@ -28,6 +28,7 @@ const ATTACKS: &[&str] = &[
     "metrics",
     "mkdir",
     "symlink",
+    "dns-flood",
 ];
 
 struct Hostile {
@@ -51,6 +52,22 @@ fn symlink(target: &str, name: &str) -> Result<String, String> {
     dir.symlink_at(target, inside.trim_start_matches('/'))
         .map(|()| format!("{name} -> {target}"))
         .map_err(|e| format!("{e:?}"))
+}
+
+/// Start `count` name lookups without reading any: `started N, refused M`.
+fn dns_flood(host: &str, count: usize) -> String {
+    use wasip2::sockets::{instance_network, ip_name_lookup};
+    let network = instance_network::instance_network();
+    let name = host.split(':').next().unwrap_or(host);
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..count {
+        match ip_name_lookup::resolve_addresses(&network, name) {
+            Ok(stream) => kept.push(stream),
+            Err(_) => refused += 1,
+        }
+    }
+    format!("started {}, refused {refused}", kept.len())
 }
 
 fn spin() -> ! {
@@ -141,6 +158,8 @@ impl Hostile {
             "tcp-connect" => std::net::TcpStream::connect(&self.addr)
                 .map(|_| String::new())
                 .map_err(|e| e.to_string()),
+            // `count` lookups of `host` started at once and kept: how many the host took.
+            "dns-flood" => Ok(dns_flood(&self.host, self.count)),
             "dns" => {
                 use std::net::ToSocketAddrs;
                 self.host
