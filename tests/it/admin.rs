@@ -342,7 +342,8 @@ batch_size = 1
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();
-    // The attack runs once, on the first message; the refusals are counted as it runs.
+    // The attack runs once, on the first message; the refusals are counted as it runs, the
+    // first two (the `plugin` label, the bad name) before any series: wait for all 503.
     let scrape = loop {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -359,8 +360,7 @@ batch_size = 1
             &scrape,
             "patchbay_plugin_metrics_refused_total",
             &[("plugin", "noisy")],
-        )
-        .is_some()
+        ) == Some(503.0)
         {
             break (scrape, answer.body);
         }
