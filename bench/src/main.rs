@@ -883,7 +883,7 @@ path = "{tag}"
 
 [plugins.out]
 path = "{sink}"
-config = {{ path = "/out/out.jsonl" }}
+config = {{ path = "/out/out.jsonl", append = false, sync = "none" }}
 grants = {{ dirs = [{{ host = "{out}", guest = "/out", mode = "rw" }}] }}
 
 [[pipeline]]

@@ -11,6 +11,7 @@ use std::thread::LocalKey;
 
 use patchbay_frame::{Kind, MessageRef, Reader, Writer};
 
+use crate::bounded::Carry;
 use crate::{
     Config, ConfigEntry, Error, ErrorKind, Header, Message, Outcome, PollResult, Sink, Source,
     Transform,
@@ -34,6 +35,7 @@ pub fn init<T>(
 ) -> Result<(), Error> {
     // Drop a previous instance first, so it never sees calls after a failed re-init.
     slot.with(|cell| *cell.borrow_mut() = None);
+    CARRY.with(|carry| *carry.borrow_mut() = Carry::default());
     let instance = make(Config::from(config))?;
     slot.with(|cell| *cell.borrow_mut() = Some(instance));
     Ok(())
@@ -50,10 +52,24 @@ pub fn process<T: Transform>(slot: &'static Slot<T>, batch: Vec<Message>) -> Vec
     })
 }
 
-/// `poll`.
+thread_local! {
+    /// What `poll-within` holds back of a source's batches (one source per component).
+    static CARRY: RefCell<Carry> = RefCell::new(Carry::default());
+}
+
+/// `poll`: `poll-within` without a byte bound.
 pub fn poll<T: Source>(slot: &'static Slot<T>, max: u32) -> Result<PollResult, Error> {
+    poll_within(slot, max, u64::MAX)
+}
+
+/// `poll-within`: the source's batches, in parts within `max_bytes` (see [`crate::bounded`]).
+pub fn poll_within<T: Source>(
+    slot: &'static Slot<T>,
+    max: u32,
+    max_bytes: u64,
+) -> Result<PollResult, Error> {
     slot.with(|cell| match cell.borrow_mut().as_mut() {
-        Some(s) => s.poll(max),
+        Some(s) => CARRY.with(|carry| carry.borrow_mut().poll(s, max, max_bytes)),
         None => Err(not_initialised()),
     })
 }
@@ -61,7 +77,7 @@ pub fn poll<T: Source>(slot: &'static Slot<T>, max: u32) -> Result<PollResult, E
 /// `ack`.
 pub fn ack<T: Source>(slot: &'static Slot<T>, checkpoint: u64) -> Result<(), Error> {
     slot.with(|cell| match cell.borrow_mut().as_mut() {
-        Some(s) => s.ack(checkpoint),
+        Some(s) => CARRY.with(|carry| carry.borrow_mut().ack(s, checkpoint)),
         None => Err(not_initialised()),
     })
 }

@@ -16,7 +16,8 @@
 //! it with its `__export_*_with_wit!` macro, which receives the text as `$wit:literal`.
 
 /// Export a type implementing [`Source`](crate::Source) as this crate's component
-/// (world `source` of `patchbay:connector@0.1.0`). Invoke it once, at the root of a `cdylib`
+/// (world `source-bounded` of `patchbay:connector@0.1.0`: `poll`, and `poll-within`, which
+/// keeps each answer within the host's byte bound). Invoke it once, at the root of a `cdylib`
 /// crate:
 ///
 /// ```ignore
@@ -127,7 +128,7 @@ macro_rules! __export_source_with_wit {
         $crate::__patchbay_bindings!(
             __patchbay_source_bindings,
             $wit,
-            "patchbay:connector/source@0.1.0"
+            "patchbay:connector/source-bounded@0.1.0"
         );
 
         #[doc(hidden)]
@@ -143,6 +144,16 @@ macro_rules! __export_source_with_wit {
                 }
                 fn ack(checkpoint: u64) -> ::core::result::Result<(), $crate::Error> {
                     $crate::export::ack(&INSTANCE, checkpoint)
+                }
+            }
+
+            // The byte-bounded poll (world `source-bounded`).
+            impl __api::source_bounded_api::Guest for Adapter {
+                fn poll_within(
+                    max: u32,
+                    max_bytes: u64,
+                ) -> ::core::result::Result<$crate::PollResult, $crate::Error> {
+                    $crate::export::poll_within(&INSTANCE, max, max_bytes)
                 }
             }
 

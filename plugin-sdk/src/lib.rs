@@ -71,6 +71,8 @@
 /// Raw wit-bindgen output, used by the export macros; prefer the re-exports at the root.
 #[doc(hidden)]
 pub mod bindings;
+#[doc(hidden)]
+pub mod bounded;
 mod config;
 #[doc(hidden)]
 pub mod export;

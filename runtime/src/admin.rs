@@ -47,6 +47,8 @@ pub struct PipelineStatus {
     /// Live counters.
     pub counters: Arc<Counters>,
     phase: AtomicU8,
+    /// Why it failed, once it did.
+    error: std::sync::Mutex<Option<String>>,
 }
 
 impl PipelineStatus {
@@ -57,13 +59,23 @@ impl PipelineStatus {
             sinks,
             counters,
             phase: AtomicU8::new(0),
+            error: std::sync::Mutex::new(None),
         }
     }
 
-    /// Record how it ended.
-    pub fn end(&self, failed: bool) {
+    /// Record how it ended: finished, or failed with the reason.
+    pub fn end(&self, error: Option<String>) {
+        let failed = error.is_some();
+        if let Ok(mut slot) = self.error.lock() {
+            *slot = error;
+        }
         self.phase
             .store(if failed { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// Why it failed, if it did.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Its phase now.
@@ -116,7 +128,10 @@ impl Admin {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110, 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, given)| given.trim())
             .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
     }
 
@@ -154,6 +169,7 @@ impl Admin {
                     "acked_batches": c.acked_batches.load(Ordering::Relaxed),
                     "in_flight_batches": c.in_flight_batches.load(Ordering::Relaxed),
                     "in_flight_bytes": c.in_flight_bytes.load(Ordering::Relaxed),
+                    "error": p.error(),
                 })
             })
             .collect();
@@ -470,7 +486,9 @@ impl Collector for MetricsCollector {
                 .collect();
             let help = "Reported by the plugin through patchbay:connector/metrics.";
             if !counters.is_empty() {
-                counter(&mut encoder, &name, help, &counters)?;
+                // The exposition adds `_total`: a name that has it already is not doubled.
+                let bare = name.strip_suffix("_total").unwrap_or(&name);
+                counter(&mut encoder, bare, help, &counters)?;
             }
             if !gauges.is_empty() {
                 gauge(&mut encoder, &name, help, &gauges)?;

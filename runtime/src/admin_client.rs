@@ -88,6 +88,9 @@ pub async fn status(admin: &str, token: Option<&str>) -> anyhow::Result<ExitCode
             p["retries"],
             p["restarts"],
         );
+        if let Some(error) = p["error"].as_str() {
+            println!("  error: {error}");
+        }
     }
     for d in status["denied"].as_array().unwrap_or(&empty) {
         println!(

@@ -14,8 +14,11 @@ use crate::contract::{Metadata, PluginState, check_keys, init_entries};
 use crate::pipeline::{
     DeadLetters, PipelinePlan, Replayed, Router, Slot, SourcePlan, StageKind, StagePlan,
 };
-use crate::plugin::{Instance, LoadedPlugin, Runtime, SinkCalls, Start, TransformCalls};
+use crate::plugin::{
+    Instance, LoadedPlugin, Runtime, SinkCalls, SourceCalls, Start, TransformCalls,
+};
 use crate::reload::Swappable;
+use crate::state_store::StateStore;
 
 /// Problems found while assembling, one line each, ready to print.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,11 @@ pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> P
             ))
         })
         .collect();
+    // Opened once for the process; a store that cannot open stops every pipeline.
+    let store: Durable = match &config.state_dir {
+        Some(dir) => StateStore::open(dir).map(|s| Some(Arc::new(s))),
+        None => Ok(None),
+    };
     let mut plans = Vec::new();
     let mut failed = Vec::new();
     for pipeline in &config.pipelines {
@@ -182,6 +190,7 @@ pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> P
             pipeline,
             None,
             Some(&swappables),
+            &store,
             &mut problems,
         )
         .await;
@@ -219,6 +228,8 @@ pub async fn plan_replay(
         pipeline,
         Some(entries),
         None,
+        // A replay keeps its plugins' state in memory: the running process owns the store.
+        &Ok(None),
         &mut problems,
     )
     .await;
@@ -243,7 +254,6 @@ struct Started {
 impl Started {
     /// As a transform or sink stage (`boxed` makes the instance its calls).
     fn stage<C: ?Sized + 'static>(self, boxed: fn(Instance) -> Box<C>) -> StagePlan<C> {
-        let start = self.start;
         StagePlan {
             plugin: self.plugin,
             version: self.version,
@@ -252,15 +262,30 @@ impl Started {
                 .map(boxed)
                 .collect(),
             partition: self.partition,
-            start: Arc::new(move || {
-                let started = start();
-                let boxed: Pin<Box<dyn Future<Output = anyhow::Result<Box<C>>> + Send>> =
-                    Box::pin(async move { Ok(boxed(started.await?)) });
-                boxed
-            }) as Start<C>,
+            start: boxed_start(self.start, boxed),
             code: self.swap.map(|s| s.subscribe()),
         }
     }
+}
+
+/// `start`, with its instances as calls of one role (`boxed`).
+fn boxed_start<C: ?Sized + 'static>(
+    start: StartInstance,
+    boxed: fn(Instance) -> Box<C>,
+) -> Start<C> {
+    Arc::new(move || {
+        let started = start();
+        let boxed: Pin<Box<dyn Future<Output = anyhow::Result<Box<C>>> + Send>> =
+            Box::pin(async move { Ok(boxed(started.await?)) });
+        boxed
+    })
+}
+
+/// The process's durable state store: none without `[state]`, or why it could not open.
+type Durable = Result<Option<Arc<StateStore>>, String>;
+
+fn as_source(i: Instance) -> Box<dyn SourceCalls> {
+    Box::new(i)
 }
 
 fn as_transform(i: Instance) -> Box<dyn TransformCalls> {
@@ -278,6 +303,7 @@ async fn plan_one(
     pipeline: &PipelineDecl,
     replay: Option<Vec<Replayed>>,
     swappables: Option<&Swappables>,
+    store: &Durable,
     problems: &mut Vec<String>,
 ) -> Option<PipelinePlan> {
     let replaying = replay.is_some();
@@ -294,7 +320,24 @@ async fn plan_one(
             .map(|m| m.version.clone())
             .unwrap_or_default();
         // One state store per plugin per pipeline, shared by every instance it will have.
-        let state = PluginState::default();
+        let state = match store {
+            Ok(None) => PluginState::default(),
+            Ok(Some(store)) => match PluginState::durable(store.clone(), &pipeline.name, &r.name)
+            {
+                Ok(state) => state,
+                Err(e) => {
+                    problems.push(format!(
+                        "pipeline `{}`: {role} `{}`: its state could not be read: {e}",
+                        pipeline.name, r.name
+                    ));
+                    return None;
+                }
+            },
+            Err(e) => {
+                problems.push(e.clone());
+                return None;
+            }
+        };
         let swap = swappables.and_then(|m| m.get(&r.name)).cloned();
         if let Some(swap) = &swap {
             swap.track_state(&pipeline.name, &state);
@@ -351,7 +394,8 @@ async fn plan_one(
             .await
             .map(|s| SourcePlan::Plugin {
                 plugin: s.plugin,
-                instance: Box::new(s.instance),
+                instance: as_source(s.instance),
+                start: boxed_start(s.start, as_source),
             }),
     };
     // A replay starts only the stages its entries reach: transforms from the earliest one an
@@ -437,6 +481,7 @@ async fn plan_one(
         transforms: transforms.into_iter().collect::<Option<Vec<_>>>()?,
         sinks: sinks.into_iter().collect::<Option<Vec<_>>>()?,
         batch_size: pipeline.batch_size,
+        batch_bytes: pipeline.batch_bytes,
         buffer: pipeline.buffer as usize,
         max_in_flight: pipeline.max_in_flight,
         on_error: pipeline.on_error,

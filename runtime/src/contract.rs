@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::config::PluginDecl;
+use crate::state_store::{RUN_ONLY, StateStore};
 
 /// World `source`.
 #[allow(missing_docs, clippy::all)]
@@ -45,6 +46,22 @@ pub mod sink {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "sink",
+        exports: { default: async },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
+    });
+}
+
+/// World `source-bounded`: a source that honours a byte bound per poll (`poll-within`).
+#[allow(missing_docs, clippy::all)]
+pub mod source_bounded {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "source-bounded",
         exports: { default: async },
         with: {
             "patchbay:connector/types": super::source::patchbay::connector::types,
@@ -117,13 +134,33 @@ pub const MAX_STATE_VALUE: usize = 1024 * 1024;
 pub const MAX_STATE_TOTAL: usize = 16 * 1024 * 1024;
 
 /// The host-owned key-value store of one plugin in one pipeline. It outlives instances: a fresh
-/// instance after a trap, or new code after a swap, sees what the old one wrote.
+/// instance after a trap, or new code after a swap, sees what the old one wrote. With a
+/// [`StateStore`] it outlives the process too (keys but `run:…` ones are written through).
 #[derive(Debug, Default, Clone)]
 pub struct PluginState {
     inner: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    durable: Option<(Arc<StateStore>, Arc<str>)>,
 }
 
 impl PluginState {
+    /// The state of `plugin` in `pipeline`, as the store last saw it, written through to it.
+    pub fn durable(store: Arc<StateStore>, pipeline: &str, plugin: &str) -> Result<Self, String> {
+        let scope = StateStore::scope(pipeline, plugin);
+        let loaded = store.load(&scope)?;
+        Ok(PluginState {
+            inner: Arc::new(Mutex::new(loaded)),
+            durable: Some((store, scope.into())),
+        })
+    }
+
+    /// Write through to the store, unless the key lives for this run only.
+    fn save(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        match &self.durable {
+            Some((store, scope)) if !key.starts_with(RUN_ONLY) => store.put(scope, key, value),
+            _ => Ok(()),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) -> R) -> R {
         match self.inner.lock() {
             Ok(mut guard) => f(&mut guard),
@@ -163,6 +200,9 @@ impl PluginState {
                     "state would exceed {MAX_STATE_TOTAL} bytes for this plugin; delete keys first"
                 ));
             }
+            // On disk first: what the plugin is told was set survives a crash.
+            self.save(&key, Some(&value))
+                .map_err(|e| format!("state not saved: {e}"))?;
             map.insert(key, value);
             Ok(())
         })
@@ -170,6 +210,9 @@ impl PluginState {
 
     /// Remove a key.
     pub fn delete(&self, key: &str) {
+        if let Err(e) = self.save(key, None) {
+            tracing::warn!("state key `{key}` not removed from the store: {e}");
+        }
         self.with(|map| map.remove(key));
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const BATCH_SIZE: u32 = 256;
 /// Largest accepted `batch_size`.
 pub const MAX_BATCH_SIZE: u32 = 65_536;
+/// Most bytes a source returns per poll (`batch_bytes`): a quarter of `limits.max_output`.
+pub const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Batches buffered between two stages (`buffer`).
 pub const BUFFER: u32 = 4;
 /// Largest accepted `buffer`.

@@ -48,3 +48,4 @@ pub mod plugin;
 pub mod reload;
 pub mod sandbox;
 pub mod scaffold;
+pub mod state_store;

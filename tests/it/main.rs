@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod compliance;
 mod concurrency;
+mod delivery;
 mod examples;
 mod http;
 mod mqtt;
@@ -132,6 +133,14 @@ impl Running {
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as `kill -9` does (no drain, no flush, no ack); returns once it is gone.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -49,6 +49,7 @@ const TEST_PLUGINS: &[&str] = &[
     "test-hostile",
     "test-unknown-import",
     "test-ack-source",
+    "test-state-source",
     "tagger-v1",
     "tagger-v2",
     "test-broken-transform",

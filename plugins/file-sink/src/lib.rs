@@ -14,11 +14,17 @@
 //!   `invalid-data` error (and the others of the batch are still written). Line breaks between
 //!   its tokens (pretty-printed JSON) are removed, so each record stays on one line.
 //!
-//! Every `write` call ends with a flush, so `ok` means the lines were handed to the operating
-//! system; with `fsync = true` they are also on disk. The file is truncated when the pipeline
-//! starts unless `append = true`: by the first instance only (a marker in the plugin's host
-//! state), so an instance restarted after a trap, swapped-in code or a second instance
-//! (`concurrency`) never empties what was already written.
+//! Every `write` call ends with a flush and, with `sync = "batch"` (the default), an fsync, so
+//! `ok` means the lines are on disk, as the contract says; `sync = "none"` only hands them to
+//! the operating system (faster; a power cut may lose what was acknowledged).
+//!
+//! By default the file is appended to, so a restart never empties what was delivered before.
+//! Starting, the first instance of a run looks at the end of the file: a last line without its
+//! newline is what a crash (`kill -9`) left mid-write; it is cut off (and logged), and the
+//! source delivers that record again. With `append = false` the file is truncated at start
+//! instead. Both happen once per run (a marker in the plugin's host state), so an instance
+//! restarted after a trap, swapped-in code or a second instance (`concurrency`) never cuts or
+//! empties what was already written.
 //!
 //! The file is opened in append mode and a batch goes out in chunks of whole lines (at most
 //! [`CHUNK`] bytes each, one host write per chunk), so several instances writing the same file
@@ -33,8 +39,8 @@ use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink, json, state};
 /// chunk reaches the file in one append.
 const CHUNK: usize = 64 * 1024;
 
-/// Host-state key set once the file was truncated in this run.
-const TRUNCATED: &str = "file-sink/truncated";
+/// Host-state key set once the file was opened (truncated or repaired) in this run.
+const OPENED: &str = "run:file-sink/opened";
 
 const KEYS: &[Key] = &[
     Key::text(
@@ -44,20 +50,21 @@ const KEYS: &[Key] = &[
     .required(),
     Key::bool(
         "append",
-        "Boolean: append to an existing file instead of truncating it at start.",
+        "Boolean: append to an existing file (a torn last line left by a crash is cut off first); `false` truncates the file at start.",
     )
-    .default("false"),
+    .default("true"),
     Key::choice(
         "format",
         &["lines", "jsonl"],
         "`lines` (payload as is, then a newline; payloads holding newlines span several lines) or `jsonl` (payload must be valid JSON, else an invalid-data error for that record; written on one line).",
     )
     .default("lines"),
-    Key::bool(
-        "fsync",
-        "Boolean: sync the file to disk at the end of every write call, not just hand it to the OS (slower; ignored for stdout).",
+    Key::choice(
+        "sync",
+        &["batch", "none"],
+        "`batch`: fsync at the end of every write call, so `ok` means on disk; `none`: only hand the lines to the OS (faster; a power cut may lose acknowledged lines). Ignored for stdout.",
     )
-    .default("false"),
+    .default("batch"),
 ];
 
 enum Output {
@@ -107,12 +114,13 @@ impl Sink for FileSink {
         let path = c.text("path")?.to_owned();
         let append = c.bool("append")?;
         let jsonl = c.choice("format")? == "jsonl";
-        let fsync = c.bool("fsync")?;
+        let fsync = c.choice("sync")? == "batch";
         let output = if path == "-" {
             Output::Stdout(std::io::stdout())
         } else {
             let file = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&path)
                 .map_err(|e| {
@@ -121,13 +129,17 @@ impl Sink for FileSink {
                          directory with mode = \"rw\" and give the path as the plugin sees it"
                     ))
                 })?;
-            if !append && state::get(TRUNCATED).is_none() {
-                file.set_len(0).map_err(|e| {
-                    Error::fatal(format!(
-                        "cannot truncate `{path}`: {e}; or set append = true"
-                    ))
-                })?;
-                state::set(TRUNCATED, b"1").map_err(Error::fatal)?;
+            if state::get(OPENED).is_none() {
+                if append {
+                    repair(&file, &path)?;
+                } else {
+                    file.set_len(0).map_err(|e| {
+                        Error::fatal(format!(
+                            "cannot truncate `{path}`: {e}; or set append = true"
+                        ))
+                    })?;
+                }
+                state::set(OPENED, b"1").map_err(Error::fatal)?;
             }
             Output::File(file)
         };
@@ -165,6 +177,41 @@ impl Sink for FileSink {
             Err(e) => self.fail_written(results, batch.len(), &e),
         }
     }
+}
+
+/// Cut off a last line without its newline (what a crash mid-write leaves), logging it.
+fn repair(file: &File, path: &str) -> Result<(), Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let fail = |e: std::io::Error| Error::fatal(format!("cannot read the end of `{path}`: {e}"));
+    let len = file.metadata().map_err(fail)?.len();
+    let mut reader = file;
+    let mut end = len;
+    // Look back for the last newline, a block at a time.
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK as u64);
+        let mut block = vec![0u8; (end - start) as usize];
+        reader.seek(SeekFrom::Start(start)).map_err(fail)?;
+        reader.read_exact(&mut block).map_err(fail)?;
+        if end == len && block.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(at) = block.iter().rposition(|b| *b == b'\n') {
+            end = start + at as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        file.set_len(end).map_err(|e| {
+            Error::fatal(format!("cannot cut the torn last line of `{path}`: {e}"))
+        })?;
+        patchbay_sdk::log::warn(&format!(
+            "`{path}` ended in a line without its newline ({} bytes, left by a crash \
+             mid-write): cut off; the pipeline delivers that record again",
+            len - end
+        ));
+    }
+    Ok(())
 }
 
 enum Failure {

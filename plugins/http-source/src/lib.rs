@@ -15,8 +15,9 @@
 //! - Answers: `200 {"accepted":N}` after delivery; `400` a body `split` cannot cut; `401` a
 //!   missing or wrong bearer token; `404` another path; `405` another method; `411` a body
 //!   without `Content-Length`; `413` a body over `max_body`; `431` headers over 16 KiB; `503`
-//!   with `Retry-After` when more than `max_pending` records wait for delivery (back-pressure)
-//!   or more than `max_connections` clients are connected.
+//!   with `Retry-After` when more than `max_pending` records or `max_pending_bytes` of bodies
+//!   wait for delivery (back-pressure; a body is admitted before it is read, so the plugin
+//!   stays within its memory limit) or more than `max_connections` clients are connected.
 //! - Each record gets the request headers named in `forward_headers` as message headers, and
 //!   with `key_header` the value of that header as its key.
 //! - HTTP/1.1 with keep-alive; one request at a time per connection (a pipelined request is
@@ -82,6 +83,12 @@ const KEYS: &[Key] = &[
     )
     .default("10000")
     .range(1, u64::MAX),
+    Key::size(
+        "max_pending_bytes",
+        "Most body bytes read or waiting for delivery, e.g. \"16MiB\"; a request whose body would go past it gets 503 with Retry-After before its body is read (keeps the plugin within its memory limit).",
+    )
+    .default("16MiB")
+    .range(1, 1024 * 1024 * 1024),
     Key::uint(
         "max_connections",
         "Most open client connections; one more gets 503 and is closed.",
@@ -124,6 +131,13 @@ struct Conn {
     close: bool,
     /// The peer closed its side.
     eof: bool,
+    /// Body bytes admitted under `max_pending_bytes` for the request being read.
+    reserved: usize,
+    /// Body bytes of a refused request still to read and throw away (so that the client,
+    /// still sending, reads its answer instead of a reset).
+    skip: usize,
+    /// Close once `skip` is done (the client asked for `connection: close`).
+    close_after_skip: bool,
     last_active: Instant,
 }
 
@@ -133,6 +147,8 @@ struct Pending {
     records: usize,
     /// Records of it not yet handed to the pipeline.
     unpolled: usize,
+    /// Their payload bytes.
+    bytes: usize,
     keep_alive: bool,
 }
 
@@ -146,6 +162,7 @@ struct HttpSource {
     forward_headers: Vec<String>,
     key_header: Option<String>,
     max_pending: usize,
+    max_pending_bytes: usize,
     max_connections: usize,
     wait: Duration,
     conns: HashMap<u64, Conn>,
@@ -159,6 +176,10 @@ struct HttpSource {
     sealed: VecDeque<(u64, u64)>,
     /// Records in `queue` or polled and not yet acknowledged.
     in_flight: usize,
+    /// Their payload bytes.
+    pending_bytes: usize,
+    /// Body bytes admitted for requests still being read (`Conn::reserved`, summed).
+    reserved: usize,
     checkpoint: u64,
 }
 
@@ -216,6 +237,13 @@ enum Parsed {
     Incomplete,
     /// A request to answer now, without records; `close` ends the connection after it.
     Answer { reply: Reply, close: bool },
+    /// A request refused before its body was read: answer now, then read `body` bytes more
+    /// and throw them away.
+    Skip {
+        reply: Reply,
+        keep_alive: bool,
+        body: usize,
+    },
     /// A request with its records.
     Records {
         records: Vec<Message>,
@@ -232,7 +260,8 @@ fn would_block(e: &io::Error) -> bool {
 
 impl HttpSource {
     /// Parse the first request in `input`, consuming it when it is whole.
-    fn parse(&self, input: &mut Vec<u8>, in_flight: usize) -> Parsed {
+    fn parse(&mut self, input: &mut Vec<u8>, reserved: &mut usize) -> Parsed {
+        let in_flight = self.in_flight;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         let head_len = match request.parse(input) {
@@ -299,6 +328,29 @@ impl HttpSource {
                 close: true,
             };
         }
+        if *reserved == 0 && length > 0 {
+            // Admit the body before it is read, so the bodies in memory stay within bounds.
+            let taken = self.pending_bytes + self.reserved;
+            if taken > 0 && taken + length > self.max_pending_bytes {
+                let mut reply = Reply::error(
+                    503,
+                    format!(
+                        "{taken} bytes wait for delivery (max_pending_bytes {}); retry later",
+                        self.max_pending_bytes
+                    ),
+                );
+                reply.extra = "retry-after: 1\r\n";
+                let here = length.min(input.len() - head_len);
+                input.drain(..head_len + here);
+                return Parsed::Skip {
+                    reply,
+                    keep_alive,
+                    body: length - here,
+                };
+            }
+            *reserved = length;
+            self.reserved += length;
+        }
         if input.len() < head_len + length {
             return Parsed::Incomplete;
         }
@@ -314,6 +366,7 @@ impl HttpSource {
         let key = self.key_header.as_deref().and_then(header);
         let body = input[head_len..head_len + length].to_vec();
         input.drain(..head_len + length);
+        self.reserved -= std::mem::take(reserved);
 
         let answer = |reply: Reply| Parsed::Answer {
             reply,
@@ -419,6 +472,9 @@ impl HttpSource {
                         waiting: false,
                         close: false,
                         eof: false,
+                        reserved: 0,
+                        skip: 0,
+                        close_after_skip: false,
                         last_active: Instant::now(),
                     };
                     if self.conns.len() >= self.max_connections {
@@ -464,9 +520,22 @@ impl HttpSource {
                             break;
                         }
                         Ok(n) => {
-                            conn.input.extend_from_slice(&chunk[..n]);
+                            let mut data = &chunk[..n];
+                            if conn.skip > 0 {
+                                let k = conn.skip.min(data.len());
+                                conn.skip -= k;
+                                data = &data[k..];
+                                if conn.skip == 0 && conn.close_after_skip {
+                                    conn.close = true;
+                                }
+                            }
+                            conn.input.extend_from_slice(data);
                             conn.last_active = Instant::now();
                             if conn.input.len() > MAX_HEAD + self.max_body {
+                                break;
+                            }
+                            // A whole head and a body not yet admitted: parse before reading on.
+                            if conn.reserved == 0 && has_head(&conn.input) {
                                 break;
                             }
                         }
@@ -478,12 +547,22 @@ impl HttpSource {
                         }
                     }
                 }
-                while !conn.waiting && !conn.close && !conn.input.is_empty() {
-                    match self.parse(&mut conn.input, self.in_flight) {
+                while !conn.waiting && !conn.close && conn.skip == 0 && !conn.input.is_empty() {
+                    match self.parse(&mut conn.input, &mut conn.reserved) {
                         Parsed::Incomplete => break,
                         Parsed::Answer { reply, close } => {
                             reply.write(&mut conn.output, !close);
                             conn.close = close;
+                        }
+                        Parsed::Skip {
+                            reply,
+                            keep_alive,
+                            body,
+                        } => {
+                            reply.write(&mut conn.output, keep_alive);
+                            conn.skip = body;
+                            conn.close_after_skip = !keep_alive;
+                            conn.close = body == 0 && !keep_alive;
                         }
                         Parsed::Records {
                             records,
@@ -502,6 +581,8 @@ impl HttpSource {
                             keep_alive,
                         } => {
                             arrived = true;
+                            let bytes: usize = records.iter().map(|m| m.payload.len()).sum();
+                            self.pending_bytes += bytes;
                             self.next_request += 1;
                             let request = self.next_request;
                             self.requests.insert(
@@ -510,6 +591,7 @@ impl HttpSource {
                                     conn: id,
                                     records: records.len(),
                                     unpolled: records.len(),
+                                    bytes,
                                     keep_alive,
                                 },
                             );
@@ -520,12 +602,12 @@ impl HttpSource {
                     }
                 }
             }
-            if flush(&mut conn).is_err() {
-                continue; // the peer is gone: drop the connection
-            }
+            // Drop the connection when the peer is gone, it is done, or idle too long.
+            let gone = flush(&mut conn).is_err();
             let idle = !conn.waiting && conn.last_active.elapsed() > IDLE_TIMEOUT;
             let done = conn.output.is_empty() && (conn.close || (conn.eof && !conn.waiting));
-            if done || idle {
+            if gone || done || idle {
+                self.reserved -= conn.reserved;
                 continue;
             }
             self.conns.insert(id, conn);
@@ -539,6 +621,7 @@ impl HttpSource {
             return;
         };
         self.in_flight = self.in_flight.saturating_sub(pending.records);
+        self.pending_bytes = self.pending_bytes.saturating_sub(pending.bytes);
         let Some(conn) = self.conns.get_mut(&pending.conn) else {
             return; // the client hung up; the records are delivered all the same
         };
@@ -555,6 +638,11 @@ impl HttpSource {
             self.conns.remove(&pending.conn);
         }
     }
+}
+
+/// Whether `input` holds a whole request head.
+fn has_head(input: &[u8]) -> bool {
+    input.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// Write as much of the connection's pending output as the socket takes now.
@@ -608,6 +696,7 @@ impl Source for HttpSource {
             .collect();
         let key_header = c.text_opt("key_header")?.map(str::to_owned);
         let max_pending = usize_of("max_pending", c.uint("max_pending")?)?;
+        let max_pending_bytes = usize_of("max_pending_bytes", c.size("max_pending_bytes")?)?;
         let max_connections = usize_of("max_connections", c.uint("max_connections")?)?;
         let wait = c.duration("wait")?;
         let listener = TcpListener::bind(&listen).map_err(|e| {
@@ -634,6 +723,7 @@ impl Source for HttpSource {
             forward_headers,
             key_header,
             max_pending,
+            max_pending_bytes,
             max_connections,
             wait,
             conns: HashMap::new(),
@@ -643,6 +733,8 @@ impl Source for HttpSource {
             next_request: 0,
             sealed: VecDeque::new(),
             in_flight: 0,
+            pending_bytes: 0,
+            reserved: 0,
             checkpoint: 0,
         })
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
-use crate::admin::{Admin, PipelineStatus};
+use crate::admin::{Admin, Phase, PipelineStatus};
 use crate::assemble;
 use crate::config::{Config, OnStartFailure, Role, parse_duration};
 use crate::contract::PluginState;
@@ -55,11 +55,11 @@ enum Command {
         progress: Duration,
         /// Serve the admin API (/health, /metrics, /v1/…) on this address, e.g.
         /// `127.0.0.1:7400`. Off by default.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
         admin: Option<std::net::SocketAddr>,
         /// Bearer token the admin API requires (all routes but /health); needed to bind it to
         /// a non-loopback address. Default: `$PATCHBAY_ADMIN_TOKEN`.
-        #[arg(long, value_name = "TOKEN")]
+        #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
         admin_token: Option<String>,
     },
     /// Swap a plugin of a running `patchbay run --admin` for new code, between batches, with
@@ -75,7 +75,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:7400")]
         admin: String,
         /// Bearer token (default: `$PATCHBAY_ADMIN_TOKEN`).
-        #[arg(long, value_name = "TOKEN")]
+        #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
         admin_token: Option<String>,
     },
     /// Show the pipelines, counters and sandbox denials of a running `patchbay run --admin`.
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:7400")]
         admin: String,
         /// Bearer token (default: `$PATCHBAY_ADMIN_TOKEN`).
-        #[arg(long, value_name = "TOKEN")]
+        #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
         admin_token: Option<String>,
     },
     /// Check a pipeline file: syntax, plugin files, worlds, roles and config keys. Runs nothing.
@@ -329,6 +329,34 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// `--admin ADDR`: `IP:PORT`, or `HOST:PORT` with a name that resolves (`localhost:7400`).
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<std::net::SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not HOST:PORT ({e}); e.g. 127.0.0.1:7400"))?
+        .collect();
+    // `localhost` may resolve to ::1 first; prefer IPv4, as most clients try it first.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` resolves to no address; e.g. 127.0.0.1:7400"))
+}
+
+/// `--admin-token TOKEN`: an empty token would lock every route, so it is refused.
+fn non_empty_token(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("the token is empty; give a token, or leave the flag out for none".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 fn env_token() -> Option<String> {

@@ -60,6 +60,7 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut handles = Vec::new();
     let mut live: Vec<(String, Arc<Counters>)> = Vec::new();
+    let mut running: Vec<Arc<PipelineStatus>> = Vec::new();
     let mut statuses = Vec::new();
     for plan in plans {
         let counters = plan.counters();
@@ -76,21 +77,26 @@ pub(super) async fn run(
             counters.clone(),
         ));
         statuses.push(status.clone());
+        running.push(status.clone());
         let control = control.clone();
         handles.push(tokio::spawn(async move {
             let report = pipeline::run(plan, control, counters).await;
-            status.end(report.failure.is_some());
+            // Said the moment it happens, not only in the summary at exit.
+            if let Some(failure) = &report.failure {
+                tracing::error!("{failure}; the other pipelines go on");
+            }
+            status.end(report.failure.as_ref().map(ToString::to_string));
             report
         }));
     }
     // A pipeline that could not start shows as failed on the admin API (`/health` degraded).
-    for (name, _) in &failed {
+    for (name, why) in &failed {
         let status = Arc::new(PipelineStatus::new(
             name.clone(),
             Vec::new(),
             Arc::new(Counters::default()),
         ));
-        status.end(true);
+        status.end(Some(format!("it could not start: {why}")));
         statuses.push(status);
     }
     let mut watchers = Vec::new();
@@ -121,6 +127,10 @@ pub(super) async fn run(
                 let now = Instant::now();
                 let secs = now.duration_since(last_at).as_secs_f64().max(1e-9);
                 for (i, (name, counters)) in live.iter().enumerate() {
+                    // A pipeline that failed said so when it did; it is not counted on.
+                    if running.get(i).is_some_and(|s| s.phase() == Phase::Failed) {
+                        continue;
+                    }
                     let polled = counters.polled.load(Ordering::Relaxed);
                     let rate = (polled - last[i]) as f64 / secs;
                     last[i] = polled;
@@ -302,11 +312,18 @@ pub(super) fn print_summary(report: &Report) {
         .map(|(name, n)| format!("{} written to `{name}`", n.load(Ordering::Relaxed)))
         .collect();
     let dead = c.dead_lettered.load(Ordering::Relaxed);
-    let dead = if dead > 0 {
+    let mut dead = if dead > 0 {
         format!(", {dead} dead-lettered")
     } else {
         String::new()
     };
+    let restarts = c.restarts.load(Ordering::Relaxed);
+    if restarts > 0 {
+        dead.push_str(&format!(
+            ", {restarts} instance{} restarted after traps",
+            if restarts == 1 { "" } else { "s" }
+        ));
+    }
     eprintln!(
         "pipeline `{}`: {} in, {} dropped, {}{dead}; {:.2}s, {:.0} msg/s",
         report.name,

@@ -23,7 +23,7 @@ pub(super) async fn source_checks(
     let mut got = Vec::new();
     'maxes: for max in [0u32, 1, 10, 100, 1000] {
         for _ in 0..3 {
-            match instance.poll(max).await {
+            match instance.poll(max, u64::MAX).await {
                 Ok(Ok(PollResult::Batch(b))) if b.messages.len() > max as usize => {
                     verdict = Verdict::Fail(format!(
                         "`poll({max})` returned {} message{}",
@@ -77,7 +77,7 @@ pub(super) async fn source_checks(
     let mut broken: Option<(u32, &'static str, String)> = None;
     while started.elapsed() < subject.options.source_budget {
         // Batches of varied sizes, so that even a short stream comes in several.
-        match instance.poll([1, 7, 64, 256][batches % 4]).await {
+        match instance.poll([1, 7, 64, 256][batches % 4], u64::MAX).await {
             Ok(Ok(PollResult::Batch(b))) => {
                 if b.messages.is_empty() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -198,7 +198,7 @@ pub(super) async fn source_checks(
     }
     let mut verdict = Verdict::Pass(format!("after {seen}"));
     for i in 1..=3 {
-        match instance.poll(10).await {
+        match instance.poll(10, u64::MAX).await {
             Ok(Ok(PollResult::EndOfStream)) => {}
             Ok(Ok(PollResult::Batch(b))) => {
                 verdict = Verdict::Fail(format!(

@@ -146,6 +146,29 @@ pub(super) fn check(
             locator,
             &mut problems,
         );
+        let source_limit = plugins
+            .get(&source.name)
+            .map_or(defaults::MAX_OUTPUT, |p: &PluginDecl| p.limits.max_output);
+        let batch_bytes = raw_pipeline.batch_bytes.map_or(
+            defaults::BATCH_BYTES.min(source_limit / 4).max(1),
+            |s| s.0,
+        );
+        if batch_bytes == 0 || batch_bytes > source_limit {
+            problems.push(
+                Diagnostic::new(
+                    loc.clone(),
+                    format!(
+                        "pipeline `{name}`: batch_bytes {} is {} the source `{}` may return in \
+                         one poll (limits.max_output {})",
+                        bytesize::ByteSize(batch_bytes).display().iec(),
+                        if batch_bytes == 0 { "less than anything" } else { "more than" },
+                        source.name,
+                        bytesize::ByteSize(source_limit).display().iec()
+                    ),
+                )
+                .hint("use at most the source's limits.max_output; a quarter of it is the default"),
+            );
+        }
         let buffer = count(
             raw_pipeline.buffer,
             1..=defaults::MAX_BUFFER,
@@ -303,6 +326,7 @@ pub(super) fn check(
             routing: raw_pipeline.routing,
             routes,
             batch_size,
+            batch_bytes,
             buffer,
             max_in_flight: raw_pipeline
                 .max_in_flight
@@ -322,6 +346,7 @@ pub(super) fn check(
             pipelines,
             admin,
             on_start_failure: raw.on_start_failure,
+            state_dir: raw.state.map(|s| base.join(s.dir)),
         })
     } else {
         Err(ConfigError { problems })

@@ -152,6 +152,8 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// What `run` does when a pipeline cannot start.
     pub on_start_failure: OnStartFailure,
+    /// `[state] dir`, resolved against the file's folder: plugins' host state is kept there.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A checked plugin declaration.
@@ -201,6 +203,8 @@ pub struct PipelineDecl {
     pub sinks: Vec<PluginRef>,
     /// Largest batch per poll.
     pub batch_size: u32,
+    /// Most bytes per poll.
+    pub batch_bytes: u64,
     /// Batches buffered between stages.
     pub buffer: u32,
     /// In-flight byte budget.

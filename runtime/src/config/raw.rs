@@ -34,6 +34,19 @@ pub(super) struct RawFile {
     /// exit code 1 and `/health` says degraded) or `abort` the whole run.
     #[serde(default)]
     pub(super) on_start_failure: OnStartFailure,
+    /// Durable host state: without `[state]` a plugin's `state` lives as long as the process.
+    #[serde(default)]
+    pub(super) state: Option<RawState>,
+}
+
+/// `[state]`: keep every plugin's host state (the `state` interface) on disk, so a source that
+/// keeps its position there resumes after a restart, even after `kill -9`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    /// Directory of the state store (`state.redb`), relative to the pipeline file; created
+    /// when missing. One `patchbay` process at a time may use it.
+    pub(super) dir: std::path::PathBuf,
 }
 
 /// `[admin]`: serve the admin API while pipelines run.
@@ -168,6 +181,11 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     #[schemars(with = "Option<u32>")]
     pub(super) batch_size: Option<Spanned<u32>>,
+    /// Most bytes per poll (payload, key and headers, plus 64 per message and per header), so
+    /// that a batch of large records stays well under `limits.max_output`. Sources built with
+    /// the Rust SDK keep to it; others are asked for fewer messages once they go over it.
+    #[serde(default)]
+    pub(super) batch_bytes: Option<Size>,
     /// Batches buffered between two stages. A full buffer pauses the source.
     #[serde(default)]
     #[schemars(with = "Option<u32>")]

@@ -32,6 +32,11 @@ fn duration(d: std::time::Duration) -> String {
 fn defaults_of() -> Vec<(&'static str, &'static str, Value)> {
     vec![
         ("RawPipeline", "batch_size", json!(defaults::BATCH_SIZE)),
+        (
+            "RawPipeline",
+            "batch_bytes",
+            json!(size(defaults::BATCH_BYTES)),
+        ),
         ("RawPipeline", "buffer", json!(defaults::BUFFER)),
         ("RawPipeline", "concurrency", json!(defaults::CONCURRENCY)),
         (

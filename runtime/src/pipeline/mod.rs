@@ -6,7 +6,8 @@
 //!   └──────────────── ack(checkpoint) once all sinks are done ◀─────────┘
 //! ```
 //!
-//! - `source`: polling, the in-flight byte budget, acks in order; `replay`: dead letters back in;
+//! - `source`: polling, the in-flight byte budget, recovery from failed polls; `acks`: acks in
+//!   order; `replay`: dead letters back in;
 //! - `stage`: the one attempt/retry/breaker/settle loop of transforms and sinks; `breaker`,
 //!   `retry`: its parts; `flow`: batches, channels and the stage tasks;
 //! - `route`: content-based routing (CEL); `dead_letter`: the dead-letter channel;
@@ -32,6 +33,7 @@ use tokio::task::JoinSet;
 use crate::config::{Breaker, OnError, PartitionBy, Retry, Role};
 use crate::plugin::{SinkCalls, SourceCalls, Start, TransformCalls};
 
+mod acks;
 mod breaker;
 mod counters;
 pub mod dead_letter;
@@ -108,6 +110,8 @@ pub enum SourcePlan {
         plugin: String,
         /// The instance (`init` done).
         instance: Box<dyn SourceCalls>,
+        /// Starts a fresh instance after a trap (its host state carries over).
+        start: Start<dyn SourceCalls>,
     },
     /// Dead letters put back through the pipeline, each entering at the stage that failed it.
     Replay(Vec<Replayed>),
@@ -125,6 +129,8 @@ pub struct PipelinePlan {
     pub sinks: Vec<Slot<dyn SinkCalls>>,
     /// Largest batch per poll.
     pub batch_size: u32,
+    /// Most bytes per poll, as `limits.max_output` counts them.
+    pub batch_bytes: u64,
     /// Batches buffered between stages.
     pub buffer: usize,
     /// What happens to records that failed for good.
@@ -318,18 +324,24 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
     let budget_units =
         u32::try_from((plan.max_in_flight as usize / BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
     match plan.source {
-        SourcePlan::Plugin { plugin, instance } => {
+        SourcePlan::Plugin {
+            plugin,
+            instance,
+            start,
+        } => {
             let source_stage = StageRef {
                 plugin,
                 role: Role::Source,
                 index: 1,
             };
-            tasks.spawn(run_source(SourceTask {
+            let task = SourceTask {
                 pipeline: name.clone(),
                 stage: source_stage,
                 instance,
+                start,
+                retry: plan.retry,
                 batch_size: plan.batch_size,
-                downstream,
+                batch_bytes: plan.batch_bytes,
                 done: done_rx,
                 sinks: sink_count,
                 counters: counters.clone(),
@@ -337,7 +349,8 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
                 abort: abort_rx,
                 budget: Arc::new(Semaphore::new(budget_units as usize)),
                 budget_units,
-            }));
+            };
+            tasks.spawn(run_source(task, downstream));
         }
         SourcePlan::Replay(entries) => {
             tasks.spawn(replay::run_replay(
@@ -362,6 +375,8 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
                     }
                     let _ = abort_tx.send(true);
                 }
+                // A task cancelled by the abort below is not a failure of its own.
+                Some(Err(join_error)) if join_error.is_cancelled() => {}
                 Some(Err(join_error)) => {
                     if failure.is_none() {
                         failure = Some(PipelineFailure {

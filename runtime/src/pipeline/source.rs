@@ -1,20 +1,33 @@
-//! The source task: poll batches (within the in-flight byte budget), send them on, and
-//! acknowledge a checkpoint only once every sink settled every record up to it.
+//! The source task: poll batches (within the in-flight byte budget and `batch_bytes`), send
+//! them on, acknowledge a checkpoint only once every sink settled every record up to it, and
+//! recover from a failed poll instead of ending the pipeline.
+//!
+//! Recovery, in the same spirit as the other stages' policy:
+//! - a trap (in `poll` or `ack`) starts a fresh instance after a back-off; `retry.attempts`
+//!   traps in a row with no good poll between them stop the pipeline. What the old instance
+//!   sent and nobody acknowledged is settled without an ack: the source delivers it again;
+//! - an answer over `limits.max_output` or a poll that ran out of `limits.memory` halves how
+//!   many messages are asked for (fresh instance, nothing counted against attempts); only a
+//!   single message over the limits stops the pipeline, saying which limit to raise;
+//! - a `retryable` error backs off and polls again, on a fresh instance after every
+//!   `retry.attempts` in a row (a broker that is down for an hour is waited for);
+//! - `fatal` and `invalid-data` stop the pipeline at once.
 
 #![allow(clippy::result_large_err)]
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::acks::AckTracker;
 use super::counters::Counters;
 use super::failure::{Cause, PipelineFailure, StageRef};
 use super::flow::{Batch, Downstream, Enter};
-use crate::contract::{ErrorKind, PollResult};
-use crate::plugin::SourceCalls;
+use crate::config::Retry;
+use crate::contract::{ErrorKind, Message, PollResult};
+use crate::plugin::{SourceCalls, Start, Trap, message_size};
 
 /// How long a source that returned an empty batch rests before it is polled again: the first
 /// empty poll rests [`IDLE_PAUSE`], each further one in a row twice as long, up to
@@ -31,8 +44,12 @@ pub(super) struct SourceTask {
     pub(super) pipeline: String,
     pub(super) stage: StageRef,
     pub(super) instance: Box<dyn SourceCalls>,
+    /// Starts a fresh instance after a trap.
+    pub(super) start: Start<dyn SourceCalls>,
+    pub(super) retry: Retry,
     pub(super) batch_size: u32,
-    pub(super) downstream: Downstream,
+    /// Most bytes per poll (as `limits.max_output` counts them).
+    pub(super) batch_bytes: u64,
     pub(super) done: mpsc::UnboundedReceiver<u64>,
     pub(super) sinks: usize,
     pub(super) counters: Arc<Counters>,
@@ -46,99 +63,148 @@ pub(super) struct SourceTask {
 /// Granularity of the in-flight byte budget.
 pub(super) const BUDGET_UNIT: usize = 1024;
 
-/// Batches sent and not yet accepted by every sink, oldest first.
-struct AckTracker {
-    pending: VecDeque<InFlight>,
-    first_seq: u64,
-    /// Where the queue depth is published.
-    pub(super) counters: Arc<Counters>,
-    bytes: u64,
+/// What the task knows about its polls between two calls.
+struct Polling {
+    /// How many messages a poll asks for: `batch_size`, less after answers that were too big.
+    max: u32,
+    /// Traps (or failed starts) in a row without a good poll.
+    traps: u32,
+    /// Retryable errors in a row.
+    retryable: u32,
+    backoff: Duration,
+    last_checkpoint: Option<u64>,
+    /// Told the operator once that a bounded source went over `batch_bytes`.
+    warned_bytes: bool,
 }
 
-/// A batch sent on and not yet settled by every sink.
-struct InFlight {
-    checkpoint: u64,
-    /// Payload bytes.
-    bytes: u64,
-    /// Sinks still to finish it.
-    remaining: usize,
-    /// Its share of the pipeline's in-flight byte budget, returned when it is settled.
-    _budget: Option<OwnedSemaphorePermit>,
-}
-
-impl AckTracker {
-    fn new(counters: Arc<Counters>) -> Self {
-        AckTracker {
-            pending: VecDeque::new(),
-            first_seq: 0,
-            counters,
-            bytes: 0,
+impl SourceTask {
+    fn fail(&self, cause: Cause) -> PipelineFailure {
+        PipelineFailure {
+            pipeline: self.pipeline.clone(),
+            stage: self.stage.clone(),
+            cause,
         }
     }
 
-    fn publish(&self) {
-        self.counters
-            .in_flight_batches
-            .store(self.pending.len() as u64, Ordering::Relaxed);
-        self.counters
-            .in_flight_bytes
-            .store(self.bytes, Ordering::Relaxed);
-    }
-
-    fn push(
+    /// Replace the instance after `trap`, unless the policy says to stop.
+    async fn recover(
         &mut self,
-        seq: u64,
-        checkpoint: u64,
-        bytes: u64,
-        sinks: usize,
-        budget: Option<OwnedSemaphorePermit>,
-    ) {
-        if self.pending.is_empty() {
-            self.first_seq = seq;
+        trap: Trap,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<(), PipelineFailure> {
+        let mut why = format!("trapped in `{}`: {}", trap.function, trap.reason);
+        if trap.over_limit && trap.function == "poll" {
+            if polling.max <= 1 {
+                return Err(self.fail(Cause::Host(format!(
+                    "a single message is over the plugin's limits ({}); raise \
+                     `limits.max_output` or `limits.memory` of plugin `{}`, or make the records \
+                     smaller",
+                    trap.reason, self.stage.plugin
+                ))));
+            }
+            polling.max = (polling.max / 2).max(1);
+            why = format!(
+                "{why}; polling at most {} messages from now on (a smaller `batch_size` or \
+                 `batch_bytes` starts there)",
+                polling.max
+            );
+        } else {
+            polling.traps += 1;
+            if polling.traps > self.retry.attempts {
+                return Err(self.fail(Cause::Trap(trap)));
+            }
         }
-        self.pending.push_back(InFlight {
-            checkpoint,
-            bytes,
-            remaining: sinks,
-            _budget: budget,
-        });
-        self.bytes += bytes;
-        self.publish();
+        self.restart(&why, polling, tracker).await
     }
 
-    /// A sink finished batch `seq`. Returns the newest checkpoint that is now fully delivered.
-    fn done(&mut self, seq: u64) -> Option<u64> {
-        let index = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
-        if let Some(entry) = self.pending.get_mut(index) {
-            entry.remaining = entry.remaining.saturating_sub(1);
-        }
-        let mut newest = None;
-        while self.pending.front().is_some_and(|f| f.remaining == 0) {
-            if let Some(front) = self.pending.pop_front() {
-                newest = Some(front.checkpoint);
-                self.bytes = self.bytes.saturating_sub(front.bytes);
+    /// Start a fresh instance (after a back-off), trying again while attempts remain.
+    async fn restart(
+        &mut self,
+        why: &str,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<(), PipelineFailure> {
+        let mut why = why.to_owned();
+        loop {
+            let wait = super::backoff(&self.retry, polling.traps.max(1));
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                "{} {why}; starting a fresh instance in {} (restart {} of at most {} in a row)",
+                self.stage,
+                humantime::format_duration(wait),
+                polling.traps.max(1),
+                self.retry.attempts
+            );
+            pause(wait, &mut self.drain, &mut self.abort).await;
+            self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+            tracker.orphan();
+            polling.last_checkpoint = None;
+            match (self.start)().await {
+                Ok(instance) => {
+                    self.instance = instance;
+                    return Ok(());
+                }
+                Err(e) => {
+                    polling.traps += 1;
+                    if polling.traps > self.retry.attempts {
+                        return Err(self.fail(Cause::Host(format!(
+                            "a fresh instance could not start: {e:#}"
+                        ))));
+                    }
+                    why = format!("could not start: {e:#}");
+                }
             }
-            self.first_seq += 1;
         }
-        if newest.is_some() {
-            self.publish();
+    }
+
+    /// Acknowledge `checkpoint`; a trap here is recovered like one in `poll`.
+    async fn ack(
+        &mut self,
+        checkpoint: u64,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<(), PipelineFailure> {
+        self.counters.acked_batches.fetch_add(1, Ordering::Relaxed);
+        match self.instance.ack(checkpoint).await {
+            Err(trap) => self.recover(trap, polling, tracker).await,
+            Ok(Err(error)) if error.kind == ErrorKind::Retryable => {
+                // The next ack covers this one (acks are cumulative).
+                tracing::warn!(
+                    pipeline = %self.pipeline,
+                    "{} could not acknowledge checkpoint {checkpoint}: {}; the next \
+                     acknowledgement covers it",
+                    self.stage,
+                    crate::contract::describe(&error)
+                );
+                Ok(())
+            }
+            Ok(Err(error)) => Err(self.fail(Cause::Error {
+                function: "ack",
+                error,
+                record: None,
+            })),
+            Ok(Ok(())) => Ok(()),
         }
-        newest
     }
 }
 
-pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailure> {
-    let fail = |cause: Cause| PipelineFailure {
-        pipeline: task.pipeline.clone(),
-        stage: task.stage.clone(),
-        cause,
-    };
+pub(super) async fn run_source(
+    mut task: SourceTask,
+    downstream: Downstream,
+) -> Result<(), PipelineFailure> {
     let mut tracker = AckTracker::new(task.counters.clone());
     let mut seq = 0u64;
-    let mut backoff = POLL_BACKOFF;
     let mut idle = IDLE_PAUSE;
-    let mut last_checkpoint: Option<u64> = None;
-    let mut downstream = Some(task.downstream);
+    let mut polling = Polling {
+        max: task.batch_size,
+        traps: 0,
+        retryable: 0,
+        backoff: POLL_BACKOFF,
+        last_checkpoint: None,
+        warned_bytes: false,
+    };
+    let mut downstream = Some(downstream);
 
     // Produce until end of stream, a drain request, or an abort.
     loop {
@@ -151,30 +217,39 @@ pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailu
             newest = tracker.done(done).or(newest);
         }
         if let Some(checkpoint) = newest {
-            ack(&mut *task.instance, checkpoint, &task.counters)
-                .await
-                .map_err(fail)?;
+            task.ack(checkpoint, &mut polling, &mut tracker).await?;
         }
         if *task.drain.borrow() {
             break;
         }
-        let polled = task.instance.poll(task.batch_size).await;
+        let polled = task.instance.poll(polling.max, task.batch_bytes).await;
         let batch = match polled {
-            Err(trap) => return Err(fail(Cause::Trap(trap))),
+            Err(trap) => {
+                task.recover(trap, &mut polling, &mut tracker).await?;
+                continue;
+            }
             Ok(Err(error)) if error.kind == ErrorKind::Retryable => {
+                polling.retryable += 1;
                 tracing::warn!(
                     pipeline = %task.pipeline,
                     "{} returned {}; polling again in {}",
                     task.stage,
                     crate::contract::describe(&error),
-                    humantime::format_duration(backoff)
+                    humantime::format_duration(polling.backoff)
                 );
-                pause(backoff, &mut task.drain, &mut task.abort).await;
-                backoff = (backoff * 2).min(MAX_POLL_BACKOFF);
+                pause(polling.backoff, &mut task.drain, &mut task.abort).await;
+                polling.backoff = (polling.backoff * 2).min(MAX_POLL_BACKOFF);
+                if polling.retryable.is_multiple_of(task.retry.attempts.max(1)) {
+                    let why = format!(
+                        "returned {polling_errors} retryable errors in a row",
+                        polling_errors = polling.retryable
+                    );
+                    task.restart(&why, &mut polling, &mut tracker).await?;
+                }
                 continue;
             }
             Ok(Err(error)) => {
-                return Err(fail(Cause::Error {
+                return Err(task.fail(Cause::Error {
                     function: "poll",
                     error,
                     record: None,
@@ -183,23 +258,25 @@ pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailu
             Ok(Ok(PollResult::EndOfStream)) => break,
             Ok(Ok(PollResult::Batch(batch))) => batch,
         };
-        backoff = POLL_BACKOFF;
-        if batch.messages.len() > task.batch_size as usize {
-            return Err(fail(Cause::Contract(format!(
+        polling.backoff = POLL_BACKOFF;
+        polling.traps = 0;
+        polling.retryable = 0;
+        if batch.messages.len() > polling.max as usize {
+            return Err(task.fail(Cause::Contract(format!(
                 "`poll({})` returned {} messages; a source must return at most `max`",
-                task.batch_size,
+                polling.max,
                 batch.messages.len()
             ))));
         }
-        if let Some(last) = last_checkpoint
+        if let Some(last) = polling.last_checkpoint
             && batch.checkpoint < last
         {
-            return Err(fail(Cause::Contract(format!(
+            return Err(task.fail(Cause::Contract(format!(
                 "checkpoint went backwards from {last} to {}; checkpoints must not decrease",
                 batch.checkpoint
             ))));
         }
-        last_checkpoint = Some(batch.checkpoint);
+        polling.last_checkpoint = Some(batch.checkpoint);
         if batch.messages.is_empty() {
             // Idle: rest a little, acknowledging whatever completes meanwhile.
             let pause = idle;
@@ -213,9 +290,7 @@ pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailu
             )
             .await;
             if let Some(checkpoint) = newest {
-                ack(&mut *task.instance, checkpoint, &task.counters)
-                    .await
-                    .map_err(fail)?;
+                task.ack(checkpoint, &mut polling, &mut tracker).await?;
             }
             continue;
         }
@@ -223,6 +298,7 @@ pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailu
         task.counters
             .polled
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+        keep_to_batch_bytes(&task, &mut polling, &batch.messages);
         // Wait for room in the in-flight byte budget, settling finished batches meanwhile.
         let bytes: usize = batch
             .messages
@@ -246,12 +322,10 @@ pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailu
                 _ = task.abort.changed() => return Ok(()),
             }
         };
-        if let Some(checkpoint) = newest {
-            ack(&mut *task.instance, checkpoint, &task.counters)
-                .await
-                .map_err(fail)?;
-        }
         tracker.push(seq, batch.checkpoint, bytes as u64, task.sinks, budget);
+        if let Some(checkpoint) = newest {
+            task.ack(checkpoint, &mut polling, &mut tracker).await?;
+        }
         let sent = match &downstream {
             Some(d) => {
                 d.send(Batch {
@@ -282,29 +356,51 @@ pub(super) async fn run_source(mut task: SourceTask) -> Result<(), PipelineFailu
             _ = task.abort.changed() => return Ok(()),
         }
         if let Some(checkpoint) = newest.take() {
-            ack(&mut *task.instance, checkpoint, &task.counters)
-                .await
-                .map_err(fail)?;
+            task.ack(checkpoint, &mut polling, &mut tracker).await?;
         }
     }
     Ok(())
 }
 
-/// Acknowledge `checkpoint` to the source.
-async fn ack(
-    instance: &mut dyn SourceCalls,
-    checkpoint: u64,
-    counters: &Counters,
-) -> Result<(), Cause> {
-    counters.acked_batches.fetch_add(1, Ordering::Relaxed);
-    match instance.ack(checkpoint).await {
-        Err(trap) => Err(Cause::Trap(trap)),
-        Ok(Err(error)) => Err(Cause::Error {
-            function: "ack",
-            error,
-            record: None,
-        }),
-        Ok(Ok(())) => Ok(()),
+/// Keep later polls within `batch_bytes`. A source that takes the bound (`poll-within`) and
+/// went over it with more than one message is told so, once; one that cannot take it is
+/// asked for fewer messages from now on.
+fn keep_to_batch_bytes(task: &SourceTask, polling: &mut Polling, messages: &[Message]) {
+    if messages.len() < 2 {
+        return;
+    }
+    let size: u64 = messages.iter().map(message_size).sum();
+    if size <= task.batch_bytes {
+        return;
+    }
+    if task.instance.bounded() {
+        if !polling.warned_bytes {
+            polling.warned_bytes = true;
+            tracing::warn!(
+                pipeline = %task.pipeline,
+                "{} returned {} messages of {} for a poll bounded to {} (batch_bytes); a \
+                 source must keep to the bound (only a single message may exceed it)",
+                task.stage,
+                messages.len(),
+                bytesize::ByteSize(size).display().iec(),
+                bytesize::ByteSize(task.batch_bytes).display().iec()
+            );
+        }
+        return;
+    }
+    let fits = (messages.len() as u64 * task.batch_bytes / size).max(1);
+    let max = u32::try_from(fits).unwrap_or(u32::MAX).min(polling.max);
+    if max < polling.max {
+        tracing::info!(
+            pipeline = %task.pipeline,
+            "{} returned {} messages of {}, over batch_bytes ({}); polling at most {max} \
+             messages from now on",
+            task.stage,
+            messages.len(),
+            bytesize::ByteSize(size).display().iec(),
+            bytesize::ByteSize(task.batch_bytes).display().iec()
+        );
+        polling.max = max;
     }
 }
 
@@ -338,32 +434,5 @@ async fn pause_or_done(
                 None => return newest,
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acks_wait_for_every_sink_and_stay_in_order() {
-        let counters = Arc::new(Counters::default());
-        let mut t = AckTracker::new(counters.clone());
-        t.push(0, 10, 100, 2, None);
-        t.push(1, 20, 200, 2, None);
-        t.push(2, 30, 300, 2, None);
-        assert_eq!(counters.in_flight_batches.load(Ordering::Relaxed), 3);
-        assert_eq!(counters.in_flight_bytes.load(Ordering::Relaxed), 600);
-        assert_eq!(t.done(1), None);
-        assert_eq!(t.done(0), None);
-        assert_eq!(t.done(0), Some(10));
-        assert_eq!(counters.in_flight_batches.load(Ordering::Relaxed), 2);
-        assert_eq!(counters.in_flight_bytes.load(Ordering::Relaxed), 500);
-        assert_eq!(t.done(1), Some(20));
-        assert_eq!(t.done(2), None);
-        assert_eq!(t.done(2), Some(30));
-        assert!(t.pending.is_empty());
-        assert_eq!(counters.in_flight_batches.load(Ordering::Relaxed), 0);
-        assert_eq!(counters.in_flight_bytes.load(Ordering::Relaxed), 0);
     }
 }

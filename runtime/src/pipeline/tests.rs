@@ -13,6 +13,7 @@ use crate::contract::{ErrorKind, Message, Outcome, PollResult, SourceBatch, WitE
 use crate::plugin::Trap;
 
 mod lanes;
+mod source;
 
 /// A source of `batches` batches of `per_batch` messages numbered from 0; checkpoint = batch
 /// number. Each ack is recorded with how many messages the sink had by then.
@@ -26,7 +27,11 @@ struct FakeSource {
 
 #[async_trait::async_trait]
 impl SourceCalls for FakeSource {
-    async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+    async fn poll(
+        &mut self,
+        max: u32,
+        _max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
         if self.next == self.batches {
             return Ok(Ok(PollResult::EndOfStream));
         }
@@ -102,6 +107,7 @@ fn trap(reason: &str) -> Trap {
         plugin: Arc::from("p/fake"),
         function: "process",
         reason: reason.to_owned(),
+        over_limit: false,
     }
 }
 
@@ -190,6 +196,7 @@ fn rig(
         source: SourcePlan::Plugin {
             plugin: "s".into(),
             instance: Box::new(source),
+            start: Arc::new(|| Box::pin(async { Err(anyhow::anyhow!("this fake cannot restart")) })),
         },
         transforms,
         sinks: vec![Slot::Live(Box::new(StagePlan {
@@ -201,6 +208,7 @@ fn rig(
             code: None,
         }))],
         batch_size: 64,
+        batch_bytes: 1 << 20,
         buffer: 2,
         on_error,
         retry: Retry {
@@ -251,6 +259,7 @@ async fn run_rig(rig: Rig) -> (Report, Rig) {
         transforms: Vec::new(),
         sinks: Vec::new(),
         batch_size: 1,
+        batch_bytes: 1,
         buffer: 1,
         on_error: OnError::Stop,
         retry: Retry::default(),

@@ -12,10 +12,15 @@ use crate::contract::{Message, Outcome, PollResult, WitError};
 /// A source: `poll` for batches, `ack` checkpoints once delivered.
 #[async_trait::async_trait]
 pub trait SourceCalls: Send {
-    /// `poll(max)`.
-    async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap>;
+    /// `poll(max)`; a source that can honour it is also asked for at most `max_bytes`.
+    async fn poll(&mut self, max: u32, max_bytes: u64)
+    -> Result<Result<PollResult, WitError>, Trap>;
     /// `ack(checkpoint)`.
     async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap>;
+    /// Whether `poll` honours `max_bytes` (the plugin exports `poll-within`).
+    fn bounded(&self) -> bool {
+        false
+    }
 }
 
 /// A transform: one outcome per input, in order.
@@ -39,12 +44,20 @@ pub type Start<T> =
 
 #[async_trait::async_trait]
 impl SourceCalls for super::Instance {
-    async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
-        super::Instance::poll(self, max).await
+    async fn poll(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
+        super::Instance::poll(self, max, max_bytes).await
     }
 
     async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
         super::Instance::ack(self, checkpoint).await
+    }
+
+    fn bounded(&self) -> bool {
+        super::Instance::bounded(self)
     }
 }
 

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::engine::Runtime;
 use super::instance::HostState;
 use crate::config::Role;
-use crate::contract::{sink, sink_packed, source, transform, transform_packed};
+use crate::contract::{sink, sink_packed, source, source_bounded, transform, transform_packed};
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,11 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// Whether a source is polled with a byte bound (`poll-within`).
+    pub fn bounded(&self) -> bool {
+        matches!(self.pre, RolePre::SourceBounded(_))
+    }
+
     /// Whether it is called through the packed fast path (`process-packed`, `write-packed`).
     pub fn packed(&self) -> bool {
         matches!(
@@ -91,6 +96,7 @@ impl LoadedPlugin {
 #[derive(Clone)]
 pub(super) enum RolePre {
     Source(source::SourcePre<HostState>),
+    SourceBounded(source_bounded::SourceBoundedPre<HostState>),
     Transform(transform::TransformPre<HostState>),
     TransformPacked(transform_packed::TransformPackedPre<HostState>),
     Sink(sink::SinkPre<HostState>),
@@ -172,6 +178,9 @@ impl Runtime {
             ),
         };
         let pre = match role {
+            Role::Source if exports_api("source-bounded-api") => RolePre::SourceBounded(
+                source_bounded::SourceBoundedPre::new(instance_pre).map_err(world_error)?,
+            ),
             Role::Source => {
                 RolePre::Source(source::SourcePre::new(instance_pre).map_err(world_error)?)
             }

@@ -18,7 +18,7 @@ use super::packed;
 use super::trap::{Blocked, Trap, guard};
 use crate::contract::{
     ConfigEntry, HostImports, Message, Metadata, Outcome, PluginState, PollResult, WitError, sink,
-    sink_packed, source, transform, transform_packed,
+    sink_packed, source, source_bounded, transform, transform_packed,
 };
 use crate::sandbox::{self, Grants, Limits};
 
@@ -80,6 +80,8 @@ impl sandbox::Audited for HostState {
 
 enum Bindings {
     Source(source::Source),
+    /// A source that exports `poll-within` too: polled through it.
+    SourceBounded(source_bounded::SourceBounded),
     Transform(transform::Transform),
     /// A transform that exports `process-packed` too: called through it.
     TransformPacked(transform_packed::TransformPacked),
@@ -94,6 +96,7 @@ macro_rules! plugin_call {
     ($self:ident, $timeout:expr, $what:literal, |$b:ident| $call:expr) => {
         match &$self.bindings {
             Some(Bindings::Source($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SourceBounded($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::Transform($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::TransformPacked($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::Sink($b)) => guard($self.guard_for($timeout), $call).await,
@@ -170,6 +173,10 @@ impl Runtime {
                 .instantiate_async(&mut instance.store)
                 .await
                 .map(Bindings::Source),
+            RolePre::SourceBounded(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::SourceBounded),
             RolePre::Transform(pre) => pre
                 .instantiate_async(&mut instance.store)
                 .await
@@ -195,9 +202,9 @@ impl Runtime {
     }
 }
 
-/// What a message costs in memory, roughly: its bytes and a fixed overhead.
-/// What a message costs against `limits.max_output` (as `packed::message_size` counts it).
-fn message_size(m: &Message) -> u64 {
+/// What a message costs against `limits.max_output` and `batch_bytes`: its bytes and a fixed
+/// overhead per message and per header (as `packed::message_size` counts it).
+pub fn message_size(m: &Message) -> u64 {
     let headers: usize = m
         .headers
         .iter()
@@ -269,6 +276,7 @@ impl Instance {
     }
 
     fn trap(&self, function: &'static str, timeout: Duration, e: wasmtime::Error) -> Trap {
+        let mut over_limit = false;
         let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => format!(
                 "the call ran past its deadline of {} and was stopped after {} (limits.{})",
@@ -299,10 +307,13 @@ impl Instance {
             }
             // The guest was refused memory and could not go on without it (a Rust allocator
             // aborts: an `unreachable` trap): say which limit.
-            _ if self.store.data().limits.refused() => format!(
-                "memory limit of {} reached (limits.memory)",
-                bytesize::ByteSize(self.limits.memory).display().iec()
-            ),
+            _ if self.store.data().limits.refused() => {
+                over_limit = true;
+                format!(
+                    "memory limit of {} reached (limits.memory)",
+                    bytesize::ByteSize(self.limits.memory).display().iec()
+                )
+            }
             Some(trap) => trap.to_string(),
             None => {
                 let text = e.root_cause().to_string();
@@ -333,6 +344,7 @@ impl Instance {
         Trap {
             plugin: self.label.clone(),
             function,
+            over_limit,
             reason,
         }
     }
@@ -346,6 +358,7 @@ impl Instance {
         self.limits.check_output(size).map_err(|reason| Trap {
             plugin: self.label.clone(),
             function,
+            over_limit: true,
             reason,
         })
     }
@@ -354,6 +367,7 @@ impl Instance {
         Trap {
             plugin: self.label.clone(),
             function,
+            over_limit: false,
             reason: "this function is not part of the plugin's world".to_owned(),
         }
     }
@@ -378,19 +392,33 @@ impl Instance {
         result.map_err(|e| self.trap("init", timeout, e))
     }
 
-    /// `poll(max)` of a source.
-    async fn poll_inner(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+    /// `poll(max)` of a source, through `poll-within(max, max_bytes)` when it has it.
+    async fn poll_inner(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
-        let Some(Bindings::Source(b)) = &self.bindings else {
-            return Err(self.wrong_role("poll"));
+        let result = match &self.bindings {
+            Some(Bindings::Source(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_poll(&mut self.store, max),
+                )
+                .await
+            }
+            Some(Bindings::SourceBounded(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_bounded_api()
+                        .call_poll_within(&mut self.store, max, max_bytes),
+                )
+                .await
+            }
+            _ => return Err(self.wrong_role("poll")),
         };
-        let result = guard(
-            self.guard_for(timeout),
-            b.patchbay_connector_source_api()
-                .call_poll(&mut self.store, max),
-        )
-        .await;
         let result = result.map_err(|e| self.trap("poll", timeout, e))?;
         if let Ok(PollResult::Batch(batch)) = &result {
             self.check_output("poll", &batch.messages)?;
@@ -402,15 +430,25 @@ impl Instance {
     async fn ack_inner(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
-        let Some(Bindings::Source(b)) = &self.bindings else {
-            return Err(self.wrong_role("ack"));
+        let result = match &self.bindings {
+            Some(Bindings::Source(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_ack(&mut self.store, checkpoint),
+                )
+                .await
+            }
+            Some(Bindings::SourceBounded(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_ack(&mut self.store, checkpoint),
+                )
+                .await
+            }
+            _ => return Err(self.wrong_role("ack")),
         };
-        let result = guard(
-            self.guard_for(timeout),
-            b.patchbay_connector_source_api()
-                .call_ack(&mut self.store, checkpoint),
-        )
-        .await;
         result.map_err(|e| self.trap("ack", timeout, e))
     }
 
@@ -458,6 +496,7 @@ impl Instance {
                         return Err(Trap {
                             plugin: self.label.clone(),
                             function: "process",
+                            over_limit: false,
                             reason: format!(
                                 "`process-packed` returned {n} outcomes for {} messages (not \
                                  decoded); it must return exactly one outcome per input, in order",
@@ -513,6 +552,7 @@ impl Instance {
                     Err(packed::Refusal::Count(n)) => Err(Trap {
                         plugin: self.label.clone(),
                         function: "write",
+                        over_limit: false,
                         reason: format!(
                             "`write-packed` returned {n} results for {} messages (not decoded); \
                              it must return exactly one result per input, in order",
@@ -547,6 +587,7 @@ impl Instance {
         Trap {
             plugin: self.label.clone(),
             function,
+            over_limit: false,
             reason: format!(
                 "its answer through `{packed}` is not a valid frame ({e}); see \"Packed \
                  frames\" in wit/README.md"
@@ -571,10 +612,19 @@ impl Instance {
         result
     }
 
-    /// `poll(max)` of a source.
-    pub async fn poll(&mut self, max: u32) -> Result<Result<PollResult, WitError>, Trap> {
+    /// Whether this source is polled with a byte bound (`poll-within`).
+    pub fn bounded(&self) -> bool {
+        matches!(self.bindings, Some(Bindings::SourceBounded(_)))
+    }
+
+    /// `poll(max)` of a source; a source that exports `poll-within` also gets `max_bytes`.
+    pub async fn poll(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
         let started = Instant::now();
-        let result = self.poll_inner(max).await;
+        let result = self.poll_inner(max, max_bytes).await;
         let records = match &result {
             Ok(Ok(PollResult::Batch(batch))) => batch.messages.len(),
             _ => 0,

@@ -20,6 +20,6 @@ mod trap;
 pub use calls::{SinkCalls, SourceCalls, Start, TransformCalls};
 pub use component::{LoadError, LoadedPlugin, file_sha256};
 pub use engine::{DEFAULT_INSTANCE_POOL, Runtime, TICK};
-pub use instance::{HostState, Instance};
+pub use instance::{HostState, Instance, message_size};
 pub use metrics::{CallLabels, CallMetrics};
 pub use trap::Trap;

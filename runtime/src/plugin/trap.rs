@@ -18,6 +18,9 @@ pub struct Trap {
     pub function: &'static str,
     /// What happened, with the plugin's last words on stderr when it left some.
     pub reason: String,
+    /// It hit `limits.memory` or `limits.max_output`: a smaller batch may pass where this one
+    /// did not (a source is then polled for fewer messages).
+    pub over_limit: bool,
 }
 
 /// Marks a call stopped by the wall-clock guard: it was waiting on the host (I/O, a timer), where
