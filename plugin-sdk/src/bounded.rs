@@ -64,6 +64,12 @@ impl Carry {
                         )));
                     }
                     self.last_checkpoint = Some(batch.checkpoint);
+                    if batch.messages.len() > max as usize {
+                        // A contract break the SDK must not hide: the host reports it.
+                        self.ours += 1;
+                        self.closes.push_back((self.ours, batch.checkpoint));
+                        return Ok(PollResult::batch(batch.messages, self.ours));
+                    }
                     self.held_checkpoint = batch.checkpoint;
                     self.held = batch.messages.into();
                 }
@@ -173,12 +179,18 @@ mod tests {
         }
         assert_eq!(got, [(3, 1), (3, 2), (3, 3), (1, 4), (2, 5)]);
         carry.ack(&mut source, 3).unwrap();
-        assert!(source.acks.is_empty(), "part of the first batch is not delivered yet");
+        assert!(
+            source.acks.is_empty(),
+            "part of the first batch is not delivered yet"
+        );
         carry.ack(&mut source, 4).unwrap();
         assert_eq!(source.acks, [10]);
         carry.ack(&mut source, 5).unwrap();
         assert_eq!(source.acks, [10, 20]);
-        assert_eq!(sizes(&carry.poll(&mut source, 100, 3_500).unwrap()).0, usize::MAX);
+        assert_eq!(
+            sizes(&carry.poll(&mut source, 100, 3_500).unwrap()).0,
+            usize::MAX
+        );
     }
 
     #[test]
@@ -194,7 +206,10 @@ mod tests {
             got.push(sizes(&carry.poll(&mut source, 2, 1_000).unwrap()));
         }
         // The source returned 2 of its 3 big ones (max 2): each alone. Then 2 small ones in one.
-        assert_eq!(got, [(1, 1), (1, 2), (2, 3), (usize::MAX, 0), (usize::MAX, 0)]);
+        assert_eq!(
+            got,
+            [(1, 1), (1, 2), (2, 3), (usize::MAX, 0), (usize::MAX, 0)]
+        );
         // An ack that covers two of the source's batches reaches it once, with the newest.
         carry.ack(&mut source, 3).unwrap();
         assert_eq!(source.acks, [20]);

@@ -296,6 +296,9 @@ fn as_sink(i: Instance) -> Box<dyn SinkCalls> {
     Box::new(i)
 }
 
+// The run-wide context (runtime, config, loaded plugins, state store) and this pipeline's
+// own inputs; a struct bundling them would be used only here.
+#[allow(clippy::too_many_arguments)]
 async fn plan_one(
     runtime: &Arc<Runtime>,
     config: &Config,
@@ -322,8 +325,7 @@ async fn plan_one(
         // One state store per plugin per pipeline, shared by every instance it will have.
         let state = match store {
             Ok(None) => PluginState::default(),
-            Ok(Some(store)) => match PluginState::durable(store.clone(), &pipeline.name, &r.name)
-            {
+            Ok(Some(store)) => match PluginState::durable(store.clone(), &pipeline.name, &r.name) {
                 Ok(state) => state,
                 Err(e) => {
                     problems.push(format!(

@@ -93,9 +93,7 @@ impl StateStore {
             let full = full_key(scope, key);
             match value {
                 Some(value) => {
-                    table
-                        .insert(full.as_str(), value)
-                        .map_err(|e| fail(&e))?;
+                    table.insert(full.as_str(), value).map_err(|e| fail(&e))?;
                 }
                 None => {
                     table.remove(full.as_str()).map_err(|e| fail(&e))?;
@@ -124,7 +122,10 @@ mod tests {
             store.put(&b, "pos", Some(b"7")).unwrap();
             // A second process is refused, with what to do.
             let second = StateStore::open(dir.path()).unwrap_err();
-            assert!(second.contains("another patchbay process uses this state store"), "{second}");
+            assert!(
+                second.contains("another patchbay process uses this state store"),
+                "{second}"
+            );
         }
         let store = StateStore::open(dir.path()).unwrap();
         let loaded = store.load(&a).unwrap();

@@ -266,7 +266,10 @@ fn the_compliance_kit_catches_each_broken_rule() {
         (
             "checkpoint-back",
             "s",
-            "FAIL  rule 13  checkpoints never decrease: batch 3 carried checkpoint 0 after 8",
+            // The Rust SDK hands the host checkpoints of its own (to split batches within
+            // `batch_bytes`), so it is the SDK that catches a source going backwards.
+            "FAIL  rule 11  `poll` keeps working: `poll` failed: fatal error: checkpoint went \
+             backwards from 8 to 0; checkpoints must not decrease",
         ),
         (
             "ack-trap",

@@ -207,9 +207,17 @@ batch_size = 100
     );
     // Positions live in host state: a fresh instance goes on where the last ack left it.
     assert!(stderr.contains("starting at row 0"), "{stderr}");
+    // Only what was in flight at a trap comes again: a fresh instance keeps one batch in
+    // flight until its first ack, so a row is lost to at most two traps (the first
+    // instance polls ahead before any ack, its successors do not).
     assert!(
-        counts.values().all(|n| *n <= 2),
-        "only what was in flight comes again"
+        counts.values().all(|n| *n <= 3),
+        "only what was in flight comes again: {:?}",
+        counts
+            .iter()
+            .filter(|(_, n)| **n > 3)
+            .take(5)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -263,7 +271,10 @@ batch_size = 50
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no start position in:\n{stderr}"));
-    assert!(start > 0 && start <= delivered, "start {start}, delivered {delivered}");
+    assert!(
+        start > 0 && start <= delivered,
+        "start {start}, delivered {delivered}"
+    );
     let text = std::fs::read_to_string(&file).unwrap();
     assert_no_torn_line(&text);
     let counts = seq_counts(&text);
@@ -335,7 +346,8 @@ retry = { attempts = 2, backoff = "1ms", max_backoff = "2ms" }
     let status = crate::run_in(s.path(), &["status", "--admin", &format!("http://{admin}")]);
     let (stdout, _) = text(&status);
     assert!(
-        stdout.contains("pipeline `doomed` (failed)") && stdout.contains("  error: pipeline `doomed`"),
+        stdout.contains("pipeline `doomed` (failed)")
+            && stdout.contains("  error: pipeline `doomed`"),
         "{stdout}"
     );
     // Progress lines go on for the pipeline that runs, not for the failed one.
@@ -390,7 +402,8 @@ sinks = ["out"]
             let (addr, barrier) = (addr.clone(), barrier.clone());
             std::thread::spawn(move || {
                 // 1,000,000 bytes: under the default max_body of 1 MiB.
-                let body = format!(r#"{{"seq":{i},"pad":"{}"}}"#, "x".repeat(999_975));
+                let head = format!(r#"{{"seq":{i},"pad":""#);
+                let body = format!(r#"{head}{}"}}"#, "x".repeat(1_000_000 - head.len() - 2));
                 assert_eq!(body.len(), 1_000_000);
                 barrier.wait();
                 post(&addr, body.as_bytes())
@@ -407,7 +420,11 @@ sinks = ["out"]
     let text = std::fs::read_to_string(out.join("out.jsonl")).unwrap();
     let counts = seq_counts(&text);
     for i in &accepted {
-        assert_eq!(counts.get(i), Some(&1), "accepted record {i} is in the sink once");
+        assert_eq!(
+            counts.get(i),
+            Some(&1),
+            "accepted record {i} is in the sink once"
+        );
     }
     // The pipeline is still up: one more caller is served.
     let again = post(&addr, br#"{"seq":99}"#);

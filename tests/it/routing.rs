@@ -219,7 +219,8 @@ sinks = ["out2"]
     assert_eq!(dead.matches(r#""error_kind":"circuit-open""#).count(), 4900);
     assert!(
         stderr.contains(
-            "pipeline `storm`: 5000 in, 0 dropped, 0 written to `out`, 5000 dead-lettered;"
+            "pipeline `storm`: 5000 in, 0 dropped, 0 written to `out`, 5000 dead-lettered, 3 \
+             instances restarted after traps;"
         ),
         "{stderr}"
     );

@@ -20,7 +20,7 @@ path = "{{plugin:test-hostile}}"
 
 [plugins.out-{name}]
 path = "{{plugin:file-sink}}"
-config = {{ path = "/out/{name}.txt" }}
+config = {{ path = "/out/{name}.txt", append = false }}
 grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
 
 [[pipeline]]

@@ -202,9 +202,8 @@ fn repair(file: &File, path: &str) -> Result<(), Error> {
         end = start;
     }
     if end < len {
-        file.set_len(end).map_err(|e| {
-            Error::fatal(format!("cannot cut the torn last line of `{path}`: {e}"))
-        })?;
+        file.set_len(end)
+            .map_err(|e| Error::fatal(format!("cannot cut the torn last line of `{path}`: {e}")))?;
         patchbay_sdk::log::warn(&format!(
             "`{path}` ended in a line without its newline ({} bytes, left by a crash \
              mid-write): cut off; the pipeline delivers that record again",

@@ -149,10 +149,9 @@ pub(super) fn check(
         let source_limit = plugins
             .get(&source.name)
             .map_or(defaults::MAX_OUTPUT, |p: &PluginDecl| p.limits.max_output);
-        let batch_bytes = raw_pipeline.batch_bytes.map_or(
-            defaults::BATCH_BYTES.min(source_limit / 4).max(1),
-            |s| s.0,
-        );
+        let batch_bytes = raw_pipeline
+            .batch_bytes
+            .map_or(defaults::BATCH_BYTES.min(source_limit / 4).max(1), |s| s.0);
         if batch_bytes == 0 || batch_bytes > source_limit {
             problems.push(
                 Diagnostic::new(
@@ -161,7 +160,11 @@ pub(super) fn check(
                         "pipeline `{name}`: batch_bytes {} is {} the source `{}` may return in \
                          one poll (limits.max_output {})",
                         bytesize::ByteSize(batch_bytes).display().iec(),
-                        if batch_bytes == 0 { "less than anything" } else { "more than" },
+                        if batch_bytes == 0 {
+                            "less than anything"
+                        } else {
+                            "more than"
+                        },
                         source.name,
                         bytesize::ByteSize(source_limit).display().iec()
                     ),

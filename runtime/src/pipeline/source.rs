@@ -5,7 +5,9 @@
 //! Recovery, in the same spirit as the other stages' policy:
 //! - a trap (in `poll` or `ack`) starts a fresh instance after a back-off; `retry.attempts`
 //!   traps in a row with no good poll between them stop the pipeline. What the old instance
-//!   sent and nobody acknowledged is settled without an ack: the source delivers it again;
+//!   sent and nobody acknowledged is settled without an ack: the source delivers it again.
+//!   The fresh instance keeps one batch in flight until its first ack, so its position moves
+//!   on even when it traps again a few polls later;
 //! - an answer over `limits.max_output` or a poll that ran out of `limits.memory` halves how
 //!   many messages are asked for (fresh instance, nothing counted against attempts); only a
 //!   single message over the limits stops the pipeline, saying which limit to raise;
@@ -75,6 +77,10 @@ struct Polling {
     last_checkpoint: Option<u64>,
     /// Told the operator once that a bounded source went over `batch_bytes`.
     warned_bytes: bool,
+    /// A fresh instance keeps one batch in flight until its first acknowledgement: a source
+    /// that traps every few polls then still moves its position on between traps, instead of
+    /// polling ahead and losing every unacknowledged batch to the next trap.
+    probation: bool,
 }
 
 impl SourceTask {
@@ -143,6 +149,7 @@ impl SourceTask {
             match (self.start)().await {
                 Ok(instance) => {
                     self.instance = instance;
+                    polling.probation = true;
                     return Ok(());
                 }
                 Err(e) => {
@@ -184,8 +191,33 @@ impl SourceTask {
                 error,
                 record: None,
             })),
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                polling.probation = false;
+                Ok(())
+            }
         }
+    }
+
+    /// Wait until every batch in flight is settled, acknowledging as they are (the
+    /// probation of a fresh instance). Returns false when aborted.
+    async fn settle(
+        &mut self,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<bool, PipelineFailure> {
+        while !tracker.pending.is_empty() {
+            let newest = tokio::select! {
+                done = self.done.recv() => match done {
+                    Some(seq) => tracker.done(seq),
+                    None => return Ok(true),
+                },
+                _ = self.abort.changed() => return Ok(false),
+            };
+            if let Some(checkpoint) = newest {
+                self.ack(checkpoint, polling, tracker).await?;
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -203,6 +235,7 @@ pub(super) async fn run_source(
         backoff: POLL_BACKOFF,
         last_checkpoint: None,
         warned_bytes: false,
+        probation: false,
     };
     let mut downstream = Some(downstream);
 
@@ -221,6 +254,9 @@ pub(super) async fn run_source(
         }
         if *task.drain.borrow() {
             break;
+        }
+        if polling.probation && !task.settle(&mut polling, &mut tracker).await? {
+            return Ok(());
         }
         let polled = task.instance.poll(polling.max, task.batch_bytes).await;
         let batch = match polled {
@@ -346,19 +382,7 @@ pub(super) async fn run_source(
 
     // Let the stages finish what is in flight, then acknowledge it.
     downstream.take();
-    let mut newest = None;
-    while !tracker.pending.is_empty() {
-        tokio::select! {
-            done = task.done.recv() => match done {
-                Some(seq) => newest = tracker.done(seq).or(newest),
-                None => break,
-            },
-            _ = task.abort.changed() => return Ok(()),
-        }
-        if let Some(checkpoint) = newest.take() {
-            task.ack(checkpoint, &mut polling, &mut tracker).await?;
-        }
-    }
+    task.settle(&mut polling, &mut tracker).await?;
     Ok(())
 }
 

@@ -196,7 +196,9 @@ fn rig(
         source: SourcePlan::Plugin {
             plugin: "s".into(),
             instance: Box::new(source),
-            start: Arc::new(|| Box::pin(async { Err(anyhow::anyhow!("this fake cannot restart")) })),
+            start: Arc::new(|| {
+                Box::pin(async { Err(anyhow::anyhow!("this fake cannot restart")) })
+            }),
         },
         transforms,
         sinks: vec![Slot::Live(Box::new(StagePlan {

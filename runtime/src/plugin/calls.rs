@@ -13,8 +13,11 @@ use crate::contract::{Message, Outcome, PollResult, WitError};
 #[async_trait::async_trait]
 pub trait SourceCalls: Send {
     /// `poll(max)`; a source that can honour it is also asked for at most `max_bytes`.
-    async fn poll(&mut self, max: u32, max_bytes: u64)
-    -> Result<Result<PollResult, WitError>, Trap>;
+    async fn poll(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap>;
     /// `ack(checkpoint)`.
     async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap>;
     /// Whether `poll` honours `max_bytes` (the plugin exports `poll-within`).

@@ -412,8 +412,11 @@ impl Instance {
             Some(Bindings::SourceBounded(b)) => {
                 guard(
                     self.guard_for(timeout),
-                    b.patchbay_connector_source_bounded_api()
-                        .call_poll_within(&mut self.store, max, max_bytes),
+                    b.patchbay_connector_source_bounded_api().call_poll_within(
+                        &mut self.store,
+                        max,
+                        max_bytes,
+                    ),
                 )
                 .await
             }

@@ -124,7 +124,11 @@ async fn an_answer_over_the_limits_asks_for_fewer_messages() {
     });
     let (report, rig) = run_rig(rig).await;
     assert!(report.failure.is_none(), "{:?}", report.failure);
-    assert_eq!(numbers(&rig), (0..500).collect::<Vec<_>>(), "in order, once");
+    assert_eq!(
+        numbers(&rig),
+        (0..500).collect::<Vec<_>>(),
+        "in order, once"
+    );
     assert_eq!(report.counters.restarts.load(Ordering::Relaxed), 3);
     assert!(rig.sink_calls.lock().unwrap().iter().all(|n| *n <= 8));
     assert_eq!(log.lock().unwrap().acked, 500);

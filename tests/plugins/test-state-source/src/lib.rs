@@ -39,9 +39,21 @@ impl Source for StateSource {
             "Test only: rows from a position kept in host state; may trap on a schedule.",
         )
         .key(ConfigKey::optional("count", "Rows in the table.", "1000"))
-        .key(ConfigKey::optional("trap_every", "Trap on every Nth poll (0: never).", "0"))
-        .key(ConfigKey::optional("poll_pause", "Milliseconds each poll sleeps first.", "0"))
-        .key(ConfigKey::optional("pad", "Bytes of padding in each row.", "0"))
+        .key(ConfigKey::optional(
+            "trap_every",
+            "Trap on every Nth poll (0: never).",
+            "0",
+        ))
+        .key(ConfigKey::optional(
+            "poll_pause",
+            "Milliseconds each poll sleeps first.",
+            "0",
+        ))
+        .key(ConfigKey::optional(
+            "pad",
+            "Bytes of padding in each row.",
+            "0",
+        ))
     }
 
     fn init(config: Config) -> Result<Self, Error> {
