@@ -82,6 +82,18 @@ pub fn ack<T: Source>(slot: &'static Slot<T>, checkpoint: u64) -> Result<(), Err
     })
 }
 
+/// `share`: whether this instance can share the source's work with `instances - 1` others.
+pub fn share<T: Source>(
+    slot: &'static Slot<T>,
+    instance: u32,
+    instances: u32,
+) -> Result<(), String> {
+    slot.with(|cell| match cell.borrow_mut().as_mut() {
+        Some(s) => s.share(instance, instances),
+        None => Err(NOT_INITIALISED.to_owned()),
+    })
+}
+
 /// `write`: one result per input, or an error for each input before `init`.
 pub fn write<T: Sink>(slot: &'static Slot<T>, batch: Vec<Message>) -> Vec<Result<(), Error>> {
     slot.with(|cell| match cell.borrow_mut().as_mut() {

@@ -16,8 +16,9 @@
 //! it with its `__export_*_with_wit!` macro, which receives the text as `$wit:literal`.
 
 /// Export a type implementing [`Source`](crate::Source) as this crate's component
-/// (world `source-bounded` of `patchbay:connector@0.1.0`: `poll`, and `poll-within`, which
-/// keeps each answer within the host's byte bound). Invoke it once, at the root of a `cdylib`
+/// (world `source-shared` of `patchbay:connector@0.1.0`: `poll`, `poll-within`, which
+/// keeps each answer within the host's byte bound, and `share`, which asks
+/// [`Source::share`](crate::Source::share)). Invoke it once, at the root of a `cdylib`
 /// crate:
 ///
 /// ```ignore
@@ -128,7 +129,7 @@ macro_rules! __export_source_with_wit {
         $crate::__patchbay_bindings!(
             __patchbay_source_bindings,
             $wit,
-            "patchbay:connector/source-bounded@0.1.0"
+            "patchbay:connector/source-shared@0.1.0"
         );
 
         #[doc(hidden)]
@@ -154,6 +155,16 @@ macro_rules! __export_source_with_wit {
                     max_bytes: u64,
                 ) -> ::core::result::Result<$crate::PollResult, $crate::Error> {
                     $crate::export::poll_within(&INSTANCE, max, max_bytes)
+                }
+            }
+
+            // Several instances sharing the work (world `source-shared`).
+            impl __api::source_shared_api::Guest for Adapter {
+                fn share(
+                    instance: u32,
+                    instances: u32,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::export::share(&INSTANCE, instance, instances)
                 }
             }
 

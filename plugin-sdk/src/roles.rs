@@ -47,6 +47,23 @@ pub trait Source: Sized + 'static {
         let _ = checkpoint;
         Ok(())
     }
+
+    /// The pipeline runs `instances` instances of this source (`concurrency` on the source) and
+    /// this is number `instance` (1 to `instances`); called after `init`, before the first
+    /// `poll`, only when `instances` is over 1. Return `Ok` when the instances share the work
+    /// (each message reaches one of them: a queue group, a consumer group, a shared
+    /// subscription), after setting what tells this one apart (its own consumer or client
+    /// name, derived from `instance` so that a restarted instance gets the same); `Err` with
+    /// why not and which setting would make them share, and the pipeline does not start.
+    /// The default: the source keeps one position, so it runs as one instance.
+    fn share(&mut self, instance: u32, instances: u32) -> Result<(), String> {
+        let _ = (instance, instances);
+        Err(
+            "it keeps a single position (it does not say that several instances can share \
+             its work); remove `concurrency` from the source"
+                .into(),
+        )
+    }
 }
 
 /// A sink: delivers messages and answers ok or an error for each.

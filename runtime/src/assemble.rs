@@ -12,7 +12,8 @@ use std::pin::Pin;
 use crate::config::{Config, PartitionBy, PipelineDecl, PluginDecl, PluginRef, Role};
 use crate::contract::{Metadata, PluginState, check_keys, init_entries};
 use crate::pipeline::{
-    DeadLetters, PipelinePlan, Replayed, Router, Slot, SourcePlan, StageKind, StagePlan,
+    DeadLetters, PipelinePlan, Replayed, Router, Slot, SourceInstance, SourcePlan, StageKind,
+    StagePlan,
 };
 use crate::plugin::{
     Instance, LoadedPlugin, Runtime, SinkCalls, SourceCalls, Start, TransformCalls,
@@ -93,6 +94,20 @@ pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, Assemble
         }
         for s in &pipeline.sinks {
             expect(s, Role::Sink);
+        }
+        let source = &pipeline.source;
+        if source.parallel.instances > 1
+            && let Some(loaded) = plugins.get(&source.name)
+            && loaded.role == Role::Source
+            && !loaded.shared()
+        {
+            problems.push(format!(
+                "{}: pipeline `{}`: source `{}` cannot run {} instances: its plugin does not \
+                 say that several instances can share its work (it exports no \
+                 `source-shared-api`, see wit/worlds.wit); remove `concurrency` from \
+                 [pipeline.stages.{}]",
+                source.loc, pipeline.name, source.name, source.parallel.instances, source.name
+            ));
         }
     }
     AssembleError::check(problems)?;
@@ -268,6 +283,55 @@ impl Started {
     }
 }
 
+/// A source's instances, each told its number through `share` when there are several (and so is
+/// every fresh instance that replaces one after a trap); `None` when one of them cannot share.
+async fn shared_source(started: Started, pipeline: &str) -> Result<SourcePlan, String> {
+    let all: Vec<Instance> = std::iter::once(started.instance)
+        .chain(started.more)
+        .collect();
+    let n = u32::try_from(all.len()).unwrap_or(u32::MAX);
+    let mut instances = Vec::with_capacity(all.len());
+    for (number, mut instance) in (1..=n).zip(all) {
+        if n > 1 {
+            let refused = match instance.share(number, n).await {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(why),
+                Err(trap) => Some(trap.to_string()),
+            };
+            if let Some(why) = refused {
+                return Err(format!(
+                    "pipeline `{pipeline}`: source `{}` cannot run {n} instances \
+                     (`concurrency = {n}` in [pipeline.stages.{}]): {why}",
+                    started.plugin, started.plugin
+                ));
+            }
+        }
+        let start = started.start.clone();
+        let start: StartInstance = Arc::new(move || {
+            let fresh = start();
+            Box::pin(async move {
+                let mut instance = fresh.await?;
+                if n > 1 {
+                    match instance.share(number, n).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(why)) => anyhow::bail!("`share({number}, {n})` refused: {why}"),
+                        Err(trap) => return Err(trap.into()),
+                    }
+                }
+                Ok(instance)
+            })
+        });
+        instances.push(SourceInstance {
+            calls: as_source(instance),
+            start: boxed_start(start, as_source),
+        });
+    }
+    Ok(SourcePlan::Plugin {
+        plugin: started.plugin,
+        instances,
+    })
+}
+
 /// `start`, with its instances as calls of one role (`boxed`).
 fn boxed_start<C: ?Sized + 'static>(
     start: StartInstance,
@@ -390,15 +454,20 @@ async fn plan_one(
             }
         }
     };
+    // Said once `stage` (which holds `problems`) is done.
+    let mut source_refused = None;
     let source = match replay {
         Some(entries) => Some(SourcePlan::Replay(entries)),
-        None => stage(&pipeline.source, Role::Source)
-            .await
-            .map(|s| SourcePlan::Plugin {
-                plugin: s.plugin,
-                instance: as_source(s.instance),
-                start: boxed_start(s.start, as_source),
-            }),
+        None => match stage(&pipeline.source, Role::Source).await {
+            Some(started) => match shared_source(started, &pipeline.name).await {
+                Ok(source) => Some(source),
+                Err(refused) => {
+                    source_refused = Some(refused);
+                    None
+                }
+            },
+            None => None,
+        },
     };
     // A replay starts only the stages its entries reach: transforms from the earliest one an
     // entry re-enters at (and then every sink), or just the sinks entries failed at.
@@ -462,6 +531,10 @@ async fn plan_one(
         }
         None => Arc::new(DeadLetters::new(pipeline.dead_letter.clone())),
     };
+    if let Some(refused) = source_refused {
+        problems.push(refused);
+        return None;
+    }
     let router = if pipeline.routes.is_empty() {
         None
     } else {

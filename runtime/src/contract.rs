@@ -72,6 +72,22 @@ pub mod source_bounded {
     });
 }
 
+/// World `source-shared`: a bounded source whose instances can share its work (`share`).
+#[allow(missing_docs, clippy::all)]
+pub mod source_shared {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "source-shared",
+        exports: { default: async },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
+    });
+}
+
 /// World `transform-packed`: a transform with the packed fast path (`process-packed`).
 #[allow(missing_docs, clippy::all)]
 pub mod transform_packed {

@@ -29,6 +29,15 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest output of one plugin call (`limits.max_output`).
 pub const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+/// Most live handles an instance holds in the host (`limits.handles`): WASI streams, sockets,
+/// header maps, pending lookups. wasmtime's own default is 100,000 per table.
+pub const HANDLES: usize = 1024;
+/// The range `limits.handles` may take (a Rust guest needs a few dozen to start).
+pub const MIN_HANDLES: usize = 64;
+pub const MAX_HANDLES: usize = 100_000;
+/// Most bytes one `wasi:http` header map may hold in the host (wasmtime's default: 128 KiB).
+/// Proxies cap a request's headers at 8–16 KiB on the wire.
+pub const HTTP_FIELDS_SIZE: usize = 16 * 1024;
 
 /// Most attempts per record, the first one included (`retry.attempts`).
 pub const RETRY_ATTEMPTS: u32 = 10;

@@ -262,6 +262,7 @@ partition_by = "json.("
 
 [pipeline.stages.gen]
 concurrency = 2
+partition_by = "key"
 
 [pipeline.stages.mapp]
 concurrency = "auto"
@@ -274,8 +275,8 @@ concurrency = "auto"
         "p.toml:16:15: pipeline `p`: concurrency 0 is out of range",
         "use 1 to 256 instances, or \"auto\" for one per core",
         "p.toml:17:16: pipeline `p`: partition_by `json.(` is not valid CEL",
-        "p.toml:19:18: pipeline `p`: source `gen` runs one instance; `concurrency` and `partition_by` apply to transforms and sinks",
-        "p.toml:22:18: pipeline `p`: [pipeline.stages.mapp] names no stage of this pipeline",
+        "p.toml:19:18: pipeline `p`: source `gen` takes `concurrency` but not `partition_by`: a source's instances each read their own share, and the broker decides which",
+        "p.toml:23:18: pipeline `p`: [pipeline.stages.mapp] names no stage of this pipeline",
         "use one of: gen, map, null",
     ] {
         assert!(

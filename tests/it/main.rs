@@ -10,6 +10,7 @@ mod compliance;
 mod concurrency;
 mod delivery;
 mod examples;
+mod host_memory;
 mod http;
 mod mqtt;
 mod nats;

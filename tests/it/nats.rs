@@ -643,6 +643,106 @@ sinks = ["out"]
     client.delete_stream(&stream);
 }
 
+/// `concurrency = 2` on a JetStream source: two instances pull from one durable consumer;
+/// every message arrives once, each acknowledged once (none delivered again).
+#[test]
+fn two_jetstream_source_instances_share_one_durable_consumer() {
+    let _nats = nats_lock();
+    require_server();
+    let (subject, stream) = unique("source-js2");
+    let mut client = Client::connect();
+    client.create_stream(&stream, &format!("{subject}.>"));
+    client.fill_stream(&format!("{subject}.a"), 0..COUNT);
+    let s = Scratch::new();
+    let out_dir = s.mkdir("out");
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.src]
+path = "{{plugin:nats-source}}"
+config = {{ mode = "jetstream", stream = "{stream}", consumer = "pb", filter_subject = "{subject}.>" }}
+grants = {{ tcp = ["{SERVER}"] }}
+{}
+[[pipeline]]
+name = "from-stream"
+source = "src"
+sinks = ["out"]
+batch_size = 100
+
+[pipeline.stages.src]
+concurrency = 2
+"#,
+            file_sink(&out_dir)
+        ),
+    );
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
+    let read = || std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default();
+    child.wait_for(
+        "not every message arrived",
+        Duration::from_secs(120),
+        || read().lines().count() as u64 >= COUNT,
+    );
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("source `src` runs 2 instances"), "{stderr}");
+    let counts = seqs(&read());
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1), "duplicates");
+    let mut info = Value::Null;
+    crate::wait_until(
+        "the consumer still has unacknowledged messages",
+        Duration::from_secs(10),
+        || {
+            info = client.api(&format!("CONSUMER.INFO.{stream}.pb"), &Value::Null);
+            info["num_pending"] == 0 && info["num_ack_pending"] == 0
+        },
+    );
+    assert_eq!(info["delivered"]["stream_seq"], COUNT, "{info}");
+    assert_eq!(info["num_redelivered"], 0, "acknowledged once each: {info}");
+    client.delete_stream(&stream);
+}
+
+/// A core subscription without a queue group cannot be split: `run` says why and what to set.
+#[test]
+fn a_core_nats_source_without_a_queue_group_refuses_two_instances() {
+    require_server();
+    let s = Scratch::new();
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.src]
+path = "{{plugin:nats-source}}"
+config = {{ subject = "x.>" }}
+grants = {{ tcp = ["{SERVER}"] }}
+
+[plugins.null]
+path = "{{plugin:blackhole}}"
+
+[[pipeline]]
+name = "p"
+source = "src"
+sinks = ["null"]
+
+[pipeline.stages.src]
+concurrency = 2
+"#
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "pipeline `p`: source `src` cannot run 2 instances (`concurrency = 2` in \
+             [pipeline.stages.src]): with mode = \"core\" and no `queue`, each of the 2 \
+             instances would get every message; set `queue`"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Headers and payloads pass from NATS through the source and the sink back to NATS.
 #[test]
 fn nats_headers_pass_through_both_connectors() {

@@ -186,6 +186,78 @@ sinks = ["out"]
     cli(&["DEL", &key]);
 }
 
+/// `concurrency = 2` on the source: two consumers of one group share the stream; every entry
+/// arrives once and is acknowledged by the consumer that read it.
+#[test]
+fn two_redis_source_instances_share_the_group_and_deliver_each_entry_once() {
+    let _redis = redis_lock();
+    require_redis();
+    let s = Scratch::new();
+    let out_dir = s.mkdir("out");
+    let key = unique("shared");
+    fill_stream(&key, 0, COUNT);
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.src]
+path = "{{plugin:redis-source}}"
+config = {{ url = "redis://{REDIS}", stream = "{key}", group = "g", consumer = "c", start = "0" }}
+grants = {{ tcp = ["{REDIS}"] }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "from-redis"
+source = "src"
+sinks = ["out"]
+batch_size = 64
+
+[pipeline.stages.src]
+concurrency = 2
+"#,
+            out_dir.display()
+        ),
+    );
+    let mut child = Running::start(s.path(), &["run", "p.toml"]);
+    let lines = || {
+        std::fs::read_to_string(out_dir.join("out.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count() as u64
+    };
+    child.wait_for("every entry written", Duration::from_secs(60), || {
+        lines() >= COUNT
+    });
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "instance 2 reads stream `{key}` as consumer `c.2` of group `g`"
+        )),
+        "{stderr}"
+    );
+    let counts = seq_counts(&std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap());
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1), "duplicates");
+    let pending = cli(&["XPENDING", &key, "g"]);
+    assert_eq!(pending.lines().next(), Some("0"), "{pending}");
+    // Both consumers read from the group (each is listed once it has read).
+    let consumers = cli(&["XINFO", "CONSUMERS", &key, "g"]);
+    let names: Vec<&str> = consumers
+        .lines()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "name")
+        .map(|w| w[1])
+        .collect();
+    assert_eq!(names, ["c", "c.2"], "{consumers}");
+    cli(&["DEL", &key]);
+}
+
 #[test]
 fn the_redis_connectors_need_their_network_grant() {
     let _redis = redis_lock();

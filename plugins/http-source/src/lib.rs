@@ -38,8 +38,10 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use patchbay_sdk::json::Value;
 use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, log, net};
+
+mod request;
+use request::{Parsed, Reply, has_head};
 
 const KEYS: &[Key] = &[
     Key::text(
@@ -183,74 +185,6 @@ struct HttpSource {
     checkpoint: u64,
 }
 
-/// An answer to a request.
-struct Reply {
-    status: u16,
-    body: String,
-    extra: &'static str,
-}
-
-impl Reply {
-    fn error(status: u16, message: impl Into<String>) -> Reply {
-        let body = Value::Object(
-            [("error".to_owned(), Value::String(message.into()))]
-                .into_iter()
-                .collect(),
-        )
-        .to_string();
-        Reply {
-            status,
-            body,
-            extra: "",
-        }
-    }
-
-    fn write(&self, out: &mut Vec<u8>, keep_alive: bool) {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            411 => "Length Required",
-            413 => "Content Too Large",
-            431 => "Request Header Fields Too Large",
-            503 => "Service Unavailable",
-            _ => "Error",
-        };
-        let connection = if keep_alive { "keep-alive" } else { "close" };
-        let head = format!(
-            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: {connection}\r\n{}\r\n",
-            self.status,
-            self.body.len(),
-            self.extra
-        );
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(self.body.as_bytes());
-    }
-}
-
-/// What reading a connection's buffer gave.
-enum Parsed {
-    /// Not a whole request yet.
-    Incomplete,
-    /// A request to answer now, without records; `close` ends the connection after it.
-    Answer { reply: Reply, close: bool },
-    /// A request refused before its body was read: answer now, then read `body` bytes more
-    /// and throw them away.
-    Skip {
-        reply: Reply,
-        keep_alive: bool,
-        body: usize,
-    },
-    /// A request with its records.
-    Records {
-        records: Vec<Message>,
-        keep_alive: bool,
-    },
-}
-
 fn would_block(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -259,204 +193,6 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl HttpSource {
-    /// Parse the first request in `input`, consuming it when it is whole.
-    fn parse(&mut self, input: &mut Vec<u8>, reserved: &mut usize) -> Parsed {
-        let in_flight = self.in_flight;
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut headers);
-        let head_len = match request.parse(input) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => {
-                return Parsed::Answer {
-                    reply: Reply::error(431, format!("request head over {MAX_HEAD} bytes")),
-                    close: true,
-                };
-            }
-            Ok(httparse::Status::Partial) => return Parsed::Incomplete,
-            Err(httparse::Error::TooManyHeaders) => {
-                return Parsed::Answer {
-                    reply: Reply::error(431, "more than 64 headers"),
-                    close: true,
-                };
-            }
-            Err(e) => {
-                return Parsed::Answer {
-                    reply: Reply::error(400, format!("not an HTTP request: {e}")),
-                    close: true,
-                };
-            }
-        };
-        let header = |name: &str| {
-            request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-        };
-        let http10 = request.version == Some(0);
-        let keep_alive = match header("connection") {
-            Some(c) if c.eq_ignore_ascii_case("close") => false,
-            Some(c) if c.eq_ignore_ascii_case("keep-alive") => true,
-            _ => !http10,
-        };
-        if header("transfer-encoding").is_some_and(|t| !t.eq_ignore_ascii_case("identity")) {
-            return Parsed::Answer {
-                reply: Reply::error(411, "send the body with a content-length, not chunked"),
-                close: true,
-            };
-        }
-        let length = match header("content-length").map(|l| l.parse::<usize>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                return Parsed::Answer {
-                    reply: Reply::error(400, "content-length is not a number"),
-                    close: true,
-                };
-            }
-        };
-        if length > self.max_body {
-            // The body is not read: the connection closes after the answer.
-            return Parsed::Answer {
-                reply: Reply::error(
-                    413,
-                    format!(
-                        "body of {length} bytes is over the limit of {} bytes (max_body)",
-                        self.max_body
-                    ),
-                ),
-                close: true,
-            };
-        }
-        if *reserved == 0 && length > 0 {
-            // Admit the body before it is read, so the bodies in memory stay within bounds.
-            let taken = self.pending_bytes + self.reserved;
-            if taken > 0 && taken + length > self.max_pending_bytes {
-                let mut reply = Reply::error(
-                    503,
-                    format!(
-                        "{taken} bytes wait for delivery (max_pending_bytes {}); retry later",
-                        self.max_pending_bytes
-                    ),
-                );
-                reply.extra = "retry-after: 1\r\n";
-                let here = length.min(input.len() - head_len);
-                input.drain(..head_len + here);
-                return Parsed::Skip {
-                    reply,
-                    keep_alive,
-                    body: length - here,
-                };
-            }
-            *reserved = length;
-            self.reserved += length;
-        }
-        if input.len() < head_len + length {
-            return Parsed::Incomplete;
-        }
-        let method = request.method.unwrap_or_default().to_owned();
-        let path = request.path.unwrap_or_default();
-        let path = path.split_once('?').map_or(path, |(p, _)| p).to_owned();
-        let authorization = header("authorization");
-        let forwarded: Vec<(String, String)> = self
-            .forward_headers
-            .iter()
-            .filter_map(|name| header(name).map(|v| (name.clone(), v)))
-            .collect();
-        let key = self.key_header.as_deref().and_then(header);
-        let body = input[head_len..head_len + length].to_vec();
-        input.drain(..head_len + length);
-        self.reserved -= std::mem::take(reserved);
-
-        let answer = |reply: Reply| Parsed::Answer {
-            reply,
-            close: !keep_alive,
-        };
-        if !self.path_matches(&path) {
-            return answer(Reply::error(
-                404,
-                format!("no such path `{path}`; records go to `{}`", self.path),
-            ));
-        }
-        if method != "POST" && method != "PUT" {
-            let mut reply = Reply::error(405, format!("{method} is not accepted; use POST or PUT"));
-            reply.extra = "allow: POST, PUT\r\n";
-            return answer(reply);
-        }
-        if let Some(token) = &self.token {
-            let given = authorization.as_deref().and_then(|a| {
-                a.strip_prefix("Bearer ")
-                    .or_else(|| a.strip_prefix("bearer "))
-            });
-            if given.map(str::trim) != Some(token.as_str()) {
-                let mut reply = Reply::error(401, "a valid bearer token is required");
-                reply.extra = "www-authenticate: Bearer\r\n";
-                return answer(reply);
-            }
-        }
-        let payloads = match self.cut(body) {
-            Ok(p) => p,
-            Err(e) => return answer(Reply::error(400, e)),
-        };
-        if in_flight > 0 && in_flight + payloads.len() > self.max_pending {
-            let mut reply = Reply::error(
-                503,
-                format!(
-                    "{in_flight} records wait for delivery (max_pending {}); retry later",
-                    self.max_pending
-                ),
-            );
-            reply.extra = "retry-after: 1\r\n";
-            return answer(reply);
-        }
-        let records = payloads
-            .into_iter()
-            .map(|payload| {
-                let mut m = Message::new(payload);
-                for (name, value) in &forwarded {
-                    m = m.with_header(name.clone(), value.clone());
-                }
-                if let Some(key) = &key {
-                    m = m.with_key(key.clone().into_bytes());
-                }
-                m
-            })
-            .collect();
-        Parsed::Records {
-            records,
-            keep_alive,
-        }
-    }
-
-    fn path_matches(&self, path: &str) -> bool {
-        self.path == "/"
-            || path == self.path
-            || path
-                .strip_prefix(self.path.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
-    }
-
-    /// The body cut into record payloads, as `split` says.
-    fn cut(&self, body: Vec<u8>) -> Result<Vec<Vec<u8>>, String> {
-        match self.split {
-            Split::None => Ok(vec![body]),
-            Split::Lines => Ok(body
-                .split(|b| *b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                .map(<[u8]>::to_vec)
-                .collect()),
-            Split::JsonArray => match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Array(items)) => Ok(items
-                    .into_iter()
-                    .map(|v| v.to_string().into_bytes())
-                    .collect()),
-                Ok(_) => Err("the body is JSON but not an array (split = \"json-array\")".into()),
-                Err(e) => Err(format!("the body is not a JSON array: {e}")),
-            },
-        }
-    }
-
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
@@ -638,11 +374,6 @@ impl HttpSource {
             self.conns.remove(&pending.conn);
         }
     }
-}
-
-/// Whether `input` holds a whole request head.
-fn has_head(input: &[u8]) -> bool {
-    input.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// Write as much of the connection's pending output as the socket takes now.

@@ -12,6 +12,8 @@
 //! - With `qos = 1` the session is persistent (`clean_session = false`, so use a stable
 //!   `client_id`): messages not yet acknowledged when the connection or Patchbay goes away are
 //!   sent again by the broker. Delivery is at least once.
+//! - Several instances (`concurrency` on the source) need shared subscriptions: every filter
+//!   written `$share/GROUP/filter`; instance N connects as `client_id-N`.
 //! - A lost connection is a `retryable` error of `poll` (`ack` only logs it: the broker sends
 //!   what was not acknowledged again); `poll` reconnects and subscribes again, with a back-off
 //!   that doubles from 100 ms to 5 s.
@@ -236,6 +238,24 @@ impl Source for MqttSource {
             }
         }
         Ok(PollResult::batch(messages, self.checkpoint))
+    }
+
+    /// Only a shared subscription (`$share/GROUP/filter`) splits the messages; each instance
+    /// needs its own client id (instance N: `client_id-N`; instance 1 keeps `client_id`).
+    fn share(&mut self, instance: u32, instances: u32) -> Result<(), String> {
+        if let Some((topic, _)) = self.topics.iter().find(|(t, _)| !t.starts_with("$share/")) {
+            return Err(format!(
+                "topic filter `{topic}` is not a shared subscription, so each of the \
+                 {instances} instances would get every message; write it as \
+                 `$share/GROUP/{topic}` (every filter of `topics`)"
+            ));
+        }
+        if instance > 1 {
+            self.client_id = format!("{}-{instance}", self.client_id);
+            // `init` connected with the configured id; the next poll connects with this one.
+            self.conn = None;
+        }
+        Ok(())
     }
 
     fn ack(&mut self, checkpoint: u64) -> Result<(), Error> {

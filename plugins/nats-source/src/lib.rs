@@ -19,6 +19,8 @@
 //!   `+ACK` goes to each message's reply subject only when Patchbay acks its batch. What is
 //!   not acknowledged within `ack_wait` is delivered again: at least once. The message
 //!   timestamp is the time JetStream stored it.
+//! - Several instances (`concurrency` on the source) share the work: with JetStream they pull
+//!   from the same durable consumer, in core mode they join the `queue` group (required then).
 //! - A lost connection is a `retryable` error; `poll` reconnects with a back-off that doubles
 //!   from 100 ms to 5 s (`patchbay_sdk::net::Reconnect`), and acknowledgements that could not
 //!   be sent go out after the reconnect.
@@ -585,6 +587,20 @@ impl Source for NatsSource {
             }
         }
         Ok(PollResult::batch(messages, self.checkpoint))
+    }
+
+    /// JetStream: every instance pulls from the same durable consumer, which hands each
+    /// message to one of them (and each acks its own). Core: only a queue group splits the
+    /// subject; without one every instance would get every message.
+    fn share(&mut self, _instance: u32, instances: u32) -> Result<(), String> {
+        if self.js.is_some() || self.queue.is_some() {
+            return Ok(());
+        }
+        Err(format!(
+            "with mode = \"core\" and no `queue`, each of the {instances} instances would get \
+             every message; set `queue` (a queue group name) so that the server gives each \
+             message to one of them, or use mode = \"jetstream\""
+        ))
     }
 
     fn ack(&mut self, checkpoint: u64) -> Result<(), Error> {

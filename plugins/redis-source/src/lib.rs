@@ -18,6 +18,9 @@
 //!   batch. On start and after every reconnect the consumer first re-reads its own pending
 //!   entries (delivered to it before but never acknowledged: a crash, a restart) and only then
 //!   new ones, skipping those still in flight in this pipeline.
+//! - Several instances (`concurrency` on the source) share the group: instance 1 reads as
+//!   `consumer`, instance N as `consumer.N`. Lowering `concurrency` leaves the pending entries
+//!   of the names no longer used to be claimed by hand (`XAUTOCLAIM`).
 //! - A lost connection is a `retryable` error; `poll` reconnects with a back-off that doubles
 //!   from 100 ms to 5 s. If the group is gone (a Redis restarted without persistence), it is
 //!   created again at `0`.
@@ -388,6 +391,20 @@ impl Source for RedisSource {
             self.inflight.push_back((self.checkpoint, ids));
         }
         Ok(PollResult::batch(messages, self.checkpoint))
+    }
+
+    /// The group hands each entry to one consumer: instance 1 reads as `consumer`, instance
+    /// N as `consumer.N`, the same names after a restart, so each re-reads its own pending
+    /// entries.
+    fn share(&mut self, instance: u32, _instances: u32) -> Result<(), String> {
+        if instance > 1 {
+            self.consumer = format!("{}.{instance}", self.consumer);
+            log::info(&format!(
+                "instance {instance} reads stream `{}` as consumer `{}` of group `{}`",
+                self.stream, self.consumer, self.group
+            ));
+        }
+        Ok(())
     }
 
     fn ack(&mut self, checkpoint: u64) -> Result<(), Error> {

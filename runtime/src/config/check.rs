@@ -106,7 +106,7 @@ pub(super) fn check(
             }
             plugin_ref
         };
-        let source = reference(&raw_pipeline.source, Role::Source, &mut problems);
+        let mut source = reference(&raw_pipeline.source, Role::Source, &mut problems);
         let mut transforms: Vec<PluginRef> = raw_pipeline
             .transforms
             .iter()
@@ -314,7 +314,7 @@ pub(super) fn check(
                 partition_by: raw_pipeline.partition_by,
                 stages: raw_pipeline.stages,
             },
-            &source,
+            &mut source,
             &mut transforms,
             &mut sinks,
             locator,
@@ -502,7 +502,25 @@ fn check_plugin(
             .init_timeout
             .map_or(defaults.init_timeout, |d| d.0),
         max_output: raw.limits.max_output.map_or(defaults.max_output, |s| s.0),
+        handles: raw.limits.handles.map_or(defaults.handles, |n| n as usize),
     };
+    if !(defaults::MIN_HANDLES..=defaults::MAX_HANDLES).contains(&limits.handles) {
+        problems.push(
+            Diagnostic::new(
+                loc.clone(),
+                format!(
+                    "plugin `{name}`: limits.handles {} is out of range",
+                    limits.handles
+                ),
+            )
+            .hint(&format!(
+                "use {} to {} (the default, {}, is plenty for a connector)",
+                defaults::MIN_HANDLES,
+                defaults::MAX_HANDLES,
+                defaults::HANDLES
+            )),
+        );
+    }
     if limits.memory < 64 * 1024 {
         problems.push(Diagnostic::new(
             loc.clone(),

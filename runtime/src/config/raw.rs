@@ -157,6 +157,10 @@ pub(super) struct RawLimits {
     /// payloads, keys, headers, 64 bytes per message and 64 per header).
     #[serde(default)]
     pub(super) max_output: Option<Size>,
+    /// Most live handles (WASI resources: streams, sockets, header maps, pending lookups…) one
+    /// instance may hold in the host at once; each header map also holds at most 16 KiB.
+    #[serde(default)]
+    pub(super) handles: Option<u32>,
 }
 
 /// One pipeline: a source, a chain of transforms, one or more sinks.

@@ -58,6 +58,7 @@ fn defaults_of() -> Vec<(&'static str, &'static str, Value)> {
             json!(duration(defaults::INIT_TIMEOUT)),
         ),
         ("RawLimits", "max_output", json!(size(defaults::MAX_OUTPUT))),
+        ("RawLimits", "handles", json!(defaults::HANDLES)),
         ("RawRetry", "attempts", json!(defaults::RETRY_ATTEMPTS)),
         (
             "RawRetry",

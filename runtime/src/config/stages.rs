@@ -1,5 +1,7 @@
 //! Per-stage settings of a pipeline: `concurrency` and `partition_by`, pipeline-wide and in
-//! `[pipeline.stages.NAME]` tables, checked and put on each stage's [`PluginRef`].
+//! `[pipeline.stages.NAME]` tables, checked and put on each stage's [`PluginRef`]. The
+//! pipeline-wide `concurrency` applies to transforms and sinks; a source runs several instances
+//! only when its own stage table says so (and its plugin can share the work).
 
 use std::collections::BTreeMap;
 
@@ -35,7 +37,7 @@ pub(super) fn cel_error(text: &str) -> Option<String> {
 pub(super) fn apply(
     name: &str,
     settings: StageSettings,
-    source: &PluginRef,
+    source: &mut PluginRef,
     transforms: &mut [PluginRef],
     sinks: &mut [PluginRef],
     locator: &Locator,
@@ -60,17 +62,23 @@ pub(super) fn apply(
             .as_ref()
             .and_then(|p| partition(name, p, locator, problems));
         if stage_name == source.name {
-            if concurrency.is_some_and(|n| n > 1) || partition_by.is_some() {
+            // A source's instances each read their own share (the source plugin says whether
+            // it can split, when it starts): there is no batch to partition.
+            if partition_by.is_some() {
                 problems.push(
                     Diagnostic::new(
                         at,
                         format!(
-                            "pipeline `{name}`: source `{stage_name}` runs one instance; \
-                             `concurrency` and `partition_by` apply to transforms and sinks"
+                            "pipeline `{name}`: source `{stage_name}` takes `concurrency` but not \
+                             `partition_by`: a source's instances each read their own share, \
+                             and the broker decides which"
                         ),
                     )
-                    .hint("remove them from [pipeline.stages] of the source"),
+                    .hint("remove `partition_by` from [pipeline.stages] of the source"),
                 );
+            }
+            if let Some(n) = concurrency {
+                source.parallel.instances = n;
             }
             continue;
         }

@@ -35,6 +35,7 @@ pub(super) enum Enter {
 }
 
 /// Where a stage sends its batches on.
+#[derive(Clone)]
 pub(super) enum Downstream {
     Stage(mpsc::Sender<Batch>),
     Sinks {

@@ -108,13 +108,22 @@ pub enum SourcePlan {
     Plugin {
         /// Name under `[plugins]`.
         plugin: String,
-        /// The instance (`init` done).
-        instance: Box<dyn SourceCalls>,
-        /// Starts a fresh instance after a trap (its host state carries over).
-        start: Start<dyn SourceCalls>,
+        /// The instances: one, or `concurrency` of them sharing the source's work (each told
+        /// its number through `share` before it got here), each polling and acknowledging on
+        /// its own.
+        instances: Vec<SourceInstance>,
     },
     /// Dead letters put back through the pipeline, each entering at the stage that failed it.
     Replay(Vec<Replayed>),
+}
+
+/// One instance of a source, and how to start it afresh.
+pub struct SourceInstance {
+    /// The instance (`init` done).
+    pub calls: Box<dyn SourceCalls>,
+    /// Starts a fresh instance after a trap (its host state carries over; it is told the same
+    /// instance number).
+    pub start: Start<dyn SourceCalls>,
 }
 
 /// A pipeline ready to run.
@@ -270,7 +279,7 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
     let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.plugin().to_owned()).collect();
     let (abort_tx, abort_rx) = watch::channel(false);
     let mut outer_abort = control.abort.clone();
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<u64>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
     let sink_count = plan.sinks.len();
 
     let mut tasks: JoinSet<Result<(), PipelineFailure>> = JoinSet::new();
@@ -324,33 +333,54 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
     let budget_units =
         u32::try_from((plan.max_in_flight as usize / BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
     match plan.source {
-        SourcePlan::Plugin {
-            plugin,
-            instance,
-            start,
-        } => {
-            let source_stage = StageRef {
-                plugin,
-                role: Role::Source,
-                index: 1,
-            };
-            let task = SourceTask {
-                pipeline: name.clone(),
-                stage: source_stage,
-                instance,
-                start,
-                retry: plan.retry,
-                batch_size: plan.batch_size,
-                batch_bytes: plan.batch_bytes,
-                done: done_rx,
-                sinks: sink_count,
-                counters: counters.clone(),
-                drain: control.drain.clone(),
-                abort: abort_rx,
-                budget: Arc::new(Semaphore::new(budget_units as usize)),
-                budget_units,
-            };
-            tasks.spawn(run_source(task, downstream));
+        SourcePlan::Plugin { plugin, instances } => {
+            let budget = Arc::new(Semaphore::new(budget_units as usize));
+            let lanes = instances.len() as u64;
+            if lanes > 1 {
+                tracing::info!(
+                    pipeline = %name,
+                    "source `{plugin}` runs {lanes} instances, each polling and acknowledging \
+                     its own share"
+                );
+            }
+            // Each instance acknowledges its own batches: batch `seq` of instance `i` of `n`
+            // travels as `seq * n + i`, and the sinks' "done" goes back to its instance.
+            let mut dones = Vec::with_capacity(instances.len());
+            for (lane, source) in instances.into_iter().enumerate() {
+                let done = if lanes == 1 {
+                    std::mem::replace(&mut done_rx, mpsc::unbounded_channel().1)
+                } else {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    dones.push(tx);
+                    rx
+                };
+                let task = SourceTask {
+                    pipeline: name.clone(),
+                    stage: StageRef {
+                        plugin: plugin.clone(),
+                        role: Role::Source,
+                        index: 1,
+                    },
+                    instance: source.calls,
+                    start: source.start,
+                    retry: plan.retry,
+                    batch_size: plan.batch_size,
+                    batch_bytes: plan.batch_bytes,
+                    done,
+                    lane: (lane as u64, lanes),
+                    sinks: sink_count,
+                    counters: counters.clone(),
+                    drain: control.drain.clone(),
+                    abort: abort_rx.clone(),
+                    budget: budget.clone(),
+                    budget_units,
+                };
+                tasks.spawn(run_source(task, downstream.clone()));
+            }
+            drop(downstream);
+            if lanes > 1 {
+                tasks.spawn(source::route_done(done_rx, dones));
+            }
         }
         SourcePlan::Replay(entries) => {
             tasks.spawn(replay::run_replay(

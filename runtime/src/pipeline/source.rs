@@ -1,6 +1,8 @@
 //! The source task: poll batches (within the in-flight byte budget and `batch_bytes`), send
 //! them on, acknowledge a checkpoint only once every sink settled every record up to it, and
-//! recover from a failed poll instead of ending the pipeline.
+//! recover from a failed poll instead of ending the pipeline. A source that shares its work
+//! over several instances (`concurrency`) runs one such task per instance, each with its own
+//! checkpoints and acks; they share the in-flight byte budget.
 //!
 //! Recovery, in the same spirit as the other stages' policy:
 //! - a trap (in `poll` or `ack`) starts a fresh instance after a back-off; `retry.attempts`
@@ -52,7 +54,10 @@ pub(super) struct SourceTask {
     pub(super) batch_size: u32,
     /// Most bytes per poll (as `limits.max_output` counts them).
     pub(super) batch_bytes: u64,
+    /// This instance's own batches, by its own sequence numbers, once every sink settled them.
     pub(super) done: mpsc::UnboundedReceiver<u64>,
+    /// This instance's number (from 0) and how many instances the source runs.
+    pub(super) lane: (u64, u64),
     pub(super) sinks: usize,
     pub(super) counters: Arc<Counters>,
     pub(super) drain: watch::Receiver<bool>,
@@ -365,7 +370,7 @@ pub(super) async fn run_source(
         let sent = match &downstream {
             Some(d) => {
                 d.send(Batch {
-                    seq,
+                    seq: seq * task.lane.1 + task.lane.0,
                     records: batch.messages,
                     enter: Enter::Source,
                 })
@@ -383,6 +388,23 @@ pub(super) async fn run_source(
     // Let the stages finish what is in flight, then acknowledge it.
     downstream.take();
     task.settle(&mut polling, &mut tracker).await?;
+    Ok(())
+}
+
+/// Hand each batch the sinks settled back to the source instance that polled it: batch `seq`
+/// of instance `i` of `n` travels as `seq * n + i`.
+pub(super) async fn route_done(
+    mut done: mpsc::UnboundedReceiver<u64>,
+    instances: Vec<mpsc::UnboundedSender<u64>>,
+) -> Result<(), PipelineFailure> {
+    let n = instances.len() as u64;
+    while let Some(seq) = done.recv().await {
+        let lane = seq.checked_rem(n).and_then(|i| usize::try_from(i).ok());
+        if let Some(to) = lane.and_then(|i| instances.get(i)) {
+            // An instance that already ended (end of stream) has nothing left to acknowledge.
+            let _ = to.send(seq / n);
+        }
+    }
     Ok(())
 }
 

@@ -195,10 +195,12 @@ fn rig(
         name: "test".into(),
         source: SourcePlan::Plugin {
             plugin: "s".into(),
-            instance: Box::new(source),
-            start: Arc::new(|| {
-                Box::pin(async { Err(anyhow::anyhow!("this fake cannot restart")) })
-            }),
+            instances: vec![SourceInstance {
+                calls: Box::new(source),
+                start: Arc::new(|| {
+                    Box::pin(async { Err(anyhow::anyhow!("this fake cannot restart")) })
+                }),
+            }],
         },
         transforms,
         sinks: vec![Slot::Live(Box::new(StagePlan {

@@ -24,6 +24,12 @@ pub trait SourceCalls: Send {
     fn bounded(&self) -> bool {
         false
     }
+    /// `share(instance, instances)`: `Ok(Err(why))` when the instances would not share the
+    /// work. Called only when a source runs as more than one instance.
+    async fn share(&mut self, instance: u32, instances: u32) -> Result<Result<(), String>, Trap> {
+        let _ = (instance, instances);
+        Ok(Err("it cannot run as several instances".into()))
+    }
 }
 
 /// A transform: one outcome per input, in order.
@@ -61,6 +67,10 @@ impl SourceCalls for super::Instance {
 
     fn bounded(&self) -> bool {
         super::Instance::bounded(self)
+    }
+
+    async fn share(&mut self, instance: u32, instances: u32) -> Result<Result<(), String>, Trap> {
+        super::Instance::share(self, instance, instances).await
     }
 }
 

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use super::engine::Runtime;
 use super::instance::HostState;
 use crate::config::Role;
-use crate::contract::{sink, sink_packed, source, source_bounded, transform, transform_packed};
+use crate::contract::{
+    sink, sink_packed, source, source_bounded, source_shared, transform, transform_packed,
+};
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,15 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     /// Whether a source is polled with a byte bound (`poll-within`).
     pub fn bounded(&self) -> bool {
-        matches!(self.pre, RolePre::SourceBounded(_))
+        matches!(
+            self.pre,
+            RolePre::SourceBounded(_) | RolePre::SourceShared(_)
+        )
+    }
+
+    /// Whether a source exports `share`, so that several instances may share its work.
+    pub fn shared(&self) -> bool {
+        matches!(self.pre, RolePre::SourceShared(_))
     }
 
     /// Whether it is called through the packed fast path (`process-packed`, `write-packed`).
@@ -97,6 +107,8 @@ impl LoadedPlugin {
 pub(super) enum RolePre {
     Source(source::SourcePre<HostState>),
     SourceBounded(source_bounded::SourceBoundedPre<HostState>),
+    /// A bounded source that also exports `share` (world `source-shared`).
+    SourceShared(source_shared::SourceSharedPre<HostState>),
     Transform(transform::TransformPre<HostState>),
     TransformPacked(transform_packed::TransformPackedPre<HostState>),
     Sink(sink::SinkPre<HostState>),
@@ -178,6 +190,13 @@ impl Runtime {
             ),
         };
         let pre = match role {
+            Role::Source
+                if exports_api("source-shared-api") && exports_api("source-bounded-api") =>
+            {
+                RolePre::SourceShared(
+                    source_shared::SourceSharedPre::new(instance_pre).map_err(world_error)?,
+                )
+            }
             Role::Source if exports_api("source-bounded-api") => RolePre::SourceBounded(
                 source_bounded::SourceBoundedPre::new(instance_pre).map_err(world_error)?,
             ),

@@ -16,11 +16,17 @@ use super::engine::Runtime;
 use super::metrics::CallMetrics;
 use super::packed;
 use super::trap::{Blocked, Trap, guard};
+
+mod source_calls;
 use crate::contract::{
     ConfigEntry, HostImports, Message, Metadata, Outcome, PluginState, PollResult, WitError, sink,
-    sink_packed, source, source_bounded, transform, transform_packed,
+    sink_packed, source, source_bounded, source_shared, transform, transform_packed,
 };
 use crate::sandbox::{self, Grants, Limits};
+
+/// Why a source that does not export `share` runs as one instance.
+const NOT_SHARED: &str = "it does not say that several instances can share its work (it exports \
+     no `source-shared-api`, see wit/worlds.wit); remove `concurrency` from the source";
 
 /// Everything one plugin instance's store holds.
 pub struct HostState {
@@ -82,6 +88,8 @@ enum Bindings {
     Source(source::Source),
     /// A source that exports `poll-within` too: polled through it.
     SourceBounded(source_bounded::SourceBounded),
+    /// A bounded source that exports `share` too.
+    SourceShared(source_shared::SourceShared),
     Transform(transform::Transform),
     /// A transform that exports `process-packed` too: called through it.
     TransformPacked(transform_packed::TransformPacked),
@@ -97,6 +105,7 @@ macro_rules! plugin_call {
         match &$self.bindings {
             Some(Bindings::Source($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::SourceBounded($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SourceShared($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::Transform($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::TransformPacked($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::Sink($b)) => guard($self.guard_for($timeout), $call).await,
@@ -122,7 +131,11 @@ impl Runtime {
         let wasi = sandbox::wasi_ctx(&label, grants, stderr_tail.clone(), &self.audit)?;
         let host = HostState {
             wasi,
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(limits.handles);
+                table
+            },
             limits: sandbox::store_limits(limits),
             imports: HostImports {
                 label: label.clone(),
@@ -133,7 +146,11 @@ impl Runtime {
                 metric_refused: false,
             },
             deadline: Instant::now() + limits.init_timeout,
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http: {
+                let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
+                http.set_field_size_limit(crate::defaults::HTTP_FIELDS_SIZE);
+                http
+            },
             http_gate: sandbox::HttpGate::new(&label, grants, &self.audit),
             label: label.clone(),
             audit: self.audit.clone(),
@@ -145,6 +162,10 @@ impl Runtime {
             lookups: Vec::new(),
         };
         let mut store = Store::new(&self.engine, host);
+        // Handles of resources the guest defines itself (`resource.new`), and the bytes one
+        // call into the host may copy out of the guest: both within the guest's own caps.
+        store.set_max_component_handles(limits.handles);
+        store.set_hostcall_fuel(usize::try_from(limits.memory).unwrap_or(usize::MAX));
         if self.enforce {
             store.limiter(|s| &mut s.limits);
             store.epoch_deadline_callback(|ctx| {
@@ -177,6 +198,10 @@ impl Runtime {
                 .instantiate_async(&mut instance.store)
                 .await
                 .map(Bindings::SourceBounded),
+            RolePre::SourceShared(pre) => pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map(Bindings::SourceShared),
             RolePre::Transform(pre) => pre
                 .instantiate_async(&mut instance.store)
                 .await
@@ -322,6 +347,21 @@ impl Instance {
                         "all {slots} instance slots of the pool are in use ({text}); raise \
                          PATCHBAY_INSTANCE_POOL, or set it to `off` to create instances on demand"
                     ),
+                    _ if text.contains("resource table has no free keys")
+                        || text.contains("store handle limit exceeded") =>
+                    {
+                        format!(
+                            "the instance holds {} live handles in the host (streams, sockets, \
+                         header maps…), its limit (limits.handles; {text})",
+                            self.limits.handles
+                        )
+                    }
+                    _ if text.contains("total size of fields exceeds limit") => format!(
+                        "{text}: a `wasi:http` header map holds at most {} in the host",
+                        bytesize::ByteSize(crate::defaults::HTTP_FIELDS_SIZE as u64)
+                            .display()
+                            .iec()
+                    ),
                     _ => text,
                 }
             }
@@ -390,69 +430,6 @@ impl Instance {
             .patchbay_connector_plugin()
             .call_init(&mut self.store, config));
         result.map_err(|e| self.trap("init", timeout, e))
-    }
-
-    /// `poll(max)` of a source, through `poll-within(max, max_bytes)` when it has it.
-    async fn poll_inner(
-        &mut self,
-        max: u32,
-        max_bytes: u64,
-    ) -> Result<Result<PollResult, WitError>, Trap> {
-        let timeout = self.limits.call_timeout;
-        self.arm(timeout);
-        let result = match &self.bindings {
-            Some(Bindings::Source(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_api()
-                        .call_poll(&mut self.store, max),
-                )
-                .await
-            }
-            Some(Bindings::SourceBounded(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_bounded_api().call_poll_within(
-                        &mut self.store,
-                        max,
-                        max_bytes,
-                    ),
-                )
-                .await
-            }
-            _ => return Err(self.wrong_role("poll")),
-        };
-        let result = result.map_err(|e| self.trap("poll", timeout, e))?;
-        if let Ok(PollResult::Batch(batch)) = &result {
-            self.check_output("poll", &batch.messages)?;
-        }
-        Ok(result)
-    }
-
-    /// `ack(checkpoint)` of a source.
-    async fn ack_inner(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
-        let timeout = self.limits.call_timeout;
-        self.arm(timeout);
-        let result = match &self.bindings {
-            Some(Bindings::Source(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_api()
-                        .call_ack(&mut self.store, checkpoint),
-                )
-                .await
-            }
-            Some(Bindings::SourceBounded(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_api()
-                        .call_ack(&mut self.store, checkpoint),
-                )
-                .await
-            }
-            _ => return Err(self.wrong_role("ack")),
-        };
-        result.map_err(|e| self.trap("ack", timeout, e))
     }
 
     /// `process(batch)` of a transform, through `process-packed` when it has it.
@@ -609,41 +586,6 @@ impl Instance {
         let started = Instant::now();
         let result = self.init_inner(config).await;
         self.observe("init", started, 0, &result);
-        if let Ok(Err(e)) = &result {
-            self.errors(std::iter::once(e));
-        }
-        result
-    }
-
-    /// Whether this source is polled with a byte bound (`poll-within`).
-    pub fn bounded(&self) -> bool {
-        matches!(self.bindings, Some(Bindings::SourceBounded(_)))
-    }
-
-    /// `poll(max)` of a source; a source that exports `poll-within` also gets `max_bytes`.
-    pub async fn poll(
-        &mut self,
-        max: u32,
-        max_bytes: u64,
-    ) -> Result<Result<PollResult, WitError>, Trap> {
-        let started = Instant::now();
-        let result = self.poll_inner(max, max_bytes).await;
-        let records = match &result {
-            Ok(Ok(PollResult::Batch(batch))) => batch.messages.len(),
-            _ => 0,
-        };
-        self.observe("poll", started, records, &result);
-        if let Ok(Err(e)) = &result {
-            self.errors(std::iter::once(e));
-        }
-        result
-    }
-
-    /// `ack(checkpoint)` of a source.
-    pub async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
-        let started = Instant::now();
-        let result = self.ack_inner(checkpoint).await;
-        self.observe("ack", started, 0, &result);
         if let Ok(Err(e)) = &result {
             self.errors(std::iter::once(e));
         }

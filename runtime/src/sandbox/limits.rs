@@ -19,6 +19,8 @@ pub struct Limits {
     pub init_timeout: Duration,
     /// Largest output of one call, in bytes.
     pub max_output: u64,
+    /// Most live handles the instance may hold in the host.
+    pub handles: usize,
 }
 
 impl Default for Limits {
@@ -28,6 +30,7 @@ impl Default for Limits {
             call_timeout: defaults::CALL_TIMEOUT,
             init_timeout: defaults::INIT_TIMEOUT,
             max_output: defaults::MAX_OUTPUT,
+            handles: defaults::HANDLES,
         }
     }
 }
@@ -52,18 +55,27 @@ impl Limits {
             "call_timeout_ms": self.call_timeout.as_millis() as u64,
             "init_timeout_ms": self.init_timeout.as_millis() as u64,
             "max_output": self.max_output,
+            "handles": self.handles,
         })
     }
 
     /// One line, as `patchbay inspect` prints it.
     pub fn line(&self) -> String {
         format!(
-            "memory {}, call_timeout {}, init_timeout {}, max_output {}",
+            "memory {}, call_timeout {}, init_timeout {}, max_output {}, handles {}",
             bytesize::ByteSize(self.memory).display().iec(),
             humantime::format_duration(self.call_timeout),
             humantime::format_duration(self.init_timeout),
-            bytesize::ByteSize(self.max_output).display().iec()
+            bytesize::ByteSize(self.max_output).display().iec(),
+            self.handles
         )
+    }
+
+    /// The most host memory the instance's handles may hold: every handle a header map full to
+    /// its cap (the largest thing a guest can make the host keep for it), the bound SECURITY.md
+    /// states.
+    pub fn host_memory(&self) -> u64 {
+        (self.handles * defaults::HTTP_FIELDS_SIZE) as u64
     }
 }
 

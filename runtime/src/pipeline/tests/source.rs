@@ -80,11 +80,13 @@ fn log_rig(log: Log) -> (Rig, Arc<Mutex<Log>>) {
     });
     rig.plan.source = SourcePlan::Plugin {
         plugin: "log".into(),
-        instance: Box::new(LogSource {
-            log: log.clone(),
-            next: 0,
-        }),
-        start,
+        instances: vec![SourceInstance {
+            calls: Box::new(LogSource {
+                log: log.clone(),
+                next: 0,
+            }),
+            start,
+        }],
     };
     (rig, log)
 }
@@ -171,4 +173,132 @@ async fn traps_in_a_row_past_the_attempts_stop_the_pipeline() {
         "pipeline `test`: source `log` trapped in `process`: unreachable executed"
     );
     assert_eq!(report.counters.restarts.load(Ordering::Relaxed), 4);
+}
+
+/// One of several instances sharing a source's work (a consumer group): instance `lane` reads
+/// its own log, numbered from `lane * 1_000_000`, and checks at every ack that the sink holds
+/// every record up to the checkpoint.
+struct LaneSource {
+    log: Arc<Mutex<Log>>,
+    next: u64,
+    offset: u64,
+    written: Arc<Mutex<Vec<Message>>>,
+    ahead: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl SourceCalls for LaneSource {
+    async fn poll(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
+        let mut inner = LogSource {
+            log: self.log.clone(),
+            next: self.next,
+        };
+        let polled = inner.poll(max, max_bytes).await;
+        self.next = inner.next;
+        let offset = self.offset;
+        polled.map(|r| {
+            r.map(|p| match p {
+                PollResult::Batch(b) => PollResult::Batch(SourceBatch {
+                    messages: b
+                        .messages
+                        .iter()
+                        .map(|m| message((number(m) + offset).to_string().into_bytes()))
+                        .collect(),
+                    checkpoint: b.checkpoint,
+                }),
+                end => end,
+            })
+        })
+    }
+
+    async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let have: std::collections::HashSet<u64> =
+            self.written.lock().unwrap().iter().map(number).collect();
+        if let Some(missing) = (self.offset..self.offset + checkpoint).find(|n| !have.contains(n)) {
+            self.ahead.lock().unwrap().push(format!(
+                "ack({checkpoint}) before record {missing} was written"
+            ));
+        }
+        let mut log = self.log.lock().unwrap();
+        log.acked = log.acked.max(checkpoint);
+        Ok(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn several_source_instances_each_deliver_and_acknowledge_their_own_share() {
+    // Three instances, one of which traps on every third poll, and a sink that fails now
+    // and then (retried): every record of every instance once, and no ack runs ahead.
+    let mut tries = std::collections::HashMap::<u64, u32>::new();
+    let sink: Box<SinkFn> = Box::new(move |m| {
+        let n = tries.entry(number(m)).or_insert(0);
+        *n += 1;
+        if number(m) % 10 == 3 && *n == 1 {
+            Err(error(ErrorKind::Retryable, "busy"))
+        } else {
+            Ok(())
+        }
+    });
+    let mut rig = rig(0, 0, None, sink, OnError::Stop);
+    let ahead = Arc::new(Mutex::new(Vec::new()));
+    let mut logs = Vec::new();
+    let mut instances = Vec::new();
+    for lane in 0..3u64 {
+        let log = Arc::new(Mutex::new(Log {
+            total: 1_500,
+            acked: 0,
+            polls: 0,
+            trap_every: if lane == 1 { 3 } else { 0 },
+            fits: u32::MAX,
+        }));
+        let make = {
+            let (log, written, ahead) = (log.clone(), rig.written.clone(), ahead.clone());
+            move |next: u64| LaneSource {
+                log: log.clone(),
+                next,
+                offset: lane * 1_000_000,
+                written: written.clone(),
+                ahead: ahead.clone(),
+            }
+        };
+        let first = make(0);
+        let shared = log.clone();
+        let start: Start<dyn SourceCalls> = Arc::new(move || {
+            let fresh = make(shared.lock().unwrap().acked);
+            Box::pin(async move { Ok(Box::new(fresh) as Box<dyn SourceCalls>) })
+        });
+        instances.push(SourceInstance {
+            calls: Box::new(first),
+            start,
+        });
+        logs.push(log);
+    }
+    rig.plan.source = SourcePlan::Plugin {
+        plugin: "group".into(),
+        instances,
+    };
+    let (report, rig) = run_rig(rig).await;
+    assert!(report.failure.is_none(), "{:?}", report.failure);
+    let got: std::collections::BTreeSet<u64> = numbers(&rig).into_iter().collect();
+    let want: std::collections::BTreeSet<u64> = (0..3u64)
+        .flat_map(|lane| (0..1_500).map(move |n| lane * 1_000_000 + n))
+        .collect();
+    assert_eq!(got, want, "every record of every instance delivered");
+    for (lane, log) in logs.iter().enumerate() {
+        assert_eq!(
+            log.lock().unwrap().acked,
+            1_500,
+            "instance {lane} acknowledged all"
+        );
+    }
+    assert_eq!(
+        *ahead.lock().unwrap(),
+        Vec::<String>::new(),
+        "acks ran ahead"
+    );
+    assert!(report.counters.restarts.load(Ordering::Relaxed) > 0);
 }

@@ -29,6 +29,7 @@ const ATTACKS: &[&str] = &[
     "mkdir",
     "symlink",
     "dns-flood",
+    "fields-hoard",
 ];
 
 struct Hostile {
@@ -52,6 +53,24 @@ fn symlink(target: &str, name: &str) -> Result<String, String> {
     dir.symlink_at(target, inside.trim_start_matches('/'))
         .map(|()| format!("{name} -> {target}"))
         .map_err(|e| format!("{e:?}"))
+}
+
+/// Hold `count` `wasi:http` header maps in the host, each with eight `size`-byte headers:
+/// host memory the plugin's own linear memory never sees.
+fn fields_hoard(count: usize, size: usize) -> Result<String, String> {
+    use wasip2::http::types::Fields;
+    let value = vec![b'x'; size];
+    let mut kept = Vec::new();
+    for _ in 0..count {
+        let fields = Fields::new();
+        for i in 0..8 {
+            fields
+                .append(&format!("h{i}"), &value)
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        kept.push(fields);
+    }
+    Ok(format!("kept {} header maps", kept.len()))
 }
 
 /// Start `count` name lookups without reading any: `started N, refused M`.
@@ -160,6 +179,7 @@ impl Hostile {
                 .map_err(|e| e.to_string()),
             // `count` lookups of `host` started at once and kept: how many the host took.
             "dns-flood" => Ok(dns_flood(&self.host, self.count)),
+            "fields-hoard" => fields_hoard(self.count, self.size),
             "dns" => {
                 use std::net::ToSocketAddrs;
                 self.host

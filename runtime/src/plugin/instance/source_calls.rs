@@ -1,0 +1,156 @@
+//! A source's calls on an [`Instance`]: `poll` (through `poll-within` when the plugin has it),
+//! `ack`, and `share` for a source run as several instances. Children of `instance.rs` see
+//! its private parts (the call guard, trap reports, output checks); this file adds no state.
+
+use super::*;
+
+impl Instance {
+    /// Whether this source is polled with a byte bound (`poll-within`).
+    pub fn bounded(&self) -> bool {
+        matches!(
+            self.bindings,
+            Some(Bindings::SourceBounded(_) | Bindings::SourceShared(_))
+        )
+    }
+
+    /// `poll(max)` of a source; a source that exports `poll-within` also gets `max_bytes`.
+    pub async fn poll(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.poll_inner(max, max_bytes).await;
+        let records = match &result {
+            Ok(Ok(PollResult::Batch(batch))) => batch.messages.len(),
+            _ => 0,
+        };
+        self.observe("poll", started, records, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `ack(checkpoint)` of a source.
+    pub async fn ack(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let started = Instant::now();
+        let result = self.ack_inner(checkpoint).await;
+        self.observe("ack", started, 0, &result);
+        if let Ok(Err(e)) = &result {
+            self.errors(std::iter::once(e));
+        }
+        result
+    }
+
+    /// `share(instance, instances)` of a source: `Ok(Err(why))` when the instances would not
+    /// share its work, or when the plugin does not export `share` at all.
+    pub async fn share(
+        &mut self,
+        instance: u32,
+        instances: u32,
+    ) -> Result<Result<(), String>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let result = match &self.bindings {
+            Some(Bindings::SourceShared(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_shared_api().call_share(
+                        &mut self.store,
+                        instance,
+                        instances,
+                    ),
+                )
+                .await
+            }
+            Some(Bindings::Source(_) | Bindings::SourceBounded(_)) => {
+                return Ok(Err(NOT_SHARED.to_owned()));
+            }
+            _ => return Err(self.wrong_role("share")),
+        };
+        result.map_err(|e| self.trap("share", timeout, e))
+    }
+
+    /// `poll(max)` of a source, through `poll-within(max, max_bytes)` when it has it.
+    async fn poll_inner(
+        &mut self,
+        max: u32,
+        max_bytes: u64,
+    ) -> Result<Result<PollResult, WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let result = match &self.bindings {
+            Some(Bindings::Source(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_poll(&mut self.store, max),
+                )
+                .await
+            }
+            Some(Bindings::SourceBounded(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_bounded_api().call_poll_within(
+                        &mut self.store,
+                        max,
+                        max_bytes,
+                    ),
+                )
+                .await
+            }
+            Some(Bindings::SourceShared(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_bounded_api().call_poll_within(
+                        &mut self.store,
+                        max,
+                        max_bytes,
+                    ),
+                )
+                .await
+            }
+            _ => return Err(self.wrong_role("poll")),
+        };
+        let result = result.map_err(|e| self.trap("poll", timeout, e))?;
+        if let Ok(PollResult::Batch(batch)) = &result {
+            self.check_output("poll", &batch.messages)?;
+        }
+        Ok(result)
+    }
+
+    /// `ack(checkpoint)` of a source.
+    async fn ack_inner(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let result = match &self.bindings {
+            Some(Bindings::Source(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_ack(&mut self.store, checkpoint),
+                )
+                .await
+            }
+            Some(Bindings::SourceBounded(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_ack(&mut self.store, checkpoint),
+                )
+                .await
+            }
+            Some(Bindings::SourceShared(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_ack(&mut self.store, checkpoint),
+                )
+                .await
+            }
+            _ => return Err(self.wrong_role("ack")),
+        };
+        result.map_err(|e| self.trap("ack", timeout, e))
+    }
+}
