@@ -25,12 +25,13 @@ const SECTIONS: &[&str] = &[
     "e2e",
     "swap",
     "scaling",
+    "isolation",
     "connectors",
 ];
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,connectors`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -98,6 +99,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
 }
 
 mod connectors;
+mod isolation;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
 /// native row runs the very code the plugin runs.
 #[path = "../../plugins/json-map/src/mapping.rs"]
@@ -763,7 +765,7 @@ batch_size = {batch}
 }
 
 /// `p50 1.21 ms, p99 2.87 ms, max 4.02 ms` from the blackhole's summary in a log.
-fn latency_line(log: &str) -> anyhow::Result<(String, String, String)> {
+pub(crate) fn latency_line(log: &str) -> anyhow::Result<(String, String, String)> {
     let line = log
         .lines()
         .rev()
@@ -1131,6 +1133,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("scaling") {
         scaling::table(&o, &mut r)?;
+    }
+    if run("isolation") {
+        isolation::table(&o, &mut r)?;
     }
     // The bridges need Redis, Mosquitto and nats-server: a full run, or `--only connectors`;
     // the quick smoke test in CI leaves them to the connector tests.

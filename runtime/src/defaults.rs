@@ -30,8 +30,14 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest output of one plugin call (`limits.max_output`).
 pub const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
 /// Most live handles an instance holds in the host (`limits.handles`): WASI streams, sockets,
-/// header maps, pending lookups. wasmtime's own default is 100,000 per table.
-pub const HANDLES: usize = 1024;
+/// header maps, pending lookups. wasmtime's own default is 100,000 per table. A connection
+/// takes three (socket, input and output stream): http-source's 1,024 connections fit.
+pub const HANDLES: usize = 4096;
+/// Most sockets an instance has open at once (`limits.sockets`): each is a file descriptor of
+/// the process, which every plugin shares.
+pub const SOCKETS: usize = 64;
+/// Most files an instance has open at once (`limits.files`).
+pub const FILES: usize = 64;
 /// The range `limits.handles` may take (a Rust guest needs a few dozen to start).
 pub const MIN_HANDLES: usize = 64;
 pub const MAX_HANDLES: usize = 100_000;

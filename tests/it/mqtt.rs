@@ -90,9 +90,28 @@ sinks = ["out"]
 
 #[test]
 fn the_mqtt_source_delivers_every_message_once_and_acknowledges_after_delivery() {
+    source_delivers_every_message_once(false);
+}
+
+/// `concurrency = 2` with a shared subscription: the broker splits the messages between the
+/// two instances (clients `pb-N` and `pb-N-2`); each arrives once.
+#[test]
+fn two_mqtt_source_instances_share_a_subscription() {
+    source_delivers_every_message_once(true);
+}
+
+fn source_delivers_every_message_once(shared: bool) {
     let _mqtt = mqtt_lock();
     require_broker();
-    let topic = unique("source");
+    let topic = unique(if shared { "shared" } else { "source" });
+    let (filter, stages) = if shared {
+        (
+            format!("$share/pb/{topic}/#"),
+            "[pipeline.stages.src]\nconcurrency = 2\n",
+        )
+    } else {
+        (format!("{topic}/#"), "")
+    };
     let s = Scratch::new();
     let out_dir = s.mkdir("out");
     s.write(
@@ -101,7 +120,7 @@ fn the_mqtt_source_delivers_every_message_once_and_acknowledges_after_delivery()
             r#"
 [plugins.src]
 path = "{{plugin:mqtt-source}}"
-config = {{ url = "mqtt://{BROKER}", topics = ["{topic}/#"], qos = 1, client_id = "pb-{}" }}
+config = {{ url = "mqtt://{BROKER}", topics = ["{filter}"], qos = 1, client_id = "pb-{}" }}
 grants = {{ tcp = ["{BROKER}"] }}
 
 [plugins.out]
@@ -113,7 +132,7 @@ grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
 name = "from-mqtt"
 source = "src"
 sinks = ["out"]
-"#,
+{stages}"#,
             std::process::id(),
             out_dir.display()
         ),
@@ -159,6 +178,9 @@ sinks = ["out"]
     }
     let (code, stderr) = child.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
+    if shared {
+        assert!(stderr.contains("source `src` runs 2 instances"), "{stderr}");
+    }
     let written = std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap();
     let counts = seq_counts(&written);
     assert_eq!(counts.len() as u64, COUNT);

@@ -7,7 +7,7 @@ use crate::{Scratch, text};
 
 /// A one-message pipeline through `test-hostile` with the given plugin settings; the report
 /// the attack writes lands in `out/NAME.txt`.
-fn attack_pipeline(name: &str, hostile: &str, extra: &str) -> String {
+pub(crate) fn attack_pipeline(name: &str, hostile: &str, extra: &str) -> String {
     format!(
         r#"
 [plugins.gen-{name}]
@@ -108,7 +108,7 @@ limits = { memory = "16MiB" }"#,
     );
 }
 
-fn report(s: &Scratch, name: &str) -> String {
+pub(crate) fn report(s: &Scratch, name: &str) -> String {
     s.read(&format!("out/{name}.txt")).trim_end().to_owned()
 }
 

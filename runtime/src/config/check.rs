@@ -503,7 +503,20 @@ fn check_plugin(
             .map_or(defaults.init_timeout, |d| d.0),
         max_output: raw.limits.max_output.map_or(defaults.max_output, |s| s.0),
         handles: raw.limits.handles.map_or(defaults.handles, |n| n as usize),
+        sockets: raw.limits.sockets.map_or(defaults.sockets, |n| n as usize),
+        files: raw.limits.files.map_or(defaults.files, |n| n as usize),
     };
+    for (key, value) in [("sockets", limits.sockets), ("files", limits.files)] {
+        if !(1..=defaults::MAX_HANDLES).contains(&value) {
+            problems.push(
+                Diagnostic::new(
+                    loc.clone(),
+                    format!("plugin `{name}`: limits.{key} {value} is out of range"),
+                )
+                .hint(&format!("use 1 to {}", defaults::MAX_HANDLES)),
+            );
+        }
+    }
     if !(defaults::MIN_HANDLES..=defaults::MAX_HANDLES).contains(&limits.handles) {
         problems.push(
             Diagnostic::new(

@@ -161,6 +161,14 @@ pub(super) struct RawLimits {
     /// instance may hold in the host at once; each header map also holds at most 16 KiB.
     #[serde(default)]
     pub(super) handles: Option<u32>,
+    /// Most sockets one instance may have open at once (made by the plugin; connections a
+    /// listening plugin accepts count against `handles`).
+    #[serde(default)]
+    pub(super) sockets: Option<u32>,
+    /// Most files and directories one instance may have open at once (its granted
+    /// directories themselves not counted).
+    #[serde(default)]
+    pub(super) files: Option<u32>,
 }
 
 /// One pipeline: a source, a chain of transforms, one or more sinks.

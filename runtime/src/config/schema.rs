@@ -59,6 +59,8 @@ fn defaults_of() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("RawLimits", "max_output", json!(size(defaults::MAX_OUTPUT))),
         ("RawLimits", "handles", json!(defaults::HANDLES)),
+        ("RawLimits", "sockets", json!(defaults::SOCKETS)),
+        ("RawLimits", "files", json!(defaults::FILES)),
         ("RawRetry", "attempts", json!(defaults::RETRY_ATTEMPTS)),
         (
             "RawRetry",

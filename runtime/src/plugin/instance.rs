@@ -45,6 +45,8 @@ pub struct HostState {
     sockets: sandbox::SocketGrants,
     /// Name lookups started and maybe not dropped yet (`sandbox::audit_name_lookup`).
     lookups: Vec<u32>,
+    /// Sockets and files it holds open (`limits.sockets`, `limits.files`).
+    opened: sandbox::Opened,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
@@ -81,6 +83,10 @@ impl sandbox::Audited for HostState {
 
     fn lookups(&mut self) -> &mut Vec<u32> {
         &mut self.lookups
+    }
+
+    fn opened(&mut self) -> &mut sandbox::Opened {
+        &mut self.opened
     }
 }
 
@@ -160,6 +166,7 @@ impl Runtime {
                 udp: !grants.udp.is_empty(),
             },
             lookups: Vec::new(),
+            opened: sandbox::Opened::new(limits.sockets, limits.files),
         };
         let mut store = Store::new(&self.engine, host);
         // Handles of resources the guest defines itself (`resource.new`), and the bytes one

@@ -3,7 +3,8 @@
 //! around wasmtime-wasi's own, so that one the sandbox refuses (a `..` or symlink escape from a
 //! granted directory, a write under a read-only grant) is audited like a network denial. Paths outside every granted directory
 //! never reach the host: the guest's libc finds no directory to resolve them against.
-//! (cap-std inside wasmtime-wasi does the refusing; this only reports it.)
+//! (cap-std inside wasmtime-wasi does the refusing; this only reports it.) `open-at` also keeps
+//! an instance within `limits.files` open files (see `opened`).
 
 use std::sync::Arc;
 
@@ -22,6 +23,16 @@ pub trait Audited: WasiView + Send + 'static {
     fn sockets_granted(&self) -> super::SocketGrants;
     /// Handles of the name lookups the plugin started (see `dns`).
     fn lookups(&mut self) -> &mut Vec<u32>;
+    /// The sockets and files it holds open, and their caps (see `opened`).
+    fn opened(&mut self) -> &mut super::Opened;
+
+    /// Room for one more handle of `kind` (see [`super::Opened::room_for`]).
+    fn room_for(&mut self, kind: super::opened::Kind) -> Result<(), String> {
+        let mut opened = std::mem::take(self.opened());
+        let room = opened.room_for(kind, self.ctx().table);
+        *self.opened() = opened;
+        room
+    }
 }
 
 /// Whether a filesystem error is the sandbox's refusal (worth an audit entry).
@@ -113,12 +124,20 @@ pub fn audit_open_at<T: Audited>(linker: &mut Linker<T>) -> anyhow::Result<()> {
                     );
                     return Ok((Err::<Fd, fs::ErrorCode>(fs::ErrorCode::NotPermitted),));
                 }
+                if let Err(why) = state.room_for(super::opened::Kind::File) {
+                    let (audit, label) = state.audit();
+                    audit.deny(label, "filesystem", &path, &why);
+                    return Ok((Err::<Fd, fs::ErrorCode>(fs::ErrorCode::Quota),));
+                }
                 match state
                     .filesystem()
                     .open_at(fd, path_flags, path.clone(), open_flags, flags)
                     .await
                 {
-                    Ok(opened) => Ok((Ok(opened),)),
+                    Ok(opened) => {
+                        state.opened().add(opened.rep(), super::opened::Kind::File);
+                        Ok((Ok(opened),))
+                    }
                     Err(e) => {
                         let code: fs::ErrorCode = e.downcast()?;
                         if refused(&code) {

@@ -21,6 +21,10 @@ pub struct Limits {
     pub max_output: u64,
     /// Most live handles the instance may hold in the host.
     pub handles: usize,
+    /// Most sockets it may have open.
+    pub sockets: usize,
+    /// Most files it may have open.
+    pub files: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +35,8 @@ impl Default for Limits {
             init_timeout: defaults::INIT_TIMEOUT,
             max_output: defaults::MAX_OUTPUT,
             handles: defaults::HANDLES,
+            sockets: defaults::SOCKETS,
+            files: defaults::FILES,
         }
     }
 }
@@ -56,18 +62,23 @@ impl Limits {
             "init_timeout_ms": self.init_timeout.as_millis() as u64,
             "max_output": self.max_output,
             "handles": self.handles,
+            "sockets": self.sockets,
+            "files": self.files,
         })
     }
 
     /// One line, as `patchbay inspect` prints it.
     pub fn line(&self) -> String {
         format!(
-            "memory {}, call_timeout {}, init_timeout {}, max_output {}, handles {}",
+            "memory {}, call_timeout {}, init_timeout {}, max_output {}, handles {}, sockets {}, \
+             files {}",
             bytesize::ByteSize(self.memory).display().iec(),
             humantime::format_duration(self.call_timeout),
             humantime::format_duration(self.init_timeout),
             bytesize::ByteSize(self.max_output).display().iec(),
-            self.handles
+            self.handles,
+            self.sockets,
+            self.files
         )
     }
 

@@ -5,7 +5,8 @@
 //! - `wasi`: grants → a WASI context holding only what was granted;
 //! - `net`, `http`, `fs`, `dns`, `sockets`: the checks wasmtime calls for every socket address,
 //!   outgoing HTTP request, refused file open, name lookup and new socket;
-//! - `limits`: memory, deadlines and output per call;
+//! - `limits`: memory, deadlines and output per call; `opened`: the caps on sockets and files
+//!   an instance holds open;
 //! - `audit`: denials, logged and counted; `stdio`: plugin output to the log; `logline`: the
 //!   rate limit, length cap and escaping of every line a plugin logs.
 //!
@@ -19,6 +20,7 @@ mod http;
 mod limits;
 pub mod logline;
 mod net;
+mod opened;
 mod sockets;
 mod stdio;
 mod wasi;
@@ -29,5 +31,6 @@ pub use fs::{Audited, audit_open_at};
 pub use grants::{DirGrant, DirMode, Grants, HttpPattern, NetPattern, capability};
 pub use http::HttpGate;
 pub use limits::{Limiter, Limits, store_limits};
+pub use opened::Opened;
 pub use sockets::{SocketGrants, audit_socket_creation};
 pub use wasi::wasi_ctx;

@@ -4,7 +4,8 @@
 //! logged and counted like any other denial. (wasmtime-wasi's own switch, `allow_tcp`, refuses
 //! silently; and without either, a plugin with no grants could hold thousands of unconnected
 //! sockets and exhaust the process's file descriptors.) A granted plugin's sockets go to
-//! wasmtime-wasi as before, and every address they use is still checked by `net`.
+//! wasmtime-wasi as before (at most `limits.sockets` open at once, see `opened`), and every
+//! address they use is still checked by `net`.
 
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily};
@@ -15,6 +16,7 @@ use wasmtime_wasi::p2::bindings::sockets::udp_create_socket::Host as _;
 use wasmtime_wasi::sockets::WasiSocketsView;
 
 use super::fs::Audited;
+use super::opened::Kind;
 
 /// Shadow the socket constructors in `linker` (after WASI was added to it).
 pub fn audit_socket_creation<T: Audited>(linker: &mut Linker<T>) -> anyhow::Result<()> {
@@ -36,8 +38,16 @@ pub fn audit_socket_creation<T: Audited>(linker: &mut Linker<T>) -> anyhow::Resu
                 );
                 return Ok((Err(ErrorCode::AccessDenied),));
             }
+            if let Err(why) = state.room_for(Kind::Tcp) {
+                let (audit, label) = state.audit();
+                audit.deny(label, "tcp", "a new socket", &why);
+                return Ok((Err(ErrorCode::NewSocketLimit),));
+            }
             match state.sockets().create_tcp_socket(family) {
-                Ok(socket) => Ok((Ok(socket),)),
+                Ok(socket) => {
+                    state.opened().add(socket.rep(), Kind::Tcp);
+                    Ok((Ok(socket),))
+                }
                 Err(e) => Ok((Err(e.downcast()?),)),
             }
         },
@@ -55,8 +65,18 @@ pub fn audit_socket_creation<T: Audited>(linker: &mut Linker<T>) -> anyhow::Resu
                         Err(ErrorCode::AccessDenied);
                     return Ok((refused,));
                 }
+                if let Err(why) = state.room_for(Kind::Udp) {
+                    let (audit, label) = state.audit();
+                    audit.deny(label, "udp", "a new socket", &why);
+                    let refused: Result<Resource<UdpSocket>, ErrorCode> =
+                        Err(ErrorCode::NewSocketLimit);
+                    return Ok((refused,));
+                }
                 match state.sockets().create_udp_socket(family).await {
-                    Ok(socket) => Ok((Ok(socket),)),
+                    Ok(socket) => {
+                        state.opened().add(socket.rep(), Kind::Udp);
+                        Ok((Ok(socket),))
+                    }
                     Err(e) => Ok((Err(e.downcast()?),)),
                 }
             })

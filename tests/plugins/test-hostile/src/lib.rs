@@ -30,6 +30,8 @@ const ATTACKS: &[&str] = &[
     "symlink",
     "dns-flood",
     "fields-hoard",
+    "socket-hoard",
+    "file-hoard",
 ];
 
 struct Hostile {
@@ -71,6 +73,41 @@ fn fields_hoard(count: usize, size: usize) -> Result<String, String> {
         kept.push(fields);
     }
     Ok(format!("kept {} header maps", kept.len()))
+}
+
+/// Create `count` TCP sockets (never connected) and keep them: `kept N, refused M: ERROR`.
+fn socket_hoard(count: usize) -> String {
+    use wasip2::sockets::{network::IpAddressFamily, tcp_create_socket};
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    let mut error = String::new();
+    for _ in 0..count {
+        match tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+            Ok(socket) => kept.push(socket),
+            Err(e) => {
+                refused += 1;
+                error = format!("{e:?}");
+            }
+        }
+    }
+    format!("kept {}, refused {refused}: {error}", kept.len())
+}
+
+/// Open file `path` `count` times and keep every handle: `kept N, refused M: ERROR`.
+fn file_hoard(path: &str, count: usize) -> String {
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    let mut error = String::new();
+    for _ in 0..count {
+        match std::fs::File::open(path) {
+            Ok(file) => kept.push(file),
+            Err(e) => {
+                refused += 1;
+                error = e.to_string();
+            }
+        }
+    }
+    format!("kept {}, refused {refused}: {error}", kept.len())
 }
 
 /// Start `count` name lookups without reading any: `started N, refused M`.
@@ -180,6 +217,8 @@ impl Hostile {
             // `count` lookups of `host` started at once and kept: how many the host took.
             "dns-flood" => Ok(dns_flood(&self.host, self.count)),
             "fields-hoard" => fields_hoard(self.count, self.size),
+            "socket-hoard" => Ok(socket_hoard(self.count)),
+            "file-hoard" => Ok(file_hoard(&self.path, self.count)),
             "dns" => {
                 use std::net::ToSocketAddrs;
                 self.host
