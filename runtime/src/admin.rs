@@ -567,10 +567,22 @@ async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
 /// Body of `POST /v1/plugins/NAME/reload`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReloadRequest {
+pub struct ReloadRequest {
     /// The new component (absolute, or relative to the runtime's working directory); default:
     /// the file the config names.
-    path: Option<std::path::PathBuf>,
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl ReloadRequest {
+    /// The request in a body: nothing (or only white space) means the default; anything else
+    /// must be the JSON object, or the error says what to send.
+    pub fn from_body(body: &[u8]) -> Result<ReloadRequest, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ReloadRequest::default());
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| format!("body: {e}; send {{\"path\": \"/abs/plugin.wasm\"}} or nothing"))
+    }
 }
 
 fn refusal(code: StatusCode, error: String) -> Response {
@@ -593,18 +605,9 @@ async fn reload(
             format!("no plugin `{name}`; this file has {}", known.join(", ")),
         );
     };
-    let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ReloadRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return refusal(
-                    StatusCode::BAD_REQUEST,
-                    format!("body: {e}; send {{\"path\": \"/abs/plugin.wasm\"}} or nothing"),
-                );
-            }
-        }
+    let request = match ReloadRequest::from_body(&body) {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, e),
     };
     match plugin.reload(&admin.runtime, request.path.as_deref()).await {
         Ok(swapped) => axum::Json(swapped).into_response(),

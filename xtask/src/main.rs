@@ -6,6 +6,9 @@
 //! - `test`: `build`, then fmt check, clippy (host and guests), the whole test suite, and
 //!   `bench --quick` as a smoke test (it checks results and that every row has a number; without
 //!   the peers, which only `bench` builds).
+//! - `fuzz [--minutes N]`: the fuzz tests (`runtime/tests/fuzz.rs`: packed answers, pipeline
+//!   files, the admin API's reload body) with 100,000 cases a property, round after round with
+//!   fresh seeds, until N minutes (default 10) are up. `test` runs them once with 256 cases.
 //! - `bench [--quick]`: `build`, plus the benchmark's Extism and Fluvio guests
 //!   (wasm32-unknown-unknown, into `target/bench-guests/`), then the benchmark (bench/, with its
 //!   `peers` feature), which writes `bench/results.md`.
@@ -85,9 +88,10 @@ fn main() -> ExitCode {
         Some("quickstart") => quickstart(),
         Some("test") => test(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python and JavaScript SDKs' example plugins (needs python3 and node)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md)"
+                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick]|fuzz [--minutes N]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python and JavaScript SDKs' example plugins (needs python3 and node)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md)\n  fuzz        the fuzz tests (runtime/tests/fuzz.rs) over and over with fresh seeds, for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -417,6 +421,39 @@ fn test() -> Result<()> {
     }
     run(&mut units)?;
     run_bench(true)
+}
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let minutes: u64 = match args {
+        [] => 10,
+        [flag, n] if flag == "--minutes" => n
+            .parse()
+            .map_err(|_| format!("--minutes `{n}`: give a whole number of minutes, e.g. 10"))?,
+        _ => return Err("usage: cargo xtask fuzz [--minutes N]".into()),
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(minutes * 60);
+    let cases = 100_000u64;
+    let mut rounds = 0u64;
+    // The first round builds the test; each later one is a fresh random seed (proptest's
+    // default), so rounds explore new inputs. A failure stops at once, shrunk and saved
+    // under runtime/proptest-regressions/.
+    while rounds == 0 || std::time::Instant::now() < until {
+        run(cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "patchbay-runtime",
+                "--test",
+                "fuzz",
+            ])
+            .env("PROPTEST_CASES", cases.to_string()))?;
+        rounds += 1;
+    }
+    eprintln!(
+        "xtask: fuzz: {rounds} rounds of {cases} cases for each of the 5 properties, no failure"
+    );
+    Ok(())
 }
 
 fn bench(quick: bool) -> Result<()> {

@@ -2,7 +2,8 @@
 //!
 //! - `engine`: the shared wasmtime engine, instance pool, linker and epoch ticker;
 //! - `cache`: precompiled artifacts by content hash; `component`: load, pin and world check;
-//! - `instance`: one live instance (its store, calls, traps, metrics); `packed`: the fast path;
+//! - `instance`: one live instance (its store, calls, traps, metrics); `packed`: the fast path
+//!   (public so that the fuzz tests, runtime/tests/fuzz.rs, reach its decoders);
 //! - `calls`: the small traits the pipeline layer calls plugins through.
 //!
 //! It may import `sandbox`, `contract` and `config` (for `Role`), never `pipeline` or above:
@@ -14,7 +15,7 @@ mod component;
 mod engine;
 mod instance;
 mod metrics;
-mod packed;
+pub mod packed;
 mod trap;
 
 pub use calls::{SinkCalls, SourceCalls, Start, TransformCalls};
