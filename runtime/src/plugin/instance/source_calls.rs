@@ -80,6 +80,20 @@ impl Instance {
     ) -> Result<Result<PollResult, WitError>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
+        // `poll-within` is the same call in both worlds that have it (distinct binding types).
+        macro_rules! within {
+            ($b:ident) => {
+                guard(
+                    self.guard_for(timeout),
+                    $b.patchbay_connector_source_bounded_api().call_poll_within(
+                        &mut self.store,
+                        max,
+                        max_bytes,
+                    ),
+                )
+                .await
+            };
+        }
         let result = match &self.bindings {
             Some(Bindings::Source(b)) => {
                 guard(
@@ -89,28 +103,8 @@ impl Instance {
                 )
                 .await
             }
-            Some(Bindings::SourceBounded(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_bounded_api().call_poll_within(
-                        &mut self.store,
-                        max,
-                        max_bytes,
-                    ),
-                )
-                .await
-            }
-            Some(Bindings::SourceShared(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_bounded_api().call_poll_within(
-                        &mut self.store,
-                        max,
-                        max_bytes,
-                    ),
-                )
-                .await
-            }
+            Some(Bindings::SourceBounded(b)) => within!(b),
+            Some(Bindings::SourceShared(b)) => within!(b),
             _ => return Err(self.wrong_role("poll")),
         };
         let result = result.map_err(|e| self.trap("poll", timeout, e))?;
@@ -124,31 +118,21 @@ impl Instance {
     async fn ack_inner(&mut self, checkpoint: u64) -> Result<Result<(), WitError>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
+        // The same call in every source world (distinct binding types).
+        macro_rules! ack {
+            ($b:ident) => {
+                guard(
+                    self.guard_for(timeout),
+                    $b.patchbay_connector_source_api()
+                        .call_ack(&mut self.store, checkpoint),
+                )
+                .await
+            };
+        }
         let result = match &self.bindings {
-            Some(Bindings::Source(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_api()
-                        .call_ack(&mut self.store, checkpoint),
-                )
-                .await
-            }
-            Some(Bindings::SourceBounded(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_api()
-                        .call_ack(&mut self.store, checkpoint),
-                )
-                .await
-            }
-            Some(Bindings::SourceShared(b)) => {
-                guard(
-                    self.guard_for(timeout),
-                    b.patchbay_connector_source_api()
-                        .call_ack(&mut self.store, checkpoint),
-                )
-                .await
-            }
+            Some(Bindings::Source(b)) => ack!(b),
+            Some(Bindings::SourceBounded(b)) => ack!(b),
+            Some(Bindings::SourceShared(b)) => ack!(b),
             _ => return Err(self.wrong_role("ack")),
         };
         result.map_err(|e| self.trap("ack", timeout, e))
