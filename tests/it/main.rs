@@ -138,6 +138,13 @@ impl Running {
         }
     }
 
+    /// Whether it has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
+    }
+
     /// SIGKILL, as `kill -9` does (no drain, no flush, no ack); returns once it is gone.
     pub fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -5,8 +5,9 @@
 //! silently; and without either, a plugin with no grants could hold thousands of unconnected
 //! sockets and exhaust the process's file descriptors.) A granted plugin's sockets go to
 //! wasmtime-wasi as before (at most `limits.sockets` open at once, see `opened`), and every
-//! address they use is still checked by `net`. A TCP connect to an unspecified or IPv4-mapped
-//! address, which wasmtime-wasi refuses before `net` sees it, is audited here.
+//! address they use is still checked by `net`. A TCP connect, a UDP `stream` or a datagram to
+//! an unspecified or IPv4-mapped address, which wasmtime-wasi refuses before `net` sees it, is
+//! audited here.
 
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::network::{
@@ -15,7 +16,10 @@ use wasmtime_wasi::p2::bindings::sockets::network::{
 use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket as _;
 use wasmtime_wasi::p2::bindings::sockets::tcp::TcpSocket;
 use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host as _;
-use wasmtime_wasi::p2::bindings::sockets::udp::UdpSocket;
+use wasmtime_wasi::p2::bindings::sockets::udp::{
+    HostOutgoingDatagramStream as _, HostUdpSocket as _, IncomingDatagramStream, OutgoingDatagram,
+    OutgoingDatagramStream, UdpSocket,
+};
 use wasmtime_wasi::p2::bindings::sockets::udp_create_socket::Host as _;
 use wasmtime_wasi::sockets::WasiSocketsView;
 
@@ -96,19 +100,66 @@ pub fn audit_socket_creation<T: Audited>(linker: &mut Linker<T>) -> anyhow::Resu
          (this, network, remote): (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)|
          -> wasmtime::Result<(Result<(), ErrorCode>,)> {
             let state = store.data_mut();
-            let addr: std::net::SocketAddr = remote.into();
-            if let Some(why) = no_destination(addr) {
-                let (audit, label) = state.audit();
-                audit.deny(label, "tcp", &addr.to_string(), why);
-            }
+            audit_destination(state, "tcp", remote.into());
             match state.sockets().start_connect(this, network, remote) {
                 Ok(()) => Ok((Ok(()),)),
                 Err(e) => Ok((Err(e.downcast()?),)),
             }
         },
     )?;
+    // The same for UDP: a socket connected (`stream`) to such an address, or a datagram sent
+    // to one.
+    let mut udp_api = linker.instance("wasi:sockets/udp@0.2.12")?;
+    udp_api.func_wrap_async(
+        "[method]udp-socket.stream",
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (this, remote): (Resource<UdpSocket>, Option<IpSocketAddress>)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Some(remote) = remote {
+                    audit_destination(state, "udp", remote.into());
+                }
+                match state.sockets().stream(this, remote).await {
+                    Ok(streams) => Ok((Ok(streams),)),
+                    Err(e) => {
+                        let failed: Result<Streams, ErrorCode> = Err(e.downcast()?);
+                        Ok((failed,))
+                    }
+                }
+            })
+        },
+    )?;
+    udp_api.func_wrap(
+        "[method]outgoing-datagram-stream.send",
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (this, datagrams): (Resource<OutgoingDatagramStream>, Vec<OutgoingDatagram>)|
+         -> wasmtime::Result<(Result<u64, ErrorCode>,)> {
+            let state = store.data_mut();
+            for remote in datagrams.iter().filter_map(|d| d.remote_address) {
+                audit_destination(state, "udp", remote.into());
+            }
+            match state.sockets().send(this, datagrams) {
+                Ok(sent) => Ok((Ok(sent),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// A UDP socket's two streams, as `stream` answers them.
+type Streams = (
+    Resource<IncomingDatagramStream>,
+    Resource<OutgoingDatagramStream>,
+);
+
+/// Audit a use of `addr` as a destination (`capability`: tcp or udp) if it is none.
+fn audit_destination<T: Audited>(state: &mut T, capability: &str, addr: std::net::SocketAddr) {
+    if let Some(why) = no_destination(addr) {
+        let (audit, label) = state.audit();
+        audit.deny(label, capability, &addr.to_string(), why);
+    }
 }
 
 /// Why `addr` is no address to connect or send to, if it is not.

@@ -32,6 +32,7 @@ const ATTACKS: &[&str] = &[
     "fields-hoard",
     "socket-hoard",
     "file-hoard",
+    "udp-send",
 ];
 
 struct Hostile {
@@ -108,6 +109,78 @@ fn file_hoard(path: &str, count: usize) -> String {
         }
     }
     format!("kept {}, refused {refused}: {error}", kept.len())
+}
+
+/// Send one datagram to `addr` (a UDP socket bound to an ephemeral port) twice over: through
+/// `stream(some(addr))`, then through `stream(none)` and `send` with `addr` on the datagram.
+/// Each result: `ok` or the error code.
+fn udp_send(addr: &str) -> Result<String, String> {
+    use wasip2::sockets::network::{
+        IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+    };
+    use wasip2::sockets::udp::OutgoingDatagram;
+    use wasip2::sockets::{instance_network, udp_create_socket};
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let (family, any, remote) = match target {
+        std::net::SocketAddr::V4(a) => {
+            let o = a.ip().octets();
+            let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                port: a.port(),
+                address: (o[0], o[1], o[2], o[3]),
+            });
+            let any = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                port: 0,
+                address: (0, 0, 0, 0),
+            });
+            (IpAddressFamily::Ipv4, any, remote)
+        }
+        std::net::SocketAddr::V6(a) => {
+            let s = a.ip().segments();
+            let remote = IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                port: a.port(),
+                flow_info: 0,
+                address: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+                scope_id: 0,
+            });
+            let any = IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                port: 0,
+                flow_info: 0,
+                address: (0, 0, 0, 0, 0, 0, 0, 0),
+                scope_id: 0,
+            });
+            (IpAddressFamily::Ipv6, any, remote)
+        }
+    };
+    let network = instance_network::instance_network();
+    let bound = || {
+        let socket = udp_create_socket::create_udp_socket(family).map_err(|e| e.to_string())?;
+        socket
+            .start_bind(&network, any)
+            .map_err(|e| e.to_string())?;
+        socket.subscribe().block();
+        socket.finish_bind().map_err(|e| e.to_string())?;
+        Ok::<_, String>(socket)
+    };
+    let connected = match bound()?.stream(Some(remote)) {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let socket = bound()?;
+    let (_incoming, outgoing) = socket.stream(None).map_err(|e| e.to_string())?;
+    outgoing.subscribe().block();
+    let permitted = outgoing.check_send().map_err(|e| e.to_string())?;
+    let sent = if permitted == 0 {
+        "no permit".to_owned()
+    } else {
+        match outgoing.send(&[OutgoingDatagram {
+            data: b"x".to_vec(),
+            remote_address: Some(remote),
+        }]) {
+            Ok(n) => format!("ok ({n})"),
+            Err(e) => e.to_string(),
+        }
+    };
+    Ok(format!("stream: {connected}; send: {sent}"))
 }
 
 /// Start `count` name lookups without reading any: `started N, refused M`.
@@ -219,6 +292,7 @@ impl Hostile {
             "fields-hoard" => fields_hoard(self.count, self.size),
             "socket-hoard" => Ok(socket_hoard(self.count)),
             "file-hoard" => Ok(file_hoard(&self.path, self.count)),
+            "udp-send" => udp_send(&self.addr),
             "dns" => {
                 use std::net::ToSocketAddrs;
                 self.host
@@ -263,11 +337,11 @@ impl Transform for Hostile {
         )
         .key(ConfigKey::optional(
             "attack",
-            "none, loop, memory, read-file, list-dir, write-file, tcp-connect, dns, http, sleep, env, recursion, big-output, init-loop or init-memory.",
+            "none, loop, memory, recursion, metrics, symlink, mkdir, log-flood, read-file, list-dir, write-file, tcp-connect, udp-send, dns, dns-flood, fields-hoard, socket-hoard, file-hoard, http, sleep, env, big-output, many-headers, init-loop or init-memory.",
             "none",
         ))
         .key(ConfigKey::optional("path", "File or directory for read-file, list-dir, write-file and mkdir.", "/etc/passwd"))
-        .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect.", "127.0.0.1:5432"))
+        .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect and udp-send (IPv6 in brackets).", "127.0.0.1:5432"))
         .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
         .key(ConfigKey::optional("url", "URL to GET for http.", "http://127.0.0.1:80/"))
         .key(ConfigKey::optional("count", "Messages per input for big-output, lines for log-flood, series for metrics.", "100000"))
