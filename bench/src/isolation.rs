@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{Options, Report, latency_line};
+use crate::e2e::latency_line;
+use crate::{Options, Report};
 
 /// The neighbours: a name for the table, the attack's plugin settings, and what it tries.
 const NEIGHBOURS: &[(&str, &str, &str)] = &[

@@ -99,6 +99,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
 }
 
 mod connectors;
+mod e2e;
 mod isolation;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
 /// native row runs the very code the plugin runs.
@@ -702,161 +703,6 @@ async fn languages_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `patchbay run` over generator → json-map → blackhole; returns messages per second.
-/// One run of generator → json-map → blackhole through `patchbay run`: messages per second
-/// (start-up included) and the log. With `rate`, the generator is paced and the blackhole logs
-/// the latency of every message (from the generator's time header) once at the end.
-fn pipeline_run(
-    o: &Options,
-    dir: &Path,
-    count: u64,
-    batch: u32,
-    rate: Option<u64>,
-) -> anyhow::Result<(f64, String)> {
-    let plugins = std::path::absolute(&o.plugins)?;
-    let file = dir.join(format!("bench-{batch}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-[plugins.gen]
-path = "{gen}"
-config = {{ count = {count}, size = 100, rate = {rate}, time_header = "{header}" }}
-
-[plugins.map]
-path = "{map}"
-[plugins.map.config]
-rename = {{ data = "body" }}
-drop = ["seq"]
-set = {{ source = "bench" }}
-
-[plugins.null]
-path = "{null}"
-config = {{ report_every = {count}, latency_header = "{header}" }}
-
-[[pipeline]]
-name = "bench"
-source = "gen"
-transforms = ["map"]
-sinks = ["null"]
-batch_size = {batch}
-"#,
-            gen = plugins.join("generator.wasm").display(),
-            map = plugins.join("json-map.wasm").display(),
-            null = plugins.join("blackhole.wasm").display(),
-            rate = rate.unwrap_or(0),
-            header = if rate.is_some() { "sent-us" } else { "" },
-        ),
-    )?;
-    let started = Instant::now();
-    let out = Command::new(&o.patchbay)
-        .args(["run"])
-        .arg(&file)
-        .env("PATCHBAY_CACHE_DIR", dir.join("cache"))
-        .output()
-        .with_context(|| format!("cannot run {}", o.patchbay.display()))?;
-    let elapsed = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let expected = format!("{count} in, 0 dropped, {count} written to `null`");
-    if !out.status.success() || !stderr.contains(&expected) {
-        bail!("pipeline at batch {batch} did not deliver {count} messages:\n{stderr}");
-    }
-    Ok((count as f64 / elapsed.as_secs_f64(), stderr.into_owned()))
-}
-
-/// `p50 1.21 ms, p99 2.87 ms, max 4.02 ms` from the blackhole's summary in a log.
-pub(crate) fn latency_line(log: &str) -> anyhow::Result<(String, String, String)> {
-    let line = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split("latency over the last ").nth(1))
-        .context("the blackhole logged no latency summary")?;
-    let field = |name: &str| -> anyhow::Result<String> {
-        line.split(name)
-            .nth(1)
-            .and_then(|rest| rest.split([',', ';']).next())
-            .map(|v| v.trim().to_owned())
-            .with_context(|| format!("no {name} in `{line}`"))
-    };
-    Ok((field("p50 ")?, field("p99 ")?, field("max ")?))
-}
-
-fn pipeline_table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    // Warm the precompiled cache so every row measures the same thing.
-    pipeline_run(o, dir.path(), 10, 16, None)?;
-    let seconds = if o.quick { 2 } else { 5 };
-    r.line("## End to end: `patchbay run`, generator → json-map → blackhole (100-byte messages)\n");
-    r.line(format!("Throughput: as fast as the pipeline takes them, start-up included. Latency: a second run with the generator paced at half that rate for {seconds} s; from when the generator made a message's batch to when the blackhole took it.\n"));
-    r.line("| batch size | messages | msg/s | latency p50 at half rate | p99 | max |");
-    r.line("| --- | --- | --- | --- | --- | --- |");
-    for batch in [1u32, 16, 128, 1024] {
-        let count: u64 = match (o.quick, batch) {
-            (true, 1) => 20_000,
-            (true, _) => 200_000,
-            (false, 1) => 200_000,
-            (false, _) => 1_000_000,
-        };
-        let (per_s, _) = pipeline_run(o, dir.path(), count, batch, None)?;
-        let half = ((per_s / 2.0) as u64).max(1);
-        let (_, log) = pipeline_run(o, dir.path(), half * seconds, batch, Some(half))?;
-        let (p50, p99, max) = latency_line(&log)?;
-        r.line(format!(
-            "| {batch} | {count} | {:.0} k/s | {p50} (at {:.0} k/s) | {p99} | {max} |",
-            per_s / 1e3,
-            half as f64 / 1e3
-        ));
-    }
-    r.line("");
-    idle_rss(o, dir.path(), r)?;
-    Ok(())
-}
-
-fn idle_rss(o: &Options, dir: &Path, r: &mut Report) -> anyhow::Result<()> {
-    let plugins = std::path::absolute(&o.plugins)?;
-    let file = dir.join("idle.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-[plugins.gen]
-path = "{gen}"
-config = {{ count = 0, rate = 1 }}
-
-[plugins.null]
-path = "{null}"
-
-[[pipeline]]
-name = "idle"
-source = "gen"
-sinks = ["null"]
-"#,
-            gen = plugins.join("generator.wasm").display(),
-            null = plugins.join("blackhole.wasm").display(),
-        ),
-    )?;
-    let mut child = Command::new(&o.patchbay)
-        .args(["run"])
-        .arg(&file)
-        .env("PATCHBAY_CACHE_DIR", dir.join("cache"))
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(2));
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
-        .context("cannot read the runtime's resident memory")?;
-    r.line(format!(
-        "Idle runtime (one pipeline, generator at 1 msg/s → blackhole): resident memory {rss}.\n"
-    ));
-    Ok(())
-}
-
 /// Gaps between consecutive records' processing times (µs), largest first, from a run of
 /// generator → tagger → file at `rate` msg/s; with `swaps`, that many hot swaps v1⇄v2 happen
 /// during the run through the admin API.
@@ -1126,7 +972,7 @@ async fn main() -> anyhow::Result<()> {
         languages_table(&o, &mut r).await?;
     }
     if run("e2e") {
-        pipeline_table(&o, &mut r)?;
+        e2e::table(&o, &mut r).await?;
     }
     if run("swap") {
         swap_table(&o, &mut r).await?;

@@ -23,7 +23,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// CPU seconds used so far by this process's waited-for children.
-fn children_cpu() -> anyhow::Result<f64> {
+pub(crate) fn children_cpu() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the command name (which may hold spaces) start at field 3.
     let rest = stat.rsplit(')').next().context("odd /proc/self/stat")?;

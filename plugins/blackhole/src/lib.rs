@@ -9,6 +9,7 @@
 //! `discarded 100000 messages (10000000 bytes); latency over the last 100000: p50 1.21 ms,
 //! p99 2.87 ms, max 4.02 ms`.
 
+use hdrhistogram::Histogram;
 use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink, log, metrics};
 
 const KEYS: &[Key] = &[
@@ -28,8 +29,10 @@ struct Blackhole {
     messages: u64,
     bytes: u64,
     latency_header: Option<String>,
-    /// Latencies in microseconds since the last summary.
-    latencies: Vec<u64>,
+    /// Latencies in microseconds since the last summary, to 3 significant digits: a fixed
+    /// footprint, where keeping every sample once took a sink past its memory limit at 2
+    /// million messages a summary.
+    latencies: Histogram<u64>,
     /// Messages whose header was missing or not a number, since the last summary.
     unstamped: u64,
 }
@@ -59,7 +62,8 @@ impl Sink for Blackhole {
             messages: 0,
             bytes: 0,
             latency_header,
-            latencies: Vec::new(),
+            latencies: Histogram::new(3)
+                .map_err(|e| Error::fatal(format!("cannot make the latency histogram: {e}")))?,
             unstamped: 0,
         })
     }
@@ -75,7 +79,7 @@ impl Sink for Blackhole {
             let now = now_us();
             for m in &batch {
                 match m.header(header).and_then(|v| v.parse::<u64>().ok()) {
-                    Some(made) => self.latencies.push(now.saturating_sub(made)),
+                    Some(made) => self.latencies.saturating_record(now.saturating_sub(made)),
                     None => self.unstamped += 1,
                 }
             }
@@ -118,20 +122,19 @@ impl Blackhole {
 
     /// `; latency over the last N: p50 …, p99 …, max …`, and start a new window.
     fn latency_summary(&mut self) -> String {
-        let mut l = std::mem::take(&mut self.latencies);
+        let l = &mut self.latencies;
         let unstamped = std::mem::take(&mut self.unstamped);
         let mut text = String::new();
         if !l.is_empty() {
-            l.sort_unstable();
-            let at = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
             text = format!(
                 "; latency over the last {}: p50 {}, p99 {}, max {}",
                 l.len(),
-                ms(at(0.5)),
-                ms(at(0.99)),
-                ms(l[l.len() - 1])
+                ms(l.value_at_quantile(0.5)),
+                ms(l.value_at_quantile(0.99)),
+                ms(l.max())
             );
         }
+        l.reset();
         if unstamped > 0 {
             text.push_str(&format!("; {unstamped} without a usable time header"));
         }
