@@ -33,6 +33,7 @@ const ATTACKS: &[&str] = &[
     "socket-hoard",
     "file-hoard",
     "udp-send",
+    "udp-receive",
 ];
 
 struct Hostile {
@@ -183,6 +184,50 @@ fn udp_send(addr: &str) -> Result<String, String> {
     Ok(format!("stream: {connected}; send: {sent}"))
 }
 
+/// Bind a UDP socket to `addr` and wait up to `count` milliseconds for datagrams, returning as
+/// soon as some arrive: `received N from SENDER` or `received 0`.
+fn udp_receive(addr: &str, wait_ms: usize) -> Result<String, String> {
+    use wasip2::clocks::monotonic_clock;
+    use wasip2::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    use wasip2::sockets::{instance_network, udp_create_socket};
+    let local: std::net::SocketAddrV4 = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let o = local.ip().octets();
+    let network = instance_network::instance_network();
+    let socket =
+        udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4).map_err(|e| e.to_string())?;
+    let at = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port: local.port(),
+        address: (o[0], o[1], o[2], o[3]),
+    });
+    socket
+        .start_bind(&network, at)
+        .map_err(|e| format!("bind: {e}"))?;
+    socket.subscribe().block();
+    socket.finish_bind().map_err(|e| format!("bind: {e}"))?;
+    let (incoming, _outgoing) = socket.stream(None).map_err(|e| e.to_string())?;
+    let timer = monotonic_clock::subscribe_duration(wait_ms as u64 * 1_000_000);
+    let ready = incoming.subscribe();
+    loop {
+        let woke = wasip2::io::poll::poll(&[&ready, &timer]);
+        if woke.contains(&0) {
+            let got = incoming.receive(16).map_err(|e| e.to_string())?;
+            if let Some(first) = got.first() {
+                let from = match first.remote_address {
+                    IpSocketAddress::Ipv4(a) => {
+                        let (a0, a1, a2, a3) = a.address;
+                        format!("{a0}.{a1}.{a2}.{a3}:{}", a.port)
+                    }
+                    IpSocketAddress::Ipv6(a) => format!("[v6]:{}", a.port),
+                };
+                return Ok(format!("received {} from {from}", got.len()));
+            }
+        }
+        if woke.contains(&1) || timer.ready() {
+            return Ok("received 0".to_owned());
+        }
+    }
+}
+
 /// Start `count` name lookups without reading any: `started N, refused M`.
 fn dns_flood(host: &str, count: usize) -> String {
     use wasip2::sockets::{instance_network, ip_name_lookup};
@@ -293,6 +338,7 @@ impl Hostile {
             "socket-hoard" => Ok(socket_hoard(self.count)),
             "file-hoard" => Ok(file_hoard(&self.path, self.count)),
             "udp-send" => udp_send(&self.addr),
+            "udp-receive" => udp_receive(&self.addr, self.count),
             "dns" => {
                 use std::net::ToSocketAddrs;
                 self.host
@@ -337,14 +383,14 @@ impl Transform for Hostile {
         )
         .key(ConfigKey::optional(
             "attack",
-            "none, loop, memory, recursion, metrics, symlink, mkdir, log-flood, read-file, list-dir, write-file, tcp-connect, udp-send, dns, dns-flood, fields-hoard, socket-hoard, file-hoard, http, sleep, env, big-output, many-headers, init-loop or init-memory.",
+            "none, loop, memory, recursion, metrics, symlink, mkdir, log-flood, read-file, list-dir, write-file, tcp-connect, udp-send, udp-receive, dns, dns-flood, fields-hoard, socket-hoard, file-hoard, http, sleep, env, big-output, many-headers, init-loop or init-memory.",
             "none",
         ))
         .key(ConfigKey::optional("path", "File or directory for read-file, list-dir, write-file and mkdir.", "/etc/passwd"))
-        .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect and udp-send (IPv6 in brackets).", "127.0.0.1:5432"))
+        .key(ConfigKey::optional("addr", "HOST:PORT for tcp-connect, udp-send and udp-receive (IPv6 in brackets).", "127.0.0.1:5432"))
         .key(ConfigKey::optional("host", "HOST:PORT to resolve for dns.", "localhost:80"))
         .key(ConfigKey::optional("url", "URL to GET for http.", "http://127.0.0.1:80/"))
-        .key(ConfigKey::optional("count", "Messages per input for big-output, lines for log-flood, series for metrics.", "100000"))
+        .key(ConfigKey::optional("count", "Messages per input for big-output, lines for log-flood, series for metrics, milliseconds to wait for udp-receive.", "100000"))
         .key(ConfigKey::optional("size", "Bytes per message for big-output.", "1024"))
     }
 
