@@ -26,6 +26,51 @@ pub(crate) struct Run {
     pub(crate) log: String,
 }
 
+/// The pipeline file's text for generator → json-map → blackhole, 100-byte messages: plugins
+/// `{prefix}gen`, `{prefix}map`, `{prefix}null`, pipeline `name`. With `rate`, the generator is
+/// paced and stamps each batch, and the blackhole summarises latencies once, at `count`.
+pub(crate) fn pipeline_toml(
+    o: &Options,
+    prefix: &str,
+    name: &str,
+    count: u64,
+    batch: u32,
+    rate: Option<u64>,
+) -> anyhow::Result<String> {
+    let plugins = std::path::absolute(&o.plugins)?;
+    let plugin = |p: &str| plugins.join(format!("{p}.wasm")).display().to_string();
+    let header = if rate.is_some() { "sent-us" } else { "" };
+    Ok(format!(
+        r#"
+[plugins.{prefix}gen]
+path = "{gen}"
+config = {{ count = {count}, size = 100, rate = {rate}, time_header = "{header}" }}
+
+[plugins.{prefix}map]
+path = "{map}"
+[plugins.{prefix}map.config]
+rename = {{ data = "body" }}
+drop = ["seq"]
+set = {{ source = "bench" }}
+
+[plugins.{prefix}null]
+path = "{null}"
+config = {{ report_every = {count}, latency_header = "{header}" }}
+
+[[pipeline]]
+name = "{name}"
+source = "{prefix}gen"
+transforms = ["{prefix}map"]
+sinks = ["{prefix}null"]
+batch_size = {batch}
+"#,
+        gen = plugin("generator"),
+        map = plugin("json-map"),
+        null = plugin("blackhole"),
+        rate = rate.unwrap_or(0),
+    ))
+}
+
 /// One run of generator → json-map → blackhole through `patchbay run`. With `rate`, the
 /// generator is paced and the blackhole logs the latency of every message (from the
 /// generator's time header) once at the end.
@@ -36,41 +81,8 @@ pub(crate) fn pipeline_run(
     batch: u32,
     rate: Option<u64>,
 ) -> anyhow::Result<Run> {
-    let plugins = std::path::absolute(&o.plugins)?;
     let file = dir.join(format!("bench-{batch}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-[plugins.gen]
-path = "{gen}"
-config = {{ count = {count}, size = 100, rate = {rate}, time_header = "{header}" }}
-
-[plugins.map]
-path = "{map}"
-[plugins.map.config]
-rename = {{ data = "body" }}
-drop = ["seq"]
-set = {{ source = "bench" }}
-
-[plugins.null]
-path = "{null}"
-config = {{ report_every = {count}, latency_header = "{header}" }}
-
-[[pipeline]]
-name = "bench"
-source = "gen"
-transforms = ["map"]
-sinks = ["null"]
-batch_size = {batch}
-"#,
-            gen = plugins.join("generator.wasm").display(),
-            map = plugins.join("json-map.wasm").display(),
-            null = plugins.join("blackhole.wasm").display(),
-            rate = rate.unwrap_or(0),
-            header = if rate.is_some() { "sent-us" } else { "" },
-        ),
-    )?;
+    std::fs::write(&file, pipeline_toml(o, "", "bench", count, batch, rate)?)?;
     let cpu = children_cpu()?;
     let started = Instant::now();
     let out = Command::new(&o.patchbay)

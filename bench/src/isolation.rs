@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::e2e::latency_line;
+use crate::e2e::{latency_line, pipeline_toml};
 use crate::{Options, Report};
 
 /// The neighbours: a name for the table, the attack's plugin settings, and what it tries.
@@ -60,35 +60,8 @@ grants = { dns = true }"#,
 fn file(o: &Options, count: u64, rate: u64, neighbour: Option<&str>) -> anyhow::Result<String> {
     let p = std::path::absolute(&o.plugins)?;
     let plugin = |name: &str| p.join(format!("{name}.wasm")).display().to_string();
-    let header = if rate > 0 { "sent-us" } else { "" };
-    let mut toml = format!(
-        r#"
-[plugins.v-gen]
-path = "{gen}"
-config = {{ count = {count}, size = 100, rate = {rate}, time_header = "{header}" }}
-
-[plugins.v-map]
-path = "{map}"
-[plugins.v-map.config]
-rename = {{ data = "body" }}
-drop = ["seq"]
-set = {{ source = "bench" }}
-
-[plugins.v-null]
-path = "{null}"
-config = {{ report_every = {count}, latency_header = "{header}" }}
-
-[[pipeline]]
-name = "victim"
-source = "v-gen"
-transforms = ["v-map"]
-sinks = ["v-null"]
-batch_size = 256
-"#,
-        gen = plugin("generator"),
-        map = plugin("json-map"),
-        null = plugin("blackhole"),
-    );
+    let paced = (rate > 0).then_some(rate);
+    let mut toml = pipeline_toml(o, "v-", "victim", count, 256, paced)?;
     if let Some(attack) = neighbour {
         toml.push_str(&format!(
             r#"

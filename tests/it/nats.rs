@@ -582,9 +582,22 @@ sinks = ["out"]
 
 #[test]
 fn the_nats_source_reads_a_stream_and_acknowledges_after_delivery() {
+    jetstream_source_delivers_every_message_once(1);
+}
+
+/// `concurrency = 2` on a JetStream source: two instances pull from one durable consumer;
+/// every message arrives once, each acknowledged once (none delivered again).
+#[test]
+fn two_jetstream_source_instances_share_one_durable_consumer() {
+    jetstream_source_delivers_every_message_once(2);
+}
+
+/// `COUNT` messages of a stream through `instances` instances of the source pulling from one
+/// durable consumer: each written once, acknowledged once, nothing left.
+fn jetstream_source_delivers_every_message_once(instances: u32) {
     let _nats = nats_lock();
     require_server();
-    let (subject, stream) = unique("source-js");
+    let (subject, stream) = unique(&format!("source-js{instances}"));
     let mut client = Client::connect();
     client.create_stream(&stream, &format!("{subject}.>"));
     client.fill_stream(&format!("{subject}.a"), 0..COUNT);
@@ -604,6 +617,10 @@ grants = {{ tcp = ["{SERVER}"] }}
 name = "from-stream"
 source = "src"
 sinks = ["out"]
+batch_size = 100
+
+[pipeline.stages.src]
+concurrency = {instances}
 "#,
             file_sink(&out_dir)
         ),
@@ -617,7 +634,8 @@ sinks = ["out"]
         || read().lines().count() as u64 >= COUNT,
     );
     eprintln!(
-        "nats-source jetstream: {COUNT} messages in {:.2}s (with start-up)",
+        "nats-source jetstream, {instances} instance(s): {COUNT} messages in {:.2}s (with \
+         start-up)",
         started.elapsed().as_secs_f64()
     );
     let (code, stderr) = child.interrupt();
@@ -626,69 +644,16 @@ sinks = ["out"]
         stderr.contains(&format!("consumer `pb` on stream `{stream}`")),
         "{stderr}"
     );
+    if instances > 1 {
+        assert!(
+            stderr.contains(&format!("source `src` runs {instances} instances")),
+            "{stderr}"
+        );
+    }
     let counts = seqs(&read());
     assert_eq!(counts.len() as u64, COUNT);
     assert!(counts.values().all(|n| *n == 1), "duplicates");
-    // Everything delivered was acknowledged, and nothing is left.
-    let mut info = Value::Null;
-    crate::wait_until(
-        "the consumer still has unacknowledged messages",
-        Duration::from_secs(10),
-        || {
-            info = client.api(&format!("CONSUMER.INFO.{stream}.pb"), &Value::Null);
-            info["num_pending"] == 0 && info["num_ack_pending"] == 0
-        },
-    );
-    assert_eq!(info["delivered"]["stream_seq"], COUNT, "{info}");
-    client.delete_stream(&stream);
-}
-
-/// `concurrency = 2` on a JetStream source: two instances pull from one durable consumer;
-/// every message arrives once, each acknowledged once (none delivered again).
-#[test]
-fn two_jetstream_source_instances_share_one_durable_consumer() {
-    let _nats = nats_lock();
-    require_server();
-    let (subject, stream) = unique("source-js2");
-    let mut client = Client::connect();
-    client.create_stream(&stream, &format!("{subject}.>"));
-    client.fill_stream(&format!("{subject}.a"), 0..COUNT);
-    let s = Scratch::new();
-    let out_dir = s.mkdir("out");
-    s.write(
-        "p.toml",
-        &format!(
-            r#"
-[plugins.src]
-path = "{{plugin:nats-source}}"
-config = {{ mode = "jetstream", stream = "{stream}", consumer = "pb", filter_subject = "{subject}.>" }}
-grants = {{ tcp = ["{SERVER}"] }}
-{}
-[[pipeline]]
-name = "from-stream"
-source = "src"
-sinks = ["out"]
-batch_size = 100
-
-[pipeline.stages.src]
-concurrency = 2
-"#,
-            file_sink(&out_dir)
-        ),
-    );
-    let mut child = Running::start(s.path(), &["run", "p.toml"]);
-    let read = || std::fs::read_to_string(out_dir.join("out.jsonl")).unwrap_or_default();
-    child.wait_for(
-        "not every message arrived",
-        Duration::from_secs(120),
-        || read().lines().count() as u64 >= COUNT,
-    );
-    let (code, stderr) = child.interrupt();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("source `src` runs 2 instances"), "{stderr}");
-    let counts = seqs(&read());
-    assert_eq!(counts.len() as u64, COUNT);
-    assert!(counts.values().all(|n| *n == 1), "duplicates");
+    // Everything delivered was acknowledged once, and nothing is left.
     let mut info = Value::Null;
     crate::wait_until(
         "the consumer still has unacknowledged messages",
