@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::sandbox::{attack_pipeline, report};
+use crate::sandbox::{attack_pipeline, report, victim_pipeline};
 use crate::{Running, Scratch, text};
 
 /// The peak resident memory of process `pid` (`VmHWM`), in KiB, while it runs.
@@ -99,23 +99,6 @@ grants = { dns = true }"#,
     },
 ];
 
-/// The victim: 3,000 messages at 3,000 a second into a file.
-const VICTIM: &str = r#"
-[plugins.gen-calm]
-path = "{plugin:generator}"
-config = { count = 3000, rate = 3000 }
-
-[plugins.out-calm]
-path = "{plugin:file-sink}"
-config = { path = "/out/calm.jsonl" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[[pipeline]]
-name = "calm"
-source = "gen-calm"
-sinks = ["out-calm"]
-"#;
-
 /// Every class of attack a plugin with default limits can make on the host is stopped or
 /// capped with a message that says so, while the process's peak resident memory stays under
 /// the bound SECURITY.md states (the instance's limits, 160 MiB with the defaults, above the
@@ -133,7 +116,7 @@ fn every_class_of_attack_leaves_the_host_within_bounds_and_a_victim_whole() {
             .unwrap();
         assert!(fifo.success());
         let mut config = attack_pipeline(class.name, class.hostile, "");
-        config.push_str(VICTIM);
+        config.push_str(&victim_pipeline(3000, 3000));
         s.write("p.toml", &config);
         let mut child = Running::start(s.path(), &["run", "p.toml"]);
         let pid = child.id();

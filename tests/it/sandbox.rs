@@ -34,6 +34,28 @@ retry = {{ attempts = 1 }}
     )
 }
 
+/// A victim pipeline `calm`: `count` generated messages (`rate` a second; 0: as fast as it
+/// goes) into `out/calm.jsonl`, for a hostile pipeline in the same file not to disturb.
+pub(crate) fn victim_pipeline(count: u64, rate: u64) -> String {
+    format!(
+        r#"
+[plugins.gen-calm]
+path = "{{plugin:generator}}"
+config = {{ count = {count}, rate = {rate} }}
+
+[plugins.out-calm]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/calm.jsonl" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "calm"
+source = "gen-calm"
+sinks = ["out-calm"]
+"#
+    )
+}
+
 #[test]
 fn an_infinite_loop_is_stopped_at_its_deadline_while_another_pipeline_runs_on() {
     let s = Scratch::new();
@@ -44,23 +66,7 @@ fn an_infinite_loop_is_stopped_at_its_deadline_while_another_pipeline_runs_on() 
 limits = { call_timeout = "300ms" }"#,
         "",
     );
-    config.push_str(
-        r#"
-[plugins.gen-calm]
-path = "{plugin:generator}"
-config = { count = 300000, rate = 300000 }
-
-[plugins.out-calm]
-path = "{plugin:file-sink}"
-config = { path = "/out/calm.txt" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[[pipeline]]
-name = "calm"
-source = "gen-calm"
-sinks = ["out-calm"]
-"#,
-    );
+    config.push_str(&victim_pipeline(300_000, 300_000));
     s.write("p.toml", &config);
     let started = Instant::now();
     let out = s.run(&["run", "p.toml"]);
@@ -75,7 +81,7 @@ sinks = ["out-calm"]
     );
     assert!(stderr.contains("(limits.call_timeout)"), "{stderr}");
     // The healthy pipeline delivered everything while the loop ran.
-    assert_eq!(s.read("out/calm.txt").lines().count(), 300_000);
+    assert_eq!(s.read("out/calm.jsonl").lines().count(), 300_000);
     assert!(
         stderr.contains("pipeline `calm`: 300000 in, 0 dropped, 300000 written to `out-calm`"),
         "{stderr}"
@@ -838,23 +844,7 @@ fn a_flood_of_name_lookups_is_capped_per_instance() {
 grants = { dns = true }"#,
         "",
     );
-    config.push_str(
-        r#"
-[plugins.gen-calm]
-path = "{plugin:generator}"
-config = { count = 20000 }
-
-[plugins.out-calm]
-path = "{plugin:file-sink}"
-config = { path = "/out/calm.jsonl" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[[pipeline]]
-name = "calm"
-source = "gen-calm"
-sinks = ["out-calm"]
-"#,
-    );
+    config.push_str(&victim_pipeline(20_000, 0));
     s.write("p.toml", &config);
     let out = s.run(&["run", "p.toml"]);
     let (_, stderr) = text(&out);
