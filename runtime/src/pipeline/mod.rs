@@ -41,6 +41,7 @@ mod failure;
 mod fields;
 mod flow;
 mod lanes;
+mod native;
 mod partition;
 mod replay;
 mod retry;

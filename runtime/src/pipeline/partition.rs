@@ -50,11 +50,12 @@ impl Partitioner {
         let mut parts: Vec<Vec<Message>> = (0..lanes)
             .map(|_| Vec::with_capacity(records.len() / lanes + 1))
             .collect();
-        let root = Context::default();
+        // CEL's context (its function table costs to build) only for an expression.
+        let root = matches!(self, Partitioner::Expression { .. }).then(Context::default);
         // One scope for the batch: each message's variables replace the last one's.
-        let mut scope = root.new_inner_scope();
+        let mut scope = root.as_ref().map(|root| root.new_inner_scope());
         for message in records {
-            let lane = self.lane(&mut scope, &message, lanes);
+            let lane = self.lane(scope.as_mut(), &message, lanes);
             if let Some(part) = parts.get_mut(lane) {
                 part.push(message);
             }
@@ -62,7 +63,7 @@ impl Partitioner {
         parts
     }
 
-    fn lane(&self, scope: &mut Context<'_, '_>, message: &Message, lanes: usize) -> usize {
+    fn lane(&self, scope: Option<&mut Context<'_, '_>>, message: &Message, lanes: usize) -> usize {
         let mut hasher = DefaultHasher::new();
         match self {
             Partitioner::Key => match &message.key {
@@ -70,6 +71,7 @@ impl Partitioner {
                 None => return 0,
             },
             Partitioner::Expression { program, vars } => {
+                let Some(scope) = scope else { return 0 };
                 vars.bind(scope, message);
                 match program.execute(scope) {
                     Ok(value) => hash_value(&value, &mut hasher),

@@ -5,18 +5,22 @@
 //! the payload as text, `key` the key as text (empty when none) and `headers` a map of header
 //! names to values. A condition that cannot be evaluated for a message (say `json.amount` on a
 //! message without that field) does not match; write `has(json.amount) && json.amount > 100`
-//! to be explicit. Of `json`, only the fields the conditions read are built (see `fields`).
+//! to be explicit. Conditions of the common shapes are evaluated natively (see `native`), with
+//! CEL's own answer wherever the native path is not certain; for the rest, of `json` only the
+//! fields the conditions read are built (see `fields`).
 
 use std::collections::HashMap;
 
 use cel::{Context, Program, Value};
 
 use super::fields::JsonUse;
+use super::native::{Facts, JsonFields, Native};
 use crate::config::{RouteDecl, RoutingMode};
 use crate::contract::Message;
 
 struct Route {
     when: Option<Program>,
+    native: Option<Native>,
     to: Vec<usize>,
 }
 
@@ -25,6 +29,7 @@ pub struct Router {
     routes: Vec<Route>,
     mode: RoutingMode,
     vars: Vars,
+    fields: JsonFields,
 }
 
 /// Which of a message's variables some CEL programs read: only those are built per message.
@@ -87,6 +92,7 @@ impl Router {
     /// checked config; an error here says which route).
     pub fn new(routes: &[RouteDecl], mode: RoutingMode) -> Result<Router, String> {
         let mut compiled = Vec::new();
+        let mut fields = JsonFields::default();
         for (i, route) in routes.iter().enumerate() {
             let when = match &route.when {
                 Some(text) => Some(
@@ -96,6 +102,7 @@ impl Router {
                 None => None,
             };
             compiled.push(Route {
+                native: when.as_ref().and_then(|p| Native::compile(p, &mut fields)),
                 when,
                 to: route.to.clone(),
             });
@@ -104,20 +111,20 @@ impl Router {
             vars: Vars::read_by(compiled.iter().filter_map(|r| r.when.as_ref())),
             routes: compiled,
             mode,
+            fields,
         })
     }
 
     /// Split a batch by destination, one list per sink; also returns how many messages
     /// matched no route (dropped).
     pub fn split(&self, records: Vec<Message>, sinks: usize) -> (Vec<Vec<Message>>, u64) {
-        let root = Context::default();
-        // One scope for the batch: each message's variables replace the last one's.
-        let mut scope = root.new_inner_scope();
+        // Made only if a message needs CEL itself (building its function table costs).
+        let mut cel = None;
         let mut per_sink: Vec<Vec<Message>> = (0..sinks).map(|_| Vec::new()).collect();
         let mut flags = vec![false; sinks];
         let mut unrouted = 0;
         for message in records {
-            self.mark(&mut scope, &message, &mut flags);
+            self.mark(&mut cel, &message, &mut flags);
             // Clone for every destination but the last, which takes the message itself.
             let Some(last) = flags.iter().rposition(|&f| f) else {
                 unrouted += 1;
@@ -132,18 +139,30 @@ impl Router {
     }
 
     /// Mark in `to` (one flag per sink) the sinks that get `message`.
-    pub fn destinations(&self, root: &Context<'_, '_>, message: &Message, to: &mut [bool]) {
-        self.mark(&mut root.new_inner_scope(), message, to);
+    pub fn destinations(&self, message: &Message, to: &mut [bool]) {
+        self.mark(&mut None, message, to);
     }
 
-    fn mark(&self, scope: &mut Context<'_, '_>, message: &Message, to: &mut [bool]) {
+    /// `cel`: the context CEL evaluates in, made when first needed; each message's variables
+    /// replace the last one's.
+    fn mark(&self, cel: &mut Option<Context<'_, '_>>, message: &Message, to: &mut [bool]) {
         to.iter_mut().for_each(|t| *t = false);
-        self.vars.bind(scope, message);
-        let scope = &*scope;
+        let mut facts = Facts::new(message, &self.fields);
+        let mut bound = false;
         for route in &self.routes {
             let matched = match &route.when {
                 None => true,
-                Some(program) => matches!(program.execute(scope), Ok(Value::Bool(true))),
+                Some(program) => match route.native.as_ref().and_then(|n| n.matches(&mut facts)) {
+                    Some(matched) => matched,
+                    None => {
+                        let scope = cel.get_or_insert_with(Context::default);
+                        if !bound {
+                            self.vars.bind(scope, message);
+                            bound = true;
+                        }
+                        matches!(program.execute(scope), Ok(Value::Bool(true)))
+                    }
+                },
             };
             if matched {
                 for &sink in &route.to {
@@ -202,7 +221,6 @@ mod tests {
 
     #[test]
     fn first_and_all_matches() {
-        let root = Context::default();
         let routes: &[(Option<&str>, &[usize])] = &[
             (Some("has(json.amount) && json.amount >= 100"), &[0]),
             (Some("headers['type'] == 'audit'"), &[1]),
@@ -214,18 +232,18 @@ mod tests {
             value: "audit".into(),
         });
         let mut to = [false; 3];
-        router(routes, RoutingMode::All).destinations(&root, &m, &mut to);
+        router(routes, RoutingMode::All).destinations(&m, &mut to);
         assert_eq!(to, [true, true, true]);
-        router(routes, RoutingMode::First).destinations(&root, &m, &mut to);
+        router(routes, RoutingMode::First).destinations(&m, &mut to);
         assert_eq!(to, [true, false, false]);
         let small = message(br#"{"amount": 5}"#.to_vec());
-        router(routes, RoutingMode::First).destinations(&root, &small, &mut to);
+        router(routes, RoutingMode::First).destinations(&small, &mut to);
         assert_eq!(to, [false, false, true]);
         let even = router(&[(Some("json.seq % 2 == 0"), &[0])], RoutingMode::First);
-        even.destinations(&root, &message(br#"{"seq": 4}"#.to_vec()), &mut to);
+        even.destinations(&message(br#"{"seq": 4}"#.to_vec()), &mut to);
         assert_eq!(to, [true, false, false]);
         let not_json = message(b"hello".to_vec());
-        router(routes, RoutingMode::All).destinations(&root, &not_json, &mut to);
+        router(routes, RoutingMode::All).destinations(&not_json, &mut to);
         assert_eq!(to, [false, false, true]);
     }
 }
