@@ -159,12 +159,43 @@ pub struct Planned {
     pub swappables: Swappables,
     /// The pipelines that could not start, each with why (its other stages are stopped).
     pub failed: Vec<(String, AssembleError)>,
+    /// Pipelines planned for slot 1 of several ([`plan_numbered`]) whose source refused to
+    /// share its work: each runs as the source's only instance, and no other slot may run.
+    pub alone: Vec<String>,
 }
 
 /// Create and `init` one instance per stage of every pipeline. Pipelines start independently:
 /// one that cannot start is reported in `failed` and the others are planned all the same. The
 /// plugins come back swappable: reloads may come from the directories the file's plugins are in.
 pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> Planned {
+    plan_numbered(runtime, config, loaded, Numbering::default()).await
+}
+
+/// Where one node's source instances stand among a cluster's: this node holds slot `slot` of
+/// `slots` (see [`crate::cluster`]), and its instance `i` (1-based) of `n` is told
+/// `share((slot - 1) * n + i, slots * n)`, so that a consumer or client name derived from the
+/// number differs from every other node's and stays the same when the slot moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbering {
+    /// This node's slot, 1-based.
+    pub slot: u32,
+    /// Slots in the cluster (at least `slot`).
+    pub slots: u32,
+}
+
+impl Default for Numbering {
+    fn default() -> Self {
+        Numbering { slot: 1, slots: 1 }
+    }
+}
+
+/// [`plan`] for one node of a cluster: source instances numbered by `numbering`.
+pub async fn plan_numbered(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    loaded: &Loaded,
+    numbering: Numbering,
+) -> Planned {
     let mut allowed: Vec<std::path::PathBuf> = config
         .plugins
         .values()
@@ -196,21 +227,31 @@ pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> P
     };
     let mut plans = Vec::new();
     let mut failed = Vec::new();
+    let mut alone = Vec::new();
     for pipeline in &config.pipelines {
         let mut problems = Vec::new();
+        let mut single = false;
         let plan = plan_one(
             runtime,
             config,
             loaded,
             pipeline,
-            None,
+            Origin::Source {
+                numbering,
+                alone: &mut single,
+            },
             Some(&swappables),
             &store,
             &mut problems,
         )
         .await;
         match (plan, AssembleError::check(problems)) {
-            (Some(plan), Ok(())) => plans.push(plan),
+            (Some(plan), Ok(())) => {
+                if single {
+                    alone.push(plan.name.clone());
+                }
+                plans.push(plan);
+            }
             (_, Err(problems)) => failed.push((pipeline.name.clone(), problems)),
             (None, Ok(())) => failed.push((
                 pipeline.name.clone(),
@@ -224,6 +265,7 @@ pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> P
         plans,
         swappables,
         failed,
+        alone,
     }
 }
 
@@ -241,7 +283,7 @@ pub async fn plan_replay(
         config,
         loaded,
         pipeline,
-        Some(entries),
+        Origin::Replay(entries),
         None,
         // A replay keeps its plugins' state in memory: the running process owns the store.
         &Ok(None),
@@ -252,6 +294,18 @@ pub async fn plan_replay(
     plan.ok_or_else(|| AssembleError {
         problems: vec![format!("pipeline `{}` could not start", pipeline.name)],
     })
+}
+
+/// Where a planned pipeline's records come from.
+enum Origin<'a> {
+    /// Its source plugin, its instances numbered so; `alone` is set when the source refused
+    /// to share its work across the cluster's slots and so runs as the only instance (slot 1).
+    Source {
+        numbering: Numbering,
+        alone: &'a mut bool,
+    },
+    /// Dead letters to put back.
+    Replay(Vec<Replayed>),
 }
 
 /// A started instance, and how to start more of the same plugin.
@@ -285,25 +339,54 @@ impl Started {
 
 /// A source's instances, each told its number through `share` when there are several (and so is
 /// every fresh instance that replaces one after a trap); `None` when one of them cannot share.
-async fn shared_source(started: Started, pipeline: &str) -> Result<SourcePlan, String> {
+///
+/// Planned for slot 1 of several with one local instance, a source that refuses to share runs
+/// as the only instance (`true` comes back): slot 1 is what a single node would run.
+async fn shared_source(
+    started: Started,
+    pipeline: &str,
+    numbering: Numbering,
+) -> Result<(SourcePlan, bool), String> {
     let all: Vec<Instance> = std::iter::once(started.instance)
         .chain(started.more)
         .collect();
-    let n = u32::try_from(all.len()).unwrap_or(u32::MAX);
+    let local = u32::try_from(all.len()).unwrap_or(u32::MAX);
+    let mut n = local.saturating_mul(numbering.slots.max(1));
+    let mut alone = false;
+    let first = numbering.slot.saturating_sub(1).saturating_mul(local);
     let mut instances = Vec::with_capacity(all.len());
-    for (number, mut instance) in (1..=n).zip(all) {
+    for (number, mut instance) in (first + 1..).zip(all) {
         if n > 1 {
             let refused = match instance.share(number, n).await {
                 Ok(Ok(())) => None,
                 Ok(Err(why)) => Some(why),
                 Err(trap) => Some(trap.to_string()),
             };
-            if let Some(why) = refused {
-                return Err(format!(
-                    "pipeline `{pipeline}`: source `{}` cannot run {n} instances \
-                     (`concurrency = {n}` in [pipeline.stages.{}]): {why}",
-                    started.plugin, started.plugin
-                ));
+            if let Some(why) = refused.clone()
+                && numbering.slots > 1
+                && numbering.slot == 1
+                && local == 1
+            {
+                tracing::info!(
+                    "pipeline `{pipeline}`: source `{}` runs on one node only: {why}",
+                    started.plugin
+                );
+                n = 1;
+                alone = true;
+            } else if let Some(why) = refused {
+                return Err(if numbering.slots > 1 {
+                    format!(
+                        "pipeline `{pipeline}`: source `{}` cannot run on {} nodes of the \
+                         cluster: {why}",
+                        started.plugin, numbering.slots
+                    )
+                } else {
+                    format!(
+                        "pipeline `{pipeline}`: source `{}` cannot run {n} instances \
+                         (`concurrency = {n}` in [pipeline.stages.{}]): {why}",
+                        started.plugin, started.plugin
+                    )
+                });
             }
         }
         let start = started.start.clone();
@@ -326,10 +409,13 @@ async fn shared_source(started: Started, pipeline: &str) -> Result<SourcePlan, S
             start: boxed_start(start, as_source),
         });
     }
-    Ok(SourcePlan::Plugin {
-        plugin: started.plugin,
-        instances,
-    })
+    Ok((
+        SourcePlan::Plugin {
+            plugin: started.plugin,
+            instances,
+        },
+        alone,
+    ))
 }
 
 /// `start`, with its instances as calls of one role (`boxed`).
@@ -368,12 +454,12 @@ async fn plan_one(
     config: &Config,
     loaded: &Loaded,
     pipeline: &PipelineDecl,
-    replay: Option<Vec<Replayed>>,
+    origin: Origin<'_>,
     swappables: Option<&Swappables>,
     store: &Durable,
     problems: &mut Vec<String>,
 ) -> Option<PipelinePlan> {
-    let replaying = replay.is_some();
+    let replaying = matches!(origin, Origin::Replay(_));
     let mut stage = async |r: &PluginRef, role: Role| -> Option<Started> {
         let (Some(decl), Some(component)) =
             (config.plugins.get(&r.name), loaded.plugins.get(&r.name))
@@ -456,11 +542,14 @@ async fn plan_one(
     };
     // Said once `stage` (which holds `problems`) is done.
     let mut source_refused = None;
-    let source = match replay {
-        Some(entries) => Some(SourcePlan::Replay(entries)),
-        None => match stage(&pipeline.source, Role::Source).await {
-            Some(started) => match shared_source(started, &pipeline.name).await {
-                Ok(source) => Some(source),
+    let source = match origin {
+        Origin::Replay(entries) => Some(SourcePlan::Replay(entries)),
+        Origin::Source { numbering, alone } => match stage(&pipeline.source, Role::Source).await {
+            Some(started) => match shared_source(started, &pipeline.name, numbering).await {
+                Ok((source, single)) => {
+                    *alone = single;
+                    Some(source)
+                }
                 Err(refused) => {
                     source_refused = Some(refused);
                     None

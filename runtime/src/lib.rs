@@ -33,12 +33,14 @@
 //!
 //! Beside them: [`config`] (the pipeline file, checked), [`contract`] (the WIT bindings and host
 //! interfaces), [`reload`] (hot swap), [`assemble`] (config + plugins → pipeline plans), and at
-//! the top [`cli`], [`admin`], [`compliance`], [`scaffold`].
+//! the top [`cli`], [`cluster`] (bus mode over NATS JetStream), [`admin`], [`compliance`],
+//! [`scaffold`].
 
 pub mod admin;
 pub mod admin_client;
 pub mod assemble;
 pub mod cli;
+pub mod cluster;
 pub mod compliance;
 pub mod config;
 pub mod contract;

@@ -7,6 +7,7 @@ mod admin;
 mod audit;
 mod bad_input;
 mod cli;
+mod cluster;
 mod compliance;
 mod concurrency;
 mod delivery;

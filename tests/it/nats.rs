@@ -76,7 +76,12 @@ pub(crate) struct Client {
 
 impl Client {
     pub fn connect() -> Client {
-        let stream = TcpStream::connect(SERVER).unwrap();
+        Client::connect_to(SERVER)
+    }
+
+    /// A client of the server at `addr` (`HOST:PORT`).
+    pub fn connect_to(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         let mut client = Client {
             stream,

@@ -22,9 +22,11 @@ use crate::plugin::Runtime;
 use crate::sandbox::capability;
 use crate::scaffold;
 
+mod cluster;
 mod inspect;
 mod run;
 
+use cluster::ClusterAction;
 use inspect::*;
 use run::*;
 
@@ -127,6 +129,27 @@ enum Command {
         /// applicable (an endless source).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         source_budget: Duration,
+    },
+    /// Join a cluster (bus mode): run the pipelines deployed to it that this node may run,
+    /// sharing the work with the other nodes over NATS JetStream.
+    Node {
+        #[command(flatten)]
+        connect: crate::cluster::ConnectArgs,
+        /// This node's name, unique in the cluster (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Tags that pipelines' `placement.tags` select, e.g. `zone=eu,disk=ssd`.
+        #[arg(long, value_parser = cluster::parse_tags, default_value = "")]
+        tags: std::collections::BTreeMap<String, String>,
+        /// Where relative paths of pipeline definitions resolve and plugins are cached
+        /// (default: the current directory).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+    },
+    /// Work with a cluster: push plugins, deploy and undeploy pipelines, show its status.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
     },
     /// Work with a pipeline's dead-letter channel.
     Dlq {
@@ -241,6 +264,8 @@ fn fail(message: &str) -> ExitCode {
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
+        // The NATS client's own connection chatter stays out unless asked for.
+        .or_else(|_| EnvFilter::try_new(format!("{level},async_nats=warn")))
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -323,6 +348,24 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             )
             .await
         }
+        Command::Node {
+            connect,
+            name,
+            tags,
+            workdir,
+        } => {
+            let workdir = match workdir {
+                Some(dir) => dir,
+                None => std::env::current_dir()?,
+            };
+            let options = crate::cluster::node::NodeOptions {
+                name: name.unwrap_or_else(cluster::host_name),
+                tags,
+                workdir,
+            };
+            cluster::node(&runtime, &connect, options).await
+        }
+        Command::Cluster { action } => cluster::cluster(&runtime, action).await,
         Command::New { .. } | Command::Schema { .. } => Ok(ExitCode::FAILURE),
     }
 }

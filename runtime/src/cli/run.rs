@@ -24,6 +24,7 @@ pub(super) async fn run(
         plans,
         swappables,
         failed,
+        ..
     } = assemble::plan(runtime, &config, &loaded).await;
     for (_, why) in &failed {
         for line in why.to_string().lines() {

@@ -13,8 +13,8 @@ use super::diagnostic::{ConfigError, Diagnostic, Loc, Locator};
 use super::raw::{RawFile, RawPlugin};
 use super::stages;
 use super::{
-    Breaker, Config, ConfigEntry, OnError, Parallel, PipelineDecl, PluginDecl, PluginRef, Retry,
-    Role, RouteDecl,
+    Breaker, Config, ConfigEntry, OnError, Parallel, PipelineDecl, Placement, PluginDecl,
+    PluginRef, Retry, Role, RouteDecl,
 };
 use crate::defaults;
 use crate::sandbox::grants::{GrantProblem, absolute};
@@ -320,8 +320,31 @@ pub(super) fn check(
             locator,
             &mut problems,
         );
+        let placement = match raw_pipeline.placement {
+            None => Placement::default(),
+            Some(raw) => {
+                if let Some(nodes) = &raw.nodes
+                    && *nodes.get_ref() == 0
+                {
+                    problems.push(
+                        Diagnostic::new(
+                            locator.loc(nodes.span().start),
+                            format!(
+                                "pipeline `{name}`: placement.nodes is 0, so no node would run it"
+                            ),
+                        )
+                        .hint("give 1 or more, or remove `nodes` to run it on every eligible node"),
+                    );
+                }
+                Placement {
+                    nodes: raw.nodes.map(|n| *n.get_ref()),
+                    tags: raw.tags,
+                }
+            }
+        };
         pipelines.push(PipelineDecl {
             name,
+            placement,
             loc,
             source,
             transforms,

@@ -223,6 +223,17 @@ pub struct PipelineDecl {
     pub routing: RoutingMode,
     /// Routes; empty means every sink gets every message.
     pub routes: Vec<RouteDecl>,
+    /// Where it runs in a cluster.
+    pub placement: Placement,
+}
+
+/// Where a pipeline runs in a cluster (`placement` in the pipeline table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// At most this many nodes (a shared source); `None`: every eligible node.
+    pub nodes: Option<u32>,
+    /// Tags a node must have, all of them.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A reference to a declared plugin, with where it was written.

@@ -243,6 +243,25 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawStage>")]
     pub(super) stages: BTreeMap<Spanned<String>, RawStage>,
+    /// Where the pipeline runs in a cluster (`patchbay cluster deploy`); `patchbay run` ignores
+    /// it. Without it a pipeline whose source can be shared runs on every node, and one whose
+    /// source is single on exactly one.
+    #[serde(default)]
+    pub(super) placement: Option<RawPlacement>,
+}
+
+/// `placement = { nodes = N, tags = { zone = "eu" } }`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlacement {
+    /// At most this many nodes run the pipeline (a shared source only: a single one always
+    /// runs on one).
+    #[serde(default)]
+    #[schemars(with = "Option<u32>")]
+    pub(super) nodes: Option<Spanned<u32>>,
+    /// Only nodes started with all of these tags (`patchbay node --tags k=v,…`) run it.
+    #[serde(default)]
+    pub(super) tags: BTreeMap<String, String>,
 }
 
 /// One stage's own settings.

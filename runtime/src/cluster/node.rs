@@ -1,0 +1,519 @@
+//! `patchbay node`: one member of a cluster. Every [`TICK`] it heartbeats (what it runs, with
+//! rates), renews its leases, reads the pipeline definitions, and
+//!
+//! - stops what was undeployed or redeployed (drain, then release the lease);
+//! - for each definition it may run (its placement's tags are among the node's) and does not
+//!   run yet: fetches the plugins into its cache by sha256 (checked), then takes a slot lease
+//!   and starts the pipeline. A pipeline whose source can share its work (exports
+//!   `source-shared-api`) has one slot per eligible node, up to `placement.nodes`; any other
+//!   has one slot, so it runs on exactly one node.
+//!
+//! On SIGTERM or Ctrl-C it drains its pipelines, releases their leases and leaves.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::lease::{Holder, Lease};
+use super::report::{NodeInfo, PipelineInfo};
+use super::{Cluster, TICK, definition, key_of, name_of};
+use crate::assemble::{self, Loaded, Numbering};
+use crate::config::Config;
+use crate::pipeline::{self, Control, Counters, Report};
+use crate::plugin::Runtime;
+
+/// Who this node is.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Its unique name in the cluster.
+    pub name: String,
+    /// Its tags, matched by pipelines' `placement.tags`.
+    pub tags: BTreeMap<String, String>,
+    /// Relative paths of definitions resolve here; plugins are cached in `.patchbay/plugins`.
+    pub workdir: PathBuf,
+}
+
+/// A pipeline this node runs (or ran to its end and still holds).
+struct Running {
+    revision: u64,
+    lease: Lease,
+    plugins: BTreeMap<String, String>,
+    counters: Arc<Counters>,
+    drain: watch::Sender<bool>,
+    abort: watch::Sender<bool>,
+    task: Option<JoinHandle<Report>>,
+    state: String,
+    last_polled: u64,
+    rate: f64,
+}
+
+/// A definition loaded and checked here, kept until its revision changes.
+struct Prepared {
+    revision: u64,
+    config: Config,
+    loaded: Loaded,
+    /// The source exports `source-shared-api` (whether it accepts sharing, with its
+    /// configuration, the holder of slot 1 finds out).
+    shared: bool,
+    plugins: BTreeMap<String, String>,
+}
+
+/// A definition this node could not run, not tried again until its revision changes.
+struct Refused {
+    revision: u64,
+    why: String,
+}
+
+struct Node {
+    runtime: Arc<Runtime>,
+    cluster: Cluster,
+    options: NodeOptions,
+    cache: PathBuf,
+    started: Instant,
+    running: BTreeMap<String, Running>,
+    prepared: BTreeMap<String, Prepared>,
+    refused: BTreeMap<String, Refused>,
+    stopping: Vec<JoinHandle<()>>,
+}
+
+/// Join the cluster and work until `shutdown` resolves.
+pub async fn run(
+    runtime: Arc<Runtime>,
+    cluster: Cluster,
+    options: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
+    let cache = options.workdir.join(".patchbay").join("plugins");
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| anyhow::anyhow!("cannot create the plugin cache {}: {e}", cache.display()))?;
+    if let Ok(Some(entry)) = cluster.nodes.entry(options.name.as_str()).await
+        && entry.operation == kv::Operation::Put
+    {
+        anyhow::bail!(
+            "a node named `{}` is already in the cluster (its last heartbeat is under {}s old); \
+             give this one another --name, or, if that node was just stopped, start again once \
+             its entry has expired",
+            options.name,
+            super::NODE_TTL.as_secs()
+        );
+    }
+    let mut node = Node {
+        runtime,
+        cluster,
+        cache,
+        started: Instant::now(),
+        options,
+        running: BTreeMap::new(),
+        prepared: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        stopping: Vec::new(),
+    };
+    tracing::info!(
+        "node `{}` joined the cluster (tags: {:?})",
+        node.options.name,
+        node.options.tags
+    );
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => node.tick().await,
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!(
+        "node `{}` leaving: draining its pipelines",
+        node.options.name
+    );
+    let names: Vec<String> = node.running.keys().cloned().collect();
+    for name in names {
+        node.stop(&name, "the node is leaving");
+    }
+    for stopping in std::mem::take(&mut node.stopping) {
+        let _ = stopping.await;
+    }
+    let _ = node.cluster.nodes.purge(node.options.name.as_str()).await;
+    tracing::info!("node `{}` left the cluster", node.options.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Node {
+    async fn tick(&mut self) {
+        self.reap();
+        self.heartbeat().await;
+        self.renew().await;
+        let definitions = match Cluster::entries(&self.cluster.pipelines).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("cannot read the pipeline definitions: {e}");
+                return;
+            }
+        };
+        let deployed: BTreeMap<String, (u64, Bytes)> = definitions
+            .into_iter()
+            .map(|e| (name_of(&e.key), (e.revision, e.value)))
+            .collect();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            match deployed.get(&name) {
+                None => self.stop(&name, "it was undeployed"),
+                Some((revision, _))
+                    if self.running.get(&name).map(|r| r.revision) != Some(*revision) =>
+                {
+                    self.stop(&name, &format!("revision {revision} was deployed"));
+                }
+                Some(_) => {}
+            }
+        }
+        self.prepared.retain(|name, _| deployed.contains_key(name));
+        self.refused.retain(|name, _| deployed.contains_key(name));
+        let live = match Cluster::entries(&self.cluster.nodes).await {
+            Ok(nodes) => u32::try_from(nodes.len()).unwrap_or(u32::MAX).max(1),
+            Err(_) => 1,
+        };
+        for (name, (revision, text)) in deployed {
+            if self.running.contains_key(&name)
+                || self
+                    .refused
+                    .get(&name)
+                    .is_some_and(|r| r.revision == revision)
+            {
+                continue;
+            }
+            if let Err(why) = self.prepare(&name, revision, &text).await {
+                tracing::error!(
+                    "pipeline `{name}` (revision {revision}) cannot run on this node: {why}"
+                );
+                self.refused.insert(name, Refused { revision, why });
+                continue;
+            }
+            self.claim(&name, live).await;
+        }
+    }
+
+    /// Load and check a definition once per revision.
+    async fn prepare(&mut self, name: &str, revision: u64, text: &[u8]) -> Result<(), String> {
+        if self
+            .prepared
+            .get(name)
+            .is_some_and(|p| p.revision == revision)
+        {
+            return Ok(());
+        }
+        let text =
+            std::str::from_utf8(text).map_err(|_| "the definition is not UTF-8".to_owned())?;
+        let plugins = definition::plugins(text)?;
+        for sha in plugins.values() {
+            self.fetch(sha).await?;
+        }
+        let local = definition::materialize(text, &self.cache)?;
+        let file = self.options.workdir.join(format!("{}.toml", key_of(name)));
+        let config = Config::parse(&file, &local).map_err(|e| e.to_string())?;
+        let loaded = assemble::load(&self.runtime, &config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let shared = config
+            .pipelines
+            .first()
+            .and_then(|p| loaded.plugins.get(&p.source.name))
+            .is_some_and(crate::plugin::LoadedPlugin::shared);
+        self.prepared.insert(
+            name.to_owned(),
+            Prepared {
+                revision,
+                config,
+                loaded,
+                shared,
+                plugins,
+            },
+        );
+        Ok(())
+    }
+
+    /// Put component `sha` into the cache, from the plugin store, checked.
+    async fn fetch(&self, sha: &str) -> Result<(), String> {
+        let path = self.cache.join(format!("{sha}.wasm"));
+        if path.is_file() {
+            return Ok(());
+        }
+        let mut object = self
+            .cluster
+            .plugins
+            .get(sha)
+            .await
+            .map_err(|e| format!("component {sha} is not in the plugin store: {e}"))?;
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("reading component {sha} from the plugin store: {e}"))?;
+        let actual = definition::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if actual != sha {
+            return Err(format!(
+                "the plugin store's component {sha} has sha256 {actual}; it is not run"
+            ));
+        }
+        let partial = self.cache.join(format!("{sha}.wasm.partial"));
+        std::fs::write(&partial, &bytes)
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Take a free slot of a prepared pipeline this node may run, and start it there. Slot 1
+    /// first: its holder learns whether the source shares its work (it asks the plugin with
+    /// `share(1, n)`) and says so in the lease; only then do other nodes take slots 2, 3, ….
+    async fn claim(&mut self, name: &str, live: u32) {
+        let Some(prepared) = self.prepared.get(name) else {
+            return;
+        };
+        let Some(decl) = prepared.config.pipelines.first() else {
+            return;
+        };
+        let tags = &decl.placement.tags;
+        if !tags
+            .iter()
+            .all(|(k, v)| self.options.tags.get(k) == Some(v))
+        {
+            return;
+        }
+        let slots = if prepared.shared {
+            decl.placement.nodes.map_or(live, |n| n.min(live)).max(1)
+        } else {
+            1
+        };
+        let leases = &self.cluster.leases;
+        let node = self.options.name.as_str();
+        let (lease, numbering) = match Lease::acquire(leases, name, 1, node).await {
+            Some(lease) => {
+                // Asked to share with a second slot, a source that cannot runs alone.
+                let slots = if prepared.shared { slots.max(2) } else { 1 };
+                (lease, Numbering { slot: 1, slots })
+            }
+            None => {
+                if slots < 2 {
+                    return;
+                }
+                match Holder::of(leases, name, 1).await {
+                    Some(Holder {
+                        alone: Some(false), ..
+                    }) => {}
+                    // Alone, or not known yet: nothing for this node to take.
+                    _ => return,
+                }
+                let mut taken = None;
+                for slot in 2..=slots {
+                    if let Some(lease) = Lease::acquire(leases, name, slot, node).await {
+                        taken = Some(lease);
+                        break;
+                    }
+                }
+                let Some(lease) = taken else {
+                    return;
+                };
+                let slot = lease.slot;
+                (lease, Numbering { slot, slots })
+            }
+        };
+        let mut lease = lease;
+        let planned =
+            assemble::plan_numbered(&self.runtime, &prepared.config, &prepared.loaded, numbering)
+                .await;
+        let revision = prepared.revision;
+        let plugins = prepared.plugins.clone();
+        let alone = !prepared.shared || planned.alone.iter().any(|p| p == name);
+        let Some(plan) = planned.plans.into_iter().next() else {
+            let why = planned
+                .failed
+                .iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::error!("pipeline `{name}` (revision {revision}) could not start: {why}");
+            self.refused
+                .insert(name.to_owned(), Refused { revision, why });
+            lease.release(&self.cluster.leases).await;
+            return;
+        };
+        if lease.slot == 1 {
+            lease.set_alone(alone);
+            if let Err(why) = lease.renew(&self.cluster.leases).await {
+                tracing::warn!("pipeline `{name}`: {why}; not starting it");
+                return;
+            }
+        }
+        let counters = plan.counters();
+        let (drain, drain_rx) = watch::channel(false);
+        let (abort, abort_rx) = watch::channel(false);
+        let control = Control {
+            drain: drain_rx,
+            abort: abort_rx,
+        };
+        let task = tokio::spawn(pipeline::run(plan, control, counters.clone()));
+        tracing::info!(
+            "pipeline `{name}` (revision {revision}) started here in slot {}{}",
+            lease.slot,
+            if alone {
+                " (its source runs on one node)"
+            } else {
+                ""
+            }
+        );
+        self.running.insert(
+            name.to_owned(),
+            Running {
+                revision,
+                lease,
+                plugins,
+                counters,
+                drain,
+                abort,
+                task: Some(task),
+                state: "running".into(),
+                last_polled: 0,
+                rate: 0.0,
+            },
+        );
+    }
+
+    /// Notice pipelines that ended on their own (a bounded source, or a failure). They keep
+    /// their lease, so that no other node runs them again.
+    fn reap(&mut self) {
+        for (name, running) in &mut self.running {
+            if running.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                let Some(task) = running.task.take() else {
+                    continue;
+                };
+                let report = futures_util::FutureExt::now_or_never(task);
+                running.state = match report {
+                    Some(Ok(Report {
+                        failure: Some(f), ..
+                    })) => {
+                        tracing::error!("pipeline `{name}` stopped: {f}");
+                        format!("failed: {f}")
+                    }
+                    Some(Ok(_)) => {
+                        tracing::info!("pipeline `{name}` finished: its source ended");
+                        "finished".into()
+                    }
+                    _ => "failed: its task ended abnormally".into(),
+                };
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let secs = TICK.as_secs_f64();
+        let mut pipelines = Vec::new();
+        for (name, r) in &mut self.running {
+            let polled = r.counters.polled.load(Ordering::Relaxed);
+            r.rate = polled.saturating_sub(r.last_polled) as f64 / secs;
+            r.last_polled = polled;
+            pipelines.push(PipelineInfo {
+                name: name.clone(),
+                slot: r.lease.slot,
+                revision: r.revision,
+                state: r.state.clone(),
+                plugins: r.plugins.clone(),
+                polled,
+                written: r
+                    .counters
+                    .written
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed))
+                    .sum(),
+                dead_lettered: r.counters.dead_lettered.load(Ordering::Relaxed),
+                rate: r.rate,
+            });
+        }
+        for (name, refused) in &self.refused {
+            pipelines.push(PipelineInfo {
+                name: name.clone(),
+                slot: 0,
+                revision: refused.revision,
+                state: format!("failed: {}", refused.why),
+                plugins: BTreeMap::new(),
+                polled: 0,
+                written: 0,
+                dead_lettered: 0,
+                rate: 0.0,
+            });
+        }
+        let info = NodeInfo {
+            name: self.options.name.clone(),
+            tags: self.options.tags.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            pipelines,
+        };
+        let value = match serde_json::to_vec(&info) {
+            Ok(v) => Bytes::from(v),
+            Err(_) => return,
+        };
+        if let Err(e) = self
+            .cluster
+            .nodes
+            .put(self.options.name.as_str(), value)
+            .await
+        {
+            tracing::warn!("heartbeat not published: {e}");
+        }
+    }
+
+    async fn renew(&mut self) {
+        let mut lost = Vec::new();
+        for (name, running) in &mut self.running {
+            if let Err(why) = running.lease.renew(&self.cluster.leases).await {
+                lost.push((name.clone(), why));
+            }
+        }
+        for (name, why) in lost {
+            tracing::error!("pipeline `{name}`: {why}; stopping it here");
+            self.stop(&name, &why);
+        }
+    }
+
+    /// Drain a pipeline (abort what is still in flight after 10 s), then release its lease.
+    fn stop(&mut self, name: &str, why: &str) {
+        let Some(running) = self.running.remove(name) else {
+            return;
+        };
+        tracing::info!("pipeline `{name}`: stopping here: {why}");
+        let leases = self.cluster.leases.clone();
+        let name = name.to_owned();
+        self.stopping.push(tokio::spawn(async move {
+            let _ = running.drain.send(true);
+            if let Some(mut task) = running.task {
+                let report = match tokio::time::timeout(Duration::from_secs(10), &mut task).await {
+                    Ok(report) => report,
+                    Err(_) => {
+                        let _ = running.abort.send(true);
+                        task.await
+                    }
+                };
+                if let Ok(report) = report {
+                    let c = &report.counters;
+                    tracing::info!(
+                        "pipeline `{name}` stopped here: {} in, {} written",
+                        c.polled.load(Ordering::Relaxed),
+                        c.written
+                            .iter()
+                            .map(|w| w.load(Ordering::Relaxed))
+                            .sum::<u64>()
+                    );
+                }
+            }
+            running.lease.release(&leases).await;
+        }));
+        self.stopping.retain(|t| !t.is_finished());
+    }
+}
