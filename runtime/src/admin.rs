@@ -1,5 +1,5 @@
-//! The admin HTTP API (`patchbay run --admin ADDR`): health, Prometheus metrics, pipelines,
-//! plugins and hot swaps.
+//! The admin HTTP API (`patchbay run --admin ADDR`, `patchbay node --admin ADDR`): health,
+//! Prometheus metrics, pipelines, plugins and hot swaps, and on a cluster node the cluster.
 //!
 //! Off unless asked for. Bound to loopback it needs no token; bound to any other address it
 //! refuses to start without one (`--admin-token` or `PATCHBAY_ADMIN_TOKEN`). With a token, every
@@ -88,18 +88,29 @@ impl PipelineStatus {
     }
 }
 
+/// What `/v1/cluster` answers on a cluster node: the whole cluster, read from its buckets.
+pub type ClusterView = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// Everything the routes read.
 pub struct Admin {
     runtime: Arc<Runtime>,
-    pipelines: Vec<Arc<PipelineStatus>>,
+    /// A cluster node's pipelines come and go; `run`'s are fixed.
+    pipelines: std::sync::RwLock<Vec<Arc<PipelineStatus>>>,
     plugins: Swappables,
     token: Option<String>,
+    /// A cluster node's name (a `node` label on every metric) and its view of the cluster.
+    node: Option<(String, ClusterView)>,
 }
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin")
-            .field("pipelines", &self.pipelines)
+            .field("pipelines", &self.pipelines())
             .field("token", &self.token.as_ref().map(|_| "…"))
             .finish_non_exhaustive()
     }
@@ -115,10 +126,44 @@ impl Admin {
     ) -> Arc<Admin> {
         Arc::new(Admin {
             runtime,
-            pipelines,
+            pipelines: std::sync::RwLock::new(pipelines),
             plugins,
             token,
+            node: None,
         })
+    }
+
+    /// The admin state of cluster node `name`, whose pipelines [`Admin::set_pipelines`] keeps
+    /// up to date.
+    pub fn for_node(
+        runtime: Arc<Runtime>,
+        name: String,
+        view: ClusterView,
+        token: Option<String>,
+    ) -> Arc<Admin> {
+        Arc::new(Admin {
+            runtime,
+            pipelines: std::sync::RwLock::new(Vec::new()),
+            plugins: Swappables::new(),
+            token,
+            node: Some((name, view)),
+        })
+    }
+
+    /// The pipelines it shows from now on.
+    pub fn set_pipelines(&self, pipelines: Vec<Arc<PipelineStatus>>) {
+        match self.pipelines.write() {
+            Ok(mut slot) => *slot = pipelines,
+            Err(poisoned) => *poisoned.into_inner() = pipelines,
+        }
+    }
+
+    /// The pipelines it shows now.
+    fn pipelines(&self) -> Vec<Arc<PipelineStatus>> {
+        match self.pipelines.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -137,7 +182,13 @@ impl Admin {
 
     /// The Prometheus text exposition of every metric.
     pub fn metrics_text(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
-        let mut registry = Registry::default();
+        let mut registry = match &self.node {
+            Some((name, _)) => Registry::with_labels(std::iter::once((
+                std::borrow::Cow::Borrowed("node"),
+                std::borrow::Cow::Owned(name.clone()),
+            ))),
+            None => Registry::default(),
+        };
         registry.register_collector(Box::new(MetricsCollector(self.clone())));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)?;
@@ -147,7 +198,7 @@ impl Admin {
     /// `/v1/pipelines` as JSON.
     pub fn status_json(&self) -> serde_json::Value {
         let pipelines: Vec<serde_json::Value> = self
-            .pipelines
+            .pipelines()
             .iter()
             .map(|p| {
                 let c = &p.counters;
@@ -272,7 +323,7 @@ impl Collector for MetricsCollector {
         let admin = &self.0;
         let per_pipeline = |f: &dyn Fn(&Counters) -> u64| -> Series<u64> {
             admin
-                .pipelines
+                .pipelines()
                 .iter()
                 .map(|p| {
                     (
@@ -296,7 +347,7 @@ impl Collector for MetricsCollector {
             &per_pipeline(&|c| load(&c.dropped)),
         )?;
         let written: Series<u64> = admin
-            .pipelines
+            .pipelines()
             .iter()
             .flat_map(|p| {
                 p.sinks.iter().zip(&p.counters.written).map(|(sink, n)| {
@@ -341,7 +392,7 @@ impl Collector for MetricsCollector {
             &per_pipeline(&|c| load(&c.acked_batches)),
         )?;
         let up: Series<f64> = admin
-            .pipelines
+            .pipelines()
             .iter()
             .map(|p| {
                 (
@@ -506,15 +557,18 @@ impl Collector for MetricsCollector {
 
 async fn health(State(admin): State<Arc<Admin>>) -> Response {
     let pipelines: Vec<serde_json::Value> = admin
-        .pipelines
+        .pipelines()
         .iter()
         .map(|p| serde_json::json!({"name": p.name, "state": phase_name(p.phase())}))
         .collect();
-    let failed = admin.pipelines.iter().any(|p| p.phase() == Phase::Failed);
-    let body = serde_json::json!({
+    let failed = admin.pipelines().iter().any(|p| p.phase() == Phase::Failed);
+    let mut body = serde_json::json!({
         "status": if failed { "degraded" } else { "ok" },
         "pipelines": pipelines,
     });
+    if let Some((name, _)) = &admin.node {
+        body["node"] = name.clone().into();
+    }
     let code = if failed {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -562,6 +616,28 @@ async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
         return unauthorized();
     }
     axum::Json(admin.status_json()).into_response()
+}
+
+/// `GET /v1/cluster`: on a cluster node, every node, pipeline and lease of the cluster.
+async fn cluster(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return unauthorized();
+    }
+    let Some((_, view)) = &admin.node else {
+        return (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: /v1/cluster is served by `patchbay node --admin ADDR`\n",
+        )
+            .into_response();
+    };
+    match view().await {
+        Ok(json) => axum::Json(json).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the cluster's state: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Body of `POST /v1/plugins/NAME/reload`.
@@ -637,6 +713,7 @@ pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
         .route("/metrics", get(metrics))
         .route("/v1/pipelines", get(status))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/plugins/{name}/reload", post(reload))
         .with_state(admin);
     if let Ok(bound) = listener.local_addr() {

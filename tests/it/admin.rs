@@ -8,7 +8,7 @@ use patchbay_runtime::admin_client::{Answer, call};
 
 use crate::{Scratch, patchbay};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -16,12 +16,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn get(rt: &tokio::runtime::Runtime, url: &str, token: Option<&str>) -> Answer {
+pub(crate) fn get(rt: &tokio::runtime::Runtime, url: &str, token: Option<&str>) -> Answer {
     rt.block_on(call("GET", url, token, None)).unwrap()
 }
 
 /// Sample value of `name{labels}` in a parsed scrape.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     scrape
         .samples
         .iter()

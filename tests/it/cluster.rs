@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::admin::{free_port, get, sample};
 use crate::nats::Client;
 use crate::{Running, Scratch, patchbay, plugin, seq_counts, text, wait_until};
 
@@ -136,7 +137,7 @@ fn sha256_hex(path: &str) -> String {
 }
 
 #[test]
-fn nodes_share_a_shared_source_and_a_dead_nodes_lease_moves_to_another_node() {
+fn pipelines_spread_over_nodes_hand_over_through_jetstream_and_survive_a_node_killed() {
     let nats = NatsCluster::start();
     let urls = nats.urls.clone();
     let s = Scratch::new();
@@ -160,6 +161,7 @@ fn nodes_share_a_shared_source_and_a_dead_nodes_lease_moves_to_another_node() {
     assert_eq!(stdout, format!("generator@{}\n", sha256_hex(&generator)));
 
     let mut nodes = Vec::new();
+    let admin_port = free_port();
     for (name, zone) in [("a", "eu"), ("b", "eu"), ("c", "us")] {
         let dir = s.mkdir(name);
         std::fs::create_dir_all(dir.join("out")).unwrap();
@@ -175,6 +177,9 @@ fn nodes_share_a_shared_source_and_a_dead_nodes_lease_moves_to_another_node() {
         ])
         .args(["--tags", &format!("zone={zone}")])
         .current_dir(&dir);
+        if name == "c" {
+            cmd.args(["--admin", &format!("127.0.0.1:{admin_port}")]);
+        }
         nodes.push((name, Running::spawn(&mut cmd)));
     }
     wait_status(
@@ -212,152 +217,148 @@ sinks = ["drop"]
         0
     );
 
-    // A JetStream durable consumer can be shared: every node runs it, the server splits the
-    // messages, and each arrives once.
+    // Two pipelines hand over through a JetStream stream. `produce` has a single source (a
+    // generator), so it runs on one node of zone eu; `consume` reads the stream through a
+    // durable consumer, which can be shared, so every node runs it and the server splits the
+    // messages.
     let mut client = Client::connect_to("127.0.0.1:24222");
-    client.create_stream("CLUSTERED", "clustered.>");
-    let shared = s.write(
-        "shared.toml",
+    client.create_stream("HANDOFF", "handoff.>");
+    let handoff = s.write(
+        "handoff.toml",
         r#"
+[plugins.numbers]
+path = "{plugin:generator}"
+config = { count = 3000, rate = 300 }
+[plugins.publish]
+path = "{plugin:nats-sink}"
+config = { url = "nats://127.0.0.1:24222", subject = "handoff.orders", mode = "jetstream", msg_id = "key" }
+grants = { tcp = ["127.0.0.1:24222"] }
 [plugins.in]
 path = "{plugin:nats-source}"
-config = { url = "nats://127.0.0.1:24222", mode = "jetstream", stream = "CLUSTERED", consumer = "patchbay" }
+config = { url = "nats://127.0.0.1:24222", mode = "jetstream", stream = "HANDOFF", consumer = "consume", ack_wait = "2s" }
 grants = { tcp = ["127.0.0.1:24222"] }
 [plugins.out]
 path = "{plugin:file-sink}"
-config = { path = "/out/shared.jsonl" }
+config = { path = "/out/consumed.jsonl" }
 grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
 [[pipeline]]
-name = "shared"
+name = "produce"
+source = "numbers"
+sinks = ["publish"]
+batch_size = 20
+placement = { tags = { zone = "eu" } }
+
+[[pipeline]]
+name = "consume"
 source = "in"
 sinks = ["out"]
 batch_size = 20
 "#,
     );
-    let out = cluster(s.path(), &urls, &["deploy", shared.to_str().unwrap()]);
+    let out = cluster(s.path(), &urls, &["deploy", handoff.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
+    let deployed: Vec<&str> = stdout.lines().collect();
+    assert_eq!(deployed.len(), 2, "{stdout}");
     assert!(
-        stdout.starts_with("deployed pipeline `shared` (revision "),
+        deployed[0].starts_with("deployed pipeline `produce` (revision "),
         "{stdout}"
     );
+    assert!(
+        deployed[1].starts_with("deployed pipeline `consume` (revision "),
+        "{stdout}"
+    );
+    let mut holder = String::new();
     wait_status(
-        "`shared` running on three nodes",
+        "`consume` on three nodes, `produce` on one of zone eu",
         s.path(),
         &urls,
         &nodes,
         |st| {
-            let slots: Vec<u64> = runners(st, "shared")
+            let slots: Vec<u64> = runners(st, "consume")
                 .into_iter()
                 .map(|(_, slot)| slot)
                 .collect();
             let mut sorted = slots.clone();
             sorted.sort_unstable();
-            sorted == [1, 2, 3]
-        },
-    );
-    const N: u64 = 3000;
-    client.fill_stream("clustered.x", 0..N);
-    let lines = |node: &str| {
-        std::fs::read_to_string(s.path().join(node).join("out/shared.jsonl")).unwrap_or_default()
-    };
-    wait_until(
-        "every message written by some node",
-        Duration::from_secs(60),
-        || {
-            ["a", "b", "c"]
-                .iter()
-                .map(|n| lines(n).lines().count())
-                .sum::<usize>()
-                >= N as usize
-        },
-    );
-    let all: String = ["a", "b", "c"].iter().map(|n| lines(n)).collect();
-    let counts = seq_counts(&all);
-    assert_eq!(counts.len() as u64, N, "messages missing");
-    assert!(
-        counts.values().all(|&c| c == 1),
-        "a message was written twice"
-    );
-    let split: Vec<usize> = ["a", "b", "c"]
-        .iter()
-        .map(|n| lines(n).lines().count())
-        .collect();
-    println!("{N} messages split over the nodes as {split:?}");
-    assert!(split.iter().filter(|&&n| n > 0).count() >= 2, "{split:?}");
-
-    let out = cluster(s.path(), &urls, &["undeploy", "shared"]);
-    assert!(out.status.success(), "{}", text(&out).1);
-    wait_status(
-        "`shared` stopped everywhere",
-        s.path(),
-        &urls,
-        &nodes,
-        |st| runners(st, "shared").is_empty() && st["leases"].as_array().unwrap().is_empty(),
-    );
-    let out = cluster(s.path(), &urls, &["undeploy", "shared"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out).1,
-        "error: no pipeline named `shared` is deployed; deployed: none\n"
-    );
-
-    // A generator is single: one node of zone eu holds its lease; when that node dies, the
-    // other eu node takes it over (never the us one).
-    let ticks = s.write(
-        "ticks.toml",
-        r#"
-[plugins.ticks]
-path = "{plugin:generator}"
-config = { count = 0, rate = 200 }
-[plugins.out]
-path = "{plugin:file-sink}"
-config = { path = "/out/ticks.jsonl" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-[[pipeline]]
-name = "ticks"
-source = "ticks"
-sinks = ["out"]
-placement = { tags = { zone = "eu" } }
-"#,
-    );
-    let out = cluster(s.path(), &urls, &["deploy", ticks.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out).1);
-    let mut holder = String::new();
-    wait_status(
-        "`ticks` running on one node",
-        s.path(),
-        &urls,
-        &nodes,
-        |st| {
-            let running = runners(st, "ticks");
-            if let [(node, 1)] = running.as_slice() {
-                holder = node.clone();
-                true
-            } else {
-                false
+            match runners(st, "produce").as_slice() {
+                [(node, 1)] if sorted == [1, 2, 3] => {
+                    holder = node.clone();
+                    true
+                }
+                _ => false,
             }
         },
     );
     assert_ne!(holder, "c", "a pipeline placed in zone eu ran in zone us");
-    std::thread::sleep(Duration::from_secs(3));
+
+    // Node c's admin API: its own pipelines, its name on every metric, and the whole cluster.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = format!("http://127.0.0.1:{admin_port}");
+    let health: Value =
+        serde_json::from_str(&get(&rt, &format!("{base}/health"), None).body).unwrap();
+    assert_eq!(health["node"], "c");
     assert_eq!(
-        runners(&status(s.path(), &urls), "ticks"),
-        [(holder.clone(), 1)]
+        health["pipelines"],
+        serde_json::json!([{"name": "consume", "state": "running"}])
+    );
+    let scrape = get(&rt, &format!("{base}/metrics"), None).body;
+    let scrape = prometheus_parse::Scrape::parse(scrape.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert!(
+        sample(
+            &scrape,
+            "patchbay_messages_in_total",
+            &[("pipeline", "consume"), ("node", "c")]
+        )
+        .is_some(),
+        "no patchbay_messages_in_total{{pipeline=\"consume\",node=\"c\"}}"
+    );
+    let whole: Value =
+        serde_json::from_str(&get(&rt, &format!("{base}/v1/cluster"), None).body).unwrap();
+    assert_eq!(whole["nodes"].as_array().unwrap().len(), 3, "{whole:#}");
+    assert_eq!(whole["pipelines"].as_array().unwrap().len(), 2, "{whole:#}");
+
+    // The producer's node dies mid-stream: the other eu node takes `produce` over and its
+    // generator starts again from 0; JetStream drops what was published already
+    // (`Nats-Msg-Id` = the key), so the stream ends with each message exactly once.
+    wait_until(
+        "the first messages in the stream",
+        Duration::from_secs(30),
+        || client.stream_messages("HANDOFF") >= 300,
     );
     let (_, dead) = nodes.iter_mut().find(|(n, _)| *n == holder).unwrap();
     dead.kill_9();
     let killed = Instant::now();
     let mut heir = String::new();
     wait_status(
-        "another node to take `ticks` over",
+        "another node to take `produce` over",
         s.path(),
         &urls,
         &nodes,
         |st| {
-            let running = runners(st, "ticks");
-            match running.as_slice() {
-                [(node, 1)] if *node != holder => {
+            let produce: Vec<(String, u64)> = st["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["name"] != holder.as_str())
+                .flat_map(|n| {
+                    n["pipelines"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(move |p| {
+                            (p["name"] == "produce").then(|| {
+                                (
+                                    n["name"].as_str().unwrap().to_owned(),
+                                    p["slot"].as_u64().unwrap(),
+                                )
+                            })
+                        })
+                })
+                .collect();
+            match produce.as_slice() {
+                [(node, 1)] => {
                     heir = node.clone();
                     true
                 }
@@ -366,15 +367,82 @@ placement = { tags = { zone = "eu" } }
         },
     );
     println!(
-        "`ticks` moved from {holder} to {heir} {:.1?} after kill -9",
+        "`produce` moved from {holder} to {heir} {:.1?} after kill -9",
         killed.elapsed()
     );
     assert_ne!(heir, "c");
-    let heir_dir = s.path().join(&heir);
-    wait_until("the heir to write ticks", Duration::from_secs(30), || {
-        std::fs::read_to_string(heir_dir.join("out/ticks.jsonl"))
-            .is_ok_and(|t| t.lines().count() > 10)
-    });
+    wait_status(
+        "`produce` to finish on the heir",
+        s.path(),
+        &urls,
+        &nodes,
+        |st| {
+            st["nodes"].as_array().unwrap().iter().any(|n| {
+                n["name"] == heir.as_str()
+                    && n["pipelines"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["name"] == "produce" && p["state"] == "finished")
+            })
+        },
+    );
+    assert_eq!(
+        client.stream_messages("HANDOFF"),
+        3000,
+        "exactly once into the stream"
+    );
+    let lines = |node: &str| {
+        std::fs::read_to_string(s.path().join(node).join("out/consumed.jsonl")).unwrap_or_default()
+    };
+    // What the dead node had taken and not acknowledged comes again (ack_wait 2 s) to the
+    // others: at least once out of the stream.
+    wait_until(
+        "every message consumed by some node",
+        Duration::from_secs(60),
+        || seq_counts(&["a", "b", "c"].iter().map(|n| lines(n)).collect::<String>()).len() == 3000,
+    );
+    let split: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .map(|n| lines(n).lines().count())
+        .collect();
+    println!("3000 messages consumed over the nodes as {split:?}");
+    assert!(split.iter().filter(|&&n| n > 0).count() >= 2, "{split:?}");
+
+    let out = cluster(s.path(), &urls, &["undeploy", "consume"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        text(&out).0,
+        "undeployed pipeline `consume`: the nodes running it drain it and stop\n"
+    );
+    wait_status(
+        "`consume` stopped everywhere",
+        s.path(),
+        &urls,
+        &nodes,
+        |st| {
+            runners(st, "consume").is_empty()
+                && st["leases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["pipeline"] != "consume")
+        },
+    );
+    let out = cluster(s.path(), &urls, &["undeploy", "consume"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out).1,
+        "error: no pipeline named `consume` is deployed; deployed: produce\n"
+    );
+    let out = cluster(s.path(), &urls, &["status"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.starts_with("pipelines (1):\n  produce  revision "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("leases {heir}#1")), "{stdout}");
+    assert!(stdout.contains("nodes (2):"), "{stdout}");
 
     for (_, node) in nodes.iter_mut().filter(|(n, _)| *n != holder) {
         let (code, stderr) =

@@ -78,9 +78,32 @@ pub(super) async fn node(
     runtime: &Arc<Runtime>,
     connect: &ConnectArgs,
     options: node::NodeOptions,
+    admin: Option<(std::net::SocketAddr, Option<String>)>,
 ) -> anyhow::Result<ExitCode> {
+    let listener = match &admin {
+        Some((addr, token)) => Some(crate::admin::bind(*addr, token.is_some()).await?),
+        None => None,
+    };
     let cluster = Cluster::connect(connect, &format!("patchbay-node-{}", options.name)).await?;
-    node::run(runtime.clone(), cluster, options, wait_for_signal()).await
+    let admin = match (listener, admin) {
+        (Some(listener), Some((_, token))) => {
+            let view_of = cluster.clone();
+            let view: crate::admin::ClusterView = Arc::new(move || {
+                let cluster = view_of.clone();
+                Box::pin(async move {
+                    let status = ClusterStatus::gather(&cluster)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    serde_json::to_value(status).map_err(|e| e.to_string())
+                })
+            });
+            let admin = Admin::for_node(runtime.clone(), options.name.clone(), view, token);
+            crate::admin::spawn(listener, admin.clone());
+            Some(admin)
+        }
+        _ => None,
+    };
+    node::run(runtime.clone(), cluster, options, admin, wait_for_signal()).await
 }
 
 pub(super) async fn cluster(

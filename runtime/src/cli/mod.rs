@@ -145,6 +145,14 @@ enum Command {
         /// (default: the current directory).
         #[arg(long)]
         workdir: Option<PathBuf>,
+        /// Serve the admin API (/health, /metrics with a `node` label, /v1/pipelines,
+        /// /v1/cluster) on this address, e.g. `127.0.0.1:7400`. Off by default.
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token the admin API requires (all routes but /health); needed to bind it to
+        /// a non-loopback address. Default: `$PATCHBAY_ADMIN_TOKEN`.
+        #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
+        admin_token: Option<String>,
     },
     /// Work with a cluster: push plugins, deploy and undeploy pipelines, show its status.
     Cluster {
@@ -353,6 +361,8 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             name,
             tags,
             workdir,
+            admin,
+            admin_token,
         } => {
             let workdir = match workdir {
                 Some(dir) => dir,
@@ -363,7 +373,8 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
                 tags,
                 workdir,
             };
-            cluster::node(&runtime, &connect, options).await
+            let admin = admin.map(|addr| (addr, admin_token.or_else(env_token)));
+            cluster::node(&runtime, &connect, options, admin).await
         }
         Command::Cluster { action } => cluster::cluster(&runtime, action).await,
         Command::New { .. } | Command::Schema { .. } => Ok(ExitCode::FAILURE),

@@ -12,8 +12,8 @@
 //! NATS 2.9 has no per-key TTL, so both expiring buckets expire whole entries by the bucket's
 //! `max_age`, which a holder's renewals keep from reaching.
 //!
-//! It sits beside `cli`: it may import `config`, `assemble`, `pipeline` and `plugin`, and only
-//! `cli` imports it.
+//! It sits beside `cli`: it may import `config`, `assemble`, `pipeline`, `plugin` and `admin`
+//! (a node serves the admin API), and only `cli` imports it.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::lease::{Holder, Lease};
 use super::report::{NodeInfo, PipelineInfo};
 use super::{Cluster, TICK, definition, key_of, name_of};
+use crate::admin::{Admin, PipelineStatus};
 use crate::assemble::{self, Loaded, Numbering};
 use crate::config::Config;
 use crate::pipeline::{self, Control, Counters, Report};
@@ -51,6 +52,8 @@ struct Running {
     drain: watch::Sender<bool>,
     abort: watch::Sender<bool>,
     task: Option<JoinHandle<Report>>,
+    /// What the node's admin API shows of it.
+    status: Arc<PipelineStatus>,
     state: String,
     last_polled: u64,
     rate: f64,
@@ -83,13 +86,16 @@ struct Node {
     prepared: BTreeMap<String, Prepared>,
     refused: BTreeMap<String, Refused>,
     stopping: Vec<JoinHandle<()>>,
+    admin: Option<Arc<Admin>>,
 }
 
-/// Join the cluster and work until `shutdown` resolves.
+/// Join the cluster and work until `shutdown` resolves; `admin` (the node's admin API, when it
+/// serves one) is kept up to date with the pipelines it runs.
 pub async fn run(
     runtime: Arc<Runtime>,
     cluster: Cluster,
     options: NodeOptions,
+    admin: Option<Arc<Admin>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let cache = options.workdir.join(".patchbay").join("plugins");
@@ -116,6 +122,7 @@ pub async fn run(
         prepared: BTreeMap::new(),
         refused: BTreeMap::new(),
         stopping: Vec::new(),
+        admin,
     };
     tracing::info!(
         "node `{}` joined the cluster (tags: {:?})",
@@ -150,6 +157,9 @@ pub async fn run(
 impl Node {
     async fn tick(&mut self) {
         self.reap();
+        if let Some(admin) = &self.admin {
+            admin.set_pipelines(self.running.values().map(|r| r.status.clone()).collect());
+        }
         self.heartbeat().await;
         self.renew().await;
         let definitions = match Cluster::entries(&self.cluster.pipelines).await {
@@ -352,6 +362,12 @@ impl Node {
             }
         }
         let counters = plan.counters();
+        let sinks = decl.sinks.iter().map(|s| s.name.clone()).collect();
+        let status = Arc::new(PipelineStatus::new(
+            name.to_owned(),
+            sinks,
+            counters.clone(),
+        ));
         let (drain, drain_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let control = Control {
@@ -378,6 +394,7 @@ impl Node {
                 drain,
                 abort,
                 task: Some(task),
+                status,
                 state: "running".into(),
                 last_polled: 0,
                 rate: 0.0,
@@ -407,6 +424,12 @@ impl Node {
                     }
                     _ => "failed: its task ended abnormally".into(),
                 };
+                running.status.end(
+                    running
+                        .state
+                        .strip_prefix("failed: ")
+                        .map(ToOwned::to_owned),
+                );
             }
         }
     }
