@@ -347,13 +347,12 @@ batch_size = 20
                         .as_array()
                         .unwrap()
                         .iter()
-                        .filter_map(move |p| {
-                            (p["name"] == "produce").then(|| {
-                                (
-                                    n["name"].as_str().unwrap().to_owned(),
-                                    p["slot"].as_u64().unwrap(),
-                                )
-                            })
+                        .filter(|p| p["name"] == "produce")
+                        .map(move |p| {
+                            (
+                                n["name"].as_str().unwrap().to_owned(),
+                                p["slot"].as_u64().unwrap(),
+                            )
                         })
                 })
                 .collect();
