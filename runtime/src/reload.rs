@@ -189,6 +189,21 @@ impl Swappable {
         path: Option<&Path>,
     ) -> Result<Swapped, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let candidate = self
+            .prepare(runtime, path, self.decl.sha256.as_deref())
+            .await?;
+        Ok(self.publish(candidate))
+    }
+
+    /// Load and check new code from `path` (default: the configured file), pinned to `pin`
+    /// when given, and run its trial `init`; nothing changes until [`Swappable::publish`].
+    /// A cluster's rolling upgrade prepares on every node first, then publishes node by node.
+    pub async fn prepare(
+        &self,
+        runtime: &Arc<Runtime>,
+        path: Option<&Path>,
+        pin: Option<&str>,
+    ) -> Result<Candidate, ReloadError> {
         let path = match path {
             Some(p) => self.check_path(p)?,
             None => self.decl.path.clone(),
@@ -203,7 +218,7 @@ impl Swappable {
         let loaded = {
             let runtime = runtime.clone();
             let path = path.clone();
-            let pin = self.decl.sha256.clone();
+            let pin = pin.map(ToOwned::to_owned);
             tokio::task::spawn_blocking(move || runtime.load(&path, pin.as_deref()))
                 .await
                 .map_err(|e| ReloadError::Invalid(format!("compiling failed: {e}")))?
@@ -253,10 +268,24 @@ impl Swappable {
             Err(trap) => return Err(ReloadError::Invalid(trap.to_string())),
         }
         drop(trial);
+        Ok(Candidate {
+            plugin: loaded,
+            version: meta.version,
+            path,
+        })
+    }
+
+    /// Put prepared code in place: each stage switches to it at its next batch.
+    pub fn publish(&self, candidate: Candidate) -> Swapped {
+        let Candidate {
+            plugin: loaded,
+            version,
+            path,
+        } = candidate;
         let old_sha = self.component().sha256;
         let swapped = Swapped {
             plugin: self.name.clone(),
-            version: meta.version.clone(),
+            version: version.clone(),
             sha256: loaded.sha256.clone(),
             path: path.display().to_string(),
             generation: 0,
@@ -265,13 +294,13 @@ impl Swappable {
             Ok(mut c) => {
                 *c = Current {
                     plugin: loaded,
-                    version: meta.version,
+                    version,
                 }
             }
             Err(poisoned) => {
                 *poisoned.into_inner() = Current {
                     plugin: loaded,
-                    version: meta.version,
+                    version,
                 }
             }
         }
@@ -290,10 +319,24 @@ impl Swappable {
             swapped.version,
             swapped.path
         );
-        Ok(Swapped {
+        Swapped {
             generation,
             ..swapped
-        })
+        }
+    }
+}
+
+/// New code that passed every check of a reload and waits to be published.
+pub struct Candidate {
+    plugin: LoadedPlugin,
+    version: String,
+    path: PathBuf,
+}
+
+impl Candidate {
+    /// The new code's sha256.
+    pub fn sha256(&self) -> &str {
+        &self.plugin.sha256
     }
 }
 

@@ -15,6 +15,46 @@ use crate::{Running, Scratch, patchbay, plugin, seq_counts, text, wait_until};
 
 const PORTS: [u16; 3] = [24222, 24223, 24224];
 
+/// Messages `produce` makes (at 300/s).
+const TOTAL: usize = 4500;
+
+/// `produce` (a generator, single) publishes into stream HANDOFF; `consume` (a durable
+/// consumer, shared) tags and writes them.
+const HANDOFF: &str = r#"
+[plugins.numbers]
+path = "{plugin:generator}"
+config = { count = {total}, rate = 300 }
+[plugins.publish]
+path = "{plugin:nats-sink}"
+config = { url = "nats://127.0.0.1:24222", subject = "handoff.orders", mode = "jetstream", msg_id = "key" }
+grants = { tcp = ["127.0.0.1:24222"] }
+[plugins.in]
+path = "{plugin:nats-source}"
+config = { url = "nats://127.0.0.1:24222", mode = "jetstream", stream = "HANDOFF", consumer = "consume", ack_wait = "2s" }
+grants = { tcp = ["127.0.0.1:24222"] }
+[plugins.tag]
+path = "{tag}"
+config = { attack = "bogus" }
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/consumed.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "produce"
+source = "numbers"
+sinks = ["publish"]
+batch_size = 20
+placement = { tags = { zone = "eu" } }
+
+[[pipeline]]
+name = "consume"
+source = "in"
+transforms = ["tag"]
+sinks = ["out"]
+batch_size = 20
+"#;
+
 /// Three nats-servers with JetStream, clustered; stopped on drop.
 struct NatsCluster {
     servers: Vec<Child>,
@@ -223,39 +263,16 @@ sinks = ["drop"]
     // messages.
     let mut client = Client::connect_to("127.0.0.1:24222");
     client.create_stream("HANDOFF", "handoff.>");
-    let handoff = s.write(
-        "handoff.toml",
-        r#"
-[plugins.numbers]
-path = "{plugin:generator}"
-config = { count = 3000, rate = 300 }
-[plugins.publish]
-path = "{plugin:nats-sink}"
-config = { url = "nats://127.0.0.1:24222", subject = "handoff.orders", mode = "jetstream", msg_id = "key" }
-grants = { tcp = ["127.0.0.1:24222"] }
-[plugins.in]
-path = "{plugin:nats-source}"
-config = { url = "nats://127.0.0.1:24222", mode = "jetstream", stream = "HANDOFF", consumer = "consume", ack_wait = "2s" }
-grants = { tcp = ["127.0.0.1:24222"] }
-[plugins.out]
-path = "{plugin:file-sink}"
-config = { path = "/out/consumed.jsonl" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[[pipeline]]
-name = "produce"
-source = "numbers"
-sinks = ["publish"]
-batch_size = 20
-placement = { tags = { zone = "eu" } }
-
-[[pipeline]]
-name = "consume"
-source = "in"
-sinks = ["out"]
-batch_size = 20
-"#,
-    );
+    // `consume` tags each record with the version of `tag` that processed it (tagger-v1, -v2).
+    let handoff_file = |name: &str, tag: &str| {
+        s.write(
+            name,
+            &HANDOFF
+                .replace("{tag}", &format!("{{plugin:{tag}}}"))
+                .replace("{total}", &TOTAL.to_string()),
+        )
+    };
+    let handoff = handoff_file("handoff.toml", "tagger-v1");
     let out = cluster(s.path(), &urls, &["deploy", handoff.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -318,6 +335,107 @@ batch_size = 20
         serde_json::from_str(&get(&rt, &format!("{base}/v1/cluster"), None).body).unwrap();
     assert_eq!(whole["nodes"].as_array().unwrap().len(), 3, "{whole:#}");
     assert_eq!(whole["pipelines"].as_array().unwrap().len(), 2, "{whole:#}");
+
+    // A new version of `tag`: only a component changed, so it is swapped under traffic, node by
+    // node, each after a trial init on every node; nothing restarts.
+    let v2 = handoff_file("handoff-v2.toml", "tagger-v2");
+    let out = cluster(s.path(), &urls, &["deploy", v2.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let lines_out: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines_out[0].starts_with("pipeline `produce` is deployed as it is (revision "),
+        "{stdout}"
+    );
+    assert!(
+        lines_out[1].starts_with("pipeline `consume`: rolling upgrade of tag@")
+            && lines_out[1].ends_with(" on 3 nodes (a, b, c): trial first"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines_out[2..6],
+        [
+            "  trial init ok on every node",
+            "  a: swapped",
+            "  b: swapped",
+            "  c: swapped"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        lines_out[6].starts_with("deployed pipeline `consume` (revision "),
+        "{stdout}"
+    );
+    assert!(
+        lines_out[6].contains("rolled out node by node without a restart"),
+        "{stdout}"
+    );
+    let v2_sha = sha256_hex(&plugin("tagger-v2"));
+    let consumers = |st: &Value| -> Vec<(String, u64, String, u64)> {
+        let mut out = Vec::new();
+        for n in st["nodes"].as_array().unwrap() {
+            for p in n["pipelines"].as_array().unwrap() {
+                if p["name"] == "consume" {
+                    out.push((
+                        n["name"].as_str().unwrap().to_owned(),
+                        p["generation"].as_u64().unwrap(),
+                        p["plugins"]["tag"].as_str().unwrap().to_owned(),
+                        p["revision"].as_u64().unwrap(),
+                    ));
+                }
+            }
+        }
+        out
+    };
+    let mut upgraded = Vec::new();
+    wait_status(
+        "every node on tagger-v2, at the new revision",
+        s.path(),
+        &urls,
+        &nodes,
+        |st| {
+            upgraded = consumers(st);
+            let revision = st["pipelines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "consume")
+                .unwrap()["revision"]
+                .as_u64()
+                .unwrap();
+            upgraded.len() == 3
+                && upgraded
+                    .iter()
+                    .all(|(_, g, sha, r)| *g == 1 && *sha == v2_sha && *r == revision)
+        },
+    );
+    // A version whose init refuses this config halts the upgrade before any node swaps.
+    let bad = handoff_file("handoff-bad.toml", "test-hostile");
+    let out = cluster(s.path(), &urls, &["deploy", bad.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("pipeline `consume`: rolling upgrade of tag@"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with("error: pipeline `consume`: upgrade halted: node a: refused: `tag`@"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`init` of test-hostile 0.1.0 returned fatal error: config key `attack`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nodes that had not swapped keep the version they run"),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        consumers(&status(s.path(), &urls)),
+        upgraded,
+        "a refused upgrade changed something"
+    );
 
     // The producer's node dies mid-stream: the other eu node takes `produce` over and its
     // generator starts again from 0; JetStream drops what was published already
@@ -388,7 +506,7 @@ batch_size = 20
     );
     assert_eq!(
         client.stream_messages("HANDOFF"),
-        3000,
+        TOTAL as u64,
         "exactly once into the stream"
     );
     let lines = |node: &str| {
@@ -399,13 +517,20 @@ batch_size = 20
     wait_until(
         "every message consumed by some node",
         Duration::from_secs(60),
-        || seq_counts(&["a", "b", "c"].iter().map(|n| lines(n)).collect::<String>()).len() == 3000,
+        || seq_counts(&["a", "b", "c"].iter().map(|n| lines(n)).collect::<String>()).len() == TOTAL,
     );
     let split: Vec<usize> = ["a", "b", "c"]
         .iter()
         .map(|n| lines(n).lines().count())
         .collect();
-    println!("3000 messages consumed over the nodes as {split:?}");
+    println!("{TOTAL} messages consumed over the nodes as {split:?}");
+    let all: String = ["a", "b", "c"].iter().map(|n| lines(n)).collect();
+    let (v1, v2) = (
+        all.matches("\"tag\":\"v1\"").count(),
+        all.matches("\"tag\":\"v2\"").count(),
+    );
+    println!("tagged by v1: {v1}, by v2: {v2}");
+    assert!(v1 > 0 && v2 > 0, "v1 {v1}, v2 {v2}");
     assert!(split.iter().filter(|&&n| n > 0).count() >= 2, "{split:?}");
 
     let out = cluster(s.path(), &urls, &["undeploy", "consume"]);

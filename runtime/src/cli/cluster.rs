@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::cluster::report::{ClusterStatus, short};
-use crate::cluster::{Cluster, ConnectArgs, definition, key_of, node};
+use crate::cluster::{Cluster, ConnectArgs, definition, key_of, node, rollout};
 
 /// What `patchbay cluster` does.
 #[derive(Debug, Subcommand)]
@@ -193,9 +193,53 @@ async fn deploy(
             push(&cluster, file, &plugin_name(file)).await?;
             pushed.push(format!("{name}@{}", short(sha)));
         }
+        let key = key_of(&def.name);
+        let existing = cluster
+            .pipelines
+            .entry(key.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read pipeline `{}`: {e}", def.name))?
+            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put);
+        if let Some(existing) = existing {
+            let old = String::from_utf8_lossy(&existing.value);
+            if same_document(&old, &def.text) {
+                println!(
+                    "pipeline `{}` is deployed as it is (revision {}): nothing to do",
+                    def.name, existing.revision
+                );
+                continue;
+            }
+            // Only components of transforms or sinks changed: swap them node by node.
+            if let Some(changes) = rollout::component_changes(&old, &def.text)
+                && rollout::source_of(&def.text).is_none_or(|s| !changes.contains_key(&s))
+            {
+                let mut say = |line: String| println!("{line}");
+                match rollout::roll(
+                    &cluster,
+                    &def.name,
+                    existing.revision,
+                    &def.text,
+                    changes,
+                    &mut say,
+                )
+                .await?
+                {
+                    rollout::Rolled::Done(revision) => {
+                        println!(
+                            "deployed pipeline `{}` (revision {revision}): rolled out node by \
+                             node without a restart: {}",
+                            def.name,
+                            pushed.join(", ")
+                        );
+                        continue;
+                    }
+                    rollout::Rolled::NobodyRuns => {}
+                }
+            }
+        }
         let revision = cluster
             .pipelines
-            .put(key_of(&def.name), def.text.clone().into())
+            .put(key.as_str(), def.text.clone().into())
             .await
             .map_err(|e| anyhow::anyhow!("cannot publish pipeline `{}`: {e}", def.name))?;
         println!(
@@ -205,6 +249,17 @@ async fn deploy(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether two stored definitions say the same (comments and layout aside).
+fn same_document(a: &str, b: &str) -> bool {
+    match (
+        toml::from_str::<toml::Table>(a),
+        toml::from_str::<toml::Table>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// A component's name in the store: its file name without `.wasm`.

@@ -7,7 +7,8 @@
 //! - membership, a KV bucket where each node puts what it runs every second; entries expire
 //!   [`NODE_TTL`] after a node's last heartbeat;
 //! - leases, a KV bucket of slots taken by compare-and-set (see [`lease`]); an entry expires
-//!   [`LEASE_TTL`] after its holder last renewed it.
+//!   [`LEASE_TTL`] after its holder last renewed it;
+//! - rolling upgrades in progress, a KV bucket driven by `cluster deploy` (see [`rollout`]).
 //!
 //! NATS 2.9 has no per-key TTL, so both expiring buckets expire whole entries by the bucket's
 //! `max_age`, which a holder's renewals keep from reaching.
@@ -24,6 +25,7 @@ pub mod definition;
 pub mod lease;
 pub mod node;
 pub mod report;
+pub mod rollout;
 
 /// The Object Store bucket of plugins, each under its sha256 (lowercase hex).
 pub const PLUGINS: &str = "patchbay-plugins";
@@ -33,6 +35,8 @@ pub const PIPELINES: &str = "patchbay-pipelines";
 pub const NODES: &str = "patchbay-nodes";
 /// The KV bucket of leases, `PIPELINE.SLOT`.
 pub const LEASES: &str = "patchbay-leases";
+/// The KV bucket of rolling upgrades in progress, by pipeline name.
+pub const ROLLOUTS: &str = "patchbay-rollouts";
 
 /// A node's entry expires this long after its last heartbeat.
 pub const NODE_TTL: Duration = Duration::from_secs(6);
@@ -106,6 +110,8 @@ pub struct Cluster {
     pub nodes: kv::Store,
     /// Leases by `PIPELINE.SLOT`.
     pub leases: kv::Store,
+    /// Rolling upgrades in progress, by pipeline name.
+    pub rollouts: kv::Store,
 }
 
 impl Cluster {
@@ -129,12 +135,14 @@ impl Cluster {
         let pipelines = bucket(&js, PIPELINES, 10, Duration::ZERO, replicas).await?;
         let nodes = bucket(&js, NODES, 1, NODE_TTL, replicas).await?;
         let leases = bucket(&js, LEASES, 1, LEASE_TTL, replicas).await?;
+        let rollouts = bucket(&js, ROLLOUTS, 1, Duration::ZERO, replicas).await?;
         Ok(Cluster {
             client,
             plugins,
             pipelines,
             nodes,
             leases,
+            rollouts,
         })
     }
 

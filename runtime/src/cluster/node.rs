@@ -25,12 +25,14 @@ use tokio::task::JoinHandle;
 
 use super::lease::{Holder, Lease};
 use super::report::{NodeInfo, PipelineInfo};
+use super::rollout::{Answer, Phase, Rollout};
 use super::{Cluster, TICK, definition, key_of, name_of};
 use crate::admin::{Admin, PipelineStatus};
 use crate::assemble::{self, Loaded, Numbering};
 use crate::config::Config;
 use crate::pipeline::{self, Control, Counters, Report};
 use crate::plugin::Runtime;
+use crate::reload::Candidate;
 
 /// Who this node is.
 #[derive(Debug, Clone)]
@@ -57,6 +59,15 @@ struct Running {
     state: String,
     last_polled: u64,
     rate: f64,
+    /// Every plugin of it, swappable (rolling upgrades).
+    swappables: assemble::Swappables,
+    /// The swaps prepared for the upgrade in progress: its id, and the new code by plugin.
+    candidates: Option<(u64, Vec<(String, Candidate)>)>,
+    /// This node's answer to the upgrade in progress.
+    answer: Option<Answer>,
+    /// The stored definition it runs since a rolling upgrade swapped its code, until that
+    /// definition's revision is published and adopted.
+    upgraded_to: Option<String>,
 }
 
 /// A definition loaded and checked here, kept until its revision changes.
@@ -157,11 +168,16 @@ pub async fn run(
 impl Node {
     async fn tick(&mut self) {
         self.reap();
+        self.renew().await;
+        self.work().await;
         if let Some(admin) = &self.admin {
             admin.set_pipelines(self.running.values().map(|r| r.status.clone()).collect());
         }
         self.heartbeat().await;
-        self.renew().await;
+    }
+
+    /// Follow the definitions and upgrades: stop, swap and start what they say.
+    async fn work(&mut self) {
         let definitions = match Cluster::entries(&self.cluster.pipelines).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -173,14 +189,26 @@ impl Node {
             .into_iter()
             .map(|e| (name_of(&e.key), (e.revision, e.value)))
             .collect();
+        self.follow_rollouts().await;
         let names: Vec<String> = self.running.keys().cloned().collect();
         for name in names {
+            let Some(running) = self.running.get_mut(&name) else {
+                continue;
+            };
             match deployed.get(&name) {
                 None => self.stop(&name, "it was undeployed"),
-                Some((revision, _))
-                    if self.running.get(&name).map(|r| r.revision) != Some(*revision) =>
-                {
-                    self.stop(&name, &format!("revision {revision} was deployed"));
+                Some((revision, text)) if running.revision != *revision => {
+                    // The definition a rolling upgrade already swapped in: nothing to restart.
+                    if running.upgraded_to.as_deref().map(str::as_bytes) == Some(text.as_ref()) {
+                        tracing::info!(
+                            "pipeline `{name}`: revision {revision} is what runs here since the \
+                             rolling upgrade"
+                        );
+                        running.revision = *revision;
+                        running.upgraded_to = None;
+                    } else {
+                        self.stop(&name, &format!("revision {revision} was deployed"));
+                    }
                 }
                 Some(_) => {}
             }
@@ -341,6 +369,7 @@ impl Node {
         let revision = prepared.revision;
         let plugins = prepared.plugins.clone();
         let alone = !prepared.shared || planned.alone.iter().any(|p| p == name);
+        let swappables = planned.swappables;
         let Some(plan) = planned.plans.into_iter().next() else {
             let why = planned
                 .failed
@@ -398,6 +427,10 @@ impl Node {
                 state: "running".into(),
                 last_polled: 0,
                 rate: 0.0,
+                swappables,
+                candidates: None,
+                answer: None,
+                upgraded_to: None,
             },
         );
     }
@@ -434,6 +467,129 @@ impl Node {
         }
     }
 
+    /// Answer the upgrades of pipelines this node runs: prepare on `trial`, publish when it is
+    /// this node's turn, forget what was prepared when an upgrade is gone (halted).
+    async fn follow_rollouts(&mut self) {
+        let entries = match Cluster::entries(&self.cluster.rollouts).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("cannot read the upgrades in progress: {e}");
+                return;
+            }
+        };
+        let rollouts: BTreeMap<String, Rollout> = entries
+            .into_iter()
+            .filter_map(|e| Some((name_of(&e.key), serde_json::from_slice(&e.value).ok()?)))
+            .collect();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            let Some(running) = self.running.get_mut(&name) else {
+                continue;
+            };
+            let rollout = rollouts.get(&name).filter(|r| r.from == running.revision);
+            let answered = running.answer.as_ref().map(|a| (a.id, a.result.as_str()));
+            match rollout {
+                None => {
+                    running.candidates = None;
+                    if answered.is_some_and(|(_, r)| r != "swapped") {
+                        running.answer = None;
+                    }
+                }
+                Some(r) if r.phase == Phase::Trial && answered.map(|(id, _)| id) != Some(r.id) => {
+                    let r = r.clone();
+                    self.trial(&name, &r).await;
+                }
+                Some(r)
+                    if r.phase == Phase::Rolling
+                        && r.next.as_deref() == Some(self.options.name.as_str())
+                        && answered == Some((r.id, "ok")) =>
+                {
+                    let r = r.clone();
+                    self.swap(&name, &r);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Prepare every swap of upgrade `rollout` of pipeline `name`, and answer.
+    async fn trial(&mut self, name: &str, rollout: &Rollout) {
+        let mut prepared = Vec::new();
+        let mut refused = None;
+        for (plugin, sha) in &rollout.changes {
+            if let Err(why) = self.fetch(sha).await {
+                refused = Some(why);
+                break;
+            }
+            let Some(swap) = self
+                .running
+                .get(name)
+                .and_then(|r| r.swappables.get(plugin))
+                .cloned()
+            else {
+                refused = Some(format!("pipeline `{name}` has no plugin `{plugin}` here"));
+                break;
+            };
+            let path = self.cache.join(format!("{sha}.wasm"));
+            match swap.prepare(&self.runtime, Some(&path), Some(sha)).await {
+                Ok(candidate) => prepared.push((plugin.clone(), candidate)),
+                Err(e) => {
+                    refused = Some(format!("`{plugin}`@{}: {e}", super::report::short(sha)));
+                    break;
+                }
+            }
+        }
+        let Some(running) = self.running.get_mut(name) else {
+            return;
+        };
+        let result = match refused {
+            Some(why) => {
+                tracing::warn!("pipeline `{name}`: upgrade refused here: {why}");
+                running.candidates = None;
+                format!("refused: {why}")
+            }
+            None => {
+                tracing::info!("pipeline `{name}`: upgrade prepared here (trial init ok)");
+                running.candidates = Some((rollout.id, prepared));
+                "ok".to_owned()
+            }
+        };
+        running.answer = Some(Answer {
+            id: rollout.id,
+            result,
+        });
+    }
+
+    /// Publish what was prepared for upgrade `rollout`: stages switch between batches.
+    fn swap(&mut self, name: &str, rollout: &Rollout) {
+        let Some(running) = self.running.get_mut(name) else {
+            return;
+        };
+        let Some((id, prepared)) = running.candidates.take() else {
+            return;
+        };
+        if id != rollout.id {
+            return;
+        }
+        for (plugin, candidate) in prepared {
+            let sha = candidate.sha256().to_owned();
+            if let Some(swap) = running.swappables.get(&plugin) {
+                let swapped = swap.publish(candidate);
+                tracing::info!(
+                    "pipeline `{name}`: plugin `{plugin}` swapped to {} (generation {})",
+                    swapped.version,
+                    swapped.generation
+                );
+                running.plugins.insert(plugin, sha);
+            }
+        }
+        running.upgraded_to = Some(rollout.to.clone());
+        running.answer = Some(Answer {
+            id: rollout.id,
+            result: "swapped".to_owned(),
+        });
+    }
+
     async fn heartbeat(&mut self) {
         let secs = TICK.as_secs_f64();
         let mut pipelines = Vec::new();
@@ -456,6 +612,8 @@ impl Node {
                     .sum(),
                 dead_lettered: r.counters.dead_lettered.load(Ordering::Relaxed),
                 rate: r.rate,
+                generation: r.swappables.values().map(|s| s.generation()).sum(),
+                rollout: r.answer.clone(),
             });
         }
         for (name, refused) in &self.refused {
@@ -469,6 +627,8 @@ impl Node {
                 written: 0,
                 dead_lettered: 0,
                 rate: 0.0,
+                generation: 0,
+                rollout: None,
             });
         }
         let info = NodeInfo {

@@ -44,6 +44,12 @@ pub struct PipelineInfo {
     pub dead_lettered: u64,
     /// Messages polled per second over the last heartbeat.
     pub rate: f64,
+    /// Swaps of its plugins' code since it started here (rolling upgrades).
+    #[serde(default)]
+    pub generation: u64,
+    /// Its answer to the rolling upgrade in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::Answer>,
 }
 
 /// A deployed pipeline, as its definition says.
@@ -165,10 +171,11 @@ impl ClusterStatus {
             for p in &n.pipelines {
                 let _ = writeln!(
                     out,
-                    "    {}#{}  revision {}  {}  {} in, {} written{}, {:.0} msg/s",
+                    "    {}#{}  revision {}  generation {}  {}  {} in, {} written{}, {:.0} msg/s",
                     p.name,
                     p.slot,
                     p.revision,
+                    p.generation,
                     p.state,
                     p.polled,
                     p.written,
