@@ -703,7 +703,8 @@ async fn start_instance(
             state,
         )
         .await?;
-    match instance.init(&init_entries(decl)).await? {
+    let entries = init_entries(decl).map_err(anyhow::Error::msg)?;
+    match instance.init(&entries).await? {
         Ok(()) => Ok(instance),
         Err(error) => anyhow::bail!(
             "`init` returned {}; fix [plugins.{}.config] in the pipeline file",

@@ -495,14 +495,39 @@ pub fn message(payload: Vec<u8>) -> Message {
 }
 
 /// The `init` entries of a plugin declaration, as the plugin receives them.
-pub fn init_entries(decl: &PluginDecl) -> Vec<ConfigEntry> {
+///
+/// A value that is exactly `${env:NAME}` is replaced by the environment variable `NAME` of this
+/// process, read at `init`: secrets (a broker's password, a token) stay out of pipeline files
+/// and out of a cluster's stored definitions, and each node supplies its own. `Err` names the
+/// key and the variable when it is not set.
+pub fn init_entries(decl: &PluginDecl) -> Result<Vec<ConfigEntry>, String> {
     decl.config
         .iter()
-        .map(|e| ConfigEntry {
-            key: e.key.clone(),
-            value: e.value.clone(),
+        .map(|e| {
+            let value = match env_reference(&e.value) {
+                Some(name) => std::env::var(name).map_err(|_| {
+                    format!(
+                        "{}: plugin `{}`: config key `{}` is `${{env:{name}}}`, but the \
+                         environment variable `{name}` is not set for this process; set it \
+                         where patchbay runs",
+                        e.loc, decl.name, e.key
+                    )
+                })?,
+                None => e.value.clone(),
+            };
+            Ok(ConfigEntry {
+                key: e.key.clone(),
+                value,
+            })
         })
         .collect()
+}
+
+/// `NAME` when `value` is exactly `${env:NAME}` (letters, digits and `_`).
+fn env_reference(value: &str) -> Option<&str> {
+    let name = value.strip_prefix("${env:")?.strip_suffix('}')?;
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then_some(name)
 }
 
 /// Check a plugin declaration's `config` against the keys the plugin declares in its
@@ -540,6 +565,21 @@ pub fn check_keys(decl: &PluginDecl, meta: &Metadata, problems: &mut Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_whole_env_reference_is_one() {
+        assert_eq!(env_reference("${env:NATS_PASSWORD}"), Some("NATS_PASSWORD"));
+        for not in [
+            "${env:}",
+            "x${env:A}",
+            "${env:A}x",
+            "${env:A-B}",
+            "$env:A",
+            "{env:A}",
+        ] {
+            assert_eq!(env_reference(not), None, "{not}");
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

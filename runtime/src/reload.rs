@@ -255,7 +255,8 @@ impl Swappable {
         if !problems.is_empty() {
             return Err(ReloadError::Invalid(problems.join("; ")));
         }
-        match trial.init(&crate::contract::init_entries(&self.decl)).await {
+        let entries = crate::contract::init_entries(&self.decl).map_err(ReloadError::Invalid)?;
+        match trial.init(&entries).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 return Err(ReloadError::Invalid(format!(

@@ -446,3 +446,52 @@ batch_size = 64
     }
     assert!(!stderr.contains("without a usable time header"), "{stderr}");
 }
+
+#[test]
+fn a_config_value_can_come_from_the_environment_and_a_missing_one_is_named() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 5 }
+
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "${env:PB_TEST_OUT_PATH}" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "env"
+source = "gen"
+sinks = ["out"]
+"#,
+    );
+    let out = crate::patchbay()
+        .args(["run", "p.toml"])
+        .env("PB_TEST_OUT_PATH", "/out/from-env.jsonl")
+        .current_dir(s.path())
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(s.read("out/from-env.jsonl").lines().count(), 5);
+
+    let out = crate::patchbay()
+        .args(["run", "p.toml"])
+        .env_remove("PB_TEST_OUT_PATH")
+        .current_dir(s.path())
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "plugin `out`: config key `path` is `${env:PB_TEST_OUT_PATH}`, but the environment \
+             variable `PB_TEST_OUT_PATH` is not set for this process; set it where patchbay runs"
+        ),
+        "{stderr}"
+    );
+}

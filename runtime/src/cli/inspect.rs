@@ -22,7 +22,7 @@ pub(super) async fn test_plugin(
     };
     if let Some((file, name)) = from {
         let decl = plugin_decl(file, name)?;
-        options.config = crate::contract::init_entries(&decl);
+        options.config = crate::contract::init_entries(&decl).map_err(anyhow::Error::msg)?;
         options.grants = decl.grants;
         options.limits = decl.limits;
     }
