@@ -168,7 +168,7 @@ pub struct Planned {
 /// one that cannot start is reported in `failed` and the others are planned all the same. The
 /// plugins come back swappable: reloads may come from the directories the file's plugins are in.
 pub async fn plan(runtime: &Arc<Runtime>, config: &Config, loaded: &Loaded) -> Planned {
-    plan_numbered(runtime, config, loaded, Numbering::default()).await
+    plan_numbered(runtime, config, loaded, Numbering::default(), None).await
 }
 
 /// Where one node's source instances stand among a cluster's: this node holds slot `slot` of
@@ -189,12 +189,14 @@ impl Default for Numbering {
     }
 }
 
-/// [`plan`] for one node of a cluster: source instances numbered by `numbering`.
+/// [`plan`] for one node of a cluster: source instances numbered by `numbering`, and with
+/// `states`, each plugin's host state (by plugin name) given instead of the file's `[state]`.
 pub async fn plan_numbered(
     runtime: &Arc<Runtime>,
     config: &Config,
     loaded: &Loaded,
     numbering: Numbering,
+    states: Option<BTreeMap<String, PluginState>>,
 ) -> Planned {
     let mut allowed: Vec<std::path::PathBuf> = config
         .plugins
@@ -221,9 +223,13 @@ pub async fn plan_numbered(
         })
         .collect();
     // Opened once for the process; a store that cannot open stops every pipeline.
-    let store: Durable = match &config.state_dir {
-        Some(dir) => StateStore::open(dir).map(|s| Some(Arc::new(s))),
-        None => Ok(None),
+    let store = match (states, &config.state_dir) {
+        (Some(states), _) => Durable::Given(states),
+        (None, Some(dir)) => match StateStore::open(dir) {
+            Ok(store) => Durable::File(Arc::new(store)),
+            Err(e) => Durable::Unopened(e),
+        },
+        (None, None) => Durable::Memory,
     };
     let mut plans = Vec::new();
     let mut failed = Vec::new();
@@ -286,7 +292,7 @@ pub async fn plan_replay(
         Origin::Replay(entries),
         None,
         // A replay keeps its plugins' state in memory: the running process owns the store.
-        &Ok(None),
+        &Durable::Memory,
         &mut problems,
     )
     .await;
@@ -432,7 +438,17 @@ fn boxed_start<C: ?Sized + 'static>(
 }
 
 /// The process's durable state store: none without `[state]`, or why it could not open.
-type Durable = Result<Option<Arc<StateStore>>, String>;
+/// Where a run keeps its plugins' host state.
+enum Durable {
+    /// In memory only.
+    Memory,
+    /// In the file's `[state]` store.
+    File(Arc<StateStore>),
+    /// The `[state]` store could not be opened: why.
+    Unopened(String),
+    /// Given by the caller, by plugin name (a cluster node's, kept in JetStream).
+    Given(BTreeMap<String, PluginState>),
+}
 
 fn as_source(i: Instance) -> Box<dyn SourceCalls> {
     Box::new(i)
@@ -474,18 +490,21 @@ async fn plan_one(
             .unwrap_or_default();
         // One state store per plugin per pipeline, shared by every instance it will have.
         let state = match store {
-            Ok(None) => PluginState::default(),
-            Ok(Some(store)) => match PluginState::durable(store.clone(), &pipeline.name, &r.name) {
-                Ok(state) => state,
-                Err(e) => {
-                    problems.push(format!(
-                        "pipeline `{}`: {role} `{}`: its state could not be read: {e}",
-                        pipeline.name, r.name
-                    ));
-                    return None;
+            Durable::Memory => PluginState::default(),
+            Durable::Given(states) => states.get(&r.name).cloned().unwrap_or_default(),
+            Durable::File(store) => {
+                match PluginState::durable(store.clone(), &pipeline.name, &r.name) {
+                    Ok(state) => state,
+                    Err(e) => {
+                        problems.push(format!(
+                            "pipeline `{}`: {role} `{}`: its state could not be read: {e}",
+                            pipeline.name, r.name
+                        ));
+                        return None;
+                    }
                 }
-            },
-            Err(e) => {
+            }
+            Durable::Unopened(e) => {
                 problems.push(e.clone());
                 return None;
             }

@@ -155,7 +155,27 @@ pub const MAX_STATE_TOTAL: usize = 16 * 1024 * 1024;
 #[derive(Debug, Default, Clone)]
 pub struct PluginState {
     inner: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
-    durable: Option<(Arc<StateStore>, Arc<str>)>,
+    durable: Option<Arc<dyn StateWriter>>,
+}
+
+/// Where a plugin's host state is written through to, beyond memory: the process's
+/// [`StateStore`], or a cluster's state bucket.
+pub trait StateWriter: Send + Sync + std::fmt::Debug {
+    /// Store `value` under `key` (`None`: remove the key).
+    fn put(&self, key: &str, value: Option<&[u8]>) -> Result<(), String>;
+}
+
+/// One plugin's part of a [`StateStore`].
+#[derive(Debug)]
+struct FileScope {
+    store: Arc<StateStore>,
+    scope: String,
+}
+
+impl StateWriter for FileScope {
+    fn put(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        self.store.put(&self.scope, key, value)
+    }
 }
 
 impl PluginState {
@@ -163,16 +183,24 @@ impl PluginState {
     pub fn durable(store: Arc<StateStore>, pipeline: &str, plugin: &str) -> Result<Self, String> {
         let scope = StateStore::scope(pipeline, plugin);
         let loaded = store.load(&scope)?;
-        Ok(PluginState {
+        Ok(PluginState::with_writer(
+            loaded,
+            Arc::new(FileScope { store, scope }),
+        ))
+    }
+
+    /// State read from elsewhere (`loaded`), written through `writer` from now on.
+    pub fn with_writer(loaded: BTreeMap<String, Vec<u8>>, writer: Arc<dyn StateWriter>) -> Self {
+        PluginState {
             inner: Arc::new(Mutex::new(loaded)),
-            durable: Some((store, scope.into())),
-        })
+            durable: Some(writer),
+        }
     }
 
     /// Write through to the store, unless the key lives for this run only.
     fn save(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         match &self.durable {
-            Some((store, scope)) if !key.starts_with(RUN_ONLY) => store.put(scope, key, value),
+            Some(writer) if !key.starts_with(RUN_ONLY) => writer.put(key, value),
             _ => Ok(()),
         }
     }

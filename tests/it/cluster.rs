@@ -262,7 +262,12 @@ sinks = ["drop"]
     // durable consumer, which can be shared, so every node runs it and the server splits the
     // messages.
     let mut client = Client::connect_to("127.0.0.1:24222");
-    client.create_stream("HANDOFF", "handoff.>");
+    // On all three servers, as the cluster's buckets are: one server may go.
+    let created = client.api(
+        "STREAM.CREATE.HANDOFF",
+        &serde_json::json!({"name": "HANDOFF", "subjects": ["handoff.>"], "storage": "file", "num_replicas": 3}),
+    );
+    assert!(created.get("error").is_none(), "{created}");
     // `consume` tags each record with the version of `tag` that processed it (tagger-v1, -v2).
     let handoff_file = |name: &str, tag: &str| {
         s.write(
@@ -568,10 +573,148 @@ sinks = ["drop"]
     assert!(stdout.contains(&format!("leases {heir}#1")), "{stdout}");
     assert!(stdout.contains("nodes (2):"), "{stdout}");
 
-    for (_, node) in nodes.iter_mut().filter(|(n, _)| *n != holder) {
+    // A single source that keeps its position in host state (test-state-source, rows 0..3000)
+    // follows its lease: the node that takes over starts from the last acknowledged row.
+    let rows = s.write(
+        "rows.toml",
+        r#"
+[plugins.rows]
+path = "{plugin:test-state-source}"
+config = { count = 3000, poll_pause = 50 }
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/rows.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+[[pipeline]]
+name = "rows"
+source = "rows"
+sinks = ["out"]
+batch_size = 20
+"#,
+    );
+    let out = cluster(s.path(), &urls, &["deploy", rows.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let mut first = String::new();
+    wait_status(
+        "`rows` running on one node",
+        s.path(),
+        &urls,
+        &nodes,
+        |st| match runners(st, "rows").as_slice() {
+            [(node, 1)] => {
+                first = node.clone();
+                true
+            }
+            _ => false,
+        },
+    );
+    let rows_of = |node: &str| {
+        std::fs::read_to_string(s.path().join(node).join("out/rows.jsonl")).unwrap_or_default()
+    };
+    wait_until(
+        "rows written on the first node",
+        Duration::from_secs(30),
+        || rows_of(&first).lines().count() >= 300,
+    );
+    let (_, victim) = nodes.iter_mut().find(|(n, _)| *n == first).unwrap();
+    victim.kill_9();
+    let mut second = String::new();
+    wait_status(
+        "another node to take `rows` over",
+        s.path(),
+        &urls,
+        &nodes,
+        |st| {
+            let others: Vec<(String, u64)> = runners(st, "rows")
+                .into_iter()
+                .filter(|(n, _)| *n != first)
+                .collect();
+            match others.as_slice() {
+                [(node, 1)] => {
+                    second = node.clone();
+                    true
+                }
+                _ => false,
+            }
+        },
+    );
+    wait_until("every row written", Duration::from_secs(60), || {
+        seq_counts(&(rows_of(&first) + &rows_of(&second))).len() == 3000
+    });
+    let written_first = rows_of(&first).lines().count();
+    let resumed_at = *seq_counts(&rows_of(&second)).keys().next().unwrap();
+    println!("`rows` resumed on {second} at row {resumed_at}; {first} had written {written_first}");
+    assert!(
+        resumed_at > 0,
+        "the node that took `rows` over read from the top"
+    );
+    assert!(resumed_at as usize <= written_first, "rows were skipped");
+
+    // A node that joins after the plugin store lost its components refuses what it cannot
+    // fetch, saying so, rather than run anything else.
+    let purged = client.api("STREAM.PURGE.OBJ_patchbay-plugins", &Value::Null);
+    assert_eq!(purged["success"], true, "{purged}");
+    let dir = s.mkdir("d");
+    let mut cmd = patchbay();
+    cmd.args(["node", "--cluster", &urls, "--name", "d"])
+        .current_dir(&dir);
+    nodes.push(("d", Running::spawn(&mut cmd)));
+    wait_status(
+        "node d to refuse `produce`",
+        s.path(),
+        &urls,
+        &nodes,
+        |st| {
+            st["nodes"].as_array().unwrap().iter().any(|n| {
+                n["name"] == "d"
+                    && n["pipelines"].as_array().unwrap().iter().any(|p| {
+                        p["name"] == "produce"
+                            && p["state"]
+                                .as_str()
+                                .unwrap()
+                                .starts_with("failed: component ")
+                            && p["state"]
+                                .as_str()
+                                .unwrap()
+                                .contains(" is not in the plugin store")
+                    })
+            })
+        },
+    );
+
+    for (_, node) in nodes.iter_mut() {
+        if node.exited() {
+            continue;
+        }
         let (code, stderr) =
             std::mem::replace(node, Running::spawn(&mut Command::new("true"))).interrupt();
         assert_eq!(code, Some(0), "{stderr}");
     }
     drop(nats);
+}
+
+#[test]
+fn a_node_without_a_route_to_nats_retries_and_says_so() {
+    let s = Scratch::new();
+    let mut cmd = patchbay();
+    cmd.args([
+        "node",
+        "--cluster",
+        "nats://127.0.0.1:1",
+        "--name",
+        "lonely",
+    ])
+    .current_dir(s.path());
+    let node = Running::spawn(&mut cmd);
+    wait_until(
+        "the node to say it retries",
+        Duration::from_secs(30),
+        || {
+            node.stderr()
+                .contains("cannot connect to the cluster at nats://127.0.0.1:1")
+        },
+    );
+    let (code, stderr) = node.interrupt();
+    assert!(stderr.contains("; trying again in 5s"), "{stderr}");
+    assert_eq!(code, Some(1), "{stderr}");
 }

@@ -84,7 +84,22 @@ pub(super) async fn node(
         Some((addr, token)) => Some(crate::admin::bind(*addr, token.is_some()).await?),
         None => None,
     };
-    let cluster = Cluster::connect(connect, &format!("patchbay-node-{}", options.name)).await?;
+    // A node waits for its cluster: it may start before the NATS servers do.
+    let shutdown = wait_for_signal();
+    tokio::pin!(shutdown);
+    let client_name = format!("patchbay-node-{}", options.name);
+    let cluster = loop {
+        match Cluster::connect(connect, &client_name).await {
+            Ok(cluster) => break cluster,
+            Err(e) => {
+                tracing::warn!("{e:#}; trying again in 5s");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    () = &mut shutdown => return Ok(ExitCode::FAILURE),
+                }
+            }
+        }
+    };
     let admin = match (listener, admin) {
         (Some(listener), Some((_, token))) => {
             let view_of = cluster.clone();
@@ -103,7 +118,7 @@ pub(super) async fn node(
         }
         _ => None,
     };
-    node::run(runtime.clone(), cluster, options, admin, wait_for_signal()).await
+    node::run(runtime.clone(), cluster, options, admin, shutdown).await
 }
 
 pub(super) async fn cluster(

@@ -8,7 +8,9 @@
 //!   [`NODE_TTL`] after a node's last heartbeat;
 //! - leases, a KV bucket of slots taken by compare-and-set (see [`lease`]); an entry expires
 //!   [`LEASE_TTL`] after its holder last renewed it;
-//! - rolling upgrades in progress, a KV bucket driven by `cluster deploy` (see [`rollout`]).
+//! - rolling upgrades in progress, a KV bucket driven by `cluster deploy` (see [`rollout`]);
+//! - plugins' host state, a KV bucket (see [`state`]), so that state follows a pipeline that
+//!   moves to another node.
 //!
 //! NATS 2.9 has no per-key TTL, so both expiring buckets expire whole entries by the bucket's
 //! `max_age`, which a holder's renewals keep from reaching.
@@ -22,10 +24,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store};
 
 pub mod definition;
+mod keeper;
 pub mod lease;
 pub mod node;
 pub mod report;
 pub mod rollout;
+pub mod state;
 
 /// The Object Store bucket of plugins, each under its sha256 (lowercase hex).
 pub const PLUGINS: &str = "patchbay-plugins";
@@ -37,6 +41,8 @@ pub const NODES: &str = "patchbay-nodes";
 pub const LEASES: &str = "patchbay-leases";
 /// The KV bucket of rolling upgrades in progress, by pipeline name.
 pub const ROLLOUTS: &str = "patchbay-rollouts";
+/// The KV bucket of plugins' host state, `PIPELINE.PLUGIN.KEY`.
+pub const STATE: &str = "patchbay-state";
 
 /// A node's entry expires this long after its last heartbeat.
 pub const NODE_TTL: Duration = Duration::from_secs(6);
@@ -112,6 +118,8 @@ pub struct Cluster {
     pub leases: kv::Store,
     /// Rolling upgrades in progress, by pipeline name.
     pub rollouts: kv::Store,
+    /// Plugins' host state (see [`state`]).
+    pub state: kv::Store,
 }
 
 impl Cluster {
@@ -136,6 +144,7 @@ impl Cluster {
         let nodes = bucket(&js, NODES, 1, NODE_TTL, replicas).await?;
         let leases = bucket(&js, LEASES, 1, LEASE_TTL, replicas).await?;
         let rollouts = bucket(&js, ROLLOUTS, 1, Duration::ZERO, replicas).await?;
+        let state = bucket(&js, STATE, 1, Duration::ZERO, replicas).await?;
         Ok(Cluster {
             client,
             plugins,
@@ -143,11 +152,28 @@ impl Cluster {
             nodes,
             leases,
             rollouts,
+            state,
         })
     }
 
-    /// Every live entry of a KV bucket, by key.
+    /// Every live entry of a KV bucket, by key. Tried three times: while the NATS servers
+    /// elect a new leader for the bucket (one of them went), a read can time out.
     pub async fn entries(store: &kv::Store) -> anyhow::Result<Vec<kv::Entry>> {
+        let mut tries = 0;
+        loop {
+            match Cluster::entries_once(store).await {
+                Ok(entries) => return Ok(entries),
+                Err(e) if tries >= 2 => return Err(e),
+                Err(e) => {
+                    tries += 1;
+                    tracing::debug!("{e:#}; reading again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn entries_once(store: &kv::Store) -> anyhow::Result<Vec<kv::Entry>> {
         use futures_util::StreamExt;
         let mut keys = store
             .keys()
@@ -236,10 +262,10 @@ async fn connect(args: &ConnectArgs, client_name: &str) -> anyhow::Result<async_
     if addrs.is_empty() {
         anyhow::bail!("--cluster names no server; write nats://HOST:PORT[,nats://HOST:PORT…]");
     }
+    // Once connected, the client reconnects on its own, to any server of the list, for ever.
     let mut options = async_nats::ConnectOptions::new()
         .name(client_name)
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect();
+        .connection_timeout(Duration::from_secs(5));
     if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
         options = options.user_and_password(user.clone(), password.clone());
     }
@@ -263,12 +289,12 @@ async fn connect(args: &ConnectArgs, client_name: &str) -> anyhow::Result<async_
     if let (Some(cert), Some(key)) = (&args.nats_cert, &args.nats_key) {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
-    // Said once instead of the client's own retry log lines.
     let connecting = options.connect(addrs);
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(anyhow::anyhow!(
-            "cannot connect to the cluster at {}: {e}",
+            "cannot connect to the cluster at {}: {e}: is nats-server running there (with \
+             -js), and do the credentials match?",
             args.servers
         )),
         Err(_) => Err(anyhow::anyhow!(

@@ -1,5 +1,6 @@
-//! `patchbay node`: one member of a cluster. Every [`TICK`] it heartbeats (what it runs, with
-//! rates), renews its leases, reads the pipeline definitions, and
+//! `patchbay node`: one member of a cluster. Its keeper heartbeats (what it runs, with rates)
+//! and renews its leases every [`TICK`] on a task of its own; its main loop, every [`TICK`],
+//! reads the pipeline definitions and upgrades, and
 //!
 //! - stops what was undeployed or redeployed (drain, then release the lease);
 //! - for each definition it may run (its placement's tags are among the node's) and does not
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
@@ -23,10 +24,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::keeper::Keeper;
 use super::lease::{Holder, Lease};
 use super::report::{NodeInfo, PipelineInfo};
 use super::rollout::{Answer, Phase, Rollout};
-use super::{Cluster, TICK, definition, key_of, name_of};
+use super::{Cluster, TICK, definition, key_of, name_of, state};
 use crate::admin::{Admin, PipelineStatus};
 use crate::assemble::{self, Loaded, Numbering};
 use crate::config::Config;
@@ -48,7 +50,8 @@ pub struct NodeOptions {
 /// A pipeline this node runs (or ran to its end and still holds).
 struct Running {
     revision: u64,
-    lease: Lease,
+    /// The slot it holds (the keeper renews the lease).
+    slot: u32,
     plugins: BTreeMap<String, String>,
     counters: Arc<Counters>,
     drain: watch::Sender<bool>,
@@ -81,11 +84,16 @@ struct Prepared {
     plugins: BTreeMap<String, String>,
 }
 
-/// A definition this node could not run, not tried again until its revision changes.
+/// A definition this node could not run: tried again after [`RETRY`] (what failed may be
+/// passing, e.g. a broker down or a stream not created yet), or at once for a new revision.
 struct Refused {
     revision: u64,
     why: String,
+    at: Instant,
 }
+
+/// How long a node waits before trying a definition it could not run again.
+const RETRY: Duration = Duration::from_secs(10);
 
 struct Node {
     runtime: Arc<Runtime>,
@@ -98,6 +106,7 @@ struct Node {
     refused: BTreeMap<String, Refused>,
     stopping: Vec<JoinHandle<()>>,
     admin: Option<Arc<Admin>>,
+    keeper: Arc<Keeper>,
 }
 
 /// Join the cluster and work until `shutdown` resolves; `admin` (the node's admin API, when it
@@ -123,6 +132,11 @@ pub async fn run(
             super::NODE_TTL.as_secs()
         );
     }
+    let keeper = Keeper::start(
+        cluster.nodes.clone(),
+        cluster.leases.clone(),
+        options.name.clone(),
+    );
     let mut node = Node {
         runtime,
         cluster,
@@ -134,6 +148,7 @@ pub async fn run(
         refused: BTreeMap::new(),
         stopping: Vec::new(),
         admin,
+        keeper,
     };
     tracing::info!(
         "node `{}` joined the cluster (tags: {:?})",
@@ -160,6 +175,7 @@ pub async fn run(
     for stopping in std::mem::take(&mut node.stopping) {
         let _ = stopping.await;
     }
+    node.keeper.retire();
     let _ = node.cluster.nodes.purge(node.options.name.as_str()).await;
     tracing::info!("node `{}` left the cluster", node.options.name);
     Ok(ExitCode::SUCCESS)
@@ -168,12 +184,12 @@ pub async fn run(
 impl Node {
     async fn tick(&mut self) {
         self.reap();
-        self.renew().await;
+        self.lost();
         self.work().await;
         if let Some(admin) = &self.admin {
             admin.set_pipelines(self.running.values().map(|r| r.status.clone()).collect());
         }
-        self.heartbeat().await;
+        self.heartbeat();
     }
 
     /// Follow the definitions and upgrades: stop, swap and start what they say.
@@ -224,7 +240,7 @@ impl Node {
                 || self
                     .refused
                     .get(&name)
-                    .is_some_and(|r| r.revision == revision)
+                    .is_some_and(|r| r.revision == revision && r.at.elapsed() < RETRY)
             {
                 continue;
             }
@@ -232,7 +248,14 @@ impl Node {
                 tracing::error!(
                     "pipeline `{name}` (revision {revision}) cannot run on this node: {why}"
                 );
-                self.refused.insert(name, Refused { revision, why });
+                self.refused.insert(
+                    name,
+                    Refused {
+                        revision,
+                        why,
+                        at: Instant::now(),
+                    },
+                );
                 continue;
             }
             self.claim(&name, live).await;
@@ -363,9 +386,30 @@ impl Node {
             }
         };
         let mut lease = lease;
-        let planned =
-            assemble::plan_numbered(&self.runtime, &prepared.config, &prepared.loaded, numbering)
-                .await;
+        // Host state from the cluster's bucket, per slot: slot 1 (the only one of a single
+        // source) under the pipeline's name, slot N under `NAME#N`.
+        let fence = Arc::new(AtomicBool::new(false));
+        let plugin_names: Vec<String> = prepared.config.plugins.keys().cloned().collect();
+        let scope = match lease.slot {
+            1 => name.to_owned(),
+            n => format!("{name}#{n}"),
+        };
+        let states = match state::load(&self.cluster, &scope, &plugin_names, fence.clone()).await {
+            Ok(states) => states,
+            Err(e) => {
+                tracing::warn!("pipeline `{name}`: its plugins' state could not be read: {e:#}");
+                lease.release(&self.cluster.leases).await;
+                return;
+            }
+        };
+        let planned = assemble::plan_numbered(
+            &self.runtime,
+            &prepared.config,
+            &prepared.loaded,
+            numbering,
+            Some(states),
+        )
+        .await;
         let revision = prepared.revision;
         let plugins = prepared.plugins.clone();
         let alone = !prepared.shared || planned.alone.iter().any(|p| p == name);
@@ -378,8 +422,14 @@ impl Node {
                 .collect::<Vec<_>>()
                 .join("; ");
             tracing::error!("pipeline `{name}` (revision {revision}) could not start: {why}");
-            self.refused
-                .insert(name.to_owned(), Refused { revision, why });
+            self.refused.insert(
+                name.to_owned(),
+                Refused {
+                    revision,
+                    why,
+                    at: Instant::now(),
+                },
+            );
             lease.release(&self.cluster.leases).await;
             return;
         };
@@ -390,6 +440,8 @@ impl Node {
                 return;
             }
         }
+        let slot = lease.slot;
+        self.keeper.hold(name, lease, fence).await;
         let counters = plan.counters();
         let sinks = decl.sinks.iter().map(|s| s.name.clone()).collect();
         let status = Arc::new(PipelineStatus::new(
@@ -406,18 +458,19 @@ impl Node {
         let task = tokio::spawn(pipeline::run(plan, control, counters.clone()));
         tracing::info!(
             "pipeline `{name}` (revision {revision}) started here in slot {}{}",
-            lease.slot,
+            slot,
             if alone {
                 " (its source runs on one node)"
             } else {
                 ""
             }
         );
+        self.refused.remove(name);
         self.running.insert(
             name.to_owned(),
             Running {
                 revision,
-                lease,
+                slot,
                 plugins,
                 counters,
                 drain,
@@ -590,7 +643,7 @@ impl Node {
         });
     }
 
-    async fn heartbeat(&mut self) {
+    fn heartbeat(&mut self) {
         let secs = TICK.as_secs_f64();
         let mut pipelines = Vec::new();
         for (name, r) in &mut self.running {
@@ -599,7 +652,7 @@ impl Node {
             r.last_polled = polled;
             pipelines.push(PipelineInfo {
                 name: name.clone(),
-                slot: r.lease.slot,
+                slot: r.slot,
                 revision: r.revision,
                 state: r.state.clone(),
                 plugins: r.plugins.clone(),
@@ -642,24 +695,12 @@ impl Node {
             Ok(v) => Bytes::from(v),
             Err(_) => return,
         };
-        if let Err(e) = self
-            .cluster
-            .nodes
-            .put(self.options.name.as_str(), value)
-            .await
-        {
-            tracing::warn!("heartbeat not published: {e}");
-        }
+        self.keeper.set_heartbeat(value);
     }
 
-    async fn renew(&mut self) {
-        let mut lost = Vec::new();
-        for (name, running) in &mut self.running {
-            if let Err(why) = running.lease.renew(&self.cluster.leases).await {
-                lost.push((name.clone(), why));
-            }
-        }
-        for (name, why) in lost {
+    /// Stop the pipelines whose lease the keeper could not keep.
+    fn lost(&mut self) {
+        for (name, why) in self.keeper.lost() {
             tracing::error!("pipeline `{name}`: {why}; stopping it here");
             self.stop(&name, &why);
         }
@@ -672,6 +713,7 @@ impl Node {
         };
         tracing::info!("pipeline `{name}`: stopping here: {why}");
         let leases = self.cluster.leases.clone();
+        let keeper = self.keeper.clone();
         let name = name.to_owned();
         self.stopping.push(tokio::spawn(async move {
             let _ = running.drain.send(true);
@@ -695,7 +737,10 @@ impl Node {
                     );
                 }
             }
-            running.lease.release(&leases).await;
+            // Renewed by the keeper until here, so nobody starts it while it drains.
+            if let Some(lease) = keeper.take(&name).await {
+                lease.release(&leases).await;
+            }
         }));
         self.stopping.retain(|t| !t.is_finished());
     }
