@@ -27,11 +27,12 @@ const SECTIONS: &[&str] = &[
     "scaling",
     "isolation",
     "connectors",
+    "cluster",
 ];
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors,cluster`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -98,6 +99,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
+mod cluster;
 mod connectors;
 mod e2e;
 mod isolation;
@@ -987,6 +989,10 @@ async fn main() -> anyhow::Result<()> {
     // the quick smoke test in CI leaves them to the connector tests.
     if o.only.iter().any(|s| s == "connectors") || (o.only.is_empty() && !o.quick) {
         connectors::table(&o, &mut r)?;
+    }
+    // A private three-server NATS cluster and three nodes: a full run, or `--only cluster`.
+    if o.only.iter().any(|s| s == "cluster") || (o.only.is_empty() && !o.quick) {
+        cluster::table(&o, &mut r).await?;
     }
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;

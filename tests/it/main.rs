@@ -88,6 +88,9 @@ pub fn text(out: &Output) -> (String, String) {
 /// Its stderr goes to a file, not a pipe: a pipe nobody reads until the end fills up after
 /// 64 KiB of log and stalls the process, which would look like a bug in the pipeline. If the test
 /// fails before stopping it, the process is killed rather than left behind.
+/// How long a process that was asked to stop (or expected to end) may take.
+pub const EXIT_WITHIN: Duration = Duration::from_secs(120);
+
 pub struct Running {
     child: Option<Child>,
     log: tempfile::NamedTempFile,
@@ -164,10 +167,25 @@ impl Running {
         self.wait()
     }
 
-    /// Wait for it to exit by itself; its exit code and stderr.
+    /// Wait for it to exit by itself; its exit code and stderr. A process still there after
+    /// two minutes is killed and the test fails with what it said: a test never hangs CI.
     pub fn wait(mut self) -> (Option<i32>, String) {
-        let status = self.child.take().unwrap().wait().unwrap();
-        (status.code(), self.stderr())
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + EXIT_WITHIN;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), self.stderr());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "patchbay did not exit within {EXIT_WITHIN:?}; killed. It said:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -177,6 +195,48 @@ impl Drop for Running {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Run `cmd` to its end like `Command::output`, but kill it and fail after `limit` (a command
+/// talking to a server the test broke must not hang CI).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+            panic!("{cmd:?} did not end within {limit:?}; killed. It said:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 

@@ -257,13 +257,19 @@ impl Client {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    fn reply_subject(&mut self) -> String {
+    pub fn reply_subject(&mut self) -> String {
         self.next_reply += 1;
         format!("{}.{}", self.inbox, self.next_reply)
     }
 
     /// A JetStream API call: `$JS.API.{api}` with `body`; the JSON answer.
     pub fn api(&mut self, api: &str, body: &Value) -> Value {
+        self.try_api(api, body)
+            .unwrap_or_else(|| panic!("no answer to $JS.API.{api}"))
+    }
+
+    /// [`Client::api`], or `None` without an answer within 10 s.
+    pub fn try_api(&mut self, api: &str, body: &Value) -> Option<Value> {
         let reply = self.reply_subject();
         let payload = if body.is_null() {
             Vec::new()
@@ -276,16 +282,17 @@ impl Client {
         let mut others = Vec::new();
         let answer = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let m = self
-                .next(left)
-                .unwrap_or_else(|| panic!("no answer to $JS.API.{api}"));
+            let Some(m) = self.next(left) else {
+                self.queued.extend(others);
+                return None;
+            };
             if m.subject == reply {
                 break m;
             }
             others.push(m);
         };
         self.queued.extend(others);
-        serde_json::from_slice(&answer.payload).unwrap_or(Value::Null)
+        Some(serde_json::from_slice(&answer.payload).unwrap_or(Value::Null))
     }
 
     /// Publish `{"seq":N}` for N in `range` into a stream (with a reply each) and wait for
@@ -907,27 +914,44 @@ fn the_nats_connectors_need_their_network_grant() {
     }
 }
 
+/// The pid of the machine's nats-server (the one started with `-p 4222`), not of the private
+/// servers other tests run at the same time (a `pidof nats-server` once stopped those too, and
+/// `start-stop-daemon` then saw them and did not start this one).
+fn machine_nats_pid() -> Option<String> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let nats = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        if nats && args.windows(2).any(|w| w[0] == b"-p" && w[1] == b"4222") {
+            return Some(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
 /// Stop nats-server (SIGTERM: it shuts down cleanly, JetStream data stays in
-/// /var/lib/nats-server) and start it again with the machine's own command; wait until
+/// /var/lib/nats-server) and start it again with the machine's own command (see below); wait until
 /// JetStream answers for `stream`.
 fn restart_nats(stream: &str) {
-    let pid = Command::new("pidof").arg("nats-server").output().unwrap();
-    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_owned();
-    assert!(!pid.is_empty(), "nats-server is not running");
-    for p in pid.split_whitespace() {
-        assert!(Command::new("kill").arg(p).status().unwrap().success());
-    }
+    let pid = machine_nats_pid().expect("nats-server is not running on port 4222");
+    assert!(Command::new("kill").arg(&pid).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pid
-        .split_whitespace()
-        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-    {
+    while machine_nats_pid().is_some() {
         assert!(Instant::now() < deadline, "nats-server did not stop");
         std::thread::sleep(Duration::from_millis(20));
     }
     // Down for a moment, as in a real restart.
     std::thread::sleep(Duration::from_millis(700));
-    let status = Command::new("sh").args(["-c", START]).status().unwrap();
+    // The machine's command, with a pid file of its own: by `--exec` alone, start-stop-daemon
+    // takes any nats-server (the cluster test's private ones) for this one and starts nothing.
+    let restart = START.replacen(
+        "--oknodo",
+        "--oknodo --make-pidfile --pidfile /tmp/patchbay-test-nats-4222.pid",
+        1,
+    );
+    let status = Command::new("sh").args(["-c", &restart]).status().unwrap();
     assert!(status.success());
     while TcpStream::connect(SERVER).is_err() {
         assert!(Instant::now() < deadline, "nats-server did not come back");

@@ -49,6 +49,8 @@ pub const NODE_TTL: Duration = Duration::from_secs(6);
 /// A lease expires this long after its holder last renewed it; a dead node's pipelines are
 /// taken over within `LEASE_TTL + TICK` plus their start.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// The longest one read of a whole bucket may take before it is tried again.
+pub const READ_LIMIT: Duration = Duration::from_secs(3);
 /// How often a node heartbeats, renews its leases and looks for work.
 pub const TICK: Duration = Duration::from_secs(1);
 
@@ -156,12 +158,20 @@ impl Cluster {
         })
     }
 
-    /// Every live entry of a KV bucket, by key. Tried three times: while the NATS servers
-    /// elect a new leader for the bucket (one of them went), a read can time out.
+    /// Every live entry of a KV bucket, by key. Tried three times, each bounded by
+    /// [`READ_LIMIT`]: while the NATS servers elect a new leader for the bucket (one of them
+    /// went), a read can go unanswered.
     pub async fn entries(store: &kv::Store) -> anyhow::Result<Vec<kv::Entry>> {
         let mut tries = 0;
         loop {
-            match Cluster::entries_once(store).await {
+            let read = tokio::time::timeout(READ_LIMIT, Cluster::entries_once(store)).await;
+            let read = read.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "reading bucket `{}`: no answer within {READ_LIMIT:?}",
+                    store.name
+                ))
+            });
+            match read {
                 Ok(entries) => return Ok(entries),
                 Err(e) if tries >= 2 => return Err(e),
                 Err(e) => {
@@ -173,15 +183,23 @@ impl Cluster {
         }
     }
 
+    /// The keys come from the bucket's stream info (its subjects), the values from direct
+    /// gets, which any replica answers. `kv::Store::keys` is not used: it creates a consumer,
+    /// and NATS 2.9 may place that on a server that is down and never deliver.
     async fn entries_once(store: &kv::Store) -> anyhow::Result<Vec<kv::Entry>> {
         use futures_util::StreamExt;
-        let mut keys = store
-            .keys()
+        let mut subjects = store
+            .stream
+            .info_with_subjects(format!("{}>", store.prefix))
             .await
             .map_err(|e| anyhow::anyhow!("cannot list bucket `{}`: {e}", store.name))?;
         let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| anyhow::anyhow!("listing bucket `{}`: {e}", store.name))?);
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) =
+                subject.map_err(|e| anyhow::anyhow!("listing bucket `{}`: {e}", store.name))?;
+            if let Some(key) = subject.strip_prefix(&store.prefix) {
+                names.push(key.to_owned());
+            }
         }
         let mut entries = Vec::new();
         for key in names {

@@ -1,14 +1,13 @@
-//! Bus mode: three `patchbay node`s on a private three-server NATS cluster started here (ports
-//! 24222–24224, routes 26222–26224), deployed to with `patchbay cluster`, and watched through
-//! `patchbay cluster status --json`, as an operator would.
+//! A cluster's life on ports 24222–24224: push, deploy (and a refused deploy), placement by
+//! tags, hand-over through a stream, the admin API, rolling upgrades (one halted), `kill -9`
+//! of a lease holder, undeploy, host state following its lease, a store that lost a component.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use super::{NatsCluster, cluster, runners, sha256_hex, status, wait_ready, wait_status};
 use crate::admin::{free_port, get, sample};
 use crate::nats::Client;
 use crate::{Running, Scratch, patchbay, plugin, seq_counts, text, wait_until};
@@ -55,143 +54,13 @@ sinks = ["out"]
 batch_size = 20
 "#;
 
-/// Three nats-servers with JetStream, clustered; stopped on drop.
-struct NatsCluster {
-    servers: Vec<Child>,
-    urls: String,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsCluster {
-    fn start() -> NatsCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let routes: Vec<String> = PORTS
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{}", p + 2000))
-            .collect();
-        let mut servers = Vec::new();
-        for (i, port) in PORTS.iter().enumerate() {
-            let store = dir.path().join(format!("n{i}"));
-            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
-            let child = Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js"])
-                .args(["-sd", &store.display().to_string()])
-                .args(["-n", &format!("pb{i}"), "--cluster_name", "patchbay-test"])
-                .args(["--cluster", &routes[i], "--routes", &routes.join(",")])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("nats-server is not installed (Debian package nats-server)");
-            servers.push(child);
-        }
-        let urls = PORTS
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        NatsCluster {
-            servers,
-            urls,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-}
-
-/// `patchbay cluster ARGS --cluster URLS --replicas 3` in `dir`.
-fn cluster(dir: &Path, urls: &str, args: &[&str]) -> std::process::Output {
-    patchbay()
-        .arg("cluster")
-        .args(args)
-        .args(["--cluster", urls, "--replicas", "3"])
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn status(dir: &Path, urls: &str) -> Value {
-    let out = cluster(dir, urls, &["status", "--json"]);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "cluster status failed: {stderr}");
-    serde_json::from_str(&stdout).unwrap()
-}
-
-/// The nodes running `pipeline` (state `running`), with their slots.
-fn runners(status: &Value, pipeline: &str) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for node in status["nodes"].as_array().unwrap() {
-        for p in node["pipelines"].as_array().unwrap() {
-            if p["name"] == pipeline && p["state"] == "running" {
-                out.push((
-                    node["name"].as_str().unwrap().to_owned(),
-                    p["slot"].as_u64().unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Poll `cluster status` until `done` holds; fail with the last status and the nodes' logs.
-fn wait_status(
-    what: &str,
-    dir: &Path,
-    urls: &str,
-    nodes: &[(&str, Running)],
-    mut done: impl FnMut(&Value) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = status(dir, urls);
-        if done(&st) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes
-                .iter()
-                .map(|(name, n)| format!("node {name}:\n{}", n.stderr()))
-                .collect();
-            panic!(
-                "{what}: not after 60s; cluster status:\n{st:#}\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn sha256_hex(path: &str) -> String {
-    Sha256::digest(std::fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[test]
 fn pipelines_spread_over_nodes_hand_over_through_jetstream_and_survive_a_node_killed() {
-    let nats = NatsCluster::start();
+    let nats = NatsCluster::start(PORTS);
     let urls = nats.urls.clone();
     let s = Scratch::new();
     s.mkdir("out");
-    // The JetStream cluster needs a meta leader before buckets can be made.
-    wait_until(
-        "the NATS cluster to take JetStream requests",
-        Duration::from_secs(60),
-        || {
-            cluster(s.path(), &urls, &["status", "--json"])
-                .status
-                .success()
-        },
-    );
+    wait_ready(s.path(), &urls);
 
     // A plugin pushed by hand comes back as NAME@SHA256.
     let generator = plugin("generator");
