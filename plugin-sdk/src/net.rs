@@ -48,7 +48,9 @@ pub fn is_sandbox_denial(e: &io::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct Reconnect {
     protocol: &'static str,
-    addr: String,
+    /// The servers, tried in turn: a failed attempt or a lost connection moves to the next.
+    addrs: Vec<String>,
+    current: usize,
     backoff: Duration,
     next_attempt: Option<Instant>,
     /// A connection was up and then failed, or attempts are failing: the next success logs
@@ -60,18 +62,26 @@ impl Reconnect {
     /// `protocol` names the connector in messages (`"redis"`, `"mqtt"`, `"nats"`); `addr` is
     /// the `HOST:PORT` connected to.
     pub fn new(protocol: &'static str, addr: impl Into<String>) -> Reconnect {
+        Reconnect::servers(protocol, vec![addr.into()])
+    }
+
+    /// Several servers of one cluster (`HOST:PORT` each, at least one): a failed attempt or a
+    /// lost connection moves on to the next, so a server that is down costs one attempt, and
+    /// the back-off grows only while every server fails.
+    pub fn servers(protocol: &'static str, addrs: Vec<String>) -> Reconnect {
         Reconnect {
             protocol,
-            addr: addr.into(),
+            addrs,
+            current: 0,
             backoff: FIRST_BACKOFF,
             next_attempt: None,
             outage: false,
         }
     }
 
-    /// The `HOST:PORT` to connect to.
+    /// The `HOST:PORT` to connect to now.
     pub fn addr(&self) -> &str {
-        &self.addr
+        self.addrs.get(self.current).map_or("", String::as_str)
     }
 
     /// `Ok` when an attempt may be made now; a `retryable` error while the back-off runs.
@@ -80,7 +90,7 @@ impl Reconnect {
             Some(at) if Instant::now() < at => Err(Error::retryable(format!(
                 "{} {}: not connected (next attempt in {:?})",
                 self.protocol,
-                self.addr,
+                self.addr(),
                 at - Instant::now()
             ))),
             _ => Ok(()),
@@ -90,7 +100,7 @@ impl Reconnect {
     /// Record a successful connection: the back-off starts over.
     pub fn connected(&mut self) {
         if self.outage {
-            log::info(&format!("{} {}: reconnected", self.protocol, self.addr));
+            log::info(&format!("{} {}: reconnected", self.protocol, self.addr()));
         }
         self.outage = false;
         self.backoff = FIRST_BACKOFF;
@@ -106,23 +116,27 @@ impl Reconnect {
                 "{protocol} {addr}: the sandbox refused the connection ({e}); grant it in the \
                  pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
                 protocol = self.protocol,
-                addr = self.addr
+                addr = self.addr()
             ));
         }
         if e.kind() == io::ErrorKind::PermissionDenied {
-            return Error::fatal(format!("{} {}: {e}", self.protocol, self.addr));
+            return Error::fatal(format!("{} {}: {e}", self.protocol, self.addr()));
         }
         if !self.outage {
             log::warn(&format!(
-                "{} {}: cannot connect ({e}); retrying with back-off",
-                self.protocol, self.addr
+                "{} {}: cannot connect ({e}); {}",
+                self.protocol,
+                self.addr(),
+                self.next_step()
             ));
         }
-        self.schedule();
-        Error::retryable(format!(
+        let error = Error::retryable(format!(
             "{} {}: cannot connect: {e}",
-            self.protocol, self.addr
-        ))
+            self.protocol,
+            self.addr()
+        ));
+        self.schedule();
+        error
     }
 
     /// A connection that was up broke: logs it (once per outage) and returns the `retryable`
@@ -131,22 +145,74 @@ impl Reconnect {
     pub fn lost(&mut self, e: &io::Error) -> Error {
         if !self.outage {
             log::warn(&format!(
-                "{} {}: connection lost ({e}); reconnecting",
-                self.protocol, self.addr
+                "{} {}: connection lost ({e}); {}",
+                self.protocol,
+                self.addr(),
+                self.next_step()
             ));
         }
-        self.schedule();
-        Error::retryable(format!(
+        let error = Error::retryable(format!(
             "{} {}: connection lost: {e}",
-            self.protocol, self.addr
-        ))
+            self.protocol,
+            self.addr()
+        ));
+        self.schedule();
+        error
     }
 
+    fn next_step(&self) -> String {
+        match self.addrs.get(self.current + 1).or(self.addrs.first()) {
+            Some(next) if self.addrs.len() > 1 => format!("trying {next} next"),
+            _ => "retrying with back-off".into(),
+        }
+    }
+
+    /// Move to the next server. The next attempt is at once while servers of this round are
+    /// left, after the back-off once all of them failed.
     fn schedule(&mut self) {
         self.outage = true;
-        self.next_attempt = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.current = (self.current + 1) % self.addrs.len().max(1);
+        if self.current == 0 {
+            self.next_attempt = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        } else {
+            self.next_attempt = None;
+        }
     }
+}
+
+/// What [`parse_urls`] reads from a list of servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Servers {
+    /// `HOST:PORT` of each, in the list's order.
+    pub addrs: Vec<String>,
+    /// The user name of the first URL that gives credentials.
+    pub user: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+}
+
+/// Several servers of one cluster, comma-separated, each as [`parse_url`] takes it: their
+/// `HOST:PORT`s in order, and the user name and password of the first URL that gives any.
+pub fn parse_urls(urls: &str, scheme: &str, default_port: u16) -> Result<Servers, String> {
+    let mut addrs = Vec::new();
+    let mut credentials = (None, None);
+    for url in urls.split(',').map(str::trim) {
+        if url.is_empty() {
+            return Err("an empty server in the list".into());
+        }
+        let (addr, user, password) =
+            parse_url(url, scheme, default_port).map_err(|e| format!("`{url}`: {e}"))?;
+        if credentials.0.is_none() && credentials.1.is_none() {
+            credentials = (user, password);
+        }
+        addrs.push(addr);
+    }
+    Ok(Servers {
+        addrs,
+        user: credentials.0,
+        password: credentials.1,
+    })
 }
 
 /// `SCHEME://[user[:password]@]host[:port][/]` or `host[:port]`, as connectors take their
@@ -227,5 +293,34 @@ mod tests {
         assert!(parse_url("nats://x:port", "nats", 4222).is_err());
         assert!(parse_url("nats://x/a", "nats", 4222).is_err());
         assert!(parse_url("nats://", "nats", 4222).is_err());
+        assert_eq!(
+            parse_urls("nats://a:1, nats://u:p@b,c", "nats", 4222),
+            Ok(Servers {
+                addrs: vec!["a:1".into(), "b:4222".into(), "c:4222".into()],
+                user: Some("u".into()),
+                password: Some("p".into())
+            })
+        );
+        assert_eq!(
+            parse_urls("nats://a:1,,b", "nats", 4222),
+            Err("an empty server in the list".into())
+        );
+        assert_eq!(
+            parse_urls("nats://a:1,nats://b:x", "nats", 4222),
+            Err("`nats://b:x`: `x` is not a port number".into())
+        );
+    }
+
+    #[test]
+    fn servers_are_tried_in_turn_and_the_back_off_follows_a_whole_round() {
+        let mut link = Reconnect::servers("nats", vec!["a:1".into(), "b:2".into()]);
+        link.outage = true; // logging needs the host: only the first failure of an outage logs
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        let _ = link.failed(&refused);
+        assert_eq!(link.addr(), "b:2");
+        assert!(link.ready().is_ok(), "the next server is tried at once");
+        let _ = link.lost(&refused);
+        assert_eq!(link.addr(), "a:1");
+        assert!(link.ready().is_err(), "after a whole round, the back-off");
     }
 }

@@ -9,7 +9,7 @@
 //! - `fuzz [--minutes N]`: the fuzz tests (`runtime/tests/fuzz.rs`: packed answers, pipeline
 //!   files, the admin API's reload body) with 100,000 cases a property, round after round with
 //!   fresh seeds, until N minutes (default 10) are up. `test` runs them once with 256 cases.
-//! - `bench [--quick]`: `build`, plus the benchmark's Extism and Fluvio guests
+//! - `bench [--quick] [--only SECTIONS]`: `build`, plus the benchmark's Extism and Fluvio guests
 //!   (wasm32-unknown-unknown, into `target/bench-guests/`), then the benchmark (bench/, with its
 //!   `peers` feature), which writes `bench/results.md`.
 
@@ -87,11 +87,17 @@ fn main() -> ExitCode {
         Some("sdk-plugins") => build_sdk_plugins(),
         Some("quickstart") => quickstart(),
         Some("test") => test(),
-        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
+        Some("bench") => bench(
+            args.iter().any(|a| a == "--quick"),
+            args.iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .cloned(),
+        ),
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick]|fuzz [--minutes N]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python and JavaScript SDKs' example plugins (needs python3 and node)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md)\n  fuzz        the fuzz tests (runtime/tests/fuzz.rs) over and over with fresh seeds, for N minutes (default 10)"
+                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick] [--only SECTIONS]|fuzz [--minutes N]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python and JavaScript SDKs' example plugins (needs python3 and node)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md; --only cluster,scaling,…: those sections, into target/bench-only.md)\n  fuzz        the fuzz tests (runtime/tests/fuzz.rs) over and over with fresh seeds, for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -420,7 +426,7 @@ fn test() -> Result<()> {
         units.args(["-p", p]);
     }
     run(&mut units)?;
-    run_bench(true)
+    run_bench(true, None)
 }
 
 fn fuzz(args: &[String]) -> Result<()> {
@@ -456,32 +462,47 @@ fn fuzz(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, only: Option<String>) -> Result<()> {
     ensure_target()?;
     build_plugins()?;
     build_sdk_plugins()?;
-    build_peer_guests()?;
-    run(cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "patchbay-bench",
-            "-p",
-            "patchbay-runtime",
-        ])
-        .args(PEER_FEATURES))?;
-    run_bench(quick)
+    // Only the transform section measures the peers (their build takes ≈10 minutes).
+    let peers = only
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|s| s.trim() == "transform"));
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "patchbay-bench",
+        "-p",
+        "patchbay-runtime",
+    ]);
+    if peers {
+        build_peer_guests()?;
+        build.args(PEER_FEATURES);
+    }
+    run(&mut build)?;
+    run_bench(quick, only)
 }
 
-fn run_bench(quick: bool) -> Result<()> {
+fn run_bench(quick: bool, only: Option<String>) -> Result<()> {
     let mut cmd = Command::new(target_dir().join("release").join("patchbay-bench"));
     cmd.current_dir(root());
     cmd.arg("--plugins").arg(target_dir().join("plugins"));
     cmd.arg("--peers").arg(target_dir().join("bench-guests"));
     cmd.arg("--patchbay")
         .arg(target_dir().join("release").join("patchbay"));
-    if quick {
+    if let Some(only) = only {
+        // Some sections: they go beside the committed full results, not over them.
+        cmd.args(["--only", &only])
+            .arg("--out")
+            .arg(target_dir().join("bench-only.md"));
+        if quick {
+            cmd.arg("--quick");
+        }
+    } else if quick {
         // A quick run is a smoke test: it must not overwrite the committed full results.
         cmd.arg("--quick")
             .arg("--out")

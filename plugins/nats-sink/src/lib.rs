@@ -9,6 +9,9 @@
 //! grants = { tcp = ["127.0.0.1:4222"] }
 //! ```
 //!
+//! - `url` may list several servers of one cluster (`nats://a:4222,nats://b:4222`): a server
+//!   that is down, or whose connection breaks, is left for the next in the list at once; the
+//!   back-off (100 ms doubling to 5 s) starts only once every server failed. Grant each one.
 //! - The subject is `subject`, or with `subject_from_key = true` the message key (as text)
 //!   when it has one. Message headers become NATS headers (`HPUB`); `msg_id` adds a
 //!   `Nats-Msg-Id` header (from the key or a header) that JetStream uses to drop duplicates
@@ -35,7 +38,7 @@ use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`nats://[user:password@|token@]host[:port]`; the address must be granted in `grants.tcp`.",
+        "`nats://[user:password@|token@]host[:port]`, or several servers of one cluster separated by commas (a server that is down or goes away is left for the next); each address must be granted in `grants.tcp`.",
     )
     .default("nats://127.0.0.1:4222"),
     Key::text(
@@ -349,10 +352,16 @@ impl Sink for NatsSink {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let (addr, user, pass) = net::parse_url(url, "nats", 4222)
-            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
-        nats::check_host(&addr)
-            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
+        let net::Servers {
+            addrs,
+            user,
+            password: pass,
+        } = net::parse_urls(url, "nats", 4222)
+            .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
+        for addr in &addrs {
+            nats::check_host(addr)
+                .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
+        }
         let subject = c.text_opt("subject")?.map(str::to_owned);
         if let Some(s) = &subject {
             nats::check_subject(s, false)
@@ -391,7 +400,7 @@ impl Sink for NatsSink {
             }
         }
         let mut sink = NatsSink {
-            link: Reconnect::new("nats", addr),
+            link: Reconnect::servers("nats", addrs),
             auth: Auth::new(user, pass),
             subject,
             subject_from_key,

@@ -9,6 +9,9 @@
 //! grants = { tcp = ["127.0.0.1:4222"] }
 //! ```
 //!
+//! - `url` may list several servers of one cluster (`nats://a:4222,nats://b:4222`): a server
+//!   that is down, or whose connection breaks, is left for the next in the list at once; the
+//!   back-off (100 ms doubling to 5 s) starts only once every server failed. Grant each one.
 //! - A message's key is its subject, its headers (`HMSG`) become message headers, and the
 //!   payload is the NATS payload.
 //! - `mode = "core"`: `SUB subject [queue]`. Core NATS keeps nothing: what is published while
@@ -36,7 +39,7 @@ use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`nats://[user:password@|token@]host[:port]`; the address must be granted in `grants.tcp`.",
+        "`nats://[user:password@|token@]host[:port]`, or several servers of one cluster separated by commas (a server that is down or goes away is left for the next); each address must be granted in `grants.tcp`.",
     )
     .default("nats://127.0.0.1:4222"),
     Key::choice(
@@ -470,10 +473,16 @@ impl Source for NatsSource {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let (addr, user, pass) = net::parse_url(url, "nats", 4222)
-            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
-        nats::check_host(&addr)
-            .map_err(|e| c.invalid("url", &format!("nats://host:port ({e})")))?;
+        let net::Servers {
+            addrs,
+            user,
+            password: pass,
+        } = net::parse_urls(url, "nats", 4222)
+            .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
+        for addr in &addrs {
+            nats::check_host(addr)
+                .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
+        }
         let mode = c.choice("mode")?;
         let text = |key: &str| -> Result<Option<String>, Error> {
             Ok(c.text_opt(key)?.map(str::to_owned))
@@ -535,7 +544,7 @@ impl Source for NatsSource {
             None
         };
         let mut source = NatsSource {
-            link: Reconnect::new("nats", addr),
+            link: Reconnect::servers("nats", addrs),
             auth: Auth::new(user, pass),
             subject,
             queue,
