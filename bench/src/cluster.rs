@@ -179,6 +179,19 @@ fn written(st: &ClusterStatus, pipeline: &str) -> (u64, usize) {
     (sum, nodes)
 }
 
+/// The node other than `except` whose `pipeline` runs with messages polled.
+fn flowing(st: &ClusterStatus, pipeline: &str, except: &str) -> Option<String> {
+    st.nodes
+        .iter()
+        .filter(|n| n.name != except)
+        .find(|n| {
+            n.pipelines
+                .iter()
+                .any(|p| p.name == pipeline && p.state == "running" && p.polled > 0)
+        })
+        .map(|n| n.name.clone())
+}
+
 fn plugin(o: &Options, name: &str) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(o.plugins.join(format!("{name}.wasm")))?)
 }
@@ -363,28 +376,13 @@ async fn failover_and_upgrade(
     )?;
     cluster_cmd(o, dir, &["deploy", &single.display().to_string()])?;
     let holder = wait(c, "`single` running", Duration::from_secs(60), |st| {
-        st.nodes
-            .iter()
-            .find(|n| {
-                n.pipelines
-                    .iter()
-                    .any(|p| p.name == "single" && p.state == "running" && p.polled > 0)
-            })
-            .map(|n| n.name.clone())
+        flowing(st, "single", "")
     })
     .await?;
     procs.kill(&format!("node-{holder}"));
     let killed = Instant::now();
     let heir = wait(c, "`single` taken over", Duration::from_secs(60), |st| {
-        st.nodes
-            .iter()
-            .filter(|n| n.name != holder)
-            .find(|n| {
-                n.pipelines
-                    .iter()
-                    .any(|p| p.name == "single" && p.state == "running" && p.polled > 0)
-            })
-            .map(|n| n.name.clone())
+        flowing(st, "single", &holder)
     })
     .await?;
     let failover = killed.elapsed();

@@ -352,16 +352,14 @@ impl Sink for NatsSink {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let net::Servers {
-            addrs,
-            user,
-            password: pass,
-        } = net::parse_urls(url, "nats", 4222)
+        let servers = net::parse_urls(url, "nats", 4222)
+            .and_then(|s| {
+                s.addrs
+                    .iter()
+                    .try_for_each(|a| nats::check_host(a))
+                    .map(|()| s)
+            })
             .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
-        for addr in &addrs {
-            nats::check_host(addr)
-                .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
-        }
         let subject = c.text_opt("subject")?.map(str::to_owned);
         if let Some(s) = &subject {
             nats::check_subject(s, false)
@@ -400,8 +398,8 @@ impl Sink for NatsSink {
             }
         }
         let mut sink = NatsSink {
-            link: Reconnect::servers("nats", addrs),
-            auth: Auth::new(user, pass),
+            link: Reconnect::servers("nats", servers.addrs),
+            auth: Auth::new(servers.user, servers.password),
             subject,
             subject_from_key,
             jetstream,

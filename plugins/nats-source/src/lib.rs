@@ -473,16 +473,14 @@ impl Source for NatsSource {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let net::Servers {
-            addrs,
-            user,
-            password: pass,
-        } = net::parse_urls(url, "nats", 4222)
+        let servers = net::parse_urls(url, "nats", 4222)
+            .and_then(|s| {
+                s.addrs
+                    .iter()
+                    .try_for_each(|a| nats::check_host(a))
+                    .map(|()| s)
+            })
             .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
-        for addr in &addrs {
-            nats::check_host(addr)
-                .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
-        }
         let mode = c.choice("mode")?;
         let text = |key: &str| -> Result<Option<String>, Error> {
             Ok(c.text_opt(key)?.map(str::to_owned))
@@ -544,8 +542,8 @@ impl Source for NatsSource {
             None
         };
         let mut source = NatsSource {
-            link: Reconnect::servers("nats", addrs),
-            auth: Auth::new(user, pass),
+            link: Reconnect::servers("nats", servers.addrs),
+            auth: Auth::new(servers.user, servers.password),
             subject,
             queue,
             js,

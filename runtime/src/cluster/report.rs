@@ -28,7 +28,7 @@ pub struct NodeInfo {
 pub struct PipelineInfo {
     /// Pipeline name.
     pub name: String,
-    /// The slot it holds (1 for a single source).
+    /// The slot it holds (1 for a single source); 0 when it holds none (refused here).
     pub slot: u32,
     /// The definition's revision it runs (its generation).
     pub revision: u64,
@@ -169,6 +169,11 @@ impl ClusterStatus {
                 }
             );
             for p in &n.pipelines {
+                if p.slot == 0 {
+                    // Refused here: no slot, nothing ran.
+                    let _ = writeln!(out, "    {}  revision {}  {}", p.name, p.revision, p.state);
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "    {}#{}  revision {}  generation {}  {}  {} in, {} written{}, {:.0} msg/s",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{NatsCluster, cluster, runners, sha256_hex, status, wait_ready, wait_status};
+use super::{NatsCluster, cluster, node, runners, sha256_hex, status, wait_ready, wait_status};
 use crate::admin::{free_port, get, sample};
 use crate::nats::Client;
 use crate::{Running, Scratch, patchbay, plugin, seq_counts, text, wait_until};
@@ -74,22 +74,13 @@ fn pipelines_spread_over_nodes_hand_over_through_jetstream_and_survive_a_node_ki
     for (name, zone) in [("a", "eu"), ("b", "eu"), ("c", "us")] {
         let dir = s.mkdir(name);
         std::fs::create_dir_all(dir.join("out")).unwrap();
-        let mut cmd = patchbay();
-        cmd.args([
-            "node",
-            "--cluster",
-            &urls,
-            "--replicas",
-            "3",
-            "--name",
-            name,
-        ])
-        .args(["--tags", &format!("zone={zone}")])
-        .current_dir(&dir);
+        let tags = format!("zone={zone}");
+        let admin = format!("127.0.0.1:{admin_port}");
+        let mut args = vec!["--tags", tags.as_str()];
         if name == "c" {
-            cmd.args(["--admin", &format!("127.0.0.1:{admin_port}")]);
+            args.extend(["--admin", admin.as_str()]);
         }
-        nodes.push((name, Running::spawn(&mut cmd)));
+        nodes.push((name, node(&dir, &urls, name, &args)));
     }
     wait_status(
         "three nodes in `cluster status`",
@@ -524,10 +515,7 @@ batch_size = 20
     let purged = client.api("STREAM.PURGE.OBJ_patchbay-plugins", &Value::Null);
     assert_eq!(purged["success"], true, "{purged}");
     let dir = s.mkdir("d");
-    let mut cmd = patchbay();
-    cmd.args(["node", "--cluster", &urls, "--name", "d"])
-        .current_dir(&dir);
-    nodes.push(("d", Running::spawn(&mut cmd)));
+    nodes.push(("d", node(&dir, &urls, "d", &[])));
     wait_status(
         "node d to refuse `produce`",
         s.path(),
@@ -549,6 +537,18 @@ batch_size = 20
                     })
             })
         },
+    );
+
+    // In the text, a refused pipeline holds no slot and shows why.
+    let out = cluster(s.path(), &urls, &["status"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("    produce  revision ")
+                && l.contains("  failed: component ")
+                && l.contains(" is not in the plugin store: ")),
+        "{stdout}"
     );
 
     for (_, node) in nodes.iter_mut() {
