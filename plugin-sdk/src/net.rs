@@ -192,6 +192,14 @@ pub struct Servers {
     pub password: Option<String>,
 }
 
+impl Servers {
+    /// The same servers, once `check` accepted each address (a connector's own rules).
+    pub fn checked(self, check: impl Fn(&str) -> Result<(), String>) -> Result<Servers, String> {
+        self.addrs.iter().try_for_each(|a| check(a))?;
+        Ok(self)
+    }
+}
+
 /// Several servers of one cluster, comma-separated, each as [`parse_url`] takes it: their
 /// `HOST:PORT`s in order, and the user name and password of the first URL that gives any.
 pub fn parse_urls(urls: &str, scheme: &str, default_port: u16) -> Result<Servers, String> {

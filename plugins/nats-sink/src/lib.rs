@@ -353,12 +353,7 @@ impl Sink for NatsSink {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
         let servers = net::parse_urls(url, "nats", 4222)
-            .and_then(|s| {
-                s.addrs
-                    .iter()
-                    .try_for_each(|a| nats::check_host(a))
-                    .map(|()| s)
-            })
+            .and_then(|s| s.checked(nats::check_host))
             .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
         let subject = c.text_opt("subject")?.map(str::to_owned);
         if let Some(s) = &subject {
