@@ -65,7 +65,7 @@ fn proc_cpu(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 (1-based), so 11 and 12 after `)`.
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    Some(ticks / crate::scaling::clock_ticks())
 }
 
 fn urls() -> String {

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use crate::{Options, Report};
 
 /// Ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux everywhere in practice).
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
