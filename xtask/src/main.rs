@@ -34,6 +34,7 @@ const PLUGINS: &[&str] = &[
     "mqtt-sink",
     "nats-source",
     "nats-sink",
+    "postgres-sink",
 ];
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
@@ -42,6 +43,7 @@ const PROTO_CRATES: &[&str] = &[
     "patchbay-proto-nats",
     "patchbay-proto-mqtt",
     "patchbay-proto-resp",
+    "patchbay-proto-pg",
     "patchbay-proto-testing",
 ];
 const TEST_PLUGINS: &[&str] = &[
@@ -147,6 +149,7 @@ const SERVICE_CLIENTS: &[(&str, &str)] = &[
     ("mosquitto_pub", "mosquitto-clients"),
     ("mosquitto_sub", "mosquitto-clients"),
     ("redis-cli", "redis-tools"),
+    ("psql", "postgresql-client"),
 ];
 
 fn on_path(command: &str) -> bool {

@@ -1,0 +1,444 @@
+//! `postgres-sink`: writes JSON messages into a PostgreSQL table, a batch per statement, over
+//! a granted TCP address.
+//!
+//! ```toml
+//! [plugins.db]
+//! path = "target/plugins/postgres-sink.wasm"
+//! config = { url = "postgres://app@127.0.0.1:5432/shop", table = "orders",
+//!            on_conflict = { keys = ["id"], action = "update" } }
+//! grants = { tcp = ["127.0.0.1:5432"] }
+//! ```
+//!
+//! - `mode = "columns"` (default): each top-level field of the payload (a JSON object) goes into
+//!   the column of its name, converted by PostgreSQL (text into `integer`, ISO strings into
+//!   `timestamptz`, objects into `jsonb`…); fields without a column are ignored, columns
+//!   without a field get NULL. `columns = ["id", "amount"]` writes only those;
+//!   `columns = { id = "order.id", total = "amount" }` takes each column from a dotted path.
+//!   Without `columns`, every column the server does not fill itself (identity, generated,
+//!   serial) is written.
+//! - `mode = "jsonb"`: the whole payload into one column (`column`).
+//! - `on_conflict = { keys = [...], action = "update" | "nothing" }`: an upsert; within one
+//!   batch the last message of a key wins.
+//!
+//! A batch is one statement, so one round trip and one transaction: `COPY` for plain inserts,
+//! an INSERT of the batch as one JSON parameter for upserts (see `sql`). A row the
+//! server rejects as data (SQLSTATE class 22, data exception, or 23, a constraint: a wrong type,
+//! NOT NULL, a duplicate key without `on_conflict`) is found by halving the batch and retrying
+//! the halves, so the others are written and that message alone is `invalid-data` with the
+//! server's words (to the dead-letter channel). A lost connection or a server that is busy,
+//! shutting down or in a serialization conflict makes the batch `retryable` (reconnect with
+//! back-off); a missing table or column, or a permission the user lacks, is `fatal`.
+
+mod sql;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use patchbay_proto_pg::{Conn, DbError, Error as PgError, Url};
+use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, json, log};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use sql::{Conflict, Shape, Statement};
+
+const KEYS: &[Key] = &[
+    Key::text(
+        "url",
+        "`postgres://user[:password]@host[:port]/database`; the address must be granted in `grants.tcp` (a password is best given as ${env:NAME}).",
+    )
+    .required(),
+    Key::text(
+        "table",
+        "The table to write (`schema.table` allowed; names are case-sensitive).",
+    )
+    .required(),
+    Key::choice(
+        "mode",
+        &["columns", "jsonb"],
+        "`columns`: top-level fields into the columns of their names; `jsonb`: the whole payload into `column`.",
+    )
+    .default("columns"),
+    Key::json(
+        "columns",
+        "Columns mode: a list of columns to write, or a table of column = \"dotted.path\" in the payload. Default: every column the server does not fill itself.",
+    ),
+    Key::text("column", "Jsonb mode: the column that gets the whole payload.").default("doc"),
+    Key::json(
+        "on_conflict",
+        "Upsert: { keys = [\"id\"], action = \"update\" | \"nothing\" } (columns mode; the keys need a unique index).",
+    ),
+];
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ColumnsDecl {
+    List(Vec<String>),
+    Map(std::collections::BTreeMap<String, String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictDecl {
+    keys: Vec<String>,
+    action: String,
+}
+
+struct PostgresSink {
+    url: Url,
+    link: Reconnect,
+    table: String,
+    shape: Shape,
+    /// Columns mode with a map: each column's path in the payload.
+    paths: Option<Vec<(String, String)>>,
+    conflict: Conflict,
+    conn: Option<Conn>,
+    /// Built at the first connection (it needs the table's columns).
+    statement: Option<Statement>,
+}
+
+/// The error kind for what the server refused (other than a row's data, which is split off).
+fn refused(e: &DbError) -> ErrorKind {
+    match e.class() {
+        // Connection, transaction rollback (deadlock, serialization), insufficient resources,
+        // object in use, operator intervention (shutdown, cancel), system error.
+        "08" | "40" | "53" | "55" | "57" | "58" | "XX" => ErrorKind::Retryable,
+        _ => ErrorKind::Fatal,
+    }
+}
+
+fn is_data_error(e: &DbError) -> bool {
+    matches!(e.class(), "22" | "23")
+}
+
+impl PostgresSink {
+    fn connection(&mut self) -> Result<&mut Conn, Error> {
+        if self.conn.is_none() {
+            self.link.ready()?;
+            let mut conn = match Conn::connect(&self.url, &[], TIMEOUT) {
+                Ok(conn) => conn,
+                Err(PgError::Io(e)) => return Err(self.link.failed(&e)),
+                Err(PgError::Db(e)) => return Err(self.refused_login(&e)),
+            };
+            if self.statement.is_none() {
+                let columns = sql::columns(&mut conn, &self.table).map_err(|e| self.setup(e))?;
+                if columns.is_empty() {
+                    return Err(Error::fatal(format!(
+                        "config key `table`: no table `{}` in database `{}` (or user `{}` may \
+                         not see it); create it first",
+                        self.table, self.url.database, self.url.user
+                    )));
+                }
+                let statement = sql::statement(&self.table, &self.shape, &self.conflict, &columns)
+                    .map_err(Error::fatal)?;
+                self.statement = Some(statement);
+            }
+            self.link.connected();
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::retryable("postgres: not connected"))
+    }
+
+    fn refused_login(&mut self, e: &DbError) -> Error {
+        let message = format!(
+            "postgres {}: the server refused the login: {e}",
+            self.url.addr
+        );
+        match refused(e) {
+            ErrorKind::Retryable => {
+                let io = std::io::Error::other(message);
+                self.link.failed(&io)
+            }
+            _ => Error::fatal(message),
+        }
+    }
+
+    fn setup(&mut self, e: PgError) -> Error {
+        match e {
+            PgError::Io(e) => self.link.failed(&e),
+            PgError::Db(e) => Error::fatal(format!(
+                "postgres {}: cannot read the columns of `{}`: {e}",
+                self.url.addr, self.table
+            )),
+        }
+    }
+
+    /// The row a payload becomes, in the statement's form: a COPY line, or a JSON object
+    /// (the payload itself, or the object built from `paths`) for the INSERT.
+    fn row(&self, statement: &Statement, message: &Message) -> Result<Vec<u8>, Error> {
+        let not_json = |e: &dyn std::fmt::Display| {
+            Error::invalid_data(format!("the payload is not a JSON object: {e}"))
+        };
+        if let Shape::Jsonb(_) = self.shape {
+            json::validate(&message.payload).map_err(|e| not_json(&e))?;
+            return Ok(match statement {
+                Statement::Copy { .. } => {
+                    let mut line = Vec::with_capacity(message.payload.len() + 8);
+                    sql::copy_escape(&message.payload, &mut line);
+                    line.push(b'\n');
+                    line
+                }
+                Statement::Insert { .. } => message.payload.clone(),
+            });
+        }
+        match (&self.paths, statement) {
+            (Some(paths), _) => {
+                let doc: Value =
+                    serde_json::from_slice(&message.payload).map_err(|e| not_json(&e))?;
+                if !doc.is_object() {
+                    return Err(not_json(&"it is not an object"));
+                }
+                let picked = |path: &str| json::get(&doc, path).unwrap_or(&Value::Null);
+                match statement {
+                    Statement::Copy { .. } => {
+                        let mut line = Vec::with_capacity(message.payload.len() + 8);
+                        for (n, (_, path)) in paths.iter().enumerate() {
+                            if n > 0 {
+                                line.push(b'\t');
+                            }
+                            copy_value(picked(path), &mut line);
+                        }
+                        line.push(b'\n');
+                        Ok(line)
+                    }
+                    Statement::Insert { .. } => {
+                        let row: serde_json::Map<String, Value> = paths
+                            .iter()
+                            .map(|(column, path)| (column.clone(), picked(path).clone()))
+                            .collect();
+                        serde_json::to_vec(&row).map_err(|e| not_json(&e))
+                    }
+                }
+            }
+            (None, Statement::Copy { columns, .. }) => {
+                let fields: HashMap<String, &RawValue> =
+                    serde_json::from_slice(&message.payload).map_err(|e| not_json(&e))?;
+                let mut line = Vec::with_capacity(message.payload.len() + 8);
+                for (n, column) in columns.iter().enumerate() {
+                    if n > 0 {
+                        line.push(b'\t');
+                    }
+                    match fields.get(column) {
+                        None => line.extend_from_slice(b"\\N"),
+                        Some(raw) => copy_raw(raw, &mut line).map_err(|e| not_json(&e))?,
+                    }
+                }
+                line.push(b'\n');
+                Ok(line)
+            }
+            (None, Statement::Insert { .. }) => {
+                json::validate(&message.payload).map_err(|e| not_json(&e))?;
+                let first = message.payload.iter().find(|b| !b.is_ascii_whitespace());
+                if first != Some(&b'{') {
+                    return Err(not_json(&"it is not an object"));
+                }
+                Ok(message.payload.clone())
+            }
+        }
+    }
+
+    /// Write the rows `which` of `rows`, each outcome into `results`.
+    fn insert(&mut self, rows: &[Vec<u8>], which: &[usize], results: &mut [Result<(), Error>]) {
+        if which.is_empty() {
+            return;
+        }
+        let fail = |results: &mut [Result<(), Error>], error: Error| {
+            which.iter().for_each(|&i| results[i] = Err(error.clone()))
+        };
+        if let Err(e) = self.connection() {
+            return fail(results, e);
+        }
+        let (Some(conn), Some(statement)) = (self.conn.as_mut(), self.statement.as_ref()) else {
+            return fail(results, Error::retryable("postgres: not connected"));
+        };
+        let size = which.iter().map(|&i| rows[i].len() + 1).sum::<usize>() + 2;
+        let mut data = Vec::with_capacity(size);
+        let written = match statement {
+            Statement::Copy { sql, .. } => {
+                which.iter().for_each(|&i| data.extend_from_slice(&rows[i]));
+                conn.copy_in(sql, &data)
+            }
+            Statement::Insert { sql } => {
+                data.push(b'[');
+                for (n, &i) in which.iter().enumerate() {
+                    if n > 0 {
+                        data.push(b',');
+                    }
+                    data.extend_from_slice(&rows[i]);
+                }
+                data.push(b']');
+                conn.execute(sql, &[Some(&data)]).map(|(_, n)| n)
+            }
+        };
+        match written {
+            Ok(_) => {}
+            Err(PgError::Io(e)) => {
+                self.conn = None;
+                fail(results, self.link.lost(&e));
+            }
+            Err(PgError::Db(e)) if is_data_error(&e) => {
+                if let [only] = which {
+                    results[*only] = Err(Error::invalid_data(format!(
+                        "postgres refused the row: {e}"
+                    )));
+                } else {
+                    let (left, right) = which.split_at(which.len() / 2);
+                    self.insert(rows, left, results);
+                    self.insert(rows, right, results);
+                }
+            }
+            Err(PgError::Db(e)) => {
+                let message = format!("postgres refused the batch: {e}");
+                match refused(&e) {
+                    ErrorKind::Retryable => {
+                        log::warn(&message);
+                        fail(results, Error::retryable(message));
+                    }
+                    _ => fail(results, Error::fatal(message)),
+                }
+            }
+        }
+    }
+}
+
+impl Sink for PostgresSink {
+    fn metadata() -> Metadata {
+        Metadata::new(
+            "postgres-sink",
+            env!("CARGO_PKG_VERSION"),
+            "Writes JSON messages into a PostgreSQL table: batched inserts or upserts, a batch per statement.",
+        )
+        .keys(KEYS)
+    }
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let c = config.checked(KEYS)?;
+        let url = Url::parse(c.text("url")?)
+            .map_err(|e| c.invalid("url", &format!("a postgres:// URL ({e})")))?;
+        let table = c.text("table")?.trim().to_owned();
+        if table.is_empty() {
+            return Err(c.invalid("table", "a table name"));
+        }
+        let jsonb = c.choice("mode")? == "jsonb";
+        let declared: Option<ColumnsDecl> = c.json("columns")?;
+        let (shape, paths) = match (jsonb, declared) {
+            (true, Some(_)) => {
+                return Err(c.invalid("columns", "nothing in mode = \"jsonb\" (use `column`)"));
+            }
+            (true, None) => (Shape::Jsonb(c.text("column")?.to_owned()), None),
+            (false, None) => (Shape::Columns(None), None),
+            (false, Some(ColumnsDecl::List(names))) => (Shape::Columns(Some(names)), None),
+            (false, Some(ColumnsDecl::Map(map))) => {
+                let names = map.keys().cloned().collect();
+                (Shape::Columns(Some(names)), Some(map.into_iter().collect()))
+            }
+        };
+        if let Shape::Columns(Some(names)) = &shape
+            && names.is_empty()
+        {
+            return Err(c.invalid("columns", "at least one column"));
+        }
+        let conflict = match c.json::<ConflictDecl>("on_conflict")? {
+            None => Conflict::Fail,
+            Some(_) if jsonb => {
+                return Err(c.invalid("on_conflict", "nothing in mode = \"jsonb\""));
+            }
+            Some(d) if d.keys.is_empty() => {
+                return Err(c.invalid("on_conflict", "at least one key column in `keys`"));
+            }
+            Some(d) => match d.action.as_str() {
+                "update" => Conflict::Update(d.keys),
+                "nothing" => Conflict::Nothing(d.keys),
+                _ => {
+                    return Err(c.invalid("on_conflict", "`action` = \"update\" or \"nothing\""));
+                }
+            },
+        };
+        let mut sink = PostgresSink {
+            link: Reconnect::new("postgres", url.addr.clone()),
+            url,
+            table,
+            shape,
+            paths,
+            conflict,
+            conn: None,
+            statement: None,
+        };
+        // Connect now, so that a missing grant, a refused login or a missing table shows at
+        // start; a server that is down is only a warning: writes retry until it is back.
+        if let Err(e) = sink.connection()
+            && e.kind == ErrorKind::Fatal
+        {
+            return Err(e);
+        }
+        Ok(sink)
+    }
+
+    fn write(&mut self, message: &Message) -> Result<(), Error> {
+        self.write_batch(vec![message.clone()])
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    fn write_batch(&mut self, batch: Vec<Message>) -> Vec<Result<(), Error>> {
+        // The rows' form depends on the statement, which the first connection builds.
+        if let Err(e) = self.connection() {
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        let Some(statement) = self.statement.clone() else {
+            return batch
+                .iter()
+                .map(|_| Err(Error::retryable("postgres: not connected")))
+                .collect();
+        };
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut which = Vec::with_capacity(batch.len());
+        for (i, message) in batch.iter().enumerate() {
+            match self.row(&statement, message) {
+                Ok(row) => {
+                    rows.push(row);
+                    which.push(i);
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    rows.push(Vec::new());
+                    results.push(Err(e));
+                }
+            }
+        }
+        self.insert(&rows, &which, &mut results);
+        results
+    }
+}
+
+/// A JSON value as COPY text: a string's text, NULL for null, any other value's JSON text
+/// (numbers, booleans; objects and arrays for json/jsonb columns).
+fn copy_value(value: &Value, line: &mut Vec<u8>) {
+    match value {
+        Value::Null => line.extend_from_slice(b"\\N"),
+        Value::String(s) => sql::copy_escape(s.as_bytes(), line),
+        other => sql::copy_escape(other.to_string().as_bytes(), line),
+    }
+}
+
+/// [`copy_value`] of a value still in its JSON text.
+fn copy_raw(raw: &RawValue, line: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: std::borrow::Cow<'_, str> = serde_json::from_str(text)?;
+            sql::copy_escape(s.as_bytes(), line);
+        }
+        Some(b'n') => line.extend_from_slice(b"\\N"),
+        _ => sql::copy_escape(text.as_bytes(), line),
+    }
+    Ok(())
+}
+
+patchbay_sdk::export_sink!(PostgresSink);

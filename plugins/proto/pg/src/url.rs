@@ -1,0 +1,116 @@
+//! `postgres://user[:password]@host[:port]/database` (also `postgresql://`), as libpq writes
+//! it; user and password may be percent-encoded.
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// `HOST:PORT` (port 5432 when none is given).
+    pub addr: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl Url {
+    /// Parse a URL; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Url, String> {
+        let rest = text
+            .strip_prefix("postgres://")
+            .or_else(|| text.strip_prefix("postgresql://"))
+            .ok_or("it does not start with postgres://")?;
+        if rest.contains('?') {
+            return Err(
+                "query parameters (`?…`) are not supported; give the options as \
+                        config keys"
+                    .into(),
+            );
+        }
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let (host, database) = rest
+            .split_once('/')
+            .ok_or("no database: write postgres://user@host:port/database")?;
+        if database.is_empty() || database.contains('/') {
+            return Err(format!("`{database}` is not a database name"));
+        }
+        if host.is_empty() || host.starts_with(':') {
+            return Err("no host".into());
+        }
+        let addr = match host.rsplit_once(':') {
+            Some(_) if host.starts_with('[') && host.ends_with(']') => format!("{host}:5432"),
+            Some((_, port)) => {
+                port.parse::<u16>()
+                    .map_err(|_| format!("`{port}` is not a port number"))?;
+                host.to_owned()
+            }
+            None => format!("{host}:5432"),
+        };
+        let (user, password) = match auth {
+            None => ("postgres".to_owned(), None),
+            Some(auth) => match auth.split_once(':') {
+                Some((u, p)) => (decode(u)?, Some(decode(p)?)),
+                None => (decode(auth)?, None),
+            },
+        };
+        if user.is_empty() {
+            return Err("an empty user name".into());
+        }
+        Ok(Url {
+            addr,
+            user,
+            password,
+            database: decode(database)?,
+        })
+    }
+}
+
+/// Percent-decoding (`%40` is `@`).
+fn decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("`{text}` has a `%` not followed by two hex digits"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_as_libpq_writes_them() {
+        assert_eq!(
+            Url::parse("postgres://app:p%40ss@db.example:6543/orders"),
+            Ok(Url {
+                addr: "db.example:6543".into(),
+                user: "app".into(),
+                password: Some("p@ss".into()),
+                database: "orders".into(),
+            })
+        );
+        let plain = Url::parse("postgresql://127.0.0.1/test").unwrap();
+        assert_eq!(plain.addr, "127.0.0.1:5432");
+        assert_eq!(plain.user, "postgres");
+        assert_eq!(plain.password, None);
+        assert_eq!(
+            Url::parse("postgres://127.0.0.1:5432"),
+            Err("no database: write postgres://user@host:port/database".into())
+        );
+        assert!(Url::parse("mysql://x/y").is_err());
+        assert!(Url::parse("postgres://h:99999/db").is_err());
+    }
+}
