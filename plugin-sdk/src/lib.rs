@@ -86,6 +86,7 @@ pub mod net;
 mod roles;
 pub mod spec;
 pub mod state;
+pub mod tls;
 mod types;
 
 pub use config::Config;

@@ -24,6 +24,7 @@ mod resilience;
 mod routing;
 mod sandbox;
 mod sdk;
+mod tls;
 mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -22,6 +22,7 @@
 use std::time::Duration;
 
 use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink};
 
 use patchbay_proto_resp::{self as resp, Conn, Value};
@@ -29,7 +30,7 @@ use patchbay_proto_resp::{self as resp, Conn, Value};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
+        "`redis://[:password@]host:port[/db]`, or `rediss://…` for TLS (done by the host: the server is verified against the system roots or `grants.tls.ca`); the address must be granted in `grants.tcp`.",
     )
     .default("redis://127.0.0.1:6379"),
     Key::choice(
@@ -62,6 +63,8 @@ struct RedisSink {
     link: Reconnect,
     password: Option<String>,
     db: Option<u32>,
+    /// `rediss://`: TLS, done by the host (`grants.tls`).
+    tls: bool,
     mode: Mode,
     key: String,
     field: String,
@@ -75,7 +78,15 @@ impl RedisSink {
     fn connection(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let conn = Conn::connect(self.link.addr(), self.password.as_deref(), self.db, TIMEOUT)
+            let conn = tls::connect(self.link.addr(), self.tls, TIMEOUT)
+                .and_then(|s| {
+                    Conn::over(
+                        Box::new(s),
+                        self.link.addr(),
+                        self.password.as_deref(),
+                        self.db,
+                    )
+                })
                 .map_err(|e| self.link.failed(&e))?;
             self.link.connected();
             self.conn = Some(conn);
@@ -135,8 +146,13 @@ impl Sink for RedisSink {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let (addr, password, db) = resp::parse_url(url)
-            .map_err(|e| c.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
+        let resp::Url {
+            addr,
+            password,
+            db,
+            tls,
+        } = resp::parse_url(url)
+            .map_err(|e| c.invalid("url", &format!("redis[s]://host:port[/db] ({e})")))?;
         let mode = match c.choice("mode")? {
             "list" => Mode::List,
             "pubsub" => Mode::PubSub,
@@ -162,6 +178,7 @@ impl Sink for RedisSink {
         let mut sink = RedisSink {
             link: Reconnect::new("redis", addr),
             password,
+            tls,
             db,
             mode,
             key,

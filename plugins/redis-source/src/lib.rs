@@ -29,6 +29,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, log};
 
 use patchbay_proto_resp::{self as resp, Conn, Value};
@@ -36,7 +37,7 @@ use patchbay_proto_resp::{self as resp, Conn, Value};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`redis://[:password@]host:port[/db]`; the address must be granted in `grants.tcp`.",
+        "`redis://[:password@]host:port[/db]`, or `rediss://…` for TLS (done by the host: the server is verified against the system roots or `grants.tls.ca`); the address must be granted in `grants.tcp`.",
     )
     .default("redis://127.0.0.1:6379"),
     Key::text("stream", "The stream to read.").required(),
@@ -69,6 +70,8 @@ struct RedisSource {
     link: Reconnect,
     password: Option<String>,
     db: Option<u32>,
+    /// `rediss://`: TLS, done by the host (`grants.tls`).
+    tls: bool,
     stream: String,
     group: String,
     consumer: String,
@@ -92,7 +95,15 @@ impl RedisSource {
             return Ok(());
         }
         self.link.ready()?;
-        let mut conn = Conn::connect(self.link.addr(), self.password.as_deref(), self.db, TIMEOUT)
+        let mut conn = tls::connect(self.link.addr(), self.tls, TIMEOUT)
+            .and_then(|s| {
+                Conn::over(
+                    Box::new(s),
+                    self.link.addr(),
+                    self.password.as_deref(),
+                    self.db,
+                )
+            })
             .map_err(|e| self.link.failed(&e))?;
         let start = self.start.clone();
         match self.create_group(&mut conn, &start) {
@@ -281,8 +292,13 @@ impl Source for RedisSource {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let (addr, password, db) = resp::parse_url(url)
-            .map_err(|e| c.invalid("url", &format!("redis://host:port[/db] ({e})")))?;
+        let resp::Url {
+            addr,
+            password,
+            db,
+            tls,
+        } = resp::parse_url(url)
+            .map_err(|e| c.invalid("url", &format!("redis[s]://host:port[/db] ({e})")))?;
         let stream = c.text("stream")?.to_owned();
         let group = c.text("group")?.to_owned();
         let consumer = c.text("consumer")?.to_owned();
@@ -307,6 +323,7 @@ impl Source for RedisSource {
         let mut source = RedisSource {
             link: Reconnect::new("redis", addr),
             password,
+            tls,
             db,
             stream,
             group,

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::defaults;
 use crate::sandbox::grants::{GrantProblem, absolute};
-use crate::sandbox::{DirGrant, Grants, HttpPattern, Limits, NetPattern};
+use crate::sandbox::{DirGrant, Grants, HttpPattern, Limits, NetPattern, TlsGrant, TlsProblem};
 
 /// Check the parsed file `raw` of `path` (whose text `locator` maps).
 pub(super) fn check(
@@ -513,6 +513,30 @@ fn check_plugin(
             }
         })
         .collect();
+    let tls = raw.grants.tls.and_then(|t| {
+        let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| base.join(p.get_ref()));
+        match TlsGrant::load(path(&t.ca), path(&t.cert), path(&t.key)) {
+            Ok(grant) => Some(grant),
+            Err(problem) => {
+                let (field, text) = match problem {
+                    TlsProblem::Ca(text) => (&t.ca, text),
+                    TlsProblem::Cert(text) => (&t.cert, text),
+                    TlsProblem::Key(text) => (&t.key, text),
+                };
+                let at = field
+                    .as_ref()
+                    .or(t.ca.as_ref())
+                    .or(t.cert.as_ref())
+                    .or(t.key.as_ref());
+                let at = at.map_or_else(|| loc.clone(), |f| locator.at(f));
+                problems.push(Diagnostic::new(
+                    at,
+                    format!("plugin `{name}`: grants.tls: {text}"),
+                ));
+                None
+            }
+        }
+    });
     let defaults = Limits::default();
     let limits = Limits {
         memory: raw.limits.memory.map_or(defaults.memory, |s| s.0),
@@ -592,6 +616,7 @@ fn check_plugin(
             http,
             dns: raw.grants.dns,
             env: raw.grants.env,
+            tls,
         },
         limits,
     })

@@ -123,6 +123,30 @@ pub(super) struct RawGrants {
     /// Environment variables the plugin may read, by name (copied from the runtime's own).
     #[serde(default)]
     pub(super) env: Vec<String>,
+    /// TLS (`wasi:tls`, done by the host over a granted TCP connection): `ca` replaces the
+    /// system's roots with a PEM file's certificates; `cert` and `key` (PEM) are the client
+    /// identity for servers that ask for one. Paths are relative to the pipeline file; the
+    /// files stay in the host, never in the sandbox.
+    #[serde(default)]
+    pub(super) tls: Option<RawTlsGrant>,
+}
+
+/// `grants.tls`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTlsGrant {
+    /// CA certificates (PEM) that servers are verified against, instead of the system's.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(super) ca: Option<Spanned<String>>,
+    /// Client certificate chain (PEM), for mutual TLS.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(super) cert: Option<Spanned<String>>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub(super) key: Option<Spanned<String>>,
 }
 
 /// One directory grant.

@@ -79,6 +79,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let mut tls = wasmtime_wasi_tls::p2::LinkOptions::default();
+        tls.tls(true);
+        wasmtime_wasi_tls::p2::add_to_linker(&mut linker, &tls)?;
         sandbox::audit_open_at(&mut linker)?;
         sandbox::audit_name_lookup(&mut linker)?;
         sandbox::audit_socket_creation(&mut linker)?;

@@ -47,6 +47,17 @@ pub struct HostState {
     lookups: Vec<u32>,
     /// Sockets and files it holds open (`limits.sockets`, `limits.files`).
     opened: sandbox::Opened,
+    /// `wasi:tls`, as `grants.tls` configures it.
+    tls: wasmtime_wasi_tls::WasiTlsCtx,
+}
+
+impl wasmtime_wasi_tls::WasiTlsView for HostState {
+    fn tls(&mut self) -> wasmtime_wasi_tls::WasiTlsCtxView<'_> {
+        wasmtime_wasi_tls::WasiTlsCtxView {
+            ctx: &mut self.tls,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
@@ -167,6 +178,12 @@ impl Runtime {
             },
             lookups: Vec::new(),
             opened: sandbox::Opened::new(limits.sockets, limits.files),
+            tls: wasmtime_wasi_tls::WasiTlsCtxBuilder::new()
+                .provider(Box::new(sandbox::TlsProvider::new(
+                    &label,
+                    grants.tls.as_ref(),
+                )))
+                .build(),
         };
         let mut store = Store::new(&self.engine, host);
         // Handles of resources the guest defines itself (`resource.new`), and the bytes one

@@ -50,6 +50,8 @@ pub struct Grants {
     pub dns: bool,
     /// Environment variable names.
     pub env: Vec<String>,
+    /// TLS settings (CA, client identity) for `wasi:tls`; `None`: the system's roots.
+    pub tls: Option<super::TlsGrant>,
 }
 
 /// A checked directory grant.
@@ -291,6 +293,7 @@ impl Grants {
             ),
             ("dns", yes(self.dns)),
             ("env", list(self.env.clone())),
+            ("tls", self.tls_text()),
             ("stdin", yes(self.stdin)),
             (
                 "stdout",
@@ -304,6 +307,21 @@ impl Grants {
         ]
     }
 
+    /// What `grants.tls` sets, for `inspect`.
+    fn tls_text(&self) -> String {
+        let Some(tls) = &self.tls else {
+            return "system roots".to_owned();
+        };
+        let roots = match &tls.ca {
+            Some(ca) => format!("CA {}", ca.display()),
+            None => "system roots".to_owned(),
+        };
+        match &tls.cert {
+            Some(cert) => format!("{roots}, client certificate {}", cert.display()),
+            None => roots,
+        }
+    }
+
     /// Whether the capability an import stands for (see [`capability`]) is granted at all.
     pub fn grants_capability(&self, capability: &str) -> bool {
         match capability {
@@ -311,6 +329,8 @@ impl Grants {
             "network" => !self.tcp.is_empty() || !self.udp.is_empty() || !self.listen.is_empty(),
             "dns" => self.dns,
             "http" => !self.http.is_empty(),
+            // TLS runs over a granted TCP connection.
+            "tls" => !self.tcp.is_empty(),
             // Rust's std imports stdin in every program; an ungranted stdin reads as empty.
             _ => true,
         }
@@ -330,6 +350,10 @@ impl Grants {
             "http": texts(self.http.iter().map(|p| p.text.as_str())),
             "dns": self.dns,
             "env": self.env,
+            "tls": self.tls.as_ref().map(|t| serde_json::json!({
+                "ca": t.ca.as_ref().map(|p| p.display().to_string()),
+                "cert": t.cert.as_ref().map(|p| p.display().to_string()),
+            })),
             "stdin": self.stdin,
             "stdout": self.stdout,
         })
@@ -348,6 +372,7 @@ pub fn capability(import: &str) -> &'static str {
         n if n.starts_with("wasi:sockets/ip-name-lookup") => "dns",
         n if n.starts_with("wasi:sockets") => "network",
         n if n.starts_with("wasi:http") => "http",
+        n if n.starts_with("wasi:tls") => "tls",
         "wasi:cli/environment" => "env",
         n if n.starts_with("wasi:cli/stdin") || n.starts_with("wasi:cli/terminal-stdin") => "stdin",
         n if n.starts_with("wasi:cli/stdout")

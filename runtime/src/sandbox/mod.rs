@@ -5,6 +5,7 @@
 //! - `wasi`: grants → a WASI context holding only what was granted;
 //! - `net`, `http`, `fs`, `dns`, `sockets`: the checks wasmtime calls for every socket address,
 //!   outgoing HTTP request, refused file open, name lookup and new socket;
+//! - `tls`: `wasi:tls` in the host (rustls), configured by `grants.tls`;
 //! - `limits`: memory, deadlines and output per call; `opened`: the caps on sockets and files
 //!   an instance holds open;
 //! - `audit`: denials, logged and counted; `stdio`: plugin output to the log; `logline`: the
@@ -23,6 +24,7 @@ mod net;
 mod opened;
 mod sockets;
 mod stdio;
+mod tls;
 mod wasi;
 
 pub use audit::Audit;
@@ -33,4 +35,5 @@ pub use http::HttpGate;
 pub use limits::{Limiter, Limits, store_limits};
 pub use opened::Opened;
 pub use sockets::{SocketGrants, audit_socket_creation};
+pub use tls::{Provider as TlsProvider, TlsGrant, TlsProblem};
 pub use wasi::wasi_ctx;

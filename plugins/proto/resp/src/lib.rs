@@ -4,7 +4,8 @@
 //! What lives here: RESP2, the Redis serialization protocol (commands written as arrays of
 //! bulk strings, queued for pipelining; replies read as [`Value`]s, split across reads or
 //! not), [`Conn`], one connection that logs in with `AUTH` and picks a database with `SELECT`,
-//! and [`parse_url`] for `redis://` URLs.
+//! and [`parse_url`] for `redis://` URLs (`rediss://` for TLS, which the caller opens: see
+//! [`Conn::over`]).
 //!
 //! What it may not touch: Patchbay's pipeline. It knows nothing of messages, batches,
 //! checkpoints, configs, grants or the plugin SDK, and nothing of what a command means: it
@@ -55,9 +56,14 @@ impl Value {
     }
 }
 
+/// A byte stream a connection runs over: `std::net::TcpStream`, or a plugin's TLS stream
+/// (`patchbay_sdk::tls::Stream`), which this crate does not know.
+pub trait Transport: Read + Write {}
+impl<T: Read + Write> Transport for T {}
+
 /// One connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
     buf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
@@ -82,6 +88,17 @@ impl Conn {
         // the bound.
         let _ = stream.set_read_timeout(Some(timeout));
         let _ = stream.set_nodelay(true);
+        Conn::over(Box::new(stream), addr, password, db)
+    }
+
+    /// [`Conn::connect`] over a stream the caller opened (a TLS one, say), its read timeout
+    /// already set.
+    pub fn over(
+        stream: Box<dyn Transport>,
+        addr: &str,
+        password: Option<&str>,
+        db: Option<u32>,
+    ) -> io::Result<Conn> {
         let mut conn = Conn {
             stream,
             buf: Vec::with_capacity(64 * 1024),
@@ -233,8 +250,11 @@ impl Conn {
 }
 
 /// `redis://[:password@]host:port[/db]` or `host:port`: address, password, database.
-pub fn parse_url(url: &str) -> Result<(String, Option<String>, Option<u32>), String> {
-    let rest = url.strip_prefix("redis://").unwrap_or(url);
+pub fn parse_url(url: &str) -> Result<Url, String> {
+    let (tls, rest) = match url.strip_prefix("rediss://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("redis://").unwrap_or(url)),
+    };
     let (auth, rest) = match rest.rsplit_once('@') {
         Some((auth, rest)) => (Some(auth), rest),
         None => (None, rest),
@@ -265,7 +285,23 @@ pub fn parse_url(url: &str) -> Result<(String, Option<String>, Option<u32>), Str
             addr.escape_debug()
         ));
     }
-    Ok((addr, password.filter(|p| !p.is_empty()), db))
+    Ok(Url {
+        addr,
+        password: password.filter(|p| !p.is_empty()),
+        db,
+        tls,
+    })
+}
+
+/// What [`parse_url`] reads from `redis://[:password@]host[:port][/db]` (`rediss://`: TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// `HOST:PORT` (6379 when none is given).
+    pub addr: String,
+    pub password: Option<String>,
+    pub db: Option<u32>,
+    /// `rediss://`: the connection is TLS from its first byte.
+    pub tls: bool,
 }
 
 /// Whether `HOST:PORT` names a host at all (a name of letters, digits, `-` and `.`, or an
@@ -290,17 +326,23 @@ mod tests {
 
     #[test]
     fn urls() {
+        let url = |addr: &str, password: Option<&str>, db, tls| Url {
+            addr: addr.into(),
+            password: password.map(str::to_owned),
+            db,
+            tls,
+        };
         assert_eq!(
             parse_url("redis://127.0.0.1:6379").unwrap(),
-            ("127.0.0.1:6379".into(), None, None)
+            url("127.0.0.1:6379", None, None, false)
         );
         assert_eq!(
-            parse_url("redis://:secret@cache:6380/2").unwrap(),
-            ("cache:6380".into(), Some("secret".into()), Some(2))
+            parse_url("rediss://:secret@cache:6380/2").unwrap(),
+            url("cache:6380", Some("secret"), Some(2), true)
         );
         assert_eq!(
             parse_url("localhost").unwrap(),
-            ("localhost:6379".into(), None, None)
+            url("localhost:6379", None, None, false)
         );
         assert!(parse_url("redis://h:1/x").is_err());
     }

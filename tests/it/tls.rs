@@ -1,0 +1,264 @@
+//! TLS done by the host (`wasi:tls`, `grants.tls`) for the connectors, against private servers
+//! this test starts with certificates it makes with `openssl`: the right CA works, a wrong one
+//! fails naming the host and the cause, mutual TLS presents the granted client certificate,
+//! and a `grants.tls` file that is not there is a config error at its place in the file.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{Scratch, text, wait_until};
+
+const COUNT: u64 = 10_000;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`) and a certificate it signed (`NAME.pem`, `NAME.key`) for
+/// 127.0.0.1/localhost, usable by a server and a client.
+fn certificates(dir: &Path, name: &str) {
+    let ca = format!("{name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+/// A private redis-server speaking only TLS on `port`, asking clients for a certificate
+/// signed by `server-ca` (mutual TLS).
+struct Redis(Child);
+
+impl Redis {
+    fn start(dir: &Path, port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args([
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                "server-ca.pem",
+                "--tls-auth-clients",
+                "yes",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_until(
+            "the TLS redis-server to listen",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        Redis(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_cli(dir: &Path, port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--tls"])
+        .args([
+            "--cacert",
+            "server-ca.pem",
+            "--cert",
+            "client.pem",
+            "--key",
+            "client.key",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn pipeline(port: u16, tls: &str) -> String {
+    format!(
+        r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.out]
+path = "{{plugin:redis-sink}}"
+config = {{ url = "rediss://127.0.0.1:{port}", mode = "list", key = "tls-list" }}
+grants = {{ tcp = ["127.0.0.1:{port}"]{tls} }}
+
+[[pipeline]]
+name = "tls"
+source = "gen"
+sinks = ["out"]
+"#
+    )
+}
+
+#[test]
+fn redis_over_tls_with_the_granted_ca_and_client_certificate() {
+    let s = Scratch::new();
+    certificates(s.path(), "server");
+    certificates(s.path(), "client");
+    certificates(s.path(), "other");
+    // The server trusts client certificates signed by the server's CA: sign the client's
+    // with it too.
+    openssl(
+        s.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "server-ca.pem",
+            "-CAkey",
+            "server-ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+    let port = 26379;
+    let _redis = Redis::start(s.path(), port);
+
+    // Mutual TLS: the granted CA verifies the server, the granted certificate the client.
+    let granted = r#", tls = { ca = "server-ca.pem", cert = "client.pem", key = "client.key" }"#;
+    s.write("p.toml", &pipeline(port, granted));
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "pipeline `tls`: {COUNT} in, 0 dropped, {COUNT} written to `out`"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        redis_cli(s.path(), port, &["LLEN", "tls-list"]),
+        COUNT.to_string()
+    );
+
+    // A CA that did not sign the server's certificate: the start fails naming host and cause.
+    let wrong = r#", tls = { ca = "other-ca.pem", cert = "client.pem", key = "client.key" }"#;
+    s.write("p.toml", &pipeline(port, wrong));
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "redis 127.0.0.1:{port}: TLS with 127.0.0.1 failed: the server's certificate is not \
+             signed by a trusted CA (grant the CA that signed it: grants.tls = {{ ca = \
+             \"FILE.pem\" }})"
+        )),
+        "{stderr}"
+    );
+    // No grants.tls: the system's roots, which do not hold a test CA.
+    s.write("p.toml", &pipeline(port, ""));
+    let (_, stderr) = text(&s.run(&["run", "p.toml"]));
+    assert!(
+        stderr.contains("TLS with 127.0.0.1 failed: the server's certificate is not signed"),
+        "{stderr}"
+    );
+    // A file that is not there: a config error at its place.
+    s.write(
+        "p.toml",
+        &pipeline(port, r#", tls = { ca = "missing.pem" }"#),
+    );
+    let (_, stderr) = text(&s.run(&["run", "p.toml"]));
+    assert!(
+        stderr.contains("p.toml:9:52: ")
+            && stderr.contains("plugin `out`: grants.tls: cannot read CA file"),
+        "{stderr}"
+    );
+    // A certificate without its key.
+    s.write(
+        "p.toml",
+        &pipeline(port, r#", tls = { cert = "client.pem" }"#),
+    );
+    let (_, stderr) = text(&s.run(&["run", "p.toml"]));
+    assert!(
+        stderr.contains("grants.tls: a client certificate needs its private key: add `key`"),
+        "{stderr}"
+    );
+}
