@@ -223,6 +223,23 @@ pub fn parse_urls(urls: &str, scheme: &str, default_port: u16) -> Result<Servers
     })
 }
 
+/// A URL whose scheme may ask for TLS (`mqtts://`, `tls://`): whether it does, and the URL
+/// with `scheme://` in its place, for [`parse_url`] or [`parse_urls`] (each URL of a
+/// comma-separated list; TLS when the first asks for it).
+pub fn tls_url(url: &str, scheme: &str, tls_scheme: &str) -> (bool, String) {
+    let prefix = format!("{tls_scheme}://");
+    let tls = url.trim_start().starts_with(&prefix);
+    let plain = url
+        .split(',')
+        .map(|u| match u.trim().strip_prefix(&prefix) {
+            Some(rest) => format!("{scheme}://{rest}"),
+            None => u.trim().to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    (tls, plain)
+}
+
 /// `SCHEME://[user[:password]@]host[:port][/]` or `host[:port]`, as connectors take their
 /// server address: the `HOST:PORT` (with `default_port` when none is given), the user name and
 /// the password. A path after the address is an error.
@@ -278,6 +295,22 @@ pub fn parse_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_schemes() {
+        assert_eq!(
+            tls_url("mqtts://u:p@b:8883", "mqtt", "mqtts"),
+            (true, "mqtt://u:p@b:8883".to_owned())
+        );
+        assert_eq!(
+            tls_url("tls://a:4222, tls://b:4222", "nats", "tls"),
+            (true, "nats://a:4222,nats://b:4222".to_owned())
+        );
+        assert_eq!(
+            tls_url("nats://a:4222", "nats", "tls"),
+            (false, "nats://a:4222".to_owned())
+        );
+    }
 
     #[test]
     fn urls() {

@@ -226,17 +226,58 @@ impl Stream {
     }
 }
 
-/// Any byte stream a connector's protocol runs over.
-pub trait Duplex: Read + Write {}
-impl<T: Read + Write> Duplex for T {}
+/// The byte stream a connector's protocol runs over: `std::net::TcpStream` or [`Stream`]. The
+/// protocol libraries of connectors (plugins/proto) take a `Box<dyn Duplex>`, so that the same
+/// client code runs over clear text and TLS.
+pub trait Duplex: Read + Write {
+    /// Bound every read (`None`: no bound).
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
 
-/// Connect to `addr` (`HOST:PORT`), over TLS when `tls` (the server verified as the host part
-/// of `addr`), with every read (and the handshake) bounded by `timeout`: the one call a
-/// connector makes for a connection that may or may not be TLS.
-pub fn connect(addr: &str, tls: bool, timeout: Duration) -> io::Result<Box<dyn Duplex>> {
-    if tls {
+    /// Upgrade to TLS after a clear-text preamble (PostgreSQL's SSLRequest, NATS's INFO); see
+    /// [`Stream::start_tls`].
+    fn start_tls(self: Box<Self>, server_name: &str) -> io::Result<Box<dyn Duplex>>;
+}
+
+impl Duplex for std::net::TcpStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        std::net::TcpStream::set_read_timeout(self, timeout)
+    }
+
+    fn start_tls(self: Box<Self>, _: &str) -> io::Result<Box<dyn Duplex>> {
+        Err(io::Error::other(
+            "TLS needs a connection made with patchbay_sdk::tls::Stream, not std::net",
+        ))
+    }
+}
+
+impl Duplex for Stream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        Stream::set_read_timeout(self, timeout);
+        Ok(())
+    }
+
+    fn start_tls(self: Box<Self>, server_name: &str) -> io::Result<Box<dyn Duplex>> {
+        Ok(Box::new(Stream::start_tls(*self, server_name)?))
+    }
+}
+
+/// Connect to `addr` (`HOST:PORT`) with every read (and a handshake) bounded by `timeout`:
+/// the one call a connector makes for a connection that may become TLS. With `tls`, TLS
+/// starts at once (the server verified as the host part of `addr`); a protocol that upgrades
+/// after a clear-text preamble calls [`Duplex::start_tls`] itself. Without, the connection is
+/// `std::net`'s, unless `upgradable` asks for one that can still become TLS.
+pub fn connect(
+    addr: &str,
+    tls: bool,
+    upgradable: bool,
+    timeout: Duration,
+) -> io::Result<Box<dyn Duplex>> {
+    if tls || upgradable {
         let mut stream = Stream::connect(addr)?;
         stream.set_read_timeout(Some(timeout));
+        if !tls {
+            return Ok(Box::new(stream));
+        }
         return Ok(Box::new(stream.start_tls(server_name(addr))?));
     }
     let stream = std::net::TcpStream::connect(addr)?;

@@ -262,3 +262,211 @@ fn redis_over_tls_with_the_granted_ca_and_client_certificate() {
         "{stderr}"
     );
 }
+
+/// A private server process, killed at the end.
+struct Server(Child);
+
+impl Server {
+    fn start(cmd: &mut Command, port: u16) -> Server {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server (Debian packages mosquitto, nats-server)");
+        let server = Server(child);
+        wait_until("the TLS server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn file_sink(dir: &str) -> String {
+    format!(
+        r#"
+[plugins.file]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "{dir}", guest = "/out", mode = "rw" }}] }}
+"#
+    )
+}
+
+fn lines(s: &Scratch, file: &str) -> usize {
+    std::fs::read_to_string(s.path().join(file)).map_or(0, |t| t.lines().count())
+}
+
+/// MQTT over TLS both ways: a QoS 1 session (made by `mosquitto_sub -c -E`, which exits once
+/// subscribed) receives what mqtt-sink publishes over `mqtts://`, and mqtt-source drains it
+/// over `mqtts://` into a file.
+#[test]
+fn mqtt_over_tls_both_ways() {
+    let s = Scratch::new();
+    certificates(s.path(), "server");
+    s.mkdir("out");
+    let port = 28883;
+    s.write(
+        "mosquitto.conf",
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             cafile server-ca.pem\ncertfile server.pem\nkeyfile server.key\nuser root\n"
+        ),
+    );
+    let _broker = Server::start(
+        Command::new("mosquitto")
+            .args(["-c", "mosquitto.conf"])
+            .current_dir(s.path()),
+        port,
+    );
+    let subscribed = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--cafile",
+            "server-ca.pem",
+        ])
+        .args(["-c", "-i", "pb-tls", "-q", "1", "-t", "tls/test", "-E"])
+        .current_dir(s.path())
+        .output()
+        .expect("mosquitto_sub (Debian package mosquitto-clients)");
+    assert!(subscribed.status.success(), "{subscribed:?}");
+    let url = format!("mqtts://127.0.0.1:{port}");
+    let grants =
+        format!(r#"grants = {{ tcp = ["127.0.0.1:{port}"], tls = {{ ca = "server-ca.pem" }} }}"#);
+    s.write(
+        "sink.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.out]
+path = "{{plugin:mqtt-sink}}"
+config = {{ url = "{url}", topic = "tls/test", qos = 1 }}
+{grants}
+
+[[pipeline]]
+name = "to-mqtt"
+source = "gen"
+sinks = ["out"]
+"#
+        ),
+    );
+    let out = s.run(&["run", "sink.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    s.write(
+        "source.toml",
+        &format!(
+            r#"
+[plugins.in]
+path = "{{plugin:mqtt-source}}"
+config = {{ url = "{url}", topics = ["tls/test"], qos = 1, client_id = "pb-tls" }}
+{grants}
+{}
+[[pipeline]]
+name = "from-mqtt"
+source = "in"
+sinks = ["file"]
+"#,
+            file_sink("out")
+        ),
+    );
+    let mut run = crate::Running::start(s.path(), &["run", "source.toml"]);
+    run.wait_for("every message in the file", Duration::from_secs(60), || {
+        lines(&s, "out/out.jsonl") >= COUNT as usize
+    });
+    let _ = run.interrupt();
+    let counts = crate::seq_counts(&s.read("out/out.jsonl"));
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+}
+
+/// NATS over TLS both ways (TLS after the server's INFO): nats-source subscribed over
+/// `tls://`, then nats-sink publishes over `tls://`; and a `nats://` URL to a server that
+/// requires TLS says what to write.
+#[test]
+fn nats_over_tls_both_ways() {
+    let s = Scratch::new();
+    certificates(s.path(), "server");
+    s.mkdir("out");
+    let port = 24225;
+    let _server = Server::start(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--tls", "--tlscert", "server.pem", "--tlskey", "server.key"])
+            .current_dir(s.path()),
+        port,
+    );
+    let grants =
+        format!(r#"grants = {{ tcp = ["127.0.0.1:{port}"], tls = {{ ca = "server-ca.pem" }} }}"#);
+    let source = |scheme: &str| {
+        format!(
+            r#"
+[plugins.in]
+path = "{{plugin:nats-source}}"
+config = {{ url = "{scheme}://127.0.0.1:{port}", subject = "tls.test" }}
+{grants}
+{}
+[[pipeline]]
+name = "from-nats"
+source = "in"
+sinks = ["file"]
+"#,
+            file_sink("out")
+        )
+    };
+    s.write("plain.toml", &source("nats"));
+    let (_, stderr) = text(&s.run(&["run", "plain.toml"]));
+    assert!(
+        stderr.contains(&format!(
+            "127.0.0.1:{port} requires TLS: write its URL as tls://127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    s.write("source.toml", &source("tls"));
+    let mut run = crate::Running::start(s.path(), &["run", "source.toml"]);
+    wait_until("the source to subscribe", Duration::from_secs(30), || {
+        run.stderr().contains("connected to")
+    });
+    s.write(
+        "sink.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.out]
+path = "{{plugin:nats-sink}}"
+config = {{ url = "tls://127.0.0.1:{port}", subject = "tls.test" }}
+{grants}
+
+[[pipeline]]
+name = "to-nats"
+source = "gen"
+sinks = ["out"]
+"#
+        ),
+    );
+    let out = s.run(&["run", "sink.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    run.wait_for("every message in the file", Duration::from_secs(60), || {
+        lines(&s, "out/out.jsonl") >= COUNT as usize
+    });
+    let _ = run.interrupt();
+    let counts = crate::seq_counts(&s.read("out/out.jsonl"));
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+}

@@ -21,7 +21,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::net::{self, Reconnect};
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink};
 
 use patchbay_proto_mqtt::{Conn, Options, Packet};
@@ -29,7 +30,7 @@ use patchbay_proto_mqtt::{Conn, Options, Packet};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
+        "`mqtt://[user[:password]@]host[:port]`, or `mqtts://…` (port 8883 by default) for TLS, done by the host (the server verified against the system roots or `grants.tls.ca`); the address must be granted in `grants.tcp`.",
     )
     .default("mqtt://127.0.0.1:1883"),
     Key::text("topic", "The topic to publish to.").required(),
@@ -61,6 +62,8 @@ const KEYS: &[Key] = &[
 
 struct MqttSink {
     link: Reconnect,
+    /// `mqtts://`: TLS, done by the host (`grants.tls`).
+    tls: bool,
     user: Option<String>,
     password: Option<String>,
     client_id: String,
@@ -86,7 +89,8 @@ impl MqttSink {
             username: self.user.as_deref(),
             password: self.password.as_deref(),
         };
-        let conn = Conn::connect(self.link.addr(), &options, self.timeout)
+        let conn = tls::connect(self.link.addr(), self.tls, false, self.timeout)
+            .and_then(|s| Conn::over(s, self.link.addr(), &options))
             .map_err(|e| self.link.failed(&e))?;
         self.link.connected();
         self.conn = Some(conn);
@@ -117,8 +121,10 @@ impl Sink for MqttSink {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let (addr, user, password) = patchbay_sdk::net::parse_url(url, "mqtt", 1883)
-            .map_err(|e| c.invalid("url", &format!("mqtt://host:port ({e})")))?;
+        let (tls, plain) = net::tls_url(url, "mqtt", "mqtts");
+        let port = if tls { 8883 } else { 1883 };
+        let (addr, user, password) = net::parse_url(&plain, "mqtt", port)
+            .map_err(|e| c.invalid("url", &format!("mqtt[s]://host:port ({e})")))?;
         let topic = c.text("topic")?.to_owned();
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(c.invalid("topic", "a topic name without wildcards"));
@@ -135,6 +141,7 @@ impl Sink for MqttSink {
         }
         let mut sink = MqttSink {
             link: Reconnect::new("mqtt", addr),
+            tls,
             user,
             password,
             client_id,

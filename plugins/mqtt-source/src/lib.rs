@@ -21,7 +21,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::net::{self, Reconnect};
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source};
 
 use patchbay_proto_mqtt::{Conn, Options, Packet};
@@ -29,7 +30,7 @@ use patchbay_proto_mqtt::{Conn, Options, Packet};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`mqtt://[user[:password]@]host[:port]`; the address must be granted in `grants.tcp`.",
+        "`mqtt://[user[:password]@]host[:port]`, or `mqtts://…` (port 8883 by default) for TLS, done by the host (the server verified against the system roots or `grants.tls.ca`); the address must be granted in `grants.tcp`.",
     )
     .default("mqtt://127.0.0.1:1883"),
     Key::json(
@@ -62,6 +63,8 @@ const KEYS: &[Key] = &[
 
 struct MqttSource {
     link: Reconnect,
+    /// `mqtts://`: TLS, done by the host (`grants.tls`).
+    tls: bool,
     user: Option<String>,
     password: Option<String>,
     client_id: String,
@@ -89,13 +92,13 @@ impl MqttSource {
             username: self.user.as_deref(),
             password: self.password.as_deref(),
         };
-        let connected = Conn::connect(self.link.addr(), &options, Duration::from_secs(5)).and_then(
-            |mut conn| {
+        let connected = tls::connect(self.link.addr(), self.tls, false, Duration::from_secs(5))
+            .and_then(|s| Conn::over(s, self.link.addr(), &options))
+            .and_then(|mut conn| {
                 conn.subscribe(1, &self.topics)?;
                 conn.set_timeout(self.wait)?;
                 Ok(conn)
-            },
-        );
+            });
         let conn = connected.map_err(|e| self.link.failed(&e))?;
         self.link.connected();
         self.last_sent = Instant::now();
@@ -125,8 +128,10 @@ impl Source for MqttSource {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let (addr, user, password) = patchbay_sdk::net::parse_url(url, "mqtt", 1883)
-            .map_err(|e| c.invalid("url", &format!("mqtt://host:port ({e})")))?;
+        let (tls, plain) = net::tls_url(url, "mqtt", "mqtts");
+        let port = if tls { 8883 } else { 1883 };
+        let (addr, user, password) = net::parse_url(&plain, "mqtt", port)
+            .map_err(|e| c.invalid("url", &format!("mqtt[s]://host:port ({e})")))?;
         let qos = match c.uint("qos")? {
             0 => 0,
             1 => 1,
@@ -147,6 +152,7 @@ impl Source for MqttSource {
             .map_err(|_| c.invalid("keep_alive", "0 to 65535"))?;
         let mut source = MqttSource {
             link: Reconnect::new("mqtt", addr),
+            tls,
             user,
             password,
             client_id,

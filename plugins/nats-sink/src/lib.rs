@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::{self, Reconnect};
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, log};
 
 use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
@@ -38,7 +39,7 @@ use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`nats://[user:password@|token@]host[:port]`, or several servers of one cluster separated by commas (a server that is down or goes away is left for the next); each address must be granted in `grants.tcp`.",
+        "`nats://[user:password@|token@]host[:port]` (`tls://…` for TLS, started after the server's INFO and done by the host: the server verified against the system roots or `grants.tls.ca`), or several servers of one cluster separated by commas (a server that is down or goes away is left for the next); each address must be granted in `grants.tcp`.",
     )
     .default("nats://127.0.0.1:4222"),
     Key::text(
@@ -89,6 +90,8 @@ enum MsgId {
 struct NatsSink {
     link: Reconnect,
     auth: Auth,
+    /// `tls://`: TLS after the server's INFO, done by the host (`grants.tls`).
+    tls: bool,
     subject: Option<String>,
     subject_from_key: bool,
     jetstream: bool,
@@ -119,7 +122,17 @@ impl NatsSink {
         }
         self.link.ready()?;
         let deadline = Instant::now() + SETUP;
-        let mut conn = Conn::connect(self.link.addr(), &self.auth, "patchbay nats-sink", SETUP)
+        let mut conn = tls::connect(self.link.addr(), false, self.tls, SETUP)
+            .and_then(|s| {
+                Conn::over(
+                    s,
+                    self.link.addr(),
+                    self.tls,
+                    &self.auth,
+                    "patchbay nats-sink",
+                    SETUP,
+                )
+            })
             .map_err(|e| self.link.failed(&e))?;
         if self.jetstream {
             let subscribed = conn
@@ -352,9 +365,10 @@ impl Sink for NatsSink {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let servers = net::parse_urls(url, "nats", 4222)
+        let (tls, plain) = net::tls_url(url, "nats", "tls");
+        let servers = net::parse_urls(&plain, "nats", 4222)
             .and_then(|s| s.checked(nats::check_host))
-            .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
+            .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] or tls://… ({e})")))?;
         let subject = c.text_opt("subject")?.map(str::to_owned);
         if let Some(s) = &subject {
             nats::check_subject(s, false)
@@ -395,6 +409,7 @@ impl Sink for NatsSink {
         let mut sink = NatsSink {
             link: Reconnect::servers("nats", servers.addrs),
             auth: Auth::new(servers.user, servers.password),
+            tls,
             subject,
             subject_from_key,
             jetstream,

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::{self, Reconnect};
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, PollResult, Source, log};
 
 use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
@@ -39,7 +40,7 @@ use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`nats://[user:password@|token@]host[:port]`, or several servers of one cluster separated by commas (a server that is down or goes away is left for the next); each address must be granted in `grants.tcp`.",
+        "`nats://[user:password@|token@]host[:port]` (`tls://…` for TLS, started after the server's INFO and done by the host: the server verified against the system roots or `grants.tls.ca`), or several servers of one cluster separated by commas (a server that is down or goes away is left for the next); each address must be granted in `grants.tcp`.",
     )
     .default("nats://127.0.0.1:4222"),
     Key::choice(
@@ -126,6 +127,8 @@ struct Pull {
 struct NatsSource {
     link: Reconnect,
     auth: Auth,
+    /// `tls://`: TLS after the server's INFO, done by the host (`grants.tls`).
+    tls: bool,
     subject: Option<String>,
     queue: Option<String>,
     js: Option<JetStream>,
@@ -161,7 +164,17 @@ impl NatsSource {
         }
         self.link.ready()?;
         let deadline = Instant::now() + SETUP;
-        let mut conn = Conn::connect(self.link.addr(), &self.auth, "patchbay nats-source", SETUP)
+        let mut conn = tls::connect(self.link.addr(), false, self.tls, SETUP)
+            .and_then(|s| {
+                Conn::over(
+                    s,
+                    self.link.addr(),
+                    self.tls,
+                    &self.auth,
+                    "patchbay nats-source",
+                    SETUP,
+                )
+            })
             .map_err(|e| self.link.failed(&e))?;
         match self.setup(&mut conn, deadline) {
             Ok(what) => {
@@ -473,9 +486,10 @@ impl Source for NatsSource {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let url = c.text("url")?;
-        let servers = net::parse_urls(url, "nats", 4222)
+        let (tls, plain) = net::tls_url(url, "nats", "tls");
+        let servers = net::parse_urls(&plain, "nats", 4222)
             .and_then(|s| s.checked(nats::check_host))
-            .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] ({e})")))?;
+            .map_err(|e| c.invalid("url", &format!("nats://host:port[,…] or tls://… ({e})")))?;
         let mode = c.choice("mode")?;
         let text = |key: &str| -> Result<Option<String>, Error> {
             Ok(c.text_opt(key)?.map(str::to_owned))
@@ -539,6 +553,7 @@ impl Source for NatsSource {
         let mut source = NatsSource {
             link: Reconnect::servers("nats", servers.addrs),
             auth: Auth::new(servers.user, servers.password),
+            tls,
             subject,
             queue,
             js,

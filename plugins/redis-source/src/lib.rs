@@ -95,15 +95,8 @@ impl RedisSource {
             return Ok(());
         }
         self.link.ready()?;
-        let mut conn = tls::connect(self.link.addr(), self.tls, TIMEOUT)
-            .and_then(|s| {
-                Conn::over(
-                    Box::new(s),
-                    self.link.addr(),
-                    self.password.as_deref(),
-                    self.db,
-                )
-            })
+        let mut conn = tls::connect(self.link.addr(), self.tls, false, TIMEOUT)
+            .and_then(|s| Conn::over(s, self.link.addr(), self.password.as_deref(), self.db))
             .map_err(|e| self.link.failed(&e))?;
         let start = self.start.clone();
         match self.create_group(&mut conn, &start) {

@@ -7,15 +7,18 @@
 //! one connection to a broker that logs in and reads packets within a read timeout.
 //!
 //! What it may not touch: Patchbay's pipeline. It knows nothing of messages, batches,
-//! checkpoints, configs, grants or the plugin SDK (URLs are parsed by the plugins); it speaks
+//! checkpoints, configs or grants, and of the plugin SDK only `tls::Duplex`, the stream it runs
+//! over (clear text or TLS; URLs are parsed by the plugins); it speaks
 //! the protocol and reports `std::io` errors (a broker refusing the login is
 //! `PermissionDenied` without an OS error code, so that it is not taken for a sandbox
-//! denial). Packet ids, sessions and what to retry are the plugins' business. It depends on
-//! nothing but `std`, and builds natively too, where its unit tests run.
+//! denial). Packet ids, sessions and what to retry are the plugins' business. It builds
+//! natively too, where its unit tests run.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+
+use patchbay_sdk::tls::Duplex;
 
 /// Largest packet accepted (the protocol allows 256 MiB).
 const MAX_PACKET: usize = 64 * 1024 * 1024;
@@ -82,7 +85,7 @@ pub struct Options<'a> {
 
 /// One connection to a broker.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     buf: Vec<u8>,
     /// `HOST:PORT`, for messages.
     pub addr: String,
@@ -94,6 +97,12 @@ impl Conn {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(timeout))?;
         let _ = stream.set_nodelay(true);
+        Conn::over(Box::new(stream), addr, options)
+    }
+
+    /// [`Conn::connect`] over a stream the caller opened (a TLS one, say), its read timeout
+    /// already set.
+    pub fn over(stream: Box<dyn Duplex>, addr: &str, options: &Options<'_>) -> io::Result<Conn> {
         let mut conn = Conn {
             stream,
             buf: Vec::new(),
@@ -143,7 +152,7 @@ impl Conn {
     }
 
     /// Change how long a read waits for the broker.
-    pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+    pub fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
         self.stream.set_read_timeout(Some(timeout))
     }
 

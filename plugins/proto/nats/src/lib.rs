@@ -9,17 +9,21 @@
 //! connection that logs in, answers the server's `PING`s and waits for `PONG`s and replies.
 //!
 //! What it may not touch: Patchbay's pipeline. It knows nothing of messages, batches,
-//! checkpoints, configs, grants or the plugin SDK; it speaks the protocol and reports
+//! checkpoints, configs or grants, and of the plugin SDK only `tls::Duplex`, the stream it
+//! runs over (clear text, or TLS started after the server's `INFO` as NATS does it); it speaks
+//! the protocol and reports
 //! `std::io` errors (a refused login is `PermissionDenied` without an OS error code, so that
 //! it is not taken for a sandbox denial). Turning those into a connector's behaviour
-//! (retries, acknowledgements, what is fatal) is the plugins' job. It depends on nothing but
-//! `std` and `serde_json`, and builds natively too, where its unit tests run.
+//! (retries, acknowledgements, what is fatal) is the plugins' job. It builds natively too,
+//! where its unit tests run.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use patchbay_sdk::tls::Duplex;
 
 /// Longest control line accepted (the server's own limit is 4 KiB by default).
 pub const MAX_CONTROL_LINE: usize = 64 * 1024;
@@ -367,7 +371,7 @@ pub fn connect_line(auth: &Auth, name: &str) -> String {
 }
 
 /// What the server said about itself in `INFO`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Info {
     pub server_name: String,
     pub version: String,
@@ -437,7 +441,7 @@ pub fn random() -> u64 {
 
 /// One connection to a server.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     buf: Vec<u8>,
     pos: usize,
     chunk: Vec<u8>,
@@ -461,20 +465,21 @@ impl Conn {
     pub fn connect(addr: &str, auth: &Auth, name: &str, timeout: Duration) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
-        let mut conn = Conn {
-            stream,
-            buf: Vec::with_capacity(64 * 1024),
-            pos: 0,
-            chunk: vec![0; 64 * 1024],
-            timeout: None,
-            pongs_due: 0,
-            backlog: VecDeque::new(),
-            next_reply: 0,
-            info: Info::parse("{}")?,
-            addr: addr.to_owned(),
-            inbox: format!("_INBOX.pb{:016x}", random()),
-            last_read: Instant::now(),
-        };
+        Conn::over(Box::new(stream), addr, false, auth, name, timeout)
+    }
+
+    /// [`Conn::connect`] over a stream the caller opened; with `tls`, TLS starts right after
+    /// the server's `INFO` (how NATS does it), with the host part of `addr` as the name the
+    /// server's certificate is verified against.
+    pub fn over(
+        stream: Box<dyn Duplex>,
+        addr: &str,
+        tls: bool,
+        auth: &Auth,
+        name: &str,
+        timeout: Duration,
+    ) -> io::Result<Conn> {
+        let mut conn = Conn::new(stream, addr);
         let deadline = Instant::now() + timeout;
         match conn.read_op(deadline)? {
             Some(Op::Info(json)) => conn.info = Info::parse(&json)?,
@@ -486,11 +491,20 @@ impl Conn {
                 ));
             }
         }
-        if conn.info.tls_required {
+        if conn.info.tls_required && !tls {
             return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "the server requires TLS, which this connector does not speak",
+                io::ErrorKind::PermissionDenied,
+                format!("{addr} requires TLS: write its URL as tls://{addr}"),
             ));
+        }
+        if tls {
+            if conn.pos != conn.buf.len() {
+                return Err(bad(format!("{addr} sent more than INFO before TLS")));
+            }
+            let Conn { stream, info, .. } = conn;
+            let stream = stream.start_tls(patchbay_sdk::tls::server_name(addr))?;
+            conn = Conn::new(stream, addr);
+            conn.info = info;
         }
         conn.send(connect_line(auth, name).as_bytes())?;
         if !conn.flush(deadline)? {
@@ -500,6 +514,23 @@ impl Conn {
             ));
         }
         Ok(conn)
+    }
+
+    fn new(stream: Box<dyn Duplex>, addr: &str) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            pos: 0,
+            chunk: vec![0; 64 * 1024],
+            timeout: None,
+            pongs_due: 0,
+            backlog: VecDeque::new(),
+            next_reply: 0,
+            info: Info::default(),
+            addr: addr.to_owned(),
+            inbox: format!("_INBOX.pb{:016x}", random()),
+            last_read: Instant::now(),
+        }
     }
 
     /// Subscribe to this connection's inbox (`inbox.*`) with `sid`.

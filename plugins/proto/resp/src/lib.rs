@@ -8,14 +8,17 @@
 //! [`Conn::over`]).
 //!
 //! What it may not touch: Patchbay's pipeline. It knows nothing of messages, batches,
-//! checkpoints, configs, grants or the plugin SDK, and nothing of what a command means: it
+//! checkpoints, configs or grants, and of the plugin SDK only `tls::Duplex`, the stream it runs
+//! over (clear text or TLS); nothing of what a command means: it
 //! speaks the protocol and reports `std::io` errors (a refused `AUTH` or `SELECT` is
 //! `PermissionDenied` without an OS error code, so that it is not taken for a sandbox
 //! denial), while a reply error (`-ERR …`) is a [`Value::Error`] for the caller to judge. It
-//! depends on nothing but `std`, and builds natively too, where its unit tests run.
+//! builds natively too, where its unit tests run.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+
+use patchbay_sdk::tls::Duplex;
 use std::time::Duration;
 
 /// Largest bulk reply accepted (a Redis string is at most 512 MiB; a message here far less).
@@ -56,14 +59,9 @@ impl Value {
     }
 }
 
-/// A byte stream a connection runs over: `std::net::TcpStream`, or a plugin's TLS stream
-/// (`patchbay_sdk::tls::Stream`), which this crate does not know.
-pub trait Transport: Read + Write {}
-impl<T: Read + Write> Transport for T {}
-
 /// One connection.
 pub struct Conn {
-    stream: Box<dyn Transport>,
+    stream: Box<dyn Duplex>,
     buf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
@@ -94,7 +92,7 @@ impl Conn {
     /// [`Conn::connect`] over a stream the caller opened (a TLS one, say), its read timeout
     /// already set.
     pub fn over(
-        stream: Box<dyn Transport>,
+        stream: Box<dyn Duplex>,
         addr: &str,
         password: Option<&str>,
         db: Option<u32>,
