@@ -17,7 +17,7 @@ mod http;
 mod mqtt;
 mod nats;
 mod pipelines;
-mod postgres;
+pub(crate) mod postgres;
 mod redis;
 mod reload;
 mod resilience;

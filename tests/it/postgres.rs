@@ -294,3 +294,116 @@ sinks = ["db"]
     );
     psql(&format!("DROP TABLE {table}"));
 }
+
+/// A private PostgreSQL server (`initdb` and `pg_ctl` of the installed server, run as the
+/// `postgres` user when the tests run as root), on `port` with `settings` (`-c` options);
+/// stopped and removed at the end. For tests that need TLS or `wal_level = logical`, which
+/// the machine's own server does not have.
+pub(crate) struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Whether the tests run as root (`/proc/self` belongs to the process's user).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}
+
+/// A server program, run as `postgres` when we are root (initdb refuses root).
+fn as_postgres(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--", &path]);
+        cmd
+    } else {
+        Command::new(path)
+    }
+}
+
+impl PrivatePostgres {
+    /// `files` are copied into a directory the server can read first; `{dir}` in a setting
+    /// stands for it.
+    pub(crate) fn start(port: u16, settings: &[&str], files: &[&std::path::Path]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        if is_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status();
+            assert!(chown.is_ok_and(|s| s.success()), "chown -R postgres");
+        }
+        for f in files {
+            let path = dir.path().join(f.file_name().unwrap());
+            if path.extension().is_some_and(|e| e == "key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+        let data = dir.path().join("data");
+        let init = as_postgres("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .output()
+            .expect("initdb (Debian package postgresql-15)");
+        assert!(init.status.success(), "initdb: {init:?}");
+        let mut options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.path().display()
+        );
+        for s in settings {
+            let s = s.replace("{dir}", &dir.path().display().to_string());
+            options.push_str(&format!(" -c {s}"));
+        }
+        let started = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(dir.path().join("log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            started.status.success(),
+            "pg_ctl start: {started:?}; log: {}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        PrivatePostgres { dir, port }
+    }
+
+    /// `psql -tA -c SQL` against its `postgres` database.
+    pub(crate) fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql -c {sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}

@@ -470,3 +470,67 @@ sinks = ["out"]
     assert_eq!(counts.len() as u64, COUNT);
     assert!(counts.values().all(|n| *n == 1));
 }
+
+/// postgres-sink with `sslmode=require` against a private PostgreSQL with `ssl = on`: the
+/// granted CA verifies it; the machine's own server, whose certificate no granted CA signed,
+/// is refused naming host and cause.
+#[test]
+fn postgres_over_tls() {
+    let s = Scratch::new();
+    certificates(s.path(), "server");
+    let pg = crate::postgres::PrivatePostgres::start(
+        25433,
+        &[
+            "ssl=on",
+            "ssl_cert_file={dir}/server.pem",
+            "ssl_key_file={dir}/server.key",
+        ],
+        &[&s.path().join("server.pem"), &s.path().join("server.key")],
+    );
+    pg.psql("CREATE TABLE tls_rows (seq bigint PRIMARY KEY, data text)");
+    let pipeline = |port: u16| {
+        format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.db]
+path = "{{plugin:postgres-sink}}"
+config = {{ url = "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require", table = "tls_rows" }}
+grants = {{ tcp = ["127.0.0.1:{port}"], tls = {{ ca = "server-ca.pem" }} }}
+
+[[pipeline]]
+name = "to-pg"
+source = "gen"
+sinks = ["db"]
+"#
+        )
+    };
+    s.write("p.toml", &pipeline(pg.port));
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        pg.psql("SELECT count(*), count(DISTINCT seq) FROM tls_rows"),
+        format!("{COUNT}|{COUNT}")
+    );
+    assert!(
+        stderr.contains(&format!("{COUNT} written to `db`")),
+        "{stderr}"
+    );
+
+    // The machine's server speaks TLS with its own certificate (Debian's snakeoil), which the
+    // granted CA did not sign; or it does not speak TLS at all. Either way the start fails
+    // and says why.
+    crate::postgres::require_postgres();
+    s.write("p.toml", &pipeline(5432));
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("postgres 127.0.0.1:5432: TLS with 127.0.0.1 failed: the server's certificate is not signed by a trusted CA")
+            || stderr.contains("127.0.0.1:5432: the server does not accept TLS (sslmode=require)"),
+        "{stderr}"
+    );
+}

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use patchbay_proto_pg::{Conn, DbError, Error as PgError, Url};
 use patchbay_sdk::net::Reconnect;
+use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, json, log};
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,7 +47,7 @@ use sql::{Conflict, Shape, Statement};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`postgres://user[:password]@host[:port]/database`; the address must be granted in `grants.tcp` (a password is best given as ${env:NAME}).",
+        "`postgres://user[:password]@host[:port]/database`, with `?sslmode=require` (or `verify-full`) for TLS, done by the host: the server verified against the system roots or `grants.tls.ca`, chain and name. The address must be granted in `grants.tcp` (a password is best given as ${env:NAME}).",
     )
     .required(),
     Key::text(
@@ -118,7 +119,10 @@ impl PostgresSink {
     fn connection(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let mut conn = match Conn::connect(&self.url, &[], TIMEOUT) {
+            let opened = tls::connect(&self.url.addr, false, self.url.tls, TIMEOUT)
+                .map_err(PgError::Io)
+                .and_then(|stream| Conn::over(stream, &self.url, &[]));
+            let mut conn = match opened {
                 Ok(conn) => conn,
                 Err(PgError::Io(e)) => return Err(self.link.failed(&e)),
                 Err(PgError::Db(e)) => return Err(self.refused_login(&e)),

@@ -9,7 +9,8 @@
 //! caller to judge.
 //!
 //! What it may not touch: Patchbay's pipeline. It knows nothing of messages, batches,
-//! configs, grants or the plugin SDK. The messages themselves are encoded and decoded by
+//! configs or grants, and of the plugin SDK only `tls::Duplex`, the stream it runs over (clear
+//! text, or TLS after PostgreSQL's SSLRequest). The messages themselves are encoded and decoded by
 //! `postgres-protocol` (tokio-postgres' codec); only the connection is ours, because the
 //! `postgres` crate does not build for wasm32-wasip2 and `tokio-postgres` makes progress only
 //! while a plugin call runs. It builds natively too, where its unit tests run.
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
+use patchbay_sdk::tls::Duplex;
 use postgres_protocol::IsNull;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{ErrorFields, Message};
@@ -102,7 +104,7 @@ pub type Row = Vec<Option<String>>;
 
 /// One connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     input: BytesMut,
     out: BytesMut,
     /// `HOST:PORT`, for messages.
@@ -131,6 +133,35 @@ impl Conn {
         // the bound.
         let _ = stream.set_read_timeout(Some(timeout));
         let _ = stream.set_nodelay(true);
+        Conn::over(Box::new(stream), url, params)
+    }
+
+    /// [`Conn::connect`] over a stream the caller opened, its read timeout set. With
+    /// `url.tls` the connection asks for TLS first (SSLRequest) and upgrades when the server
+    /// agrees; a server that refuses is an error, never a silent fall back to clear text.
+    pub fn over(
+        mut stream: Box<dyn Duplex>,
+        url: &Url,
+        params: &[(&str, &str)],
+    ) -> Result<Conn, Error> {
+        if url.tls {
+            // SSLRequest: length 8, code 80877103.
+            stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])?;
+            stream.flush()?;
+            let mut answer = [0u8; 1];
+            stream.read_exact(&mut answer)?;
+            if answer[0] != b'S' {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{}: the server does not accept TLS (sslmode=require); enable `ssl` \
+                         on it or use sslmode=disable",
+                        url.addr
+                    ),
+                )));
+            }
+            stream = stream.start_tls(patchbay_sdk::tls::server_name(&url.addr))?;
+        }
         let mut conn = Conn {
             stream,
             input: BytesMut::with_capacity(64 * 1024),

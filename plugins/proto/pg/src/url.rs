@@ -1,5 +1,8 @@
-//! `postgres://user[:password]@host[:port]/database` (also `postgresql://`), as libpq writes
-//! it; user and password may be percent-encoded.
+//! `postgres://user[:password]@host[:port]/database[?sslmode=…]` (also `postgresql://`), as
+//! libpq writes it; user and password may be percent-encoded. `sslmode` is `disable` (the
+//! default), `require` or `verify-full`: with either of the last two the connection is TLS and
+//! the server's certificate is verified, chain and name (the host does TLS and always
+//! verifies; libpq's `require` would not).
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,6 +12,8 @@ pub struct Url {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// `sslmode=require` or `verify-full`.
+    pub tls: bool,
 }
 
 impl Url {
@@ -18,13 +23,10 @@ impl Url {
             .strip_prefix("postgres://")
             .or_else(|| text.strip_prefix("postgresql://"))
             .ok_or("it does not start with postgres://")?;
-        if rest.contains('?') {
-            return Err(
-                "query parameters (`?…`) are not supported; give the options as \
-                        config keys"
-                    .into(),
-            );
-        }
+        let (rest, tls) = match rest.split_once('?') {
+            None => (rest, false),
+            Some((rest, query)) => (rest, sslmode(query)?),
+        };
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((auth, rest)) => (Some(auth), rest),
             None => (None, rest),
@@ -62,7 +64,22 @@ impl Url {
             user,
             password,
             database: decode(database)?,
+            tls,
         })
+    }
+}
+
+/// Whether the query (`sslmode=…`, the one parameter taken) asks for TLS.
+fn sslmode(query: &str) -> Result<bool, String> {
+    match query.split_once('=') {
+        Some(("sslmode", "disable")) => Ok(false),
+        Some(("sslmode", "require" | "verify-full" | "verify-ca")) => Ok(true),
+        Some(("sslmode", other)) => Err(format!(
+            "sslmode `{other}` is not one of disable, require, verify-full"
+        )),
+        _ => Err(format!(
+            "`?{query}`: the only URL parameter taken is sslmode; give the others as config keys"
+        )),
     }
 }
 
@@ -100,6 +117,7 @@ mod tests {
                 user: "app".into(),
                 password: Some("p@ss".into()),
                 database: "orders".into(),
+                tls: false,
             })
         );
         let plain = Url::parse("postgresql://127.0.0.1/test").unwrap();
@@ -111,6 +129,9 @@ mod tests {
             Err("no database: write postgres://user@host:port/database".into())
         );
         assert!(Url::parse("mysql://x/y").is_err());
+        assert!(Url::parse("postgres://h/db?sslmode=require").unwrap().tls);
+        assert!(Url::parse("postgres://h/db?sslmode=maybe").is_err());
+        assert!(Url::parse("postgres://h/db?connect_timeout=3").is_err());
         assert!(Url::parse("postgres://h:99999/db").is_err());
     }
 }
