@@ -2,6 +2,7 @@
 //! checked with `psql`. Each test makes tables of its own name and drops them at the end.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::{Scratch, text};
 
@@ -406,4 +407,116 @@ impl Drop for PrivatePostgres {
             .args(["-m", "immediate", "stop"])
             .output();
     }
+}
+
+fn source_pipeline(table: &str, out: &str) -> String {
+    format!(
+        r#"
+[state]
+dir = "state"
+
+[plugins.rows]
+path = "{{plugin:sql-source}}"
+config = {{ url = "{URL}", table = "{table}", column = "id", key_column = "seq", interval = "50ms" }}
+grants = {{ tcp = ["{PG}"] }}
+
+[plugins.file]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/{out}" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "from-pg"
+source = "rows"
+sinks = ["file"]
+"#
+    )
+}
+
+fn insert_seqs(table: &str, from: u64, to: u64) {
+    psql(&format!(
+        "INSERT INTO {table} (seq, note) SELECT n, 'row ' || n FROM generate_series({from}, {}) n",
+        to - 1
+    ));
+}
+
+/// sql-source reads every row once, rows inserted while it runs too, and after a clean stop
+/// a restart reads only what came since (the last value is stored at ack).
+#[test]
+fn the_sql_source_reads_every_row_once_and_resumes_after_the_last_acked() {
+    require_postgres();
+    let table = unique("src");
+    psql(&format!(
+        "CREATE TABLE {table} (id bigserial PRIMARY KEY, seq bigint NOT NULL, note text)"
+    ));
+    insert_seqs(&table, 0, COUNT / 2);
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write("p.toml", &source_pipeline(&table, "first.jsonl"));
+    let lines = |file: &str| {
+        std::fs::read_to_string(s.path().join("out").join(file)).map_or(0, |t| t.lines().count())
+    };
+    let mut run = crate::Running::start(s.path(), &["run", "p.toml"]);
+    run.wait_for("the first half read", Duration::from_secs(60), || {
+        lines("first.jsonl") >= (COUNT / 2) as usize
+    });
+    // Inserted while it runs.
+    insert_seqs(&table, COUNT / 2, COUNT);
+    run.wait_for("every row read", Duration::from_secs(60), || {
+        lines("first.jsonl") >= COUNT as usize
+    });
+    let (code, stderr) = run.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    let counts = crate::seq_counts(&s.read("out/first.jsonl"));
+    assert_eq!(counts.len() as u64, COUNT, "{stderr}");
+    assert!(counts.values().all(|n| *n == 1));
+    // Each row a JSON object of its columns, keyed by `seq`.
+    let first: serde_json::Value =
+        serde_json::from_str(s.read("out/first.jsonl").lines().next().unwrap()).unwrap();
+    assert_eq!(first["note"], "row 0");
+
+    // A restart goes on after the last acknowledged row.
+    insert_seqs(&table, COUNT, COUNT + 500);
+    s.write("p.toml", &source_pipeline(&table, "second.jsonl"));
+    let mut run = crate::Running::start(s.path(), &["run", "p.toml"]);
+    run.wait_for("the new rows read", Duration::from_secs(60), || {
+        lines("second.jsonl") >= 500
+    });
+    let (code, stderr) = run.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    let counts = crate::seq_counts(&s.read("out/second.jsonl"));
+    assert_eq!(counts.len(), 500, "{stderr}");
+    assert_eq!(counts.keys().next(), Some(&COUNT));
+    psql(&format!("DROP TABLE {table}"));
+}
+
+#[test]
+fn the_sql_source_needs_its_grant_and_an_existing_table() {
+    require_postgres();
+    let s = Scratch::new();
+    s.mkdir("out");
+    let table = unique("nogrant");
+    psql(&format!(
+        "CREATE TABLE {table} (id bigserial PRIMARY KEY, seq bigint)"
+    ));
+    s.write(
+        "p.toml",
+        &source_pipeline(&table, "x.jsonl")
+            .replace(&format!("grants = {{ tcp = [\"{PG}\"] }}"), ""),
+    );
+    let (_, stderr) = text(&s.run(&["run", "p.toml"]));
+    assert!(
+        stderr.contains("postgres 127.0.0.1:5432: the sandbox refused the connection")
+            && stderr.contains(&format!("grants = {{ tcp = [\"{PG}\"] }}")),
+        "{stderr}"
+    );
+    s.write("p.toml", &source_pipeline("pb_no_such_table", "x.jsonl"));
+    let (_, stderr) = text(&s.run(&["run", "p.toml"]));
+    assert!(
+        stderr.contains(
+            "postgres refused the query: relation \"pb_no_such_table\" does not exist (SQLSTATE 42P01)"
+        ),
+        "{stderr}"
+    );
+    psql(&format!("DROP TABLE {table}"));
 }

@@ -35,6 +35,7 @@ const PLUGINS: &[&str] = &[
     "nats-source",
     "nats-sink",
     "postgres-sink",
+    "sql-source",
 ];
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
