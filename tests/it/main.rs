@@ -6,6 +6,7 @@
 mod admin;
 mod audit;
 mod bad_input;
+mod cdc;
 mod cli;
 mod cluster;
 mod compliance;

@@ -36,6 +36,7 @@ const PLUGINS: &[&str] = &[
     "nats-sink",
     "postgres-sink",
     "sql-source",
+    "postgres-cdc",
 ];
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the

@@ -28,6 +28,7 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 
+pub mod pgoutput;
 mod url;
 
 pub use url::Url;
@@ -364,10 +365,107 @@ impl Conn {
         self.results().map(|_| ())
     }
 
+    /// Start streaming changes (`START_REPLICATION … LOGICAL …`, on a connection made with
+    /// `("replication", "database")`): the server answers CopyBothResponse, then sends
+    /// CopyData until the connection ends.
+    pub fn start_replication(&mut self, command: &str) -> Result<(), Error> {
+        frontend::query(command, &mut self.out)?;
+        self.flush()?;
+        loop {
+            // CopyBothResponse (`W`) is not among postgres-protocol's messages: read it here.
+            self.fill_to(5)?;
+            if self.input[0] == b'W' {
+                let len = u32::from_be_bytes([
+                    self.input[1],
+                    self.input[2],
+                    self.input[3],
+                    self.input[4],
+                ]);
+                let whole = 1 + len as usize;
+                self.fill_to(whole)?;
+                let _ = self.input.split_to(whole);
+                return Ok(());
+            }
+            match self.read()? {
+                Message::ErrorResponse(body) => {
+                    let e = DbError::from_fields(body.fields())?;
+                    // The ReadyForQuery that follows.
+                    let _ = self.results();
+                    return Err(Error::Db(e));
+                }
+                Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
+                other => return Err(bad_message(&self.addr, "CopyBothResponse", &other).into()),
+            }
+        }
+    }
+
+    /// The next CopyData of a replication stream, waiting at most `wait` (`None` when none
+    /// came; a message partly read stays buffered for the next call).
+    pub fn copy_data(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
+        self.stream.set_read_timeout(Some(wait))?;
+        let message = match self.read() {
+            Ok(message) => message,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match message {
+            Message::CopyData(body) => Ok(Some(body.data().to_vec())),
+            Message::ErrorResponse(body) => Err(Error::Db(DbError::from_fields(body.fields())?)),
+            Message::CopyDone => Err(Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: the server ended the replication stream", self.addr),
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Send one CopyData (a standby status update) on a replication stream.
+    pub fn send_copy_data(&mut self, data: &[u8]) -> Result<(), Error> {
+        frontend::CopyData::new(data)?.write(&mut self.out);
+        self.flush()?;
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.out)?;
         self.out.clear();
         self.stream.flush()
+    }
+
+    /// Read until at least `n` bytes are buffered.
+    fn fill_to(&mut self, n: usize) -> io::Result<()> {
+        while self.input.len() < n {
+            self.fill()?;
+        }
+        Ok(())
+    }
+
+    /// Read once more into the buffer.
+    fn fill(&mut self) -> io::Result<()> {
+        let start = self.input.len();
+        self.input.resize(start + 64 * 1024, 0);
+        let n = match self.stream.read(&mut self.input[start..]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.input.truncate(start);
+                return Err(e);
+            }
+        };
+        self.input.truncate(start + n);
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} closed the connection", self.addr),
+            ));
+        }
+        Ok(())
     }
 
     /// The next backend message.
@@ -376,22 +474,7 @@ impl Conn {
             if let Some(message) = Message::parse(&mut self.input)? {
                 return Ok(message);
             }
-            let start = self.input.len();
-            self.input.resize(start + 64 * 1024, 0);
-            let n = match self.stream.read(&mut self.input[start..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.input.truncate(start);
-                    return Err(e);
-                }
-            };
-            self.input.truncate(start + n);
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} closed the connection", self.addr),
-                ));
-            }
+            self.fill()?;
         }
     }
 }
