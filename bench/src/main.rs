@@ -27,12 +27,13 @@ const SECTIONS: &[&str] = &[
     "scaling",
     "isolation",
     "connectors",
+    "databases",
     "cluster",
 ];
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors,cluster`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors,databases,cluster`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -101,6 +102,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
 
 mod cluster;
 mod connectors;
+mod databases;
 mod e2e;
 mod isolation;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
@@ -989,6 +991,10 @@ async fn main() -> anyhow::Result<()> {
     // the quick smoke test in CI leaves them to the connector tests.
     if o.only.iter().any(|s| s == "connectors") || (o.only.is_empty() && !o.quick) {
         connectors::table(&o, &mut r)?;
+    }
+    // PostgreSQL and a private TLS redis-server: a full run, or `--only databases`.
+    if o.only.iter().any(|s| s == "databases") || (o.only.is_empty() && !o.quick) {
+        databases::table(&o, &mut r)?;
     }
     // A private three-server NATS cluster and three nodes: a full run, or `--only cluster`.
     if o.only.iter().any(|s| s == "cluster") || (o.only.is_empty() && !o.quick) {

@@ -39,7 +39,13 @@ pub(crate) fn children_cpu() -> anyhow::Result<f64> {
 }
 
 /// One run: messages per second over all pipelines (start-up included) and CPU seconds.
-fn run(o: &Options, dir: &Path, name: &str, toml: &str, total: u64) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn run(
+    o: &Options,
+    dir: &Path,
+    name: &str,
+    toml: &str,
+    total: u64,
+) -> anyhow::Result<(f64, f64)> {
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(&file, toml)?;
     let cpu = children_cpu()?;

@@ -206,3 +206,85 @@ fn nats_to_http_posts_every_message_once() {
     assert!(counts.values().all(|n| *n == 1));
     let _ = std::fs::remove_file(&out);
 }
+
+#[test]
+fn amqp_to_postgres_writes_every_order_once_and_dead_letters_the_bad_one() {
+    use crate::amqp::{queue_depth, rabbitmqctl, require_rabbitmq};
+    use crate::postgres::{psql, require_postgres};
+    require_rabbitmq();
+    require_postgres();
+    const QUEUE: &str = "patchbay-example-orders";
+    psql("DROP TABLE IF EXISTS patchbay_example_orders");
+    psql(
+        "CREATE TABLE patchbay_example_orders (id bigint PRIMARY KEY, customer text NOT NULL, \
+         amount numeric(10,2) NOT NULL)",
+    );
+    let _ = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "delete_queue", QUEUE])
+        .output();
+    let dead = example("amqp-to-postgres").join("dead-letter/orders.jsonl");
+    let _ = std::fs::remove_file(&dead);
+    let mut child = start("amqp-to-postgres");
+    child.wait_for("the queue declared", Duration::from_secs(60), || {
+        rabbitmqctl(&["list_queues", "name"])
+            .lines()
+            .any(|l| l.trim() == QUEUE)
+    });
+    // 10,000 good orders and one the table refuses, published by amqp-sink.
+    let s = crate::Scratch::new();
+    s.mkdir("data");
+    let mut orders: String = (1..=10_000)
+        .map(|n| {
+            format!(
+                "{{\"id\":{n},\"customer\":\"c{}\",\"amount\":{}.25}}\n",
+                n % 7,
+                n % 100
+            )
+        })
+        .collect();
+    orders.push_str("{\"id\":20000,\"customer\":\"bad\",\"amount\":\"abc\"}\n");
+    s.write("data/orders.jsonl", &orders);
+    s.write(
+        "fill.toml",
+        &format!(
+            r#"
+[plugins.src]
+path = "{{plugin:file-source}}"
+config = {{ path = "/data/orders.jsonl" }}
+grants = {{ dirs = [{{ host = "data", guest = "/data", mode = "ro" }}] }}
+
+[plugins.mq]
+path = "{{plugin:amqp-sink}}"
+config = {{ routing_key = "{QUEUE}" }}
+grants = {{ tcp = ["127.0.0.1:5672"] }}
+
+[[pipeline]]
+name = "publish"
+source = "src"
+sinks = ["mq"]
+"#
+        ),
+    );
+    let out = s.run(&["run", "fill.toml"]);
+    assert!(out.status.success(), "{}", crate::text(&out).1);
+    child.wait_for("every order in the table", Duration::from_secs(60), || {
+        psql("SELECT count(*) FROM patchbay_example_orders") == "10000"
+            && std::fs::read_to_string(&dead).is_ok_and(|t| t.lines().count() == 1)
+    });
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        psql("SELECT count(DISTINCT id), sum(amount) FROM patchbay_example_orders"),
+        format!(
+            "10000|{:.2}",
+            (1..=10_000).map(|n| (n % 100) as f64 + 0.25).sum::<f64>()
+        )
+    );
+    let entry = std::fs::read_to_string(&dead).unwrap();
+    assert!(
+        entry.contains("invalid input syntax for type numeric: \\\"abc\\\""),
+        "{entry}"
+    );
+    assert_eq!(queue_depth(QUEUE), 0);
+    psql("DROP TABLE patchbay_example_orders");
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+pub(crate) mod amqp;
 mod audit;
 mod bad_input;
 mod cdc;

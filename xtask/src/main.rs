@@ -37,6 +37,8 @@ const PLUGINS: &[&str] = &[
     "postgres-sink",
     "sql-source",
     "postgres-cdc",
+    "amqp-source",
+    "amqp-sink",
 ];
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
@@ -46,6 +48,7 @@ const PROTO_CRATES: &[&str] = &[
     "patchbay-proto-mqtt",
     "patchbay-proto-resp",
     "patchbay-proto-pg",
+    "patchbay-proto-amqp",
     "patchbay-proto-testing",
 ];
 const TEST_PLUGINS: &[&str] = &[
