@@ -223,6 +223,27 @@ pub fn parse_urls(urls: &str, scheme: &str, default_port: u16) -> Result<Servers
     })
 }
 
+/// Percent-decoding of a URL part (`%40` is `@`, `%2f` is `/`); the error says what is wrong.
+pub fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("`{text}` has a `%` not followed by two hex digits"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+}
+
 /// A URL whose scheme may ask for TLS (`mqtts://`, `tls://`): whether it does, and the URL
 /// with `scheme://` in its place, for [`parse_url`] or [`parse_urls`] (each URL of a
 /// comma-separated list; TLS when the first asks for it).

@@ -299,6 +299,18 @@ grants = {{ dirs = [{{ host = "{dir}", guest = "/out", mode = "rw" }}] }}
     )
 }
 
+/// Wait until the source pipeline `run` wrote every message to out/out.jsonl, stop it, and
+/// check each number came once.
+fn every_message_once(s: &Scratch, mut run: crate::Running) {
+    run.wait_for("every message in the file", Duration::from_secs(60), || {
+        lines(s, "out/out.jsonl") >= COUNT as usize
+    });
+    let _ = run.interrupt();
+    let counts = crate::seq_counts(&s.read("out/out.jsonl"));
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+}
+
 fn lines(s: &Scratch, file: &str) -> usize {
     std::fs::read_to_string(s.path().join(file)).map_or(0, |t| t.lines().count())
 }
@@ -382,14 +394,8 @@ sinks = ["file"]
             file_sink("out")
         ),
     );
-    let mut run = crate::Running::start(s.path(), &["run", "source.toml"]);
-    run.wait_for("every message in the file", Duration::from_secs(60), || {
-        lines(&s, "out/out.jsonl") >= COUNT as usize
-    });
-    let _ = run.interrupt();
-    let counts = crate::seq_counts(&s.read("out/out.jsonl"));
-    assert_eq!(counts.len() as u64, COUNT);
-    assert!(counts.values().all(|n| *n == 1));
+    let run = crate::Running::start(s.path(), &["run", "source.toml"]);
+    every_message_once(&s, run);
 }
 
 /// NATS over TLS both ways (TLS after the server's INFO): nats-source subscribed over
@@ -435,7 +441,7 @@ sinks = ["file"]
         "{stderr}"
     );
     s.write("source.toml", &source("tls"));
-    let mut run = crate::Running::start(s.path(), &["run", "source.toml"]);
+    let run = crate::Running::start(s.path(), &["run", "source.toml"]);
     wait_until("the source to subscribe", Duration::from_secs(30), || {
         run.stderr().contains("connected to")
     });
@@ -462,13 +468,7 @@ sinks = ["out"]
     let out = s.run(&["run", "sink.toml"]);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    run.wait_for("every message in the file", Duration::from_secs(60), || {
-        lines(&s, "out/out.jsonl") >= COUNT as usize
-    });
-    let _ = run.interrupt();
-    let counts = crate::seq_counts(&s.read("out/out.jsonl"));
-    assert_eq!(counts.len() as u64, COUNT);
-    assert!(counts.values().all(|n| *n == 1));
+    every_message_once(&s, run);
 }
 
 /// postgres-sink with `sslmode=require` against a private PostgreSQL with `ssl = on`: the

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use amq_protocol_types::{AMQPValue, FieldTable};
+use patchbay_sdk::net::percent_decode as decode;
 use patchbay_sdk::tls::Duplex;
 
 pub mod codec;
@@ -588,27 +589,6 @@ impl Url {
             tls,
         })
     }
-}
-
-/// Percent-decoding (`%2f` is `/`).
-fn decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("`{text}` has a `%` not followed by two hex digits"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! the server's certificate is verified, chain and name (the host does TLS and always
 //! verifies; libpq's `require` would not).
 
+use patchbay_sdk::net::percent_decode as decode;
+
 /// Where and as whom to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
@@ -81,27 +83,6 @@ fn sslmode(query: &str) -> Result<bool, String> {
             "`?{query}`: the only URL parameter taken is sslmode; give the others as config keys"
         )),
     }
-}
-
-/// Percent-decoding (`%40` is `@`).
-fn decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("`{text}` has a `%` not followed by two hex digits"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
 }
 
 #[cfg(test)]
