@@ -1,6 +1,8 @@
 //! The NATS client against scripted servers: frames split across reads, malformed input, the
 //! exact error texts.
 
+use std::time::{Duration, Instant};
+
 use super::*;
 
 fn one(input: &[u8]) -> (Op, usize) {
