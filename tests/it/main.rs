@@ -16,6 +16,7 @@ mod delivery;
 mod examples;
 mod host_memory;
 mod http;
+mod mariadb;
 mod mqtt;
 mod nats;
 mod pipelines;

@@ -39,6 +39,7 @@ const PLUGINS: &[&str] = &[
     "postgres-cdc",
     "amqp-source",
     "amqp-sink",
+    "mariadb-sink",
 ];
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
@@ -49,6 +50,8 @@ const PROTO_CRATES: &[&str] = &[
     "patchbay-proto-resp",
     "patchbay-proto-pg",
     "patchbay-proto-amqp",
+    "patchbay-proto-mysql",
+    "patchbay-proto-sqlmap",
     "patchbay-proto-testing",
 ];
 const TEST_PLUGINS: &[&str] = &[

@@ -31,18 +31,16 @@
 
 mod sql;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use patchbay_proto_pg::{Conn, DbError, Error as PgError, Url};
+use patchbay_proto_sqlmap::{Cell, Layout, Shape};
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, json, log};
-use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use sql::{Conflict, Shape, Statement};
+use sql::Statement;
 
 const KEYS: &[Key] = &[
     Key::text(
@@ -74,28 +72,11 @@ const KEYS: &[Key] = &[
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ColumnsDecl {
-    List(Vec<String>),
-    Map(std::collections::BTreeMap<String, String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConflictDecl {
-    keys: Vec<String>,
-    action: String,
-}
-
 struct PostgresSink {
     url: Url,
     link: Reconnect,
     table: String,
-    shape: Shape,
-    /// Columns mode with a map: each column's path in the payload.
-    paths: Option<Vec<(String, String)>>,
-    conflict: Conflict,
+    layout: Layout,
     conn: Option<Conn>,
     /// Built at the first connection (it needs the table's columns).
     statement: Option<Statement>,
@@ -136,8 +117,8 @@ impl PostgresSink {
                         self.table, self.url.database, self.url.user
                     )));
                 }
-                let statement = sql::statement(&self.table, &self.shape, &self.conflict, &columns)
-                    .map_err(Error::fatal)?;
+                let statement =
+                    sql::statement(&self.table, &self.layout, &columns).map_err(Error::fatal)?;
                 self.statement = Some(statement);
             }
             self.link.connected();
@@ -178,64 +159,48 @@ impl PostgresSink {
         let not_json = |e: &dyn std::fmt::Display| {
             Error::invalid_data(format!("the payload is not a JSON object: {e}"))
         };
-        if let Shape::Jsonb(_) = self.shape {
-            json::validate(&message.payload).map_err(|e| not_json(&e))?;
-            return Ok(match statement {
-                Statement::Copy { .. } => {
-                    let mut line = Vec::with_capacity(message.payload.len() + 8);
-                    sql::copy_escape(&message.payload, &mut line);
-                    line.push(b'\n');
-                    line
+        if let Statement::Copy { columns, .. } = statement {
+            let mut line = Vec::with_capacity(message.payload.len() + 8);
+            for (n, cell) in self
+                .layout
+                .cells(columns, &message.payload)?
+                .iter()
+                .enumerate()
+            {
+                if n > 0 {
+                    line.push(b'\t');
                 }
-                Statement::Insert { .. } => message.payload.clone(),
-            });
+                match cell {
+                    Cell::Null => line.extend_from_slice(b"\\N"),
+                    Cell::Text(text) | Cell::Json(text) => {
+                        sql::copy_escape(text.as_bytes(), &mut line)
+                    }
+                }
+            }
+            line.push(b'\n');
+            return Ok(line);
         }
-        match (&self.paths, statement) {
-            (Some(paths), _) => {
+        match (&self.layout.shape, &self.layout.paths) {
+            (Shape::Whole(_), _) => {
+                json::validate(&message.payload).map_err(|e| not_json(&e))?;
+                Ok(message.payload.clone())
+            }
+            (Shape::Columns(_), Some(paths)) => {
                 let doc: Value =
                     serde_json::from_slice(&message.payload).map_err(|e| not_json(&e))?;
                 if !doc.is_object() {
                     return Err(not_json(&"it is not an object"));
                 }
-                let picked = |path: &str| json::get(&doc, path).unwrap_or(&Value::Null);
-                match statement {
-                    Statement::Copy { .. } => {
-                        let mut line = Vec::with_capacity(message.payload.len() + 8);
-                        for (n, (_, path)) in paths.iter().enumerate() {
-                            if n > 0 {
-                                line.push(b'\t');
-                            }
-                            copy_value(picked(path), &mut line);
-                        }
-                        line.push(b'\n');
-                        Ok(line)
-                    }
-                    Statement::Insert { .. } => {
-                        let row: serde_json::Map<String, Value> = paths
-                            .iter()
-                            .map(|(column, path)| (column.clone(), picked(path).clone()))
-                            .collect();
-                        serde_json::to_vec(&row).map_err(|e| not_json(&e))
-                    }
-                }
+                let row: serde_json::Map<String, Value> = paths
+                    .iter()
+                    .map(|(column, path)| {
+                        let value = json::get(&doc, path).unwrap_or(&Value::Null);
+                        (column.clone(), value.clone())
+                    })
+                    .collect();
+                serde_json::to_vec(&row).map_err(|e| not_json(&e))
             }
-            (None, Statement::Copy { columns, .. }) => {
-                let fields: HashMap<String, &RawValue> =
-                    serde_json::from_slice(&message.payload).map_err(|e| not_json(&e))?;
-                let mut line = Vec::with_capacity(message.payload.len() + 8);
-                for (n, column) in columns.iter().enumerate() {
-                    if n > 0 {
-                        line.push(b'\t');
-                    }
-                    match fields.get(column) {
-                        None => line.extend_from_slice(b"\\N"),
-                        Some(raw) => copy_raw(raw, &mut line).map_err(|e| not_json(&e))?,
-                    }
-                }
-                line.push(b'\n');
-                Ok(line)
-            }
-            (None, Statement::Insert { .. }) => {
+            (Shape::Columns(_), None) => {
                 json::validate(&message.payload).map_err(|e| not_json(&e))?;
                 let first = message.payload.iter().find(|b| !b.is_ascii_whitespace());
                 if first != Some(&b'{') {
@@ -328,48 +293,12 @@ impl Sink for PostgresSink {
         if table.is_empty() {
             return Err(c.invalid("table", "a table name"));
         }
-        let jsonb = c.choice("mode")? == "jsonb";
-        let declared: Option<ColumnsDecl> = c.json("columns")?;
-        let (shape, paths) = match (jsonb, declared) {
-            (true, Some(_)) => {
-                return Err(c.invalid("columns", "nothing in mode = \"jsonb\" (use `column`)"));
-            }
-            (true, None) => (Shape::Jsonb(c.text("column")?.to_owned()), None),
-            (false, None) => (Shape::Columns(None), None),
-            (false, Some(ColumnsDecl::List(names))) => (Shape::Columns(Some(names)), None),
-            (false, Some(ColumnsDecl::Map(map))) => {
-                let names = map.keys().cloned().collect();
-                (Shape::Columns(Some(names)), Some(map.into_iter().collect()))
-            }
-        };
-        if let Shape::Columns(Some(names)) = &shape
-            && names.is_empty()
-        {
-            return Err(c.invalid("columns", "at least one column"));
-        }
-        let conflict = match c.json::<ConflictDecl>("on_conflict")? {
-            None => Conflict::Fail,
-            Some(_) if jsonb => {
-                return Err(c.invalid("on_conflict", "nothing in mode = \"jsonb\""));
-            }
-            Some(d) if d.keys.is_empty() => {
-                return Err(c.invalid("on_conflict", "at least one key column in `keys`"));
-            }
-            Some(d) => match d.action.as_str() {
-                "update" => Conflict::Update(d.keys),
-                "nothing" => Conflict::Nothing(d.keys),
-                _ => {
-                    return Err(c.invalid("on_conflict", "`action` = \"update\" or \"nothing\""));
-                }
-            },
-        };
+        let layout = Layout::from_config(&c, "jsonb")?;
         let mut sink = PostgresSink {
             link: Reconnect::new("postgres", url.addr.clone()),
             url,
             table,
-            shape,
-            paths,
-            conflict,
+            layout,
             conn: None,
             statement: None,
         };
@@ -419,30 +348,6 @@ impl Sink for PostgresSink {
         self.insert(&rows, &which, &mut results);
         results
     }
-}
-
-/// A JSON value as COPY text: a string's text, NULL for null, any other value's JSON text
-/// (numbers, booleans; objects and arrays for json/jsonb columns).
-fn copy_value(value: &Value, line: &mut Vec<u8>) {
-    match value {
-        Value::Null => line.extend_from_slice(b"\\N"),
-        Value::String(s) => sql::copy_escape(s.as_bytes(), line),
-        other => sql::copy_escape(other.to_string().as_bytes(), line),
-    }
-}
-
-/// [`copy_value`] of a value still in its JSON text.
-fn copy_raw(raw: &RawValue, line: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'"') => {
-            let s: std::borrow::Cow<'_, str> = serde_json::from_str(text)?;
-            sql::copy_escape(s.as_bytes(), line);
-        }
-        Some(b'n') => line.extend_from_slice(b"\\N"),
-        _ => sql::copy_escape(text.as_bytes(), line),
-    }
-    Ok(())
 }
 
 patchbay_sdk::export_sink!(PostgresSink);

@@ -11,34 +11,7 @@
 //! one transaction, and the plugin never writes a value into SQL text.
 
 use patchbay_proto_pg::{Conn, Error as PgError, quote_ident, quote_literal};
-
-/// What to do with a row whose conflict keys match an existing row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Conflict {
-    /// No `on_conflict`: the server's unique violation makes the row `invalid-data`.
-    Fail,
-    Nothing(Vec<String>),
-    Update(Vec<String>),
-}
-
-/// How payloads become rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shape {
-    /// Top-level fields into the columns of their names: `None` takes the table's columns
-    /// (see [`insertable`]).
-    Columns(Option<Vec<String>>),
-    /// The whole payload into this one column.
-    Jsonb(String),
-}
-
-/// One column as the catalog describes it.
-pub struct Column {
-    pub name: String,
-    /// Filled by the server on its own: identity, generated, or a serial's `nextval` default.
-    pub automatic: bool,
-    /// An array or composite type: COPY's text form of it is not JSON.
-    pub structured: bool,
-}
+use patchbay_proto_sqlmap::{Column, Conflict, Layout, Shape};
 
 /// The table's columns, in order; `Ok(empty)` when there is no such table (or the user may
 /// not see it).
@@ -69,16 +42,6 @@ pub fn columns(conn: &mut Conn, table: &str) -> Result<Vec<Column>, PgError> {
         .collect())
 }
 
-/// The columns a batch writes when the config names none: every column the server does not
-/// fill on its own.
-pub fn insertable(columns: &[Column]) -> Vec<String> {
-    columns
-        .iter()
-        .filter(|c| !c.automatic)
-        .map(|c| c.name.clone())
-        .collect()
-}
-
 /// How a batch is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Statement {
@@ -88,24 +51,19 @@ pub enum Statement {
     Insert { sql: String },
 }
 
-/// The statement for one batch: COPY where it can, else [`insert`].
-pub fn statement(
-    table: &str,
-    shape: &Shape,
-    conflict: &Conflict,
-    existing: &[Column],
-) -> Result<Statement, String> {
-    let sql = insert(table, shape, conflict, existing)?;
-    let columns = match shape {
-        Shape::Jsonb(column) => vec![column.clone()],
-        Shape::Columns(Some(names)) => names.clone(),
-        Shape::Columns(None) => insertable(existing),
-    };
+/// The statement for one batch: COPY where it can, else [`insert`]; the error says which name
+/// in the config is wrong and what the table has.
+pub fn statement(table: &str, layout: &Layout, existing: &[Column]) -> Result<Statement, String> {
+    let columns = layout.written(table, existing)?;
     let structured = existing
         .iter()
         .any(|c| c.structured && columns.contains(&c.name));
-    if *conflict != Conflict::Fail || (structured && matches!(shape, Shape::Columns(_))) {
-        return Ok(Statement::Insert { sql });
+    if layout.conflict != Conflict::Fail
+        || (structured && matches!(layout.shape, Shape::Columns(_)))
+    {
+        return Ok(Statement::Insert {
+            sql: insert(table, layout, &columns),
+        });
     }
     let list: Vec<String> = columns.iter().map(|c| quote_ident_part(c)).collect();
     Ok(Statement::Copy {
@@ -131,15 +89,9 @@ pub fn copy_escape(value: &[u8], line: &mut Vec<u8>) {
     }
 }
 
-/// The INSERT for one batch (`$1`: the JSON array of its rows), checked against the table's
-/// columns; the error says which name is wrong and what the table has.
-pub fn insert(
-    table: &str,
-    shape: &Shape,
-    conflict: &Conflict,
-    existing: &[Column],
-) -> Result<String, String> {
-    let known = |name: &String| existing.iter().any(|c| &c.name == name);
+/// The INSERT for one batch (`$1`: the JSON array of its rows) of `columns`, as
+/// [`Layout::written`] checked them.
+pub fn insert(table: &str, layout: &Layout, columns: &[String]) -> String {
     let list = |names: &[String]| {
         names
             .iter()
@@ -147,72 +99,39 @@ pub fn insert(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let all: Vec<&str> = existing.iter().map(|c| c.name.as_str()).collect();
-    let check = |names: &[String], key: &str| match names.iter().find(|n| !known(n)) {
-        Some(missing) => Err(format!(
-            "config key `{key}`: table `{table}` has no column `{missing}`; its columns: {}",
-            all.join(", ")
-        )),
-        None => Ok(()),
-    };
     let target = quote_ident(table);
-    match shape {
-        Shape::Jsonb(column) => {
-            check(std::slice::from_ref(column), "column")?;
-            Ok(format!(
-                "INSERT INTO {target} ({}) SELECT e FROM jsonb_array_elements($1::jsonb) AS e",
-                quote_ident_part(column)
-            ))
-        }
-        Shape::Columns(named) => {
-            let columns = match named {
-                Some(names) => {
-                    check(names, "columns")?;
-                    names.clone()
-                }
-                None => insertable(existing),
+    if let Shape::Whole(column) = &layout.shape {
+        return format!(
+            "INSERT INTO {target} ({}) SELECT e FROM jsonb_array_elements($1::jsonb) AS e",
+            quote_ident_part(column)
+        );
+    }
+    let cols = list(columns);
+    let rows = format!("json_populate_recordset(NULL::{target}, $1::json)");
+    match &layout.conflict {
+        Conflict::Fail => format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {rows}"),
+        Conflict::Nothing(keys) => format!(
+            "INSERT INTO {target} ({cols}) SELECT {cols} FROM {rows} ON CONFLICT ({}) DO NOTHING",
+            list(keys)
+        ),
+        Conflict::Update(keys) => {
+            let set: Vec<String> = columns
+                .iter()
+                .filter(|c| !keys.contains(c))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident_part(c)))
+                .collect();
+            let action = match set.is_empty() {
+                true => "NOTHING".to_owned(),
+                false => format!("UPDATE SET {}", set.join(", ")),
             };
-            if columns.is_empty() {
-                return Err(format!(
-                    "table `{table}` has no column to write (all are filled by the server); \
-                     name them in `columns`"
-                ));
-            }
-            let cols = list(&columns);
-            let rows = format!("json_populate_recordset(NULL::{target}, $1::json)");
-            Ok(match conflict {
-                Conflict::Fail => {
-                    format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {rows}")
-                }
-                Conflict::Nothing(keys) => {
-                    check(keys, "on_conflict")?;
-                    format!(
-                        "INSERT INTO {target} ({cols}) SELECT {cols} FROM {rows} \
-                         ON CONFLICT ({}) DO NOTHING",
-                        list(keys)
-                    )
-                }
-                Conflict::Update(keys) => {
-                    check(keys, "on_conflict")?;
-                    let set: Vec<String> = columns
-                        .iter()
-                        .filter(|c| !keys.contains(c))
-                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident_part(c)))
-                        .collect();
-                    let action = match set.is_empty() {
-                        true => "NOTHING".to_owned(),
-                        false => format!("UPDATE SET {}", set.join(", ")),
-                    };
-                    // A key twice in one batch: the last row wins (an upsert may not touch a
-                    // row twice in one statement).
-                    format!(
-                        "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({keys}) {cols} \
-                         FROM {rows} WITH ORDINALITY AS r ORDER BY {keys}, r.ordinality DESC \
-                         ON CONFLICT ({keys}) DO {action}",
-                        keys = list(keys)
-                    )
-                }
-            })
+            // A key twice in one batch: the last row wins (an upsert may not touch a row
+            // twice in one statement).
+            format!(
+                "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {rows} \
+                 WITH ORDINALITY AS r ORDER BY {keys}, r.ordinality DESC ON CONFLICT ({keys}) \
+                 DO {action}",
+                keys = list(keys)
+            )
         }
     }
 }
@@ -237,20 +156,30 @@ mod tests {
             .collect()
     }
 
+    fn layout(shape: Shape, conflict: Conflict) -> Layout {
+        Layout {
+            shape,
+            paths: None,
+            conflict,
+        }
+    }
+
     #[test]
     fn plain_inserts_copy_and_upserts_insert() {
         let t = table();
         assert_eq!(
-            statement("orders", &Shape::Columns(None), &Conflict::Fail, &t),
+            statement("orders", &layout(Shape::Columns(None), Conflict::Fail), &t),
             Ok(Statement::Copy {
                 sql: "COPY \"orders\" (\"name\", \"amount\") FROM STDIN".into(),
                 columns: vec!["name".into(), "amount".into()],
             })
         );
-        let upsert = Conflict::Update(vec!["id".into()]);
-        let cols = Shape::Columns(Some(vec!["id".into(), "amount".into()]));
+        let upsert = layout(
+            Shape::Columns(Some(vec!["id".into(), "amount".into()])),
+            Conflict::Update(vec!["id".into()]),
+        );
         assert!(matches!(
-            statement("orders", &cols, &upsert, &t),
+            statement("orders", &upsert, &t),
             Ok(Statement::Insert { .. })
         ));
         let mut line = Vec::new();
@@ -260,19 +189,24 @@ mod tests {
 
     #[test]
     fn statements_for_each_shape() {
-        let t = table();
+        let all = ["name".to_owned(), "amount".to_owned()];
         assert_eq!(
-            insert("orders", &Shape::Columns(None), &Conflict::Fail, &t).unwrap(),
+            insert(
+                "orders",
+                &layout(Shape::Columns(None), Conflict::Fail),
+                &all
+            ),
             "INSERT INTO \"orders\" (\"name\", \"amount\") SELECT \"name\", \"amount\" FROM \
              json_populate_recordset(NULL::\"orders\", $1::json)"
         );
         let upsert = insert(
             "s.orders",
-            &Shape::Columns(Some(vec!["id".into(), "amount".into()])),
-            &Conflict::Update(vec!["id".into()]),
-            &t,
-        )
-        .unwrap();
+            &layout(
+                Shape::Columns(Some(vec!["id".into(), "amount".into()])),
+                Conflict::Update(vec!["id".into()]),
+            ),
+            &["id".to_owned(), "amount".to_owned()],
+        );
         assert!(upsert.contains("DISTINCT ON (\"id\")"), "{upsert}");
         assert!(
             upsert.ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"amount\" = EXCLUDED.\"amount\""),
@@ -280,15 +214,18 @@ mod tests {
         );
         assert!(upsert.contains("NULL::\"s\".\"orders\""), "{upsert}");
         assert_eq!(
-            insert("orders", &Shape::Jsonb("name".into()), &Conflict::Fail, &t).unwrap(),
+            insert(
+                "orders",
+                &layout(Shape::Whole("name".into()), Conflict::Fail),
+                &["name".to_owned()]
+            ),
             "INSERT INTO \"orders\" (\"name\") SELECT e FROM jsonb_array_elements($1::jsonb) AS e"
         );
         assert_eq!(
-            insert(
+            statement(
                 "orders",
-                &Shape::Columns(Some(vec!["nope".into()])),
-                &Conflict::Fail,
-                &t
+                &layout(Shape::Columns(Some(vec!["nope".into()])), Conflict::Fail),
+                &table()
             ),
             Err(
                 "config key `columns`: table `orders` has no column `nope`; its columns: id, \

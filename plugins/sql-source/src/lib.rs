@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Each poll asks for the rows whose `column` is above the last one read, in its order, at
-//! most a batch (`SELECT row_to_json(q) … WHERE q.column > $1 ORDER BY q.column LIMIT n`): the
-//! server makes the JSON, each row one message (key: the `key_column`'s value when set). The
+//! most a batch (`SELECT … FROM (table or query) AS q WHERE q.column > $1 ORDER BY q.column
+//! LIMIT n`), each row one JSON message (key: the `key_column`'s value when set). The
 //! last value read moves on in memory at each poll and is stored in the host state only at
 //! `ack` (after every destination took the rows), so a restart reads nothing twice after a
 //! clean stop and skips nothing after a crash (rows read but not acknowledged are read again)
@@ -24,20 +24,23 @@
 //! next poll reads the group whole), unless one group alone is larger than a batch, which is
 //! an error naming the value (raise `batch_size`, or use a unique column).
 //!
-//! PostgreSQL only, for now (`postgres://`, TLS with `?sslmode=require`); MariaDB comes with
-//! its client.
+//! PostgreSQL (`postgres://`, TLS with `?sslmode=require`; the server makes the JSON with
+//! `row_to_json`) and MariaDB or MySQL (`mysql://` or `mariadb://`, TLS with
+//! `?ssl-mode=required`; the plugin makes the JSON from the text protocol's values: numbers
+//! unquoted, every other type a string).
+
+mod mysql;
+mod pg;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use patchbay_proto_pg::{Conn, DbError, Error as PgError, Url, quote_ident};
-use patchbay_sdk::net::Reconnect;
-use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, state, tls};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, state};
 
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`postgres://user[:password]@host[:port]/database` (`?sslmode=require` for TLS); the address must be granted in `grants.tcp`.",
+        "`postgres://user[:password]@host[:port]/database` (`?sslmode=require` for TLS) or `mysql://user[:password]@host[:port]/database` (MariaDB and MySQL; `?ssl-mode=required` for TLS); the address must be granted in `grants.tcp`.",
     )
     .required(),
     Key::text("table", "The table to read (`schema.table` allowed); or give `query`.").default(""),
@@ -65,13 +68,27 @@ const KEYS: &[Key] = &[
 const LAST: &str = "last-value";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One row read: its JSON, its `column` value (as text) and its key.
+pub struct Row {
+    payload: String,
+    value: String,
+    key: Option<String>,
+}
+
+fn null_column(column: &str) -> Error {
+    Error::fatal(format!(
+        "a row whose `{column}` is NULL: the column must have a value in every row"
+    ))
+}
+
+/// The database the rows come from.
+enum Db {
+    Pg(pg::Pg),
+    My(mysql::My),
+}
+
 struct SqlSource {
-    url: Url,
-    link: Reconnect,
-    conn: Option<Conn>,
-    /// The SELECT over the rows above `$1` (and the first one, over all rows).
-    after: String,
-    first: String,
+    db: Db,
     column: String,
     /// The last value read (in memory: the next poll goes on after it).
     last: Option<String>,
@@ -82,72 +99,13 @@ struct SqlSource {
     next_query: Instant,
 }
 
-fn db_error(e: &DbError) -> Error {
-    let message = format!("postgres refused the query: {e}");
-    match e.class() {
-        "08" | "40" | "53" | "55" | "57" | "58" | "XX" => Error::retryable(message),
-        _ => Error::fatal(message),
-    }
-}
-
 impl SqlSource {
-    fn connection(&mut self) -> Result<&mut Conn, Error> {
-        if self.conn.is_none() {
-            self.link.ready()?;
-            let opened = tls::connect(&self.url.addr, false, self.url.tls, TIMEOUT)
-                .map_err(PgError::Io)
-                .and_then(|stream| Conn::over(stream, &self.url, &[]));
-            let conn = match opened {
-                Ok(conn) => conn,
-                Err(PgError::Io(e)) => return Err(self.link.failed(&e)),
-                Err(PgError::Db(e)) => {
-                    return Err(Error::fatal(format!(
-                        "postgres {}: the server refused the login: {e}",
-                        self.url.addr
-                    )));
-                }
-            };
-            self.link.connected();
-            self.conn = Some(conn);
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| Error::retryable("postgres: not connected"))
-    }
-
-    /// Rows after the last value: (payload, column value, key) each.
-    fn query(&mut self, max: u32) -> Result<Vec<(String, String, Option<String>)>, Error> {
-        let limit = max.to_string();
-        let (sql, params) = match &self.last {
-            Some(last) => (self.after.clone(), vec![Some(last.clone()), Some(limit)]),
-            None => (self.first.clone(), vec![Some(limit)]),
-        };
-        let conn = self.connection()?;
-        let params: Vec<Option<&[u8]>> = params
-            .iter()
-            .map(|p| p.as_deref().map(str::as_bytes))
-            .collect();
-        match conn.execute(&sql, &params) {
-            Ok((rows, _)) => rows
-                .into_iter()
-                .map(|row| {
-                    let mut values = row.into_iter();
-                    match (values.next().flatten(), values.next().flatten()) {
-                        (Some(payload), Some(value)) => {
-                            Ok((payload, value, values.next().flatten()))
-                        }
-                        _ => Err(Error::fatal(format!(
-                            "a row whose `{}` is NULL: the column must have a value in every row",
-                            self.column
-                        ))),
-                    }
-                })
-                .collect(),
-            Err(PgError::Io(e)) => {
-                self.conn = None;
-                Err(self.link.lost(&e))
-            }
-            Err(PgError::Db(e)) => Err(db_error(&e)),
+    /// Rows after the last value.
+    fn query(&mut self, max: u32) -> Result<Vec<Row>, Error> {
+        let last = self.last.as_deref();
+        match &mut self.db {
+            Db::Pg(db) => db.rows(last, max, TIMEOUT),
+            Db::My(db) => db.rows(last, max, TIMEOUT),
         }
     }
 }
@@ -157,19 +115,23 @@ impl Source for SqlSource {
         Metadata::new(
             "sql-source",
             env!("CARGO_PKG_VERSION"),
-            "Reads the rows of a PostgreSQL table or query as JSON, in the order of an increasing column, polling for new ones.",
+            "Reads the rows of a PostgreSQL, MariaDB or MySQL table or query as JSON, in the order of an increasing column, polling for new ones.",
         )
         .keys(KEYS)
     }
 
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
-        let url = Url::parse(c.text("url")?)
-            .map_err(|e| c.invalid("url", &format!("a postgres:// URL ({e})")))?;
+        let url = c.text("url")?;
+        let mysql = url.starts_with("mysql://") || url.starts_with("mariadb://");
+        let quote = |name: &str| match mysql {
+            true => patchbay_proto_mysql::quote_ident(name),
+            false => patchbay_proto_pg::quote_ident(name),
+        };
         let table = c.text("table")?.trim();
         let query = c.text("query")?.trim();
         let base = match (table.is_empty(), query.is_empty()) {
-            (false, true) => format!("SELECT * FROM {}", quote_ident(table)),
+            (false, true) => format!("SELECT * FROM {}", quote(table)),
             (true, false) => query.trim_end_matches(';').to_owned(),
             (true, true) => return Err(c.invalid("table", "a table name, or a `query`")),
             (false, false) => return Err(c.invalid("query", "nothing when `table` is given")),
@@ -178,19 +140,19 @@ impl Source for SqlSource {
         if column.is_empty() {
             return Err(c.invalid("column", "the name of an increasing column"));
         }
-        let col = format!("q.\"{}\"", column.replace('"', "\"\""));
-        let key = match c.text("key_column")?.trim() {
-            "" => String::new(),
-            k => format!(", q.\"{}\"::text", k.replace('"', "\"\"")),
+        let key = c.text("key_column")?.trim();
+        let db = if mysql {
+            let url = patchbay_proto_mysql::Url::parse(url)
+                .map_err(|e| c.invalid("url", &format!("a mysql:// URL ({e})")))?;
+            Db::My(mysql::My::new(url, &base, &column, key))
+        } else {
+            let url = patchbay_proto_pg::Url::parse(url)
+                .map_err(|e| c.invalid("url", &format!("a postgres:// or mysql:// URL ({e})")))?;
+            Db::Pg(pg::Pg::new(url, &base, &column, key))
         };
-        let select = format!("SELECT row_to_json(q)::text, {col}::text{key} FROM ({base}) AS q");
         let start = c.text("start")?;
         let mut source = SqlSource {
-            link: Reconnect::new("postgres", url.addr.clone()),
-            url,
-            conn: None,
-            after: format!("{select} WHERE {col} > $1 ORDER BY {col} LIMIT $2::bigint"),
-            first: format!("{select} ORDER BY {col} LIMIT $1::bigint"),
+            db,
             column,
             last: state::get(LAST)
                 .and_then(|v| String::from_utf8(v).ok())
@@ -215,11 +177,11 @@ impl Source for SqlSource {
         let mut rows = self.query(max)?;
         if rows.len() < max as usize {
             self.next_query = Instant::now() + self.interval;
-        } else if let Some((_, last, _)) = rows.last() {
+        } else if let Some(Row { value: last, .. }) = rows.last() {
             // A full batch may end inside a group of rows sharing the last value: leave the
             // group for the next poll, which reads it whole.
             let last = last.clone();
-            let group = rows.iter().rev().take_while(|(_, v, _)| *v == last).count();
+            let group = rows.iter().rev().take_while(|r| r.value == last).count();
             if group == rows.len() {
                 return Err(Error::fatal(format!(
                     "more than {max} rows have `{}` = {last}: a batch cannot hold them; raise \
@@ -229,7 +191,7 @@ impl Source for SqlSource {
             }
             rows.truncate(rows.len() - group);
         }
-        let Some((_, last, _)) = rows.last() else {
+        let Some(Row { value: last, .. }) = rows.last() else {
             return Ok(PollResult::batch(Vec::new(), self.checkpoint));
         };
         self.last = Some(last.clone());
@@ -237,9 +199,9 @@ impl Source for SqlSource {
         self.inflight.push_back((self.checkpoint, last.clone()));
         let messages = rows
             .into_iter()
-            .map(|(payload, _, key)| {
-                let m = Message::new(payload.into_bytes());
-                match key {
+            .map(|row| {
+                let m = Message::new(row.payload.into_bytes());
+                match row.key {
                     Some(k) => m.with_key(k.into_bytes()),
                     None => m,
                 }
