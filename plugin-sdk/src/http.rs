@@ -137,6 +137,9 @@ pub enum HttpError {
     BadUrl(String),
     /// The host refused: the destination is not in the plugin's `grants.http`.
     Denied,
+    /// The host refused the server's TLS certificate (an unknown CA, a wrong name, expired);
+    /// the host's log names the server and the reason. Trying again does not help.
+    Certificate,
     /// Anything else the host or the network reported (connection refused, timeout, TLS…).
     Failed(String),
 }
@@ -148,6 +151,10 @@ impl std::fmt::Display for HttpError {
             HttpError::Denied => f.write_str(
                 "HTTP request denied by the sandbox: the destination is not in grants.http",
             ),
+            HttpError::Certificate => f.write_str(
+                "the server's TLS certificate was refused (the log above says why; a server \
+                 signed by a private CA needs grants.tls = { ca = \"FILE.pem\" })",
+            ),
             HttpError::Failed(why) => f.write_str(why),
         }
     }
@@ -158,6 +165,7 @@ impl std::error::Error for HttpError {}
 fn failed(code: ErrorCode) -> HttpError {
     match code {
         ErrorCode::HttpRequestDenied => HttpError::Denied,
+        ErrorCode::TlsCertificateError => HttpError::Certificate,
         other => HttpError::Failed(format!("{other:?}")),
     }
 }

@@ -534,3 +534,94 @@ sinks = ["db"]
         "{stderr}"
     );
 }
+
+/// A private HTTPS server (Python's http.server behind its ssl module) on `port` that asks
+/// for a client certificate signed by `client-ca.pem` and appends each POST body to
+/// `received.jsonl`.
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open(out, "ab") as f:
+            f.write(body if body.endswith(b"\n") else body + b"\n")
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain("server.pem", "server.key")
+context.verify_mode = ssl.CERT_REQUIRED
+context.load_verify_locations("client-ca.pem")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+/// http-sink to `https://` with mutual TLS: the granted CA verifies the server, the granted
+/// client certificate gets past the server's check, and all 10,000 records arrive; without
+/// the CA, the host's log names the server and the cause and the sink stops (fatal).
+#[test]
+fn http_sink_over_https_with_mutual_tls() {
+    let s = Scratch::new();
+    certificates(s.path(), "server");
+    certificates(s.path(), "client");
+    s.write("server.py", HTTPS_SERVER);
+    let port = 18443;
+    let _server = Server::start(
+        Command::new("python3")
+            .args(["server.py", &port.to_string(), "received.jsonl"])
+            .current_dir(s.path()),
+        port,
+    );
+    let pipeline = |tls: &str| {
+        format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.api]
+path = "{{plugin:http-sink}}"
+config = {{ url = "https://127.0.0.1:{port}/ingest", batch = "ndjson" }}
+grants = {{ http = ["https://127.0.0.1:{port}"]{tls} }}
+
+[[pipeline]]
+name = "to-https"
+source = "gen"
+sinks = ["api"]
+batch_size = 500
+"#
+        )
+    };
+    s.write(
+        "p.toml",
+        &pipeline(r#", tls = { ca = "server-ca.pem", cert = "client.pem", key = "client.key" }"#),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{COUNT} written to `api`")),
+        "{stderr}"
+    );
+    let counts = crate::seq_counts(&s.read("received.jsonl"));
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+
+    // The system's roots do not know the test CA: refused, with host and reason, and fatal.
+    s.write("p.toml", &pipeline(""));
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "TLS with 127.0.0.1 failed: the server's certificate is not signed by a trusted CA \
+             (grant the CA that signed it: grants.tls = { ca = \"FILE.pem\" })"
+        ) && stderr.contains("the server's TLS certificate was refused"),
+        "{stderr}"
+    );
+}

@@ -16,7 +16,11 @@
 //! - The answer decides: 2xx is `ok`; 408, 429 and 5xx are `retryable` (the pipeline's `retry`
 //!   policy backs off); any other status is `invalid-data` with the status and the start of the
 //!   body; a connection failure or a timeout is `retryable`; a destination outside
-//!   `grants.http` is `fatal`. Redirects are not followed.
+//!   `grants.http`, or a server whose TLS certificate the host refuses, is `fatal`. Redirects
+//!   are not followed.
+//! - `https://` is TLS done by the host: the server verified against the system's roots or
+//!   `grants.tls.ca`, and `grants.tls.cert`/`key` presented when the server asks for a client
+//!   certificate.
 
 use std::time::Duration;
 
@@ -27,7 +31,7 @@ use patchbay_sdk::{Config, Error, Key, Message, Metadata, Sink};
 const KEYS: &[Key] = &[
     Key::text(
         "url",
-        "`http://` or `https://` URL; its host must be granted in `grants.http`.",
+        "`http://` or `https://` URL; its host must be granted in `grants.http`. For https the host verifies the server against the system roots or `grants.tls.ca` and presents `grants.tls.cert` when asked.",
     )
     .required(),
     Key::choice("method", &["POST", "PUT", "PATCH"], "`POST`, `PUT` or `PATCH`.").default("POST"),
@@ -118,6 +122,12 @@ impl HttpSink {
                 self.url,
                 HttpError::Denied,
                 authority(&self.url)
+            ))),
+            Err(HttpError::Certificate) => Err(Error::fatal(format!(
+                "{} {}: {}",
+                method_name(self.method),
+                self.url,
+                HttpError::Certificate
             ))),
             Err(HttpError::BadUrl(why)) => {
                 Err(Error::fatal(format!("{}: bad URL: {why}", self.url)))

@@ -1,5 +1,6 @@
 //! The wasi:http half of a plugin's grants: every outgoing request is matched against
-//! `grants.http` before a connection is made.
+//! `grants.http` before a connection is made; `https://` goes through `https` with the
+//! plugin's TLS grant.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use super::grants::HttpPattern;
 /// with `HTTP-request-denied`. Hosts in grants are names, resolved by the host when it connects.
 pub struct HttpGate {
     allow: Vec<HttpPattern>,
+    /// From `grants.tls`, for `https://` (`None`: the system's roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
     label: Arc<str>,
     audit: Arc<Audit>,
 }
@@ -29,6 +32,7 @@ impl HttpGate {
     pub fn new(label: &Arc<str>, grants: &Grants, audit: &Arc<Audit>) -> HttpGate {
         HttpGate {
             allow: grants.http.clone(),
+            tls: grants.tls.as_ref().map(super::TlsGrant::config),
             label: label.clone(),
             audit: audit.clone(),
         }
@@ -63,6 +67,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpGate {
                 .connect_timeout
                 .map_or(HTTP_CONNECT_TIMEOUT, |t| t.min(HTTP_CONNECT_TIMEOUT)),
         );
+        if scheme == "https" {
+            let config = super::tls::client_config(self.tls.as_ref());
+            let label = self.label.clone();
+            return Box::new(super::https::send(request, options, config, label));
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) =

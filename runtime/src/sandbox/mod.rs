@@ -5,7 +5,8 @@
 //! - `wasi`: grants → a WASI context holding only what was granted;
 //! - `net`, `http`, `fs`, `dns`, `sockets`: the checks wasmtime calls for every socket address,
 //!   outgoing HTTP request, refused file open, name lookup and new socket;
-//! - `tls`: `wasi:tls` in the host (rustls), configured by `grants.tls`;
+//! - `tls`: `wasi:tls` in the host (rustls), configured by `grants.tls`; `https`: plugins'
+//!   `https://` requests (wasi:http) with the same configuration;
 //! - `limits`: memory, deadlines and output per call; `opened`: the caps on sockets and files
 //!   an instance holds open;
 //! - `audit`: denials, logged and counted; `stdio`: plugin output to the log; `logline`: the
@@ -18,6 +19,7 @@ mod dns;
 mod fs;
 pub mod grants;
 mod http;
+mod https;
 mod limits;
 pub mod logline;
 mod net;

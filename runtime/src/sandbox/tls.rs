@@ -152,8 +152,17 @@ impl TlsGrant {
     }
 }
 
+/// The client configuration for a plugin: its grant's, or (without `grants.tls`) the system
+/// roots', read at the first TLS connection any plugin makes, not before.
+pub fn client_config(
+    grant: Option<&Arc<rustls::ClientConfig>>,
+) -> Option<Arc<rustls::ClientConfig>> {
+    grant.cloned().or_else(|| DEFAULT.clone())
+}
+
 /// The `wasi:tls` provider of one plugin instance.
 pub struct Provider {
+    /// From `grants.tls`; `None`: the system's roots.
     config: Option<Arc<rustls::ClientConfig>>,
     label: Arc<str>,
 }
@@ -161,28 +170,39 @@ pub struct Provider {
 impl Provider {
     pub fn new(label: &Arc<str>, grant: Option<&TlsGrant>) -> Provider {
         Provider {
-            config: grant.map(|g| g.config.clone()).or_else(|| DEFAULT.clone()),
+            config: grant.map(TlsGrant::config),
             label: label.clone(),
         }
     }
 }
 
-/// What went wrong, with the server's name, and what to do where it is the usual mistake.
-fn handshake_error(label: &str, server: &str, e: std::io::Error) -> wasmtime_wasi_tls::Error {
-    let reason = match e
+impl TlsGrant {
+    /// The client configuration its files make.
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+}
+
+/// Why a handshake failed, and what to do where it is the usual mistake; `true` when it was
+/// the server's certificate. Logged with the plugin and the server's name.
+pub fn handshake_failure(label: &str, server: &str, e: &std::io::Error) -> (String, bool) {
+    let (reason, certificate) = match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
-            "the server's certificate is not signed by a trusted CA (grant the CA that signed it: \
-             grants.tls = { ca = \"FILE.pem\" })"
-                .to_owned()
-        }
-        Some(other) => other.to_string(),
-        None => e.to_string(),
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => (
+            "the server's certificate is not signed by a trusted CA (grant the CA that signed \
+             it: grants.tls = { ca = \"FILE.pem\" })"
+                .to_owned(),
+            true,
+        ),
+        Some(other @ rustls::Error::InvalidCertificate(_)) => (other.to_string(), true),
+        Some(other) => (other.to_string(), false),
+        None => (e.to_string(), false),
     };
-    tracing::warn!(plugin = label, "TLS with {server} failed: {reason}");
-    wasmtime_wasi_tls::Error::msg(format!("TLS with {server} failed: {reason}"))
+    let message = format!("TLS with {server} failed: {reason}");
+    tracing::warn!(plugin = label, "{message}");
+    (message, certificate)
 }
 
 impl TlsProvider for Provider {
@@ -193,7 +213,7 @@ impl TlsProvider for Provider {
     ) -> std::pin::Pin<
         Box<dyn Future<Output = Result<Box<dyn TlsStream>, wasmtime_wasi_tls::Error>> + Send>,
     > {
-        let config = self.config.clone();
+        let config = client_config(self.config.as_ref());
         let label = self.label.clone();
         Box::pin(async move {
             let config = config.ok_or_else(|| {
@@ -207,7 +227,9 @@ impl TlsProvider for Provider {
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, transport)
                 .await
-                .map_err(|e| handshake_error(&label, &server_name, e))?;
+                .map_err(|e| {
+                    wasmtime_wasi_tls::Error::msg(handshake_failure(&label, &server_name, &e).0)
+                })?;
             Ok(Box::new(Stream(stream)) as Box<dyn TlsStream>)
         })
     }
