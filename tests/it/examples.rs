@@ -288,3 +288,171 @@ sinks = ["mq"]
     assert_eq!(queue_depth(QUEUE), 0);
     psql("DROP TABLE patchbay_example_orders");
 }
+
+/// An example's pipeline.toml copied into `dir` with the plugins' absolute paths and
+/// `replace` applied (for a server the test starts on another port).
+fn copied(name: &str, dir: &std::path::Path, replace: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(example(name).join("pipeline.toml")).unwrap();
+    let plugins = format!("{}/", crate::plugins_dir().display());
+    text = text.replace("../../target/plugins/", &plugins);
+    for (from, to) in replace {
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+}
+
+/// The example as written, against a private PostgreSQL with `wal_level = logical` (the
+/// machine's own has `replica`): 1,000 inserts, 100 updates and 100 deletes reach JetStream
+/// in commit order.
+#[test]
+fn postgres_cdc_to_nats_publishes_every_change_in_commit_order() {
+    use crate::postgres::PrivatePostgres;
+    let _nats = crate::nats::nats_lock();
+    const STREAM: &str = "PATCHBAY_EXAMPLE_CHANGES";
+    const PORT: u16 = 25436;
+    let pg = PrivatePostgres::start(PORT, &["wal_level=logical"], &[]);
+    pg.psql(
+        "CREATE TABLE patchbay_example_accounts (id bigint PRIMARY KEY, owner text NOT NULL, \
+         balance numeric(12,2) NOT NULL)",
+    );
+    let mut nats = crate::nats::Client::connect();
+    nats.delete_stream(STREAM);
+    let s = crate::Scratch::new();
+    let url = format!("127.0.0.1:{PORT}/postgres");
+    let grant = format!("127.0.0.1:{PORT}\"");
+    copied(
+        "postgres-cdc-to-nats",
+        s.path(),
+        &[("127.0.0.1:5432/test", &url), ("127.0.0.1:5432\"", &grant)],
+    );
+    let mut child = Running::start(s.path(), &["run", "pipeline.toml"]);
+    child.wait_for("the slot made", Duration::from_secs(60), || {
+        pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'patchbay_example'")
+            == "1"
+    });
+    pg.psql(
+        "INSERT INTO patchbay_example_accounts SELECT n, 'owner ' || n, n * 1.5 \
+         FROM generate_series(1, 1000) n",
+    );
+    pg.psql("UPDATE patchbay_example_accounts SET balance = balance + 1 WHERE id <= 100");
+    pg.psql("DELETE FROM patchbay_example_accounts WHERE id > 900");
+    child.wait_for("every change stored", Duration::from_secs(60), || {
+        nats.stream_messages(STREAM) >= 1200
+    });
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    let stored = nats.read_stream(STREAM);
+    let lines: Vec<&str> = stored.lines().collect();
+    let changes: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(changes.len(), 1200);
+    let ops: Vec<&str> = changes.iter().map(|c| c["op"].as_str().unwrap()).collect();
+    assert!(ops[..1000].iter().all(|op| *op == "insert"));
+    assert!(ops[1000..1100].iter().all(|op| *op == "update"));
+    assert!(ops[1100..].iter().all(|op| *op == "delete"));
+    // A numeric keeps its digits, as PostgreSQL wrote it.
+    assert!(
+        lines[1000].contains(r#""after":{"id":1,"owner":"owner 1","balance":2.50}"#),
+        "{}",
+        lines[1000]
+    );
+    assert_eq!(changes[1199]["before"], serde_json::json!({"id": 1000}));
+    nats.delete_stream(STREAM);
+}
+
+/// The example as written: its certs.sh and mosquitto.conf make a TLS-only broker on
+/// 127.0.0.1:8883, and 10,000 readings published over TLS land in the table once each.
+#[test]
+fn mqtt_to_postgres_over_tls_writes_every_reading_once() {
+    use crate::postgres::{psql, require_postgres};
+    let _mqtt = crate::mqtt::mqtt_lock();
+    require_postgres();
+    const COUNT: u64 = 10_000;
+    let dir = example("mqtt-to-postgres");
+    let made = std::process::Command::new("sh")
+        .arg("certs.sh")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut broker = std::process::Command::new("mosquitto")
+        .args(["-c", "mosquitto.conf"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto (Debian package mosquitto)");
+    crate::wait_until("the TLS broker", Duration::from_secs(10), || {
+        TcpStream::connect("127.0.0.1:8883").is_ok()
+    });
+    psql("DROP TABLE IF EXISTS patchbay_example_readings");
+    psql(
+        "CREATE TABLE patchbay_example_readings (device text NOT NULL, seq bigint NOT NULL, \
+         celsius numeric NOT NULL, at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (device, seq))",
+    );
+    // The example's persistent session, made before it starts (as mosquitto_sub -c makes it),
+    // so that nothing published before its subscription is lost.
+    let session = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "8883",
+            "--cafile",
+            "certs/ca.pem",
+            "-c",
+            "-q",
+            "1",
+        ])
+        .args(["-i", "patchbay-example-mqtt-to-postgres"])
+        .args(["-t", "patchbay-example/readings/#", "-E"])
+        .current_dir(&dir)
+        .output()
+        .expect("mosquitto_sub (Debian package mosquitto-clients)");
+    assert!(session.status.success(), "{session:?}");
+    let mut child = start("mqtt-to-postgres");
+    for chunk in 0..COUNT / 500 {
+        let mut publish = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", "8883", "--cafile", "certs/ca.pem"])
+            .args(["-q", "1", "-l", "-t"])
+            .arg(format!("patchbay-example/readings/dev-{}", chunk % 4))
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub (Debian package mosquitto-clients)");
+        let input: String = (chunk * 500..(chunk + 1) * 500)
+            .map(|n| {
+                format!(
+                    "{{\"device\":\"dev-{}\",\"seq\":{n},\"celsius\":21.5}}\n",
+                    chunk % 4
+                )
+            })
+            .collect();
+        publish
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        assert!(publish.wait().unwrap().success());
+        child.wait_for("readings written", Duration::from_secs(120), || {
+            psql("SELECT count(*) FROM patchbay_example_readings")
+                .parse::<u64>()
+                .is_ok_and(|n| n >= (chunk + 1) * 500)
+        });
+    }
+    let (code, stderr) = child.interrupt();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        psql(
+            "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM patchbay_example_readings"
+        ),
+        format!("{COUNT}|{COUNT}|0|{}", COUNT - 1)
+    );
+    psql("DROP TABLE patchbay_example_readings");
+}

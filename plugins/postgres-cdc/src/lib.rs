@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Each message: `{"table":"public.orders","op":"insert"|"update"|"delete","before":{…}|null,
-//! "after":{…}|null}` (before: the old key, or the whole old row with `REPLICA IDENTITY FULL`),
+//! "after":{…}|null}` (before: on a delete, or an update that changed the key, the old key;
+//! the whole old row with `REPLICA IDENTITY FULL`; else null; numbers keep their digits),
 //! header `pg-lsn` (the transaction's commit position) and `pg-xid`, key the row's key
 //! columns' values. The server needs `wal_level = logical`; with `create = true` (default) the
 //! publication (`FOR TABLE` the `tables`) and the replication slot are made when missing.
@@ -190,14 +191,14 @@ impl PostgresCdc {
             Error::retryable(format!("a change to relation {oid} before its description"))
         })?;
         let row = |values: Option<&[pgoutput::Value]>| {
-            values.map_or(serde_json::Value::Null, |v| pgoutput::row_json(relation, v))
+            values.map_or_else(|| "null".to_owned(), |v| pgoutput::row_json(relation, v))
         };
-        let doc = serde_json::json!({
-            "table": format!("{}.{}", relation.namespace, relation.name),
-            "op": op,
-            "before": row(before),
-            "after": row(after),
-        });
+        let table = serde_json::Value::String(format!("{}.{}", relation.namespace, relation.name));
+        let doc = format!(
+            r#"{{"table":{table},"op":"{op}","before":{},"after":{}}}"#,
+            row(before),
+            row(after)
+        );
         let values = after.or(before).unwrap_or(&[]);
         let key: Vec<String> = relation
             .columns
@@ -210,8 +211,7 @@ impl PostgresCdc {
             })
             .collect();
         let (lsn, xid) = self.tx.unwrap_or_default();
-        let payload = serde_json::to_vec(&doc).map_err(|e| Error::fatal(e.to_string()))?;
-        let mut m = Message::new(payload)
+        let mut m = Message::new(doc.into_bytes())
             .with_header("pg-lsn", pgoutput::lsn_text(lsn))
             .with_header("pg-xid", xid.to_string());
         if !key.is_empty() {

@@ -223,7 +223,7 @@ pub fn change(bytes: &[u8]) -> Result<Change, String> {
             let mut old = None;
             let mut tag = r.u8("Update")?;
             if tag == b'K' || tag == b'O' {
-                old = Some(r.tuple()?);
+                old = Some(old_tuple(tag, r.tuple()?));
                 tag = r.u8("Update")?;
             }
             if tag != b'N' {
@@ -240,10 +240,10 @@ pub fn change(bytes: &[u8]) -> Result<Change, String> {
         }
         b'D' => {
             let oid = r.u32("Delete")?;
-            let _tag = r.u8("Delete")?;
+            let tag = r.u8("Delete")?;
             Change::Delete {
                 oid,
-                old: r.tuple()?,
+                old: old_tuple(tag, r.tuple()?),
             }
         }
         other => Change::Other(other),
@@ -270,45 +270,71 @@ pub fn status_update(lsn: u64, now_unix_micros: u64) -> Vec<u8> {
     out
 }
 
+/// An old tuple: with `K` (the replica identity's key only) the other columns come as nulls
+/// (a key column is never null), so they are marked as not sent and left out of the JSON.
+fn old_tuple(tag: u8, values: Vec<Value>) -> Vec<Value> {
+    match tag {
+        b'K' => values
+            .into_iter()
+            .map(|v| match v {
+                Value::Null => Value::Unchanged,
+                other => other,
+            })
+            .collect(),
+        _ => values,
+    }
+}
+
 /// `X/Y`, as PostgreSQL writes an LSN.
 pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-/// A row as a JSON object of its columns (unchanged TOAST values left out).
-pub fn row_json(relation: &Relation, values: &[Value]) -> serde_json::Value {
-    let mut row = serde_json::Map::new();
+/// A row as the text of a JSON object of its columns (unchanged TOAST values left out),
+/// written directly so that a numeric keeps every digit PostgreSQL gave it (as `row_to_json`
+/// does; a `serde_json::Number` would round it to a double).
+pub fn row_json(relation: &Relation, values: &[Value]) -> String {
+    let mut row = String::from("{");
     for (column, value) in relation.columns.iter().zip(values) {
-        let json = match value {
+        let text = match value {
             Value::Unchanged => continue,
-            Value::Null => serde_json::Value::Null,
-            Value::Text(text) => Column(column.type_oid).json(text),
+            Value::Null => None,
+            Value::Text(text) => Some(text),
         };
-        row.insert(column.name.clone(), json);
+        if row.len() > 1 {
+            row.push(',');
+        }
+        row.push_str(&serde_json::Value::String(column.name.clone()).to_string());
+        row.push(':');
+        match text {
+            None => row.push_str("null"),
+            Some(text) => Column(column.type_oid).write_json(text, &mut row),
+        }
     }
-    serde_json::Value::Object(row)
+    row.push('}');
+    row
 }
 
 /// A column type, by OID.
 pub struct Column(pub u32);
 
 impl Column {
-    /// The JSON of a value in its text form.
-    pub fn json(&self, text: &str) -> serde_json::Value {
+    /// Append the JSON of a value in its text form: numbers and json/jsonb as they are (when
+    /// they are valid JSON), booleans as `true`/`false`, everything else a string.
+    pub fn write_json(&self, text: &str, out: &mut String) {
+        let valid = || serde_json::from_str::<serde_json::Value>(text).is_ok();
         match self.0 {
             // bool
-            16 => serde_json::Value::Bool(text == "t"),
-            // int2, int4, int8, oid, float4, float8, numeric
-            21 | 23 | 20 | 26 | 700 | 701 | 1700 => {
-                serde_json::from_str::<serde_json::Number>(text).map_or_else(
-                    |_| serde_json::Value::String(text.to_owned()),
-                    serde_json::Value::Number,
-                )
+            16 => out.push_str(if text == "t" { "true" } else { "false" }),
+            // int2, int4, int8, oid, float4, float8, numeric (NaN and Infinity are not JSON)
+            21 | 23 | 20 | 26 | 700 | 701 | 1700
+                if serde_json::from_str::<serde_json::Number>(text).is_ok() =>
+            {
+                out.push_str(text)
             }
             // json, jsonb
-            114 | 3802 => serde_json::from_str(text)
-                .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
-            _ => serde_json::Value::String(text.to_owned()),
+            114 | 3802 if valid() => out.push_str(text),
+            _ => out.push_str(&serde_json::Value::String(text.to_owned()).to_string()),
         }
     }
 }
@@ -364,9 +390,12 @@ mod tests {
                 Value::Text("{\"a\":1}".into()),
             ],
         );
-        assert_eq!(
-            row,
-            serde_json::json!({"id": 5, "ok": true, "doc": {"a": 1}})
-        );
+        assert_eq!(row, r#"{"id":5,"ok":true,"doc":{"a":1}}"#);
+        let mut price = String::new();
+        Column(1700).write_json("12345678901234567.50", &mut price);
+        assert_eq!(price, "12345678901234567.50");
+        let mut nan = String::new();
+        Column(1700).write_json("NaN", &mut nan);
+        assert_eq!(nan, r#""NaN""#);
     }
 }
