@@ -129,3 +129,24 @@ fn postgres_changes_arrive_in_commit_order_and_survive_kill_9() {
         .count();
     assert_eq!(early, 12_000);
 }
+
+/// Without its grant, postgres-cdc stops at start with the sandbox's refusal and the grant to
+/// add (no server needed: the connection is refused before it is made).
+#[test]
+fn postgres_cdc_needs_its_grant() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        &pipeline().replace(&format!("grants = {{ tcp = [\"127.0.0.1:{PORT}\"] }}"), ""),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = crate::text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "postgres 127.0.0.1:{PORT}: the sandbox refused the connection"
+        )) && stderr.contains(&format!("grants = {{ tcp = [\"127.0.0.1:{PORT}\"] }}")),
+        "{stderr}"
+    );
+}

@@ -27,7 +27,7 @@ mod resilience;
 mod routing;
 mod sandbox;
 mod sdk;
-mod tls;
+pub(crate) mod tls;
 mod webhook;
 
 use std::path::{Path, PathBuf};

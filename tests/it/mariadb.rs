@@ -1,6 +1,7 @@
 //! The MariaDB connectors (mariadb-sink, sql-source with a mysql:// URL) against the server
 //! on 127.0.0.1:3306 (root, no password, database `test`), checked with the `mariadb`
-//! client. Each test makes tables of its own name and drops them at the end.
+//! client. Each test makes tables of its own name and drops them at the end; the TLS test
+//! starts a private server (`mariadb-install-db`, `mariadbd`) that accepts only TLS.
 
 use std::process::Command;
 use std::time::Duration;
@@ -322,4 +323,146 @@ fn the_sql_source_reads_mariadb_rows_once_and_resumes_after_the_last_acked() {
     assert_eq!(counts.len(), 500, "{stderr}");
     assert_eq!(counts.keys().next(), Some(&COUNT));
     mariadb(&format!("DROP TABLE {table}"));
+}
+
+/// A private MariaDB server on `port` that accepts only TLS, with the certificate
+/// `certificates(dir, "server")` made, and a database `test`; stopped at the end.
+fn private_tls_mariadb(dir: &std::path::Path, port: u16) -> crate::tls::Server {
+    let data = dir.join("mariadb-data");
+    let installed = Command::new("mariadb-install-db")
+        .args([
+            "--no-defaults",
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+        ])
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--skip-test-db"])
+        .output()
+        .expect("mariadb-install-db (Debian package mariadb-server)");
+    assert!(installed.status.success(), "{installed:?}");
+    let d = dir.display();
+    let server = crate::tls::Server::start(
+        Command::new("mariadbd").args([
+            "--no-defaults".to_owned(),
+            "--user=root".to_owned(),
+            format!("--datadir={}", data.display()),
+            format!("--port={port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--socket={d}/mariadb.sock"),
+            format!("--ssl-cert={d}/server.pem"),
+            format!("--ssl-key={d}/server.key"),
+            format!("--ssl-ca={d}/server-ca.pem"),
+            "--require-secure-transport=ON".to_owned(),
+            "--skip-log-bin".to_owned(),
+        ]),
+        port,
+    );
+    let created = Command::new("mariadb")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "-u",
+            "root",
+            "--ssl",
+        ])
+        .arg(format!("--ssl-ca={d}/server-ca.pem"))
+        .args([
+            "-e",
+            "CREATE DATABASE test; CREATE TABLE test.t (seq BIGINT PRIMARY KEY)",
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    server
+}
+
+/// MariaDB over TLS (`?ssl-mode=required`: SSLRequest, then TLS done by the host): the sink
+/// writes 10,000 rows and sql-source reads them back, both verifying the server with the
+/// granted CA; with the system's roots, the start fails naming the host and the cause.
+#[test]
+fn mariadb_over_tls_both_ways() {
+    let s = Scratch::new();
+    crate::tls::certificates(s.path(), "server");
+    s.mkdir("out");
+    let port = 23306;
+    let _server = private_tls_mariadb(s.path(), port);
+    let url = format!("mysql://root@127.0.0.1:{port}/test?ssl-mode=required");
+    let grants = |tls: &str| format!(r#"grants = {{ tcp = ["127.0.0.1:{port}"]{tls} }}"#);
+    let granted = grants(r#", tls = { ca = "server-ca.pem" }"#);
+    s.write(
+        "sink.toml",
+        &format!(
+            r#"
+[plugins.src]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.db]
+path = "{{plugin:mariadb-sink}}"
+config = {{ url = "{url}", table = "t" }}
+{granted}
+
+[[pipeline]]
+name = "to-mariadb"
+source = "src"
+sinks = ["db"]
+"#
+        ),
+    );
+    let out = s.run(&["run", "sink.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{COUNT} written to `db`")),
+        "{stderr}"
+    );
+    s.write(
+        "source.toml",
+        &format!(
+            r#"
+[plugins.rows]
+path = "{{plugin:sql-source}}"
+config = {{ url = "{url}", table = "t", column = "seq" }}
+{granted}
+
+[plugins.file]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/rows.jsonl" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "from-mariadb"
+source = "rows"
+sinks = ["file"]
+"#
+        ),
+    );
+    let mut run = crate::Running::start(s.path(), &["run", "source.toml"]);
+    run.wait_for("every row read", Duration::from_secs(60), || {
+        std::fs::read_to_string(s.path().join("out/rows.jsonl"))
+            .is_ok_and(|t| t.lines().count() >= COUNT as usize)
+    });
+    let (code, stderr) = run.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    let counts = crate::seq_counts(&s.read("out/rows.jsonl"));
+    assert_eq!(counts.len() as u64, COUNT);
+    assert!(counts.values().all(|n| *n == 1));
+
+    // Without the CA, the system's roots do not know the server's.
+    s.write(
+        "sink.toml",
+        &s.read("sink.toml").replace(&granted, &grants("")),
+    );
+    let out = s.run(&["run", "sink.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "mariadb 127.0.0.1:{port}: TLS with 127.0.0.1 failed: the server's certificate is \
+             not signed by a trusted CA"
+        )),
+        "{stderr}"
+    );
 }

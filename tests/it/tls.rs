@@ -26,7 +26,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA (`NAME-ca.pem`) and a certificate it signed (`NAME.pem`, `NAME.key`) for
 /// 127.0.0.1/localhost, usable by a server and a client.
-fn certificates(dir: &Path, name: &str) {
+pub(crate) fn certificates(dir: &Path, name: &str) {
     let ca = format!("{name}-ca");
     openssl(
         dir,
@@ -264,10 +264,10 @@ fn redis_over_tls_with_the_granted_ca_and_client_certificate() {
 }
 
 /// A private server process, killed at the end.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Server {
-    fn start(cmd: &mut Command, port: u16) -> Server {
+    pub(crate) fn start(cmd: &mut Command, port: u16) -> Server {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
