@@ -1,5 +1,6 @@
 //! The "databases" section: postgres-sink into the machine's PostgreSQL (database `test`) at
-//! batches of 256 and 1024, against `psql`'s `\copy` of the same rows into the same table; and
+//! batches of 256 and 1024, against `psql`'s `\copy` of the same rows into the same table;
+//! amqp-sink and amqp-source against a plain client (`amqp`); and
 //! what TLS costs one connector: redis-sink into one private redis-server that listens in
 //! clear text and over TLS at once (certificates made with `openssl`), so both runs meet the
 //! same server. Each row is one `patchbay run` (rates over the pipeline's own running time,
@@ -273,10 +274,11 @@ pub(crate) fn table(o: &Options, r: &mut Report) -> anyhow::Result<()> {
     let n = if o.quick { 50_000 } else { 500_000 };
     r.line("");
     r.line(format!(
-        "## Databases and TLS: postgres-sink against `psql \\copy`; redis-sink in clear text and over TLS ({n} 100-byte JSON messages per run, best of 3)"
+        "## Databases, RabbitMQ and TLS: postgres-sink against `psql \\copy`; amqp-sink and amqp-source against a plain client; redis-sink in clear text and over TLS ({n} 100-byte JSON messages per run, best of 3)"
     ));
     r.line("");
     postgres(o, dir.path(), r, n)?;
+    crate::amqp::rows(o, dir.path(), r, n)?;
     tls_cost(o, dir.path(), r, n)?;
     Ok(())
 }

@@ -100,6 +100,7 @@ fn payload(n: u64, size: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
+mod amqp;
 mod cluster;
 mod connectors;
 mod databases;

@@ -261,31 +261,49 @@ impl Duplex for Stream {
     }
 }
 
-/// Connect to `addr` (`HOST:PORT`) with every read (and a handshake) bounded by `timeout`:
-/// the one call a connector makes for a connection that may become TLS. With `tls`, TLS
-/// starts at once (the server verified as the host part of `addr`); a protocol that upgrades
-/// after a clear-text preamble calls [`Duplex::start_tls`] itself. Without, the connection is
-/// `std::net`'s, unless `upgradable` asks for one that can still become TLS.
-pub fn connect(
-    addr: &str,
-    tls: bool,
-    upgradable: bool,
-    timeout: Duration,
-) -> io::Result<Box<dyn Duplex>> {
-    if tls || upgradable {
-        let mut stream = Stream::connect(addr)?;
-        stream.set_read_timeout(Some(timeout));
-        if !tls {
-            return Ok(Box::new(stream));
-        }
-        return Ok(Box::new(stream.start_tls(server_name(addr))?));
+/// How a connection made by [`connect`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Clear text, and it stays so (a `std::net` stream).
+    Clear,
+    /// TLS at once (`rediss://`, `mqtts://`, `amqps://`): the server verified as the host
+    /// part of the address.
+    Tls,
+    /// Clear text that the protocol upgrades with [`Duplex::start_tls`] after a preamble of
+    /// its own (PostgreSQL's and MySQL's SSLRequest, NATS's INFO).
+    Upgradable,
+}
+
+impl Start {
+    /// [`Start::Tls`] when `tls`, else [`Start::Clear`].
+    pub fn tls_if(tls: bool) -> Start {
+        if tls { Start::Tls } else { Start::Clear }
     }
-    let stream = std::net::TcpStream::connect(addr)?;
-    // Not every platform has socket timeouts; without one, the host's call deadline is the
-    // bound.
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_nodelay(true);
-    Ok(Box::new(stream))
+
+    /// [`Start::Upgradable`] when `tls`, else [`Start::Clear`].
+    pub fn upgradable_if(tls: bool) -> Start {
+        if tls { Start::Upgradable } else { Start::Clear }
+    }
+}
+
+/// Connect to `addr` (`HOST:PORT`) with every read (and a handshake) bounded by `timeout`:
+/// the one call a connector makes for a connection that may become TLS, started as `start`
+/// says.
+pub fn connect(addr: &str, start: Start, timeout: Duration) -> io::Result<Box<dyn Duplex>> {
+    if start == Start::Clear {
+        let stream = std::net::TcpStream::connect(addr)?;
+        // Not every platform has socket timeouts; without one, the host's call deadline is
+        // the bound.
+        let _ = stream.set_read_timeout(Some(timeout));
+        let _ = stream.set_nodelay(true);
+        return Ok(Box::new(stream));
+    }
+    let mut stream = Stream::connect(addr)?;
+    stream.set_read_timeout(Some(timeout));
+    match start {
+        Start::Tls => Ok(Box::new(stream.start_tls(server_name(addr))?)),
+        _ => Ok(Box::new(stream)),
+    }
 }
 
 /// `host` of a `HOST:PORT` (brackets of an IPv6 address removed): the name TLS verifies.

@@ -94,11 +94,9 @@ pub(crate) fn certificates(dir: &Path, name: &str) {
 
 /// A private redis-server speaking only TLS on `port`, asking clients for a certificate
 /// signed by `server-ca` (mutual TLS).
-struct Redis(Child);
-
-impl Redis {
-    fn start(dir: &Path, port: u16) -> Redis {
-        let child = Command::new("redis-server")
+fn tls_redis(dir: &Path, port: u16) -> Server {
+    Server::start(
+        Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string()])
             .args([
                 "--tls-cert-file",
@@ -113,24 +111,9 @@ impl Redis {
                 "yes",
             ])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        wait_until(
-            "the TLS redis-server to listen",
-            Duration::from_secs(10),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
-        Redis(child)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .current_dir(dir),
+        port,
+    )
 }
 
 fn redis_cli(dir: &Path, port: u16, args: &[&str]) -> String {
@@ -200,7 +183,7 @@ fn redis_over_tls_with_the_granted_ca_and_client_certificate() {
         ],
     );
     let port = 26379;
-    let _redis = Redis::start(s.path(), port);
+    let _redis = tls_redis(s.path(), port);
 
     // Mutual TLS: the granted CA verifies the server, the granted certificate the client.
     let granted = r#", tls = { ca = "server-ca.pem", cert = "client.pem", key = "client.key" }"#;
@@ -272,7 +255,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("the server (Debian packages mosquitto, nats-server)");
+            .expect("the server (Debian packages mosquitto, nats-server, redis-server…)");
         let server = Server(child);
         wait_until("the TLS server to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -75,17 +75,21 @@ impl AmqpSink {
         }
         if self.conn.is_none() {
             self.link.ready()?;
-            let opened =
-                tls::connect(&self.url.addr, self.url.tls, false, self.timeout).and_then(|s| {
-                    Conn::open(
-                        s,
-                        &self.url.addr,
-                        (&self.url.user, &self.url.password),
-                        &self.url.vhost,
-                        self.heartbeat,
-                        self.timeout,
-                    )
-                });
+            let opened = tls::connect(
+                &self.url.addr,
+                tls::Start::tls_if(self.url.tls),
+                self.timeout,
+            )
+            .and_then(|s| {
+                Conn::open(
+                    s,
+                    &self.url.addr,
+                    (&self.url.user, &self.url.password),
+                    &self.url.vhost,
+                    self.heartbeat,
+                    self.timeout,
+                )
+            });
             let mut conn = opened.map_err(|e| self.link.failed(&e))?;
             self.setup(&mut conn).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
@@ -116,22 +120,7 @@ impl AmqpSink {
             )?;
         }
         if !self.queue.is_empty() {
-            conn.call(
-                &Method::QueueDeclare {
-                    queue: self.queue.clone(),
-                },
-                t,
-            )?;
-            if !self.exchange.is_empty() {
-                conn.call(
-                    &Method::QueueBind {
-                        queue: self.queue.clone(),
-                        exchange: self.exchange.clone(),
-                        routing_key: self.routing_key.clone(),
-                    },
-                    t,
-                )?;
-            }
+            conn.declare_queue(&self.queue, &self.exchange, &self.routing_key, t)?;
         }
         conn.call(&Method::Select, t)?;
         Ok(())

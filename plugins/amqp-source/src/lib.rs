@@ -91,16 +91,17 @@ impl AmqpSource {
             return Ok(());
         }
         self.link.ready()?;
-        let opened = tls::connect(&self.url.addr, self.url.tls, false, SETUP).and_then(|s| {
-            Conn::open(
-                s,
-                &self.url.addr,
-                (&self.url.user, &self.url.password),
-                &self.url.vhost,
-                self.heartbeat,
-                SETUP,
-            )
-        });
+        let opened = tls::connect(&self.url.addr, tls::Start::tls_if(self.url.tls), SETUP)
+            .and_then(|s| {
+                Conn::open(
+                    s,
+                    &self.url.addr,
+                    (&self.url.user, &self.url.password),
+                    &self.url.vhost,
+                    self.heartbeat,
+                    SETUP,
+                )
+            });
         let mut conn = opened.map_err(|e| self.link.failed(&e))?;
         self.setup(&mut conn).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
@@ -116,22 +117,7 @@ impl AmqpSource {
 
     fn setup(&self, conn: &mut Conn) -> std::io::Result<()> {
         if self.declare {
-            conn.call(
-                &Method::QueueDeclare {
-                    queue: self.queue.clone(),
-                },
-                SETUP,
-            )?;
-            if !self.exchange.is_empty() {
-                conn.call(
-                    &Method::QueueBind {
-                        queue: self.queue.clone(),
-                        exchange: self.exchange.clone(),
-                        routing_key: self.binding_key.clone(),
-                    },
-                    SETUP,
-                )?;
-            }
+            conn.declare_queue(&self.queue, &self.exchange, &self.binding_key, SETUP)?;
         }
         conn.call(
             &Method::Qos {

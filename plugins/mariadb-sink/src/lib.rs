@@ -34,7 +34,7 @@
 use std::time::Duration;
 
 use patchbay_proto_mysql::{Conn, Error as MyError, ServerError, Url, quote_ident};
-use patchbay_proto_sqlmap::{Cell, Column, Conflict, Layout};
+use patchbay_proto_sqlmap::{Attempt, Cell, Column, Conflict, Layout, write_split};
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, log, tls};
 
@@ -95,9 +95,13 @@ impl MariadbSink {
     fn connection(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let opened = tls::connect(&self.url.addr, false, self.url.tls, TIMEOUT)
-                .map_err(MyError::Io)
-                .and_then(|stream| Conn::over(stream, &self.url, TIMEOUT));
+            let opened = tls::connect(
+                &self.url.addr,
+                tls::Start::upgradable_if(self.url.tls),
+                TIMEOUT,
+            )
+            .map_err(MyError::Io)
+            .and_then(|stream| Conn::over(stream, &self.url, TIMEOUT));
             let mut conn = match opened {
                 Ok(conn) => conn,
                 Err(MyError::Io(e)) => return Err(self.link.failed(&e)),
@@ -210,20 +214,16 @@ impl MariadbSink {
                      ({limit} after the statement's own); raise it on the server"
                 )));
             } else {
-                self.statement(rows, &which[start..end], results);
+                write_split(&which[start..end], results, &mut |run| {
+                    self.attempt(rows, run)
+                });
             }
             start = end;
         }
     }
 
-    /// One INSERT of the rows `which`; a data error splits it in halves.
-    fn statement(&mut self, rows: &[Vec<u8>], which: &[usize], results: &mut [Result<(), Error>]) {
-        let fail = |results: &mut [Result<(), Error>], error: Error| {
-            which.iter().for_each(|&i| results[i] = Err(error.clone()))
-        };
-        if which.is_empty() {
-            return;
-        }
+    /// One INSERT of the rows `which`.
+    fn attempt(&mut self, rows: &[Vec<u8>], which: &[usize]) -> Attempt {
         let size = self.head.len()
             + self.tail.len()
             + which.iter().map(|&i| rows[i].len() + 1).sum::<usize>();
@@ -238,35 +238,28 @@ impl MariadbSink {
         sql.extend_from_slice(self.tail.as_bytes());
         let conn = match self.connection() {
             Ok(conn) => conn,
-            Err(e) => return fail(results, e),
+            Err(e) => return Attempt::Failed(e),
         };
         // The statement is UTF-8: every part is (payload text was checked as JSON).
         let sql = String::from_utf8_lossy(&sql);
         match conn.query(&sql) {
-            Ok(_) => {}
+            Ok(_) => Attempt::Written,
             Err(MyError::Io(e)) => {
                 self.conn = None;
-                fail(results, self.link.lost(&e));
+                Attempt::Failed(self.link.lost(&e))
             }
             Err(MyError::Server(e)) if e.is_data() => {
-                if let [only] = which {
-                    results[*only] =
-                        Err(Error::invalid_data(format!("mariadb refused the row: {e}")));
-                } else {
-                    let (left, right) = which.split_at(which.len() / 2);
-                    self.statement(rows, left, results);
-                    self.statement(rows, right, results);
-                }
+                Attempt::Refused(format!("mariadb refused the row: {e}"))
             }
             Err(MyError::Server(e)) => {
                 let message = format!("mariadb refused the batch: {e}");
-                match kind(&e) {
+                Attempt::Failed(match kind(&e) {
                     ErrorKind::Retryable => {
                         log::warn(&message);
-                        fail(results, Error::retryable(message));
+                        Error::retryable(message)
                     }
-                    _ => fail(results, Error::fatal(message)),
-                }
+                    _ => Error::fatal(message),
+                })
             }
         }
     }

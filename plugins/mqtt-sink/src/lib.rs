@@ -89,7 +89,7 @@ impl MqttSink {
             username: self.user.as_deref(),
             password: self.password.as_deref(),
         };
-        let conn = tls::connect(self.link.addr(), self.tls, false, self.timeout)
+        let conn = tls::connect(self.link.addr(), tls::Start::tls_if(self.tls), self.timeout)
             .and_then(|s| Conn::over(s, self.link.addr(), &options))
             .map_err(|e| self.link.failed(&e))?;
         self.link.connected();

@@ -92,13 +92,17 @@ impl MqttSource {
             username: self.user.as_deref(),
             password: self.password.as_deref(),
         };
-        let connected = tls::connect(self.link.addr(), self.tls, false, Duration::from_secs(5))
-            .and_then(|s| Conn::over(s, self.link.addr(), &options))
-            .and_then(|mut conn| {
-                conn.subscribe(1, &self.topics)?;
-                conn.set_timeout(self.wait)?;
-                Ok(conn)
-            });
+        let connected = tls::connect(
+            self.link.addr(),
+            tls::Start::tls_if(self.tls),
+            Duration::from_secs(5),
+        )
+        .and_then(|s| Conn::over(s, self.link.addr(), &options))
+        .and_then(|mut conn| {
+            conn.subscribe(1, &self.topics)?;
+            conn.set_timeout(self.wait)?;
+            Ok(conn)
+        });
         let conn = connected.map_err(|e| self.link.failed(&e))?;
         self.link.connected();
         self.last_sent = Instant::now();

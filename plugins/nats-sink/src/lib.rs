@@ -122,7 +122,7 @@ impl NatsSink {
         }
         self.link.ready()?;
         let deadline = Instant::now() + SETUP;
-        let mut conn = tls::connect(self.link.addr(), false, self.tls, SETUP)
+        let mut conn = tls::connect(self.link.addr(), tls::Start::upgradable_if(self.tls), SETUP)
             .and_then(|s| {
                 Conn::over(
                     s,

@@ -88,9 +88,9 @@ impl PostgresCdc {
             PgError::Db(e) => {
                 self.conn = None;
                 let message = format!("postgres {}: {e}", self.url.addr);
-                match e.class() {
-                    "08" | "53" | "55" | "57" | "58" | "XX" => Error::retryable(message),
-                    _ => Error::fatal(message),
+                match e.is_transient() {
+                    true => Error::retryable(message),
+                    false => Error::fatal(message),
                 }
             }
         }
@@ -101,9 +101,13 @@ impl PostgresCdc {
             return Ok(());
         }
         self.link.ready()?;
-        let opened = tls::connect(&self.url.addr, false, self.url.tls, TIMEOUT)
-            .map_err(PgError::Io)
-            .and_then(|stream| Conn::over(stream, &self.url, &[("replication", "database")]));
+        let opened = tls::connect(
+            &self.url.addr,
+            tls::Start::upgradable_if(self.url.tls),
+            TIMEOUT,
+        )
+        .map_err(PgError::Io)
+        .and_then(|stream| Conn::over(stream, &self.url, &[("replication", "database")]));
         let mut conn = opened.map_err(|e| self.fail(e))?;
         self.prepare(&mut conn).map_err(|e| self.fail(e))?;
         let command = format!(

@@ -34,7 +34,7 @@ mod sql;
 use std::time::Duration;
 
 use patchbay_proto_pg::{Conn, DbError, Error as PgError, Url};
-use patchbay_proto_sqlmap::{Cell, Layout, Shape};
+use patchbay_proto_sqlmap::{Attempt, Cell, Layout, Shape, write_split};
 use patchbay_sdk::net::Reconnect;
 use patchbay_sdk::tls;
 use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, Sink, json, log};
@@ -84,25 +84,23 @@ struct PostgresSink {
 
 /// The error kind for what the server refused (other than a row's data, which is split off).
 fn refused(e: &DbError) -> ErrorKind {
-    match e.class() {
-        // Connection, transaction rollback (deadlock, serialization), insufficient resources,
-        // object in use, operator intervention (shutdown, cancel), system error.
-        "08" | "40" | "53" | "55" | "57" | "58" | "XX" => ErrorKind::Retryable,
-        _ => ErrorKind::Fatal,
+    match e.is_transient() {
+        true => ErrorKind::Retryable,
+        false => ErrorKind::Fatal,
     }
-}
-
-fn is_data_error(e: &DbError) -> bool {
-    matches!(e.class(), "22" | "23")
 }
 
 impl PostgresSink {
     fn connection(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let opened = tls::connect(&self.url.addr, false, self.url.tls, TIMEOUT)
-                .map_err(PgError::Io)
-                .and_then(|stream| Conn::over(stream, &self.url, &[]));
+            let opened = tls::connect(
+                &self.url.addr,
+                tls::Start::upgradable_if(self.url.tls),
+                TIMEOUT,
+            )
+            .map_err(PgError::Io)
+            .and_then(|stream| Conn::over(stream, &self.url, &[]));
             let mut conn = match opened {
                 Ok(conn) => conn,
                 Err(PgError::Io(e)) => return Err(self.link.failed(&e)),
@@ -211,19 +209,13 @@ impl PostgresSink {
         }
     }
 
-    /// Write the rows `which` of `rows`, each outcome into `results`.
-    fn insert(&mut self, rows: &[Vec<u8>], which: &[usize], results: &mut [Result<(), Error>]) {
-        if which.is_empty() {
-            return;
-        }
-        let fail = |results: &mut [Result<(), Error>], error: Error| {
-            which.iter().for_each(|&i| results[i] = Err(error.clone()))
-        };
+    /// Write the rows `which` of `rows` in one statement.
+    fn attempt(&mut self, rows: &[Vec<u8>], which: &[usize]) -> Attempt {
         if let Err(e) = self.connection() {
-            return fail(results, e);
+            return Attempt::Failed(e);
         }
         let (Some(conn), Some(statement)) = (self.conn.as_mut(), self.statement.as_ref()) else {
-            return fail(results, Error::retryable("postgres: not connected"));
+            return Attempt::Failed(Error::retryable("postgres: not connected"));
         };
         let size = which.iter().map(|&i| rows[i].len() + 1).sum::<usize>() + 2;
         let mut data = Vec::with_capacity(size);
@@ -245,31 +237,23 @@ impl PostgresSink {
             }
         };
         match written {
-            Ok(_) => {}
+            Ok(_) => Attempt::Written,
             Err(PgError::Io(e)) => {
                 self.conn = None;
-                fail(results, self.link.lost(&e));
+                Attempt::Failed(self.link.lost(&e))
             }
-            Err(PgError::Db(e)) if is_data_error(&e) => {
-                if let [only] = which {
-                    results[*only] = Err(Error::invalid_data(format!(
-                        "postgres refused the row: {e}"
-                    )));
-                } else {
-                    let (left, right) = which.split_at(which.len() / 2);
-                    self.insert(rows, left, results);
-                    self.insert(rows, right, results);
-                }
+            Err(PgError::Db(e)) if e.is_data() => {
+                Attempt::Refused(format!("postgres refused the row: {e}"))
             }
             Err(PgError::Db(e)) => {
                 let message = format!("postgres refused the batch: {e}");
-                match refused(&e) {
+                Attempt::Failed(match refused(&e) {
                     ErrorKind::Retryable => {
                         log::warn(&message);
-                        fail(results, Error::retryable(message));
+                        Error::retryable(message)
                     }
-                    _ => fail(results, Error::fatal(message)),
-                }
+                    _ => Error::fatal(message),
+                })
             }
         }
     }
@@ -345,7 +329,7 @@ impl Sink for PostgresSink {
                 }
             }
         }
-        self.insert(&rows, &which, &mut results);
+        write_split(&which, &mut results, &mut |run| self.attempt(&rows, run));
         results
     }
 }

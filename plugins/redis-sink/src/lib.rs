@@ -78,7 +78,7 @@ impl RedisSink {
     fn connection(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let conn = tls::connect(self.link.addr(), self.tls, false, TIMEOUT)
+            let conn = tls::connect(self.link.addr(), tls::Start::tls_if(self.tls), TIMEOUT)
                 .and_then(|s| Conn::over(s, self.link.addr(), self.password.as_deref(), self.db))
                 .map_err(|e| self.link.failed(&e))?;
             self.link.connected();

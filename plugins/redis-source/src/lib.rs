@@ -95,7 +95,7 @@ impl RedisSource {
             return Ok(());
         }
         self.link.ready()?;
-        let mut conn = tls::connect(self.link.addr(), self.tls, false, TIMEOUT)
+        let mut conn = tls::connect(self.link.addr(), tls::Start::tls_if(self.tls), TIMEOUT)
             .and_then(|s| Conn::over(s, self.link.addr(), self.password.as_deref(), self.db))
             .map_err(|e| self.link.failed(&e))?;
         let start = self.start.clone();

@@ -36,9 +36,13 @@ impl My {
     fn connection(&mut self, timeout: Duration) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let opened = tls::connect(&self.url.addr, false, self.url.tls, timeout)
-                .map_err(MyError::Io)
-                .and_then(|stream| Conn::over(stream, &self.url, timeout));
+            let opened = tls::connect(
+                &self.url.addr,
+                tls::Start::upgradable_if(self.url.tls),
+                timeout,
+            )
+            .map_err(MyError::Io)
+            .and_then(|stream| Conn::over(stream, &self.url, timeout));
             let conn = match opened {
                 Ok(conn) => conn,
                 Err(MyError::Io(e)) => return Err(self.link.failed(&e)),

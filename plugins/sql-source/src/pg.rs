@@ -20,9 +20,9 @@ pub struct Pg {
 
 fn db_error(e: &DbError) -> Error {
     let message = format!("postgres refused the query: {e}");
-    match e.class() {
-        "08" | "40" | "53" | "55" | "57" | "58" | "XX" => Error::retryable(message),
-        _ => Error::fatal(message),
+    match e.is_transient() {
+        true => Error::retryable(message),
+        false => Error::fatal(message),
     }
 }
 
@@ -48,9 +48,13 @@ impl Pg {
     fn connection(&mut self, timeout: Duration) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
             self.link.ready()?;
-            let opened = tls::connect(&self.url.addr, false, self.url.tls, timeout)
-                .map_err(PgError::Io)
-                .and_then(|stream| Conn::over(stream, &self.url, &[]));
+            let opened = tls::connect(
+                &self.url.addr,
+                tls::Start::upgradable_if(self.url.tls),
+                timeout,
+            )
+            .map_err(PgError::Io)
+            .and_then(|stream| Conn::over(stream, &self.url, &[]));
             let conn = match opened {
                 Ok(conn) => conn,
                 Err(PgError::Io(e)) => return Err(self.link.failed(&e)),

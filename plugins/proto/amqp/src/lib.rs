@@ -228,6 +228,34 @@ impl Conn {
         self.flush()
     }
 
+    /// Declare the durable `queue` and, when `exchange` is not empty, bind it there with
+    /// `routing_key`.
+    pub fn declare_queue(
+        &mut self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        self.call(
+            &Method::QueueDeclare {
+                queue: queue.to_owned(),
+            },
+            timeout,
+        )?;
+        if !exchange.is_empty() {
+            self.call(
+                &Method::QueueBind {
+                    queue: queue.to_owned(),
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                },
+                timeout,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Send a method on the channel without waiting.
     pub fn cast(&mut self, method: &Method) -> io::Result<()> {
         self.send(CHANNEL, method)

@@ -49,6 +49,19 @@ impl DbError {
         self.code.get(..2).unwrap_or("")
     }
 
+    /// Worth trying again later: connection exception, transaction rollback (deadlock,
+    /// serialization), insufficient resources, object in use, operator intervention
+    /// (shutdown, cancel), system error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.class(), "08" | "40" | "53" | "55" | "57" | "58" | "XX")
+    }
+
+    /// A row's data was refused: data exception (22) or integrity constraint violation (23).
+    /// The same statement without that row would succeed.
+    pub fn is_data(&self) -> bool {
+        matches!(self.class(), "22" | "23")
+    }
+
     fn from_fields(mut fields: ErrorFields<'_>) -> io::Result<DbError> {
         let mut error = DbError {
             code: String::new(),
