@@ -113,7 +113,7 @@ impl Reconnect {
     pub fn failed(&mut self, e: &io::Error) -> Error {
         if is_sandbox_denial(e) {
             return Error::fatal(format!(
-                "{protocol} {addr}: the sandbox refused the connection ({e}); grant it in the \
+                "{protocol} {addr}: the sandbox refused the connection; grant it in the \
                  pipeline file: grants = {{ tcp = [\"{addr}\"] }}",
                 protocol = self.protocol,
                 addr = self.addr()

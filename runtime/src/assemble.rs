@@ -616,23 +616,57 @@ async fn start_instance(
     state: PluginState,
 ) -> anyhow::Result<Instance> {
     let label: Arc<str> = Arc::from(format!("{pipeline}/{}", decl.name));
-    let mut instance = runtime
-        .instantiate(
-            component,
-            label,
-            Arc::from(decl.name.as_str()),
-            &decl.grants,
-            &decl.limits,
-            state,
-        )
-        .await?;
     let entries = init_entries(decl).map_err(anyhow::Error::msg)?;
-    match instance.init(&entries).await? {
-        Ok(()) => Ok(instance),
-        Err(error) => anyhow::bail!(
-            "`init` returned {}; fix [plugins.{}.config] in the pipeline file",
+    // `retryable` from `init` (a server not up yet) is tried again on a fresh instance with
+    // back-off, for up to INIT_RETRY_FOR; `fatal` stops at once.
+    let started = std::time::Instant::now();
+    let mut wait = crate::defaults::INIT_RETRY_FIRST;
+    loop {
+        let mut instance = runtime
+            .instantiate(
+                component,
+                label.clone(),
+                Arc::from(decl.name.as_str()),
+                &decl.grants,
+                &decl.limits,
+                state.clone(),
+            )
+            .await?;
+        let error = match instance.init(&entries).await? {
+            Ok(()) => return Ok(instance),
+            Err(error) => error,
+        };
+        let retry = error.kind == crate::contract::ErrorKind::Retryable
+            && started.elapsed() + wait < crate::defaults::INIT_RETRY_FOR;
+        if !retry {
+            anyhow::bail!(
+                "`init` returned {}; {}",
+                crate::contract::describe(&error),
+                init_hint(&error, &decl.name)
+            );
+        }
+        tracing::warn!(
+            plugin = %label,
+            "`init` returned {}; trying again in {}",
             crate::contract::describe(&error),
-            decl.name
-        ),
+            humantime::format_duration(wait)
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(crate::defaults::INIT_RETRY_MAX);
+    }
+}
+
+/// What to do about an `init` error, by its cause: a grant the sandbox wants (the message
+/// names it), a service that did not answer (`retryable`), or the config.
+fn init_hint(error: &crate::contract::WitError, name: &str) -> String {
+    let message = error.message.as_str();
+    if message.contains("sandbox") && message.contains("grant") {
+        format!("the grant goes in [plugins.{name}]")
+    } else if error.kind == crate::contract::ErrorKind::Retryable {
+        format!(
+            "the service did not answer: start it, or fix its address in [plugins.{name}.config]"
+        )
+    } else {
+        format!("fix [plugins.{name}.config] in the pipeline file")
     }
 }

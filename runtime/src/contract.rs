@@ -139,7 +139,13 @@ impl std::fmt::Display for ErrorKind {
 
 /// `KIND error: MESSAGE`, the way errors from plugins are shown to users.
 pub fn describe(error: &WitError) -> String {
-    format!("{} error: {}", error.kind, error.message)
+    format!("{} error: {}", error.kind, message_text(error))
+}
+
+/// A plugin error's message as users see it: WASI errno numbers named
+/// (`sandbox::logline::wasi_errors`).
+pub fn message_text(error: &WitError) -> String {
+    crate::sandbox::logline::wasi_errors(&error.message).into_owned()
 }
 
 /// Largest state key, in bytes.

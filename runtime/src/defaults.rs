@@ -27,6 +27,12 @@ pub const MEMORY: u64 = 64 * 1024 * 1024;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline of `init`; connectors may dial a broker there (`limits.init_timeout`).
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plugin whose `init` answers `retryable` (its server is not up yet) is tried
+/// again, on a fresh instance each time, before its pipeline gives up starting it.
+pub const INIT_RETRY_FOR: Duration = Duration::from_secs(30);
+/// The first wait between two such tries; it doubles up to [`INIT_RETRY_MAX`].
+pub const INIT_RETRY_FIRST: Duration = Duration::from_millis(200);
+pub const INIT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Largest output of one plugin call (`limits.max_output`).
 pub const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
 /// Most live handles an instance holds in the host (`limits.handles`): WASI streams, sockets,

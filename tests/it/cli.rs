@@ -36,6 +36,84 @@ fn inspect_shows_world_metadata_config_keys_and_imports() {
     );
 }
 
+/// `inspect --config` warns about the name lookup std::net imports only when a granted
+/// address is a name (an IP address needs no lookup).
+#[test]
+fn inspect_warns_about_dns_only_when_a_granted_address_is_a_name() {
+    let s = Scratch::new();
+    let pipeline = |addr: &str| {
+        format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+
+[plugins.cache]
+path = "{{plugin:redis-sink}}"
+config = {{ url = "redis://{addr}", key = "k" }}
+grants = {{ tcp = ["{addr}"] }}
+
+[[pipeline]]
+name = "p"
+source = "gen"
+sinks = ["cache"]
+"#
+        )
+    };
+    let inspect = |s: &Scratch| {
+        let out = s.run(&[
+            "inspect",
+            &plugin("redis-sink"),
+            "--config",
+            "p.toml",
+            "--plugin",
+            "cache",
+        ]);
+        assert!(out.status.success(), "{}", text(&out).1);
+        text(&out).0
+    };
+    s.write("p.toml", &pipeline("127.0.0.1:6379"));
+    let stdout = inspect(&s);
+    assert!(stdout.contains("tcp          127.0.0.1:6379"), "{stdout}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+    s.write("p.toml", &pipeline("localhost:6379"));
+    let stdout = inspect(&s);
+    assert!(
+        stdout.contains(
+            "warning: it imports dns (wasi:sockets/ip-name-lookup@0.2.12) but the config grants no \
+             dns access: those calls will be denied"
+        ),
+        "{stdout}"
+    );
+}
+
+/// A command whose output is closed (`patchbay inspect X | head`) ends quietly, as Unix tools
+/// do: killed by SIGPIPE, never a panic about the broken pipe.
+#[test]
+fn a_closed_output_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        vec!["inspect".to_owned(), plugin("json-map")],
+        vec!["schema".to_owned(), "--markdown".to_owned()],
+    ] {
+        let mut child = crate::patchbay()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before the command writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
+
 #[test]
 fn inspect_names_the_role_of_each_first_party_plugin() {
     let s = Scratch::new();

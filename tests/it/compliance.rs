@@ -523,3 +523,38 @@ sinks = ["nsink"]
         .output();
     nats.delete_stream(&nats_stream);
 }
+
+/// `--show` prints each sample and the plugin's answer before the checks: what a transform
+/// made of it, a drop, or an error with its kind.
+#[test]
+fn test_plugin_shows_each_answer() {
+    let s = Scratch::new();
+    s.write(
+        "in.jsonl",
+        "{\"name\":\"ada\",\"seq\":1}\nnot json\n{\"seq\":2}\n",
+    );
+    let input = s.path().join("in.jsonl").display().to_string();
+    let wasm = crate::plugin("json-map");
+    let (code, report) = test_plugin(
+        &s,
+        &[
+            &wasm,
+            "--config",
+            r#"rename={"name":"title"}"#,
+            "--input",
+            &input,
+            "--show",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{report}");
+    let shown = "3 samples through `process` as one batch:\n    1  {\"name\":\"ada\",\"seq\":1}\n       → {\"title\":\"ada\",\"seq\":1}\n    2  not json\n       → invalid-data error: ";
+    assert!(report.contains(shown), "{report}");
+    assert!(
+        report.contains("    3  {\"seq\":2}\n       → kept unchanged\n")
+            || report.contains("    3  {\"seq\":2}\n       → {\"seq\":2}\n"),
+        "{report}"
+    );
+    // The checks follow.
+    assert!(summary(&report).contains(" passed, 0 failed, "), "{report}");
+}

@@ -215,8 +215,10 @@ fn the_mariadb_sink_says_what_to_fix_at_start() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("mariadb 127.0.0.1:3306: the sandbox refused the connection")
-            && stderr.contains(&format!("grants = {{ tcp = [\"{MY}\"] }}")),
+        stderr.contains(&format!(
+            "mariadb 127.0.0.1:3306: the sandbox refused the connection; grant it in the \
+             pipeline file: grants = {{ tcp = [\"{MY}\"] }}; the grant goes in [plugins.db]"
+        )),
         "{stderr}"
     );
     let missing = unique("missing");

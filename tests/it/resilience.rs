@@ -1,5 +1,5 @@
 //! Retries, the dead-letter channel and its replay, and back-pressure, with the flaky-sink and
-//! slow-sink test plugins.
+//! slow-sink test plugins; a `retryable` `init` tried again (test-broken-transform).
 
 use crate::{Scratch, dead_letter_seqs, seq_counts, text};
 
@@ -416,4 +416,53 @@ dead_letter = { path = "out/dead.jsonl" }
     assert!(acks.lines().count() >= 2, "{acks}");
     assert!(acks.lines().all(|l| l.ends_with(" ok")), "{acks}");
     assert_eq!(acks.lines().last(), Some("ack 2999 ok"));
+}
+
+/// A plugin whose `init` answers `retryable` (its server not up yet) is tried again on a fresh
+/// instance with back-off, and the pipeline starts once it succeeds; a `fatal` one would stop
+/// the start at once (tests/it/sdk.rs).
+#[test]
+fn a_retryable_init_is_tried_again_until_it_succeeds() {
+    let s = Scratch::new();
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 100 }
+
+[plugins.late]
+path = "{plugin:test-broken-transform}"
+grants = { env = ["BREAK"] }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "p"
+source = "gen"
+transforms = ["late"]
+sinks = ["null"]
+"#,
+    );
+    let out = crate::patchbay()
+        .args(["run", "p.toml"])
+        .current_dir(s.path())
+        .env("BREAK", "init-late")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for attempt in [1, 2] {
+        assert!(
+            stderr.contains(&format!(
+                "`init` returned retryable error: not ready yet (attempt {attempt}); trying again in"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("pipeline `p`: 100 in, 0 dropped, 100 written to `null`"),
+        "{stderr}"
+    );
 }

@@ -125,6 +125,10 @@ enum Command {
         /// Sample payloads for a transform or a sink, one per line (default: JSON objects).
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Before the checks, print each sample and the plugin's answer to it (the messages a
+        /// transform made of it, or a sink's ok or error), the samples sent as one batch.
+        #[arg(long)]
+        show: bool,
         /// How long a source may take to reach `end-of-stream` before that rule counts as not
         /// applicable (an endless source).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -227,6 +231,13 @@ impl From<Kind> for Role {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
+    // A command that prints and exits stops quietly when its output is closed (`patchbay
+    // inspect X | head`), as Unix tools do, instead of panicking on the broken pipe. The
+    // long-running ones (`run`, `node`) keep the signal ignored: a closed log pipe must not
+    // kill a server; their writes to sockets fail with EPIPE as before.
+    if !matches!(cli.command, Command::Run { .. } | Command::Node { .. }) {
+        sigpipe::reset();
+    }
     let result = match cli.command {
         Command::New {
             kind,
@@ -344,6 +355,7 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             pipeline,
             name,
             input,
+            show,
             source_budget,
         } => {
             test_plugin(
@@ -351,7 +363,7 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
                 plugin,
                 &config,
                 pipeline.as_deref().zip(name.as_deref()),
-                input.as_deref(),
+                (input.as_deref(), show),
                 source_budget,
             )
             .await

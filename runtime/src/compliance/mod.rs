@@ -23,9 +23,11 @@ use crate::contract::{
 use crate::plugin::{Instance, LoadedPlugin, Runtime, Trap};
 
 mod data;
+mod show;
 mod source;
 
 use data::*;
+pub use show::show;
 use source::*;
 
 /// What to test and how to run it.

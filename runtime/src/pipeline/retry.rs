@@ -56,7 +56,7 @@ impl Failure {
     /// The plugin's own error about record `record` of the batch it was handed.
     pub(super) fn error(function: &'static str, error: WitError, record: usize) -> Failure {
         let kind = error.kind.to_string();
-        let text = error.message.clone();
+        let text = crate::contract::message_text(&error);
         Failure::new(
             &kind,
             text,

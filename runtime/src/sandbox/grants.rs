@@ -323,6 +323,16 @@ impl Grants {
     }
 
     /// Whether the capability an import stands for (see [`capability`]) is granted at all.
+    /// Whether a granted TCP or UDP address is a host name (which the plugin must look up,
+    /// so needs `dns`), not an IP address.
+    pub fn names_a_host(&self) -> bool {
+        self.tcp.iter().chain(&self.udp).any(|p| {
+            let host = p.text.rsplit_once(':').map_or(p.text.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host != "*" && host.parse::<IpAddr>().is_err()
+        })
+    }
+
     pub fn grants_capability(&self, capability: &str) -> bool {
         match capability {
             "filesystem" => !self.dirs.is_empty(),

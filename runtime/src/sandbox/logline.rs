@@ -81,9 +81,135 @@ impl Drop for LineBudget {
     }
 }
 
+/// WASI's errno names, from 1 (`2BIG`) to 76 (`NOTCAPABLE`), as wasi-libc numbers them.
+const WASI_ERRNO: [&str; 76] = [
+    "2BIG",
+    "ACCES",
+    "ADDRINUSE",
+    "ADDRNOTAVAIL",
+    "AFNOSUPPORT",
+    "AGAIN",
+    "ALREADY",
+    "BADF",
+    "BADMSG",
+    "BUSY",
+    "CANCELED",
+    "CHILD",
+    "CONNABORTED",
+    "CONNREFUSED",
+    "CONNRESET",
+    "DEADLK",
+    "DESTADDRREQ",
+    "DOM",
+    "DQUOT",
+    "EXIST",
+    "FAULT",
+    "FBIG",
+    "HOSTUNREACH",
+    "IDRM",
+    "ILSEQ",
+    "INPROGRESS",
+    "INTR",
+    "INVAL",
+    "IO",
+    "ISCONN",
+    "ISDIR",
+    "LOOP",
+    "MFILE",
+    "MLINK",
+    "MSGSIZE",
+    "MULTIHOP",
+    "NAMETOOLONG",
+    "NETDOWN",
+    "NETRESET",
+    "NETUNREACH",
+    "NFILE",
+    "NOBUFS",
+    "NODEV",
+    "NOENT",
+    "NOEXEC",
+    "NOLCK",
+    "NOLINK",
+    "NOMEM",
+    "NOMSG",
+    "NOPROTOOPT",
+    "NOSPC",
+    "NOSYS",
+    "NOTCONN",
+    "NOTDIR",
+    "NOTEMPTY",
+    "NOTRECOVERABLE",
+    "NOTSOCK",
+    "NOTSUP",
+    "NOTTY",
+    "NXIO",
+    "OVERFLOW",
+    "OWNERDEAD",
+    "PERM",
+    "PIPE",
+    "PROTO",
+    "PROTONOSUPPORT",
+    "PROTOTYPE",
+    "RANGE",
+    "ROFS",
+    "SPIPE",
+    "SRCH",
+    "STALE",
+    "TIMEDOUT",
+    "TXTBSY",
+    "XDEV",
+    "NOTCAPABLE",
+];
+
+/// Text a plugin made, with each `(os error N)` that Rust's std wrote on wasm32 given its WASI
+/// name: `Permission denied (os error 2)` becomes `Permission denied (WASI errno ACCES)`.
+/// The number is WASI's, not Linux's (2 is ACCES there, ENOENT here), so left alone it reads
+/// as the wrong error. Only for text that came from a plugin: the host's own errors carry
+/// Linux numbers.
+pub fn wasi_errors(text: &str) -> Cow<'_, str> {
+    const OPEN: &str = "(os error ";
+    if !text.contains(OPEN) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        let after = &rest[at + OPEN.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let name = after[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| WASI_ERRNO.get(i));
+        match (name, after[digits..].starts_with(')')) {
+            (Some(name), true) => {
+                out.push_str(&rest[..at]);
+                out.push_str("(WASI errno ");
+                out.push_str(name);
+                out.push(')');
+                rest = &after[digits + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..at + OPEN.len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 /// `text` as one safe log line: control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`),
 /// cut to [`LINE_MAX`] bytes (on a character boundary) with a note of how much was cut.
+/// WASI errno numbers are named ([`wasi_errors`]): every such line comes from a plugin.
 pub fn clean_line(text: &str) -> Cow<'_, str> {
+    match wasi_errors(text) {
+        Cow::Borrowed(text) => escape(text),
+        Cow::Owned(text) => Cow::Owned(escape(&text).into_owned()),
+    }
+}
+
+fn escape(text: &str) -> Cow<'_, str> {
     let clean = text.len() <= LINE_MAX && !text.chars().any(char::is_control);
     if clean {
         return Cow::Borrowed(text);
@@ -110,6 +236,19 @@ pub fn clean_line(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wasi_errno_numbers_are_named() {
+        assert_eq!(
+            wasi_errors("cannot open /out/x: Permission denied (os error 2)"),
+            "cannot open /out/x: Permission denied (WASI errno ACCES)"
+        );
+        assert_eq!(
+            wasi_errors("a (os error 44) b (os error 76) c (os error 99) (os error x"),
+            "a (WASI errno NOENT) b (WASI errno NOTCAPABLE) c (os error 99) (os error x"
+        );
+        assert!(matches!(wasi_errors("no number here"), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn a_line_cannot_forge_another_line_or_run_on() {

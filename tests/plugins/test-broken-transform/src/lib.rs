@@ -13,6 +13,8 @@
 //! - `large-batch`: a batch over 1,000 messages traps (rule 6).
 //! - `repeated`: the 500th call traps (rule 6).
 //! - `non-utf8`, `empty-payload`: such a payload traps (rule 10).
+//! - `init-late`: `init` answers `retryable` twice (counted in the host state, which outlives
+//!   instances), as a plugin whose server is not up yet, then succeeds.
 
 #![allow(clippy::panic)] // trapping on purpose is this plugin's job
 
@@ -62,6 +64,16 @@ impl Transform for Broken {
     fn init(config: Config) -> Result<Self, Error> {
         let mode = mode();
         INITIALISED.store(true, Ordering::Relaxed);
+        if mode == "init-late" {
+            let tried = patchbay_sdk::state::get("init-attempts").map_or(0, |v| v.len());
+            if tried < 2 {
+                let _ = patchbay_sdk::state::set("init-attempts", &vec![b'x'; tried + 1]);
+                return Err(Error::retryable(format!(
+                    "not ready yet (attempt {})",
+                    tried + 1
+                )));
+            }
+        }
         if let Some(level) = config.get("level")
             && level.parse::<u64>().is_err()
         {
