@@ -7,8 +7,51 @@ use anyhow::Context as _;
 
 use crate::config::Role;
 
-/// The SDK crate this binary was built with.
-const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk");
+/// The SDK version this binary goes with: the generated crate depends on `patchbay-sdk` by
+/// this version (crates.io) unless `--sdk PATH` (or `PATCHBAY_SDK`) names a local copy.
+const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The `patchbay-sdk` dependency line, and what the README says about it.
+fn sdk_dependency(sdk: Option<&Path>) -> anyhow::Result<(String, String)> {
+    let local = sdk
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("PATCHBAY_SDK").map(PathBuf::from));
+    let Some(local) = local else {
+        let (major, rest) = SDK_VERSION.split_once('.').unwrap_or((SDK_VERSION, "0"));
+        let minor = rest.split('.').next().unwrap_or("0");
+        return Ok((
+            format!("patchbay-sdk = \"{major}.{minor}\""),
+            format!(
+                "It depends on `patchbay-sdk` {major}.{minor} from crates.io. To build against a \
+                 local copy of the SDK instead (a Patchbay checkout's `plugin-sdk/`, or an \
+                 unpacked `.crate`), generate it with `patchbay new … --sdk PATH` or set \
+                 `PATCHBAY_SDK=PATH`, or add to `Cargo.toml`:\n\n    [patch.crates-io]\n    \
+                 patchbay-sdk = {{ path = \"PATH\" }}\n"
+            ),
+        ));
+    };
+    let local = local.canonicalize().with_context(|| {
+        format!(
+            "cannot find the patchbay-sdk crate at `{}`; --sdk (or PATCHBAY_SDK) names the \
+             plugin-sdk folder of a Patchbay checkout or an unpacked patchbay-sdk crate",
+            local.display()
+        )
+    })?;
+    if !local.join("Cargo.toml").is_file() {
+        anyhow::bail!(
+            "`{}` has no Cargo.toml: --sdk names the plugin-sdk folder of a Patchbay checkout",
+            local.display()
+        );
+    }
+    let path = local.display().to_string().replace('\\', "/");
+    Ok((
+        format!("patchbay-sdk = {{ path = \"{path}\" }}"),
+        format!(
+            "It depends on the local SDK at `{path}` (`--sdk`); once you publish it, depend on \
+             `patchbay-sdk = \"{SDK_VERSION}\"` instead.\n"
+        ),
+    ))
+}
 
 /// Create the crate in `dir` (default `./NAME`). Returns the exit code.
 pub fn create(
@@ -34,14 +77,7 @@ pub fn create(
             dir.display()
         );
     }
-    let sdk = sdk.map_or_else(|| PathBuf::from(BUILT_SDK), Path::to_path_buf);
-    let sdk = sdk.canonicalize().with_context(|| {
-        format!(
-            "cannot find the patchbay-sdk crate at `{}`; pass --sdk PATH to the plugin-sdk folder of a Patchbay checkout",
-            sdk.display()
-        )
-    })?;
-    let sdk_toml = sdk.display().to_string().replace('\\', "/");
+    let (dependency, about_sdk) = sdk_dependency(sdk)?;
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create `{}`", dir.display()))?;
     let write = |file: &str, text: String| {
@@ -61,7 +97,7 @@ description = "A Patchbay {role} plugin"
 crate-type = ["cdylib"]
 
 [dependencies]
-patchbay-sdk = {{ path = "{sdk_toml}" }}
+{dependency}
 
 # Fast plugins: link-time optimisation over one codegen unit (about 15-20% faster than
 # cargo's default release profile, and smaller).
@@ -103,7 +139,8 @@ and use it in a pipeline file:
 
 Edit `src/lib.rs`: `metadata` documents your config keys, `init` reads them, and
 {what}.
-"#,
+
+{about_sdk}"#,
             file = name.replace('-', "_"),
             what = match role {
                 Role::Source => "`poll` returns batches of messages until the end of the stream",

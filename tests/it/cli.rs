@@ -159,18 +159,74 @@ fn validate_accepts_the_quickstart() {
     );
 }
 
-/// `patchbay new transform my-thing`, build it as the generated README says, and validate a
-/// pipeline that uses it.
+/// `patchbay new transform my-thing` in a directory outside the repository: the crate depends
+/// on `patchbay-sdk` by version, as a third party's would; the test packages the SDK as
+/// `cargo publish` would (`cargo package`), points the crate at the unpacked `.crate` files with
+/// the `[patch]` its README describes, builds it as the README says, and runs it.
 #[test]
-fn a_new_transform_builds_and_validates() {
+fn a_new_transform_builds_against_the_packaged_sdk_and_runs() {
     let s = Scratch::new();
-    let out = s.run(&["new", "transform", "my-thing"]);
+    let out = crate::patchbay()
+        .args(["new", "transform", "my-thing"])
+        .current_dir(s.path())
+        .env_remove("PATCHBAY_SDK")
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("created my-thing/"), "{stdout}");
     let crate_dir = s.path().join("my-thing");
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("\npatchbay-sdk = \"0.1\"\n"),
+        "{manifest}"
+    );
+    let readme = std::fs::read_to_string(crate_dir.join("README.md")).unwrap();
+    assert!(readme.contains("[patch.crates-io]"), "{readme}");
+
+    // The SDK as it would be published: patchbay-frame and patchbay-sdk packaged, unpacked.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let packaged = plugins_dir().join("../sdk-package");
+    let package = Command::new(&cargo)
+        .args([
+            "package",
+            "--no-verify",
+            "--allow-dirty",
+            "-p",
+            "patchbay-frame",
+        ])
+        .args(["-p", "patchbay-sdk", "--target-dir"])
+        .arg(&packaged)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        package.status.success(),
+        "{}",
+        String::from_utf8_lossy(&package.stderr)
+    );
+    s.mkdir("sdk");
+    for name in ["patchbay-frame", "patchbay-sdk"] {
+        let file = packaged.join(format!("package/{name}-0.1.0.crate"));
+        let unpacked = Command::new("tar")
+            .arg("xzf")
+            .arg(&file)
+            .arg("-C")
+            .arg(s.path().join("sdk"))
+            .status()
+            .unwrap();
+        assert!(unpacked.success(), "tar xzf {}", file.display());
+    }
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        format!(
+            "{manifest}\n[patch.crates-io]\npatchbay-sdk = {{ path = \"../sdk/patchbay-sdk-0.1.0\" \
+             }}\npatchbay-frame = {{ path = \"../sdk/patchbay-frame-0.1.0\" }}\n"
+        ),
+    )
+    .unwrap();
     let target = plugins_dir().join("../scaffold-target");
-    let build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let build = Command::new(&cargo)
         .args(["build", "--release", "--target", "wasm32-wasip2"])
         .current_dir(&crate_dir)
         .env("CARGO_TARGET_DIR", &target)
@@ -342,5 +398,32 @@ fn without_address_space_for_the_pool_instances_are_created_on_demand() {
     assert!(
         stderr.contains("pipeline `small`: 100 in, 0 dropped, 100 written to `out`"),
         "{stderr}"
+    );
+}
+
+/// `--sdk PATH` (or `PATCHBAY_SDK`) makes the new crate depend on a local SDK; a path without
+/// a crate is refused with what to pass.
+#[test]
+fn new_takes_a_local_sdk() {
+    let s = Scratch::new();
+    let sdk = root().join("plugin-sdk").canonicalize().unwrap();
+    let out = s.run(&["new", "sink", "local", "--sdk", &sdk.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let manifest = s.read("local/Cargo.toml");
+    assert!(
+        manifest.contains(&format!(
+            "patchbay-sdk = {{ path = \"{}\" }}",
+            sdk.display()
+        )),
+        "{manifest}"
+    );
+    let out = s.run(&["new", "sink", "nowhere", "--sdk", "no-such-dir"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out)
+            .1
+            .contains("cannot find the patchbay-sdk crate at `no-such-dir`"),
+        "{}",
+        text(&out).1
     );
 }

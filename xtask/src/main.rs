@@ -437,6 +437,12 @@ fn test() -> Result<()> {
         units.args(["-p", p]);
     }
     run(&mut units)?;
+    // The Rust SDK as a third party gets it: packaged and built as `cargo publish` would
+    // (tests/it/cli.rs builds a new plugin crate against the packaged files).
+    run(cargo()
+        .args(["publish", "--dry-run", "--allow-dirty"])
+        .args(["-p", "patchbay-frame", "-p", "patchbay-sdk", "--target-dir"])
+        .arg(target_dir().join("sdk-package")))?;
     run_bench(true, None)
 }
 

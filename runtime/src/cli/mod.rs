@@ -184,7 +184,9 @@ enum Command {
         /// Directory to create (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Path of the patchbay-sdk crate (default: the one this binary was built from).
+        /// A local patchbay-sdk crate to depend on (a checkout's plugin-sdk folder, or an
+        /// unpacked .crate); also from PATCHBAY_SDK. Default: patchbay-sdk from crates.io, by
+        /// the version of this binary.
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
