@@ -81,8 +81,13 @@ macro_rules! __patchbay_bindings {
         #[doc(hidden)]
         #[allow(unsafe_code, missing_docs, dead_code, unused, clippy::all)]
         mod $module {
+            // `path: []`: without it, generate! also parses the crate's own `wit/` folder
+            // if one exists, and a plugin that keeps a copy of the contract there (or the
+            // SDK's doc tests, whose crate carries `wit/`) fails with "attempting to re-add
+            // package patchbay:connector@0.1.0".
             ::patchbay_sdk::__wit_bindgen::generate!({
                 inline: $wit,
+                path: [],
                 world: $world,
                 runtime_path: "::patchbay_sdk::__wit_bindgen::rt",
                 with: {
