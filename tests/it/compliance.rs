@@ -558,3 +558,73 @@ fn test_plugin_shows_each_answer() {
     // The checks follow.
     assert!(summary(&report).contains(" passed, 0 failed, "), "{report}");
 }
+
+/// A sink's checks write real messages: test-plugin says so, and `--no-data` skips those
+/// checks (nothing is written).
+#[test]
+fn test_plugin_on_a_sink_warns_and_no_data_writes_nothing() {
+    let s = Scratch::new();
+    let out = s.mkdir("out");
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/out.jsonl" }}
+grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "p"
+source = "gen"
+sinks = ["out"]
+"#,
+            out.display()
+        ),
+    );
+    let wasm = crate::plugin("file-sink");
+    let (code, report) = test_plugin(
+        &s,
+        &[
+            &wasm,
+            "--pipeline",
+            "p.toml",
+            "--plugin",
+            "out",
+            "--no-data",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(
+            "n/a   rule  6  the data rules (6, 7, 10, 23): --no-data: no message was written"
+        ) || report.contains("the data rules (6, 7, 10, 23): --no-data: no message was written"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("note: a sink's checks write real messages"),
+        "{report}"
+    );
+    // `init` (of the config checks) may create the file; no message is in it.
+    assert_eq!(
+        std::fs::read_to_string(out.join("out.jsonl")).unwrap_or_default(),
+        ""
+    );
+    let (code, report) = test_plugin(
+        &s,
+        &[&wasm, "--pipeline", "p.toml", "--plugin", "out"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.starts_with(&format!(
+            "test-plugin: {wasm}\nnote: a sink's checks write real messages where its config \
+             points (thousands of them); use a scratch target, or --no-data to skip those checks\n"
+        )),
+        "{report}"
+    );
+}

@@ -9,7 +9,7 @@ pub(super) async fn test_plugin(
     path: PathBuf,
     config: &[String],
     from: Option<(&Path, &str)>,
-    (input, show): (Option<&Path>, bool),
+    (input, show, no_data): (Option<&Path>, bool, bool),
     source_budget: Duration,
 ) -> anyhow::Result<ExitCode> {
     let mut options = crate::compliance::Options {
@@ -19,6 +19,7 @@ pub(super) async fn test_plugin(
         limits: Default::default(),
         input: input.map(crate::compliance::read_input).transpose()?,
         source_budget,
+        no_data,
     };
     if let Some((file, name)) = from {
         let decl = plugin_decl(file, name)?;
@@ -37,6 +38,16 @@ pub(super) async fn test_plugin(
         });
     }
     println!("test-plugin: {}", options.path.display());
+    if !no_data {
+        // A sink's data checks deliver real messages: say so where it matters.
+        let loaded = runtime.load(&options.path, None)?;
+        if loaded.role == crate::config::Role::Sink {
+            println!(
+                "note: a sink's checks write real messages where its config points (thousands \
+                 of them); use a scratch target, or --no-data to skip those checks"
+            );
+        }
+    }
     if show {
         for line in crate::compliance::show(runtime, &options).await? {
             println!("{line}");

@@ -129,6 +129,10 @@ enum Command {
         /// transform made of it, or a sink's ok or error), the samples sent as one batch.
         #[arg(long)]
         show: bool,
+        /// For a sink: skip the checks that write messages (they write real data where the
+        /// config points; the config checks still open connections).
+        #[arg(long)]
+        no_data: bool,
         /// How long a source may take to reach `end-of-stream` before that rule counts as not
         /// applicable (an endless source).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -358,6 +362,7 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
             name,
             input,
             show,
+            no_data,
             source_budget,
         } => {
             test_plugin(
@@ -365,7 +370,7 @@ async fn async_main(command: Command, no_cache: bool) -> anyhow::Result<ExitCode
                 plugin,
                 &config,
                 pipeline.as_deref().zip(name.as_deref()),
-                (input.as_deref(), show),
+                (input.as_deref(), show, no_data),
                 source_budget,
             )
             .await
