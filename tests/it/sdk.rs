@@ -1,5 +1,6 @@
-//! Plugins written with the Python and JavaScript SDKs (built by `cargo xtask test` into
-//! `target/plugins/`), in real pipelines and through the compliance kit.
+//! Plugins written with the Python and JavaScript SDKs, and in C (sdk-c; all built by
+//! `cargo xtask test` into `target/plugins/`), in real pipelines and through the compliance kit;
+//! and the SDKs as packages, used from a project outside the repository.
 
 use crate::{Scratch, seq_counts, text};
 
@@ -200,4 +201,232 @@ sinks = ["csv"]
             "{name}:\n{stdout}"
         );
     }
+}
+
+/// The Python SDK as a package: its wheel (`pip wheel sdk-python`) installed with pip into a
+/// fresh virtual environment outside the repository, a plugin project there built with the
+/// wheel's `patchbay-py-build` (the WIT comes inside the package), then checked by
+/// `test-plugin` and run in a pipeline.
+#[test]
+fn a_python_plugin_builds_outside_the_repository_from_the_wheel() {
+    let s = Scratch::new();
+    let root = crate::root();
+    // The package's WIT is the contract.
+    for file in ["types.wit", "worlds.wit"] {
+        assert_eq!(
+            std::fs::read_to_string(root.join("sdk-python/patchbay_sdk/wit").join(file)).unwrap(),
+            std::fs::read_to_string(root.join("wit").join(file)).unwrap(),
+            "sdk-python/patchbay_sdk/wit/{file} differs from wit/{file}: copy it"
+        );
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // Built from a copy, so the checkout stays clean (setuptools builds in the tree).
+    run(std::process::Command::new("cp")
+        .arg("-r")
+        .arg(root.join("sdk-python"))
+        .arg(s.path().join("sdk-src")));
+    run(std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            "dist",
+            "./sdk-src", // a path, not a package name
+        ])
+        .current_dir(s.path()));
+    run(std::process::Command::new("python3")
+        .args(["-m", "venv", "venv"])
+        .current_dir(s.path()));
+    let bin = s.path().join("venv/bin");
+    run(std::process::Command::new(bin.join("pip"))
+        .args(["install", "-q", "dist/patchbay_sdk-0.1.0-py3-none-any.whl"])
+        .current_dir(s.path()));
+    s.mkdir("project");
+    std::fs::copy(
+        root.join("sdk-python/examples/redact/app.py"),
+        s.path().join("project/app.py"),
+    )
+    .unwrap();
+    run(std::process::Command::new(bin.join("patchbay-py-build"))
+        .args(["app", "-w", "transform", "-o", "redact.wasm"])
+        .current_dir(s.path().join("project")));
+    let wasm = s.path().join("project/redact.wasm").display().to_string();
+    let out = s.run(&["test-plugin", &wasm, "--config", r#"fields=["name"]"#]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(" passed, 0 failed, "), "{stdout}");
+    s.write(
+        "p.toml",
+        &format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = 100 }}
+
+[plugins.redact]
+path = "{wasm}"
+config = {{ fields = ["data"] }}
+
+[plugins.null]
+path = "{{plugin:blackhole}}"
+
+[[pipeline]]
+name = "p"
+source = "gen"
+transforms = ["redact"]
+sinks = ["null"]
+"#
+        ),
+    );
+    let out = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pipeline `p`: 100 in, 0 dropped, 100 written to `null`"),
+        "{stderr}"
+    );
+}
+
+/// The JavaScript SDK as a package: `npm pack` of sdk-js installed into a project outside the
+/// repository, a plugin there importing `patchbay-sdk` built with the package's
+/// `patchbay-js-build` (bundled, then componentize-js, the WIT from the package), checked by
+/// `test-plugin`.
+#[test]
+fn a_javascript_plugin_builds_outside_the_repository_from_the_npm_package() {
+    let s = Scratch::new();
+    let root = crate::root();
+    for file in ["types.wit", "worlds.wit"] {
+        assert_eq!(
+            std::fs::read_to_string(root.join("sdk-js/wit").join(file)).unwrap(),
+            std::fs::read_to_string(root.join("wit").join(file)).unwrap(),
+            "sdk-js/wit/{file} differs from wit/{file}: copy it"
+        );
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    s.mkdir("dist");
+    run(std::process::Command::new("npm")
+        .args(["pack", "--pack-destination"])
+        .arg(s.path().join("dist"))
+        .current_dir(root.join("sdk-js")));
+    s.mkdir("project");
+    let project = s.path().join("project");
+    run(std::process::Command::new("npm")
+        .args(["init", "-y"])
+        .current_dir(&project));
+    run(std::process::Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "../dist/patchbay-sdk-0.1.0.tgz",
+        ])
+        .current_dir(&project));
+    let example = std::fs::read_to_string(root.join("sdk-js/examples/redact/plugin.js")).unwrap();
+    let plugin = example.replace("'../../patchbay-sdk.js'", "'patchbay-sdk'");
+    assert_ne!(
+        plugin, example,
+        "the example imports the SDK by a relative path"
+    );
+    s.write("project/plugin.js", &plugin);
+    run(std::process::Command::new("npx")
+        .args(["patchbay-js-build", "plugin.js", "transform", "redact.wasm"])
+        .current_dir(&project));
+    let wasm = project.join("redact.wasm").display().to_string();
+    let out = s.run(&["test-plugin", &wasm, "--config", r#"fields=["name"]"#]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(" passed, 0 failed, "), "{stdout}");
+}
+
+/// The C example (sdk-c/examples/upper, built by xtask with wit-bindgen's C generator, clang
+/// and wasi-libc): it passes the compliance kit, upper-cases every one of 10,000 generated
+/// records with its prefix, and explains a bad value in its own words.
+#[test]
+fn a_c_transform_passes_the_kit_and_runs_in_a_pipeline() {
+    let s = Scratch::new();
+    let wasm = crate::plugin("c-upper");
+    let out = s.run(&["test-plugin", &wasm, "--config", "prefix=C:"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("11 checks: 10 passed, 0 failed, 1 not applicable"),
+        "{stdout}"
+    );
+    let dir = s.mkdir("out");
+    let pipeline = |max_bytes: &str| {
+        format!(
+            r#"
+[plugins.gen]
+path = "{{plugin:generator}}"
+config = {{ count = {COUNT} }}
+
+[plugins.upper]
+path = "{{plugin:c-upper}}"
+config = {{ prefix = "C:", max_bytes = {max_bytes} }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/out.txt" }}
+grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "upper"
+source = "gen"
+transforms = ["upper"]
+sinks = ["out"]
+"#,
+            dir.display()
+        )
+    };
+    s.write("p.toml", &pipeline("4096"));
+    let run = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&run);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "pipeline `upper`: {COUNT} in, 0 dropped, {COUNT} written to `out`"
+        )),
+        "{stderr}"
+    );
+    let written = s.read("out/out.txt");
+    let mut seen = vec![0u32; COUNT as usize];
+    for line in written.lines() {
+        let doc = line
+            .strip_prefix("C:")
+            .unwrap_or_else(|| panic!("no prefix: {line}"));
+        assert_eq!(doc, doc.to_ascii_uppercase(), "{line}");
+        let v: serde_json::Value = serde_json::from_str(doc).unwrap();
+        seen[v["SEQ"].as_u64().unwrap() as usize] += 1;
+    }
+    assert!(seen.iter().all(|n| *n == 1), "every record exactly once");
+
+    s.write("bad.toml", &pipeline("\"lots\""));
+    let run = s.run(&["run", "bad.toml"]);
+    let (_, stderr) = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: pipeline `upper`: transform `upper` could not start: `init` returned fatal error: config key `max_bytes`: expected a whole number of bytes from 1 to 1073741824, got `lots`; fix [plugins.upper.config] in the pipeline file"
+    );
 }

@@ -13,6 +13,8 @@
 //!   (wasm32-unknown-unknown, into `target/bench-guests/`), then the benchmark (bench/, with its
 //!   `peers` feature), which writes `bench/results.md`.
 
+mod c_sdk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("build") => build(),
-        Some("sdk-plugins") => build_sdk_plugins(),
+        Some("sdk-plugins") => build_sdk_plugins().and_then(|()| c_sdk::build_c_plugins()),
         Some("quickstart") => quickstart(),
         Some("test") => test(),
         Some("bench") => bench(
@@ -107,7 +109,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick] [--only SECTIONS]|fuzz [--minutes N]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python and JavaScript SDKs' example plugins (needs python3 and node)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md; --only cluster,scaling,…: those sections, into target/bench-only.md)\n  fuzz        the fuzz tests (runtime/tests/fuzz.rs) over and over with fresh seeds, for N minutes (default 10)"
+                "usage: cargo xtask <build|sdk-plugins|quickstart|test|bench [--quick] [--only SECTIONS]|fuzz [--minutes N]>\n\n  build       build the runtime and every plugin\n  sdk-plugins build the Python, JavaScript and C SDKs' example plugins (needs python3, node; clang and wasi-libc from Debian)\n  quickstart  build, then run examples/quickstart\n  test        build, then fmt, clippy, the whole test suite and a quick benchmark\n  bench       build, then benchmark into bench/results.md (--quick: under 2 minutes, into target/bench-quick.md; --only cluster,scaling,…: those sections, into target/bench-only.md)\n  fuzz        the fuzz tests (runtime/tests/fuzz.rs) over and over with fresh seeds, for N minutes (default 10)"
             );
             return ExitCode::from(2);
         }
@@ -389,6 +391,7 @@ fn test() -> Result<()> {
     ensure_service_clients()?;
     build_plugins()?;
     build_sdk_plugins()?;
+    c_sdk::build_c_plugins()?;
     build_host_for_tests()?;
     let cache = target_dir().join("patchbay-cache");
     // The README's first command, end to end, so that it cannot silently break.
