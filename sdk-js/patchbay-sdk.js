@@ -56,6 +56,32 @@ function toBytes(value) {
 
 // --- messages -------------------------------------------------------------------------------
 
+/** Whether `s` holds a UTF-16 surrogate without its pair (StarlingMonkey has no `\p{Cs}`). */
+function loneSurrogate(s) {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const next = s.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        i++;
+        continue;
+      }
+      return true;
+    }
+    if (c >= 0xdc00 && c <= 0xdfff) return true;
+  }
+  return false;
+}
+
+function hasLoneSurrogate(value) {
+  if (typeof value === 'string') return loneSurrogate(value);
+  if (Array.isArray(value)) return value.some(hasLoneSurrogate);
+  if (value !== null && typeof value === 'object') {
+    return Object.entries(value).some(([k, v]) => loneSurrogate(k) || hasLoneSurrogate(v));
+  }
+  return false;
+}
+
 /** A message as the plugin sees it: the contract's record with helpers. */
 export class Message {
   constructor(payload, { key, headers = [], timestamp } = {}) {
@@ -74,14 +100,27 @@ export class Message {
     }
   }
 
-  /** The payload parsed as JSON; throws invalid-data when it is not JSON. */
+  /**
+   * The payload parsed as JSON by the rules every SDK follows (wit/README.md rule 10): it
+   * must be UTF-8 and JSON, and no string may hold a lone surrogate escape such as
+   * "\\ud800", which names no Unicode character (JSON.parse alone accepts it; the Rust SDK's
+   * serde_json does not). Throws invalid-data saying which.
+   */
   json() {
+    const text = this.text();
+    let doc;
     try {
-      return JSON.parse(this.text());
+      doc = JSON.parse(text);
     } catch (e) {
-      if (e instanceof PluginError) throw e;
       throw invalidData(`payload is not JSON: ${e.message}`);
     }
+    if (text.includes('\\u') && hasLoneSurrogate(doc)) {
+      throw invalidData(
+        'payload is not JSON text: a string holds a lone surrogate escape (\\ud800 to ' +
+          '\\udfff without its pair), which names no Unicode character',
+      );
+    }
+    return doc;
   }
 
   /** The first header of that name, or undefined. */

@@ -60,6 +60,7 @@ __all__ = [
     "export_transform",
     "fatal",
     "invalid_data",
+    "parse_json",
     "log",
     "message",
     "metrics",
@@ -133,6 +134,46 @@ def invalid_data(message: str) -> PluginError:
 def fatal(message: str) -> PluginError:
     """The plugin cannot go on (bad configuration, lost credentials)."""
     return PluginError(message, "fatal")
+
+
+def parse_json(payload: bytes) -> Any:
+    """The payload parsed as JSON by the rules every SDK follows (``wit/README.md`` rule 10):
+    it must be UTF-8, strict JSON (no ``NaN`` or ``Infinity``), and no string may hold a lone
+    surrogate escape such as ``"\\ud800"``, which names no Unicode character. Anything else
+    raises ``invalid-data`` saying which, as the Rust SDK's ``serde_json`` does; Python's own
+    ``json.loads`` would accept all three."""
+    try:
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise invalid_data(f"payload is not UTF-8 text: {e}") from None
+    try:
+        doc = _json.loads(text, parse_constant=_no_constant)
+    except ValueError as e:
+        raise invalid_data(f"payload is not JSON: {e}") from None
+    if "\\u" in text and _has_lone_surrogate(doc):
+        raise invalid_data(_LONE_SURROGATE)
+    return doc
+
+
+_LONE_SURROGATE = (
+    "payload is not JSON text: a string holds a lone surrogate escape (\\ud800 to \\udfff "
+    "without its pair), which names no Unicode character"
+)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    # json.loads joins an escaped pair into one character, so a surrogate left is a lone one.
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _from_exception(e: BaseException, default_kind: str) -> _t.Error:

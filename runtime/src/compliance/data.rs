@@ -288,11 +288,11 @@ pub(super) async fn data_checks(
                 break;
             }
             Ok(answer) => {
-                if function == "write"
-                    && let Some(e) = answer
-                        .errors
-                        .iter()
-                        .find(|e| e.kind != ErrorKind::InvalidData)
+                // Rule 10: a payload the plugin cannot use is invalid data, for both roles.
+                if let Some(e) = answer
+                    .errors
+                    .iter()
+                    .find(|e| e.kind != ErrorKind::InvalidData)
                 {
                     verdict = Verdict::Fail(format!(
                         "{what} got a `{}` error, not `invalid-data`: {}",

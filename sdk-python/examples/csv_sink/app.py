@@ -56,10 +56,7 @@ class CsvSink(pb.Sink):
         self.rows = 0
 
     def write(self, message: pb.Message) -> None:
-        try:
-            doc = json.loads(message.payload)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise pb.invalid_data(f"payload is not JSON: {e}") from None
+        doc = pb.parse_json(message.payload)  # not JSON: invalid-data, as in every SDK
         if not isinstance(doc, dict):
             raise pb.invalid_data(f"payload is a JSON {type(doc).__name__}, not an object")
         self.writer.writerow([_cell(doc.get(c)) for c in self.columns])

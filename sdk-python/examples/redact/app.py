@@ -9,8 +9,6 @@ A payload that is not a JSON object fails with `invalid-data`; a message with no
 passes on untouched.
 """
 
-import json
-
 import patchbay_sdk as pb
 
 
@@ -38,10 +36,7 @@ class Redact(pb.Transform):
         self.redacted = 0
 
     def process(self, message: pb.Message):
-        try:
-            doc = json.loads(message.payload)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise pb.invalid_data(f"payload is not JSON: {e}") from None
+        doc = pb.parse_json(message.payload)  # not JSON: invalid-data, as in every SDK
         if not isinstance(doc, dict):
             raise pb.invalid_data(f"payload is a JSON {type(doc).__name__}, not an object")
         changed = 0
