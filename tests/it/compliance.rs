@@ -96,6 +96,10 @@ sinks = ["out"]
             "redact",
             vec!["--config".into(), r#"fields=["name"]"#.into()],
         ),
+        (
+            "map",
+            vec!["--config".into(), r#"set={"fields":"size(json)"}"#.into()],
+        ),
         ("csv-to-json", vec![]),
         (
             "filter",

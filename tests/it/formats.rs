@@ -1,0 +1,186 @@
+//! The format plugins: xml-to-json and json-to-xml (plugins/xml-to-json, plugins/json-to-xml).
+//! A corpus with attributes, namespaces, CDATA, entities and repeated elements goes
+//! XML → JSON → XML → JSON: the two JSON forms are equal, and the JSON and XML of one document
+//! are checked as written; input that is not XML is dead-lettered with the reason.
+
+use crate::{Scratch, text};
+
+/// One document per line (file-source reads lines).
+const CORPUS: &[&str] = &[
+    r#"<order id="7" xmlns:p="urn:parts"><p:item sku="a">2</p:item><p:item sku="b"/><note><![CDATA[<fragile> & "dry"]]></note><city>K&#246;ln &amp; Bonn</city></order>"#,
+    r#"<?xml version="1.0"?><!-- a comment --><feed xmlns="http://www.w3.org/2005/Atom"><title type="text">News</title><entry><id>1</id></entry><entry><id>2</id></entry><entry><id>3</id></entry></feed>"#,
+    r#"<lines><line n="1">one</line><empty/><text>  spaced  </text><mixed>a<b>bold</b>c</mixed></lines>"#,
+    r#"<single><entry><id>9</id></entry></single>"#,
+];
+
+const BAD: &[&str] = &["not xml at all", "<a><b></a>", "<a/><b/>"];
+
+#[test]
+fn xml_to_json_and_back_keeps_the_content_and_dead_letters_bad_input() {
+    let s = Scratch::new();
+    s.mkdir("in");
+    s.mkdir("out");
+    let mut input: Vec<&str> = CORPUS.to_vec();
+    input.extend(BAD);
+    s.write("in/docs.xml", &(input.join("\n") + "\n"));
+    s.write(
+        "p.toml",
+        r#"
+[plugins.src]
+path = "{plugin:file-source}"
+config = { path = "/in/docs.xml" }
+grants = { dirs = [{ host = "in", guest = "/in", mode = "ro" }] }
+
+[plugins.to_json]
+path = "{plugin:xml-to-json}"
+config = { arrays = ["single.entry"] }
+
+[plugins.to_xml]
+path = "{plugin:json-to-xml}"
+config = { declaration = false }
+
+[plugins.json_out]
+path = "{plugin:file-sink}"
+config = { path = "/out/first.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.xml_out]
+path = "{plugin:file-sink}"
+config = { path = "/out/back.xml" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.again_out]
+path = "{plugin:file-sink}"
+config = { path = "/out/second.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[[pipeline]]
+name = "first"
+source = "src"
+transforms = ["to_json"]
+sinks = ["json_out"]
+on_error = "dead-letter"
+dead_letter = { path = "out/dead.jsonl" }
+
+[[pipeline]]
+name = "back"
+source = "src"
+transforms = ["to_json", "to_xml"]
+sinks = ["xml_out"]
+on_error = "dead-letter"
+dead_letter = { path = "out/dead-back.jsonl" }
+
+[[pipeline]]
+name = "again"
+source = "src"
+transforms = ["to_json", "to_xml", "to_json"]
+sinks = ["again_out"]
+on_error = "dead-letter"
+dead_letter = { path = "out/dead-again.jsonl" }
+"#,
+    );
+    let run = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&run);
+    assert!(run.status.success(), "{stderr}");
+    let n = CORPUS.len();
+    assert!(
+        stderr.contains(&format!(
+            "pipeline `first`: {} in, 0 dropped, {n} written to `json_out`",
+            n + BAD.len()
+        )),
+        "{stderr}"
+    );
+    let first = s.read("out/first.jsonl");
+    let second = s.read("out/second.jsonl");
+    assert_eq!(first.lines().count(), n);
+    assert_eq!(
+        first, second,
+        "XML → JSON → XML → JSON gives the first JSON again"
+    );
+    let docs: Vec<serde_json::Value> = first
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        docs[0],
+        serde_json::json!({"order": {
+            "-id": "7", "-xmlns:p": "urn:parts",
+            "p:item": [{"-sku": "a", "#text": "2"}, {"-sku": "b"}],
+            "note": "<fragile> & \"dry\"",
+            "city": "Köln & Bonn"
+        }})
+    );
+    assert_eq!(
+        docs[1]["feed"]["entry"],
+        serde_json::json!([{"id": "1"}, {"id": "2"}, {"id": "3"}])
+    );
+    assert_eq!(docs[1]["feed"]["-xmlns"], "http://www.w3.org/2005/Atom");
+    assert_eq!(
+        docs[2],
+        serde_json::json!({"lines": {
+            "line": {"-n": "1", "#text": "one"},
+            "empty": "",
+            "text": "  spaced  ",
+            "mixed": {"b": "bold", "#text": "ac"}
+        }})
+    );
+    // `arrays` makes a lone element an array.
+    assert_eq!(
+        docs[3],
+        serde_json::json!({"single": {"entry": [{"id": "9"}]}})
+    );
+    let back = s.read("out/back.xml");
+    assert_eq!(
+        back.lines().next(),
+        Some(
+            r#"<order id="7" xmlns:p="urn:parts"><p:item sku="a">2</p:item><p:item sku="b"/><note>&lt;fragile&gt; &amp; "dry"</note><city>Köln &amp; Bonn</city></order>"#
+        )
+    );
+    let dead = s.read("out/dead.jsonl");
+    let reasons: Vec<String> = dead
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["error"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(reasons.len(), BAD.len(), "{dead}");
+    assert!(reasons[0].starts_with("payload is not XML"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("payload is not well-formed XML (at byte "),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons[2],
+        "payload is not one XML document: a second root element at byte 4"
+    );
+}
+
+#[test]
+fn json_to_xml_explains_what_has_no_xml_form() {
+    let s = Scratch::new();
+    let sample = s.write(
+        "in.txt",
+        "{\"a\":1,\"b\":2}\n{\"1st\":\"x\"}\n{\"r\":{\"-a\":{\"x\":1}}}\n{\"r\":{\"-id\":\"q\\\"<\",\"x\":[1,2],\"y\":null}}\n",
+    );
+    let wasm = crate::plugin("json-to-xml");
+    let out = s.run(&[
+        "test-plugin",
+        &wasm,
+        "--config",
+        "declaration=false",
+        "--input",
+        sample.to_str().unwrap(),
+        "--show",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for expected in [
+        "invalid-data error: payload is not an object with one field (the root element); set `root` to wrap other JSON in an element",
+        "invalid-data error: `1st` is not an XML element name",
+        "invalid-data error: `-a` must be text, a number or a boolean, not {\"x\":1}",
+        r#"→ <r id="q&quot;&lt;"><x>1</x><x>2</x><y/></r>"#,
+    ] {
+        assert!(stdout.contains(expected), "{expected}\n{stdout}");
+    }
+}
