@@ -212,6 +212,30 @@ sinks = ["csv"]
     }
 }
 
+/// The package's copy of the contract (`dir`, from the repository root) is `wit/`, file for file.
+fn same_wit(dir: &str) {
+    let root = crate::root();
+    for file in ["types.wit", "worlds.wit"] {
+        assert_eq!(
+            std::fs::read_to_string(root.join(dir).join(file)).unwrap(),
+            std::fs::read_to_string(root.join("wit").join(file)).unwrap(),
+            "{dir}/{file} differs from wit/{file}: copy it"
+        );
+    }
+}
+
+/// Run a command that must succeed; its output.
+fn run(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The Python SDK as a package: its wheel (`pip wheel sdk-python`) installed with pip into a
 /// fresh virtual environment outside the repository, a plugin project there built with the
 /// wheel's `patchbay-py-build` (the WIT comes inside the package), then checked by
@@ -220,24 +244,7 @@ sinks = ["csv"]
 fn a_python_plugin_builds_outside_the_repository_from_the_wheel() {
     let s = Scratch::new();
     let root = crate::root();
-    // The package's WIT is the contract.
-    for file in ["types.wit", "worlds.wit"] {
-        assert_eq!(
-            std::fs::read_to_string(root.join("sdk-python/patchbay_sdk/wit").join(file)).unwrap(),
-            std::fs::read_to_string(root.join("wit").join(file)).unwrap(),
-            "sdk-python/patchbay_sdk/wit/{file} differs from wit/{file}: copy it"
-        );
-    }
-    let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    same_wit("sdk-python/patchbay_sdk/wit");
     // Built from a copy, so the checkout stays clean (setuptools builds in the tree).
     run(std::process::Command::new("cp")
         .arg("-r")
@@ -316,23 +323,7 @@ sinks = ["null"]
 fn a_javascript_plugin_builds_outside_the_repository_from_the_npm_package() {
     let s = Scratch::new();
     let root = crate::root();
-    for file in ["types.wit", "worlds.wit"] {
-        assert_eq!(
-            std::fs::read_to_string(root.join("sdk-js/wit").join(file)).unwrap(),
-            std::fs::read_to_string(root.join("wit").join(file)).unwrap(),
-            "sdk-js/wit/{file} differs from wit/{file}: copy it"
-        );
-    }
-    let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    same_wit("sdk-js/wit");
     s.mkdir("dist");
     run(std::process::Command::new("npm")
         .args(["pack", "--pack-destination"])
