@@ -63,15 +63,23 @@ path = "{{plugin:file-sink}}"
 config = {{ path = "/out/out.jsonl", append = true }}
 grants = {{ dirs = [{{ host = "{}", guest = "/out", mode = "rw" }}] }}
 
+[plugins.check]
+path = "{{plugin:json-schema}}"
+config = {{ schema = "/in/schema.json" }}
+grants = {{ dirs = [{{ host = "{}", guest = "/in", mode = "ro" }}] }}
+
 [[pipeline]]
 name = "files"
 source = "src"
+transforms = ["check"]
 sinks = ["out"]
 "#,
             input.display(),
-            output.display()
+            output.display(),
+            input.display()
         ),
     );
+    std::fs::write(input.join("schema.json"), r#"{"required": ["seq"]}"#).unwrap();
     let file = file.display().to_string();
     let runs: Vec<(&str, Vec<String>)> = vec![
         ("generator", vec!["--config".into(), "count=1000".into()]),
@@ -86,7 +94,12 @@ sinks = ["out"]
         ),
         (
             "file-sink",
-            vec!["--pipeline".into(), file, "--plugin".into(), "out".into()],
+            vec![
+                "--pipeline".into(),
+                file.clone(),
+                "--plugin".into(),
+                "out".into(),
+            ],
         ),
         (
             "json-map",
@@ -100,6 +113,21 @@ sinks = ["out"]
             "map",
             vec!["--config".into(), r#"set={"fields":"size(json)"}"#.into()],
         ),
+        (
+            "json-schema",
+            vec![
+                "--pipeline".into(),
+                file.clone(),
+                "--plugin".into(),
+                "check".into(),
+            ],
+        ),
+        (
+            "json-to-csv",
+            vec!["--config".into(), r#"columns=["seq","name"]"#.into()],
+        ),
+        ("xml-to-json", vec![]),
+        ("json-to-xml", vec![]),
         ("csv-to-json", vec![]),
         (
             "filter",

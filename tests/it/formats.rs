@@ -184,3 +184,186 @@ fn json_to_xml_explains_what_has_no_xml_form() {
         assert!(stdout.contains(expected), "{expected}\n{stdout}");
     }
 }
+
+const ORDER_SCHEMA: &str = r##"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["id", "items"],
+  "additionalProperties": false,
+  "properties": {
+    "id": { "type": "integer" },
+    "email": { "type": "string", "pattern": "^[^@]+@[^@]+$" },
+    "items": { "type": "array", "minItems": 1, "items": { "$ref": "#/$defs/line" } }
+  },
+  "$defs": {
+    "line": {
+      "type": "object",
+      "required": ["sku", "qty"],
+      "properties": { "sku": { "enum": ["a", "b"] }, "qty": { "type": "integer", "minimum": 1 } }
+    }
+  }
+}"##;
+
+/// A corpus of valid and invalid documents through json-schema: valid ones pass untouched,
+/// each invalid one is dead-lettered with the pointer and the rule it broke; a schema file that
+/// is not JSON, or not a schema, stops the start naming it.
+#[test]
+fn json_schema_passes_valid_documents_and_names_pointer_and_rule_for_invalid_ones() {
+    let s = Scratch::new();
+    s.mkdir("in");
+    s.mkdir("out");
+    s.mkdir("schemas");
+    s.write("schemas/order.json", ORDER_SCHEMA);
+    s.write("schemas/broken.json", "{\"type\": ");
+    s.write("schemas/wrong.json", "{\"type\": 5}");
+    let corpus = [
+        (r#"{"id":1,"items":[{"sku":"a","qty":2}]}"#, None),
+        (
+            r#"{"id":2,"email":"x@y","items":[{"sku":"b","qty":1},{"sku":"a","qty":9}]}"#,
+            None,
+        ),
+        (
+            r#"{"id":3,"items":[{"sku":"a","qty":0}]}"#,
+            Some(
+                "/items/0/qty: 0 is less than the minimum of 1 (rule minimum at /$defs/line/properties/qty/minimum)",
+            ),
+        ),
+        (
+            r#"{"id":"4","items":[{"sku":"a","qty":1}]}"#,
+            Some(r#"/id: "4" is not of type "integer" (rule type at /properties/id/type)"#),
+        ),
+        (
+            r#"{"items":[]}"#,
+            Some(r#"/: "id" is a required property (rule required at /required)"#),
+        ),
+        (
+            r#"{"id":6,"items":[{"sku":"c","qty":1}],"extra":true}"#,
+            Some("/items/0/sku"),
+        ),
+        (
+            r#"{"id":7,"email":"nobody","items":[{"sku":"a","qty":1}]}"#,
+            Some(
+                r#"/email: "nobody" does not match "^[^@]+@[^@]+$" (rule pattern at /properties/email/pattern)"#,
+            ),
+        ),
+        (
+            "not json",
+            Some("payload is not JSON: expected ident at line 1 column 2"),
+        ),
+    ];
+    let lines: Vec<&str> = corpus.iter().map(|(doc, _)| *doc).collect();
+    s.write("in/docs.jsonl", &(lines.join("\n") + "\n"));
+    let pipeline = |schema: &str| {
+        format!(
+            r#"
+[plugins.src]
+path = "{{plugin:file-source}}"
+config = {{ path = "/in/docs.jsonl" }}
+grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
+
+[plugins.check]
+path = "{{plugin:json-schema}}"
+config = {{ schema = "/schemas/{schema}" }}
+grants = {{ dirs = [{{ host = "schemas", guest = "/schemas", mode = "ro" }}] }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/valid.jsonl" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[[pipeline]]
+name = "p"
+source = "src"
+transforms = ["check"]
+sinks = ["out"]
+on_error = "dead-letter"
+dead_letter = {{ path = "out/dead.jsonl" }}
+"#
+        )
+    };
+    s.write("p.toml", &pipeline("order.json"));
+    let run = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&run);
+    assert!(run.status.success(), "{stderr}");
+    let valid: Vec<&str> = corpus
+        .iter()
+        .filter(|(_, e)| e.is_none())
+        .map(|(d, _)| *d)
+        .collect();
+    assert_eq!(s.read("out/valid.jsonl"), valid.join("\n") + "\n");
+    let dead: Vec<serde_json::Value> = s
+        .read("out/dead.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let invalid: Vec<(&str, &str)> = corpus
+        .iter()
+        .filter_map(|(d, e)| e.map(|e| (*d, e)))
+        .collect();
+    assert_eq!(dead.len(), invalid.len(), "{dead:?}");
+    for ((doc, expected), entry) in invalid.iter().zip(&dead) {
+        assert_eq!(entry["message"]["payload"], *doc);
+        let reason = entry["error"].as_str().unwrap();
+        assert!(reason.contains(expected), "{doc}: {reason}");
+    }
+    for (schema, expected) in [
+        (
+            "broken.json",
+            "config key `schema`: `/schemas/broken.json` is not JSON: EOF while parsing a value at line 1 column 9",
+        ),
+        (
+            "wrong.json",
+            "config key `schema`: `/schemas/wrong.json` is not a valid JSON Schema: ",
+        ),
+        (
+            "absent.json",
+            "config key `schema`: cannot read `/schemas/absent.json`: ",
+        ),
+    ] {
+        s.write("p.toml", &pipeline(schema));
+        let run = s.run(&["run", "p.toml"]);
+        let (_, stderr) = text(&run);
+        assert_eq!(run.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+}
+
+/// json-to-csv: columns in the configured order, RFC 4180 quoting, nested paths, empty cells,
+/// the header once before the first row.
+#[test]
+fn json_to_csv_writes_quoted_rows_in_column_order_with_one_header() {
+    let s = Scratch::new();
+    let sample = s.write(
+        "in.txt",
+        concat!(
+            r#"{"id":1,"name":"Ada, Countess","note":"said \"hi\"","c":{"city":"London"},"total":9.5}"#,
+            "\n",
+            r#"{"id":2,"name":"two\nlines","total":null,"tags":["x"]}"#,
+            "\n",
+            r#"[1,2]"#,
+            "\n",
+        ),
+    );
+    let wasm = crate::plugin("json-to-csv");
+    let out = s.run(&[
+        "test-plugin",
+        &wasm,
+        "--config",
+        r#"columns=["id","name","c.city","total","tags","note"]"#,
+        "--config",
+        "header=true",
+        "--input",
+        sample.to_str().unwrap(),
+        "--show",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for expected in [
+        "→ id,name,c.city,total,tags,note\n",
+        r#"→ 1,"Ada, Countess",London,9.5,,"said ""hi""""#,
+        r#"→ 2,"two\nlines",,,"[""x""]","#,
+        "→ invalid-data error: payload is JSON but not an object: an array",
+    ] {
+        assert!(stdout.contains(expected), "{expected}\n{stdout}");
+    }
+}

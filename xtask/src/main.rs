@@ -27,6 +27,8 @@ const PLUGINS: &[&str] = &[
     "map",
     "xml-to-json",
     "json-to-xml",
+    "json-schema",
+    "json-to-csv",
     "redact",
     "csv-to-json",
     "filter",
