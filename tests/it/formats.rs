@@ -367,3 +367,118 @@ fn json_to_csv_writes_quoted_rows_in_column_order_with_one_header() {
         assert!(stdout.contains(expected), "{expected}\n{stdout}");
     }
 }
+
+const ORDER_AVSC: &str = r#"{
+  "type": "record", "name": "Order", "namespace": "shop",
+  "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "name", "type": "string"},
+    {"name": "price", "type": "double"},
+    {"name": "tags", "type": {"type": "array", "items": "string"}},
+    {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["NEW", "PAID"]}},
+    {"name": "note", "type": ["null", "string"], "default": null},
+    {"name": "attrs", "type": {"type": "map", "values": "int"}}
+  ]
+}"#;
+
+/// avro: JSON → Avro datum → JSON gives the input back; a document that does not match the
+/// schema and bytes that are not a datum are dead-lettered with the reason; a schema file that
+/// does not parse stops the start naming it.
+#[test]
+fn avro_encode_then_decode_returns_the_input() {
+    let s = Scratch::new();
+    s.mkdir("in");
+    s.mkdir("out");
+    s.mkdir("schemas");
+    s.write("schemas/order.avsc", ORDER_AVSC);
+    s.write("schemas/broken.avsc", r#"{"type": "record", "name": "X"}"#);
+    let good = [
+        r#"{"id":1,"name":"ä ö","price":2.5,"tags":["x","y"],"status":"NEW","note":null,"attrs":{"k":1}}"#,
+        r#"{"id":9007199254740993,"name":"","price":-0.125,"tags":[],"status":"PAID","note":"fragile","attrs":{}}"#,
+    ];
+    let bad =
+        r#"{"id":"three","name":"c","price":1.5,"tags":[],"status":"NEW","note":null,"attrs":{}}"#;
+    s.write(
+        "in/orders.jsonl",
+        &format!("{}\n{bad}\n{}\n", good[0], good[1]),
+    );
+    s.write("in/garbage.txt", "garbage\n");
+    let pipeline = |schema: &str| {
+        format!(
+            r#"
+[plugins.src]
+path = "{{plugin:file-source}}"
+config = {{ path = "/in/orders.jsonl" }}
+grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
+
+[plugins.garbage]
+path = "{{plugin:file-source}}"
+config = {{ path = "/in/garbage.txt" }}
+grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
+
+[plugins.encode]
+path = "{{plugin:avro}}"
+config = {{ mode = "encode", schema = "/schemas/{schema}" }}
+grants = {{ dirs = [{{ host = "schemas", guest = "/schemas", mode = "ro" }}] }}
+
+[plugins.decode]
+path = "{{plugin:avro}}"
+config = {{ mode = "decode", schema = "/schemas/{schema}" }}
+grants = {{ dirs = [{{ host = "schemas", guest = "/schemas", mode = "ro" }}] }}
+
+[plugins.out]
+path = "{{plugin:file-sink}}"
+config = {{ path = "/out/back.jsonl" }}
+grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
+
+[plugins.none]
+path = "{{plugin:blackhole}}"
+
+[[pipeline]]
+name = "round"
+source = "src"
+transforms = ["encode", "decode"]
+sinks = ["out"]
+on_error = "dead-letter"
+dead_letter = {{ path = "out/dead.jsonl" }}
+
+[[pipeline]]
+name = "garbage"
+source = "garbage"
+transforms = ["decode"]
+sinks = ["none"]
+on_error = "dead-letter"
+dead_letter = {{ path = "out/dead-garbage.jsonl" }}
+"#
+        )
+    };
+    s.write("p.toml", &pipeline("order.avsc"));
+    let run = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&run);
+    assert!(run.status.success(), "{stderr}");
+    assert_eq!(
+        s.read("out/back.jsonl"),
+        format!("{}\n{}\n", good[0], good[1])
+    );
+    let reason = |file: &str| {
+        let dead = s.read(file);
+        assert_eq!(dead.lines().count(), 1, "{dead}");
+        let v: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+        v["error"].as_str().unwrap().to_owned()
+    };
+    let why = reason("out/dead.jsonl");
+    assert!(
+        why.starts_with("payload does not match the Avro schema: "),
+        "{why}"
+    );
+    let why = reason("out/dead-garbage.jsonl");
+    assert!(why.starts_with("payload is not"), "{why}");
+    s.write("p.toml", &pipeline("broken.avsc"));
+    let run = s.run(&["run", "p.toml"]);
+    let (_, stderr) = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("config key `schema`: `/schemas/broken.avsc` is not an Avro schema: "),
+        "{stderr}"
+    );
+}

@@ -29,6 +29,7 @@ const PLUGINS: &[&str] = &[
     "json-to-xml",
     "json-schema",
     "json-to-csv",
+    "avro",
     "redact",
     "csv-to-json",
     "filter",
