@@ -63,6 +63,8 @@
 //! - [`Config`]: the raw configuration `init` receives, with error messages that name the key,
 //!   the expected format and the value found.
 //! - The host's services as plain functions: [`log`], [`metrics`], [`state`].
+//! - [`files`]: a file a config key names (a schema, a CA), read through the plugin's grants,
+//!   with an error that names the key, the path and the grant to add.
 //! - [`json`] (feature `json`, on by default): dotted paths (`a.b.c`) into JSON objects.
 //!
 //! The rules a plugin follows (one outcome per input, errors vs traps, checkpoints…) are in
@@ -77,6 +79,7 @@ mod config;
 #[doc(hidden)]
 pub mod export;
 mod export_macros;
+pub mod files;
 pub mod http;
 #[cfg(feature = "json")]
 pub mod json;

@@ -30,6 +30,7 @@ const PLUGINS: &[&str] = &[
     "json-schema",
     "json-to-csv",
     "avro",
+    "protobuf",
     "redact",
     "csv-to-json",
     "filter",

@@ -22,7 +22,7 @@
 
 use apache_avro::Schema;
 use apache_avro::types::Value as Avro;
-use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform, files};
 
 const KEYS: &[Key] = &[
     Key::choice(
@@ -56,16 +56,7 @@ impl Transform for AvroTransform {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let path = c.text("schema")?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let folder = std::path::Path::new(path)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/".into());
-            Error::fatal(format!(
-                "config key `schema`: cannot read `{path}`: {e}; check the path, and grant its \
-                 folder: grants = {{ dirs = [{{ host = \"…\", guest = \"{folder}\", mode = \"ro\" }}] }}"
-            ))
-        })?;
+        let text = files::read_to_string("schema", path)?;
         let schema = Schema::parse_str(&text).map_err(|e| {
             Error::fatal(format!(
                 "config key `schema`: `{path}` is not an Avro schema: {e}"

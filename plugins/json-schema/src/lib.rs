@@ -20,7 +20,7 @@
 //! error naming it. References (`$ref`) resolve within the schema (`$defs`); remote ones do
 //! not (the crate's HTTP and file resolvers are left out: a plugin reaches only its grants).
 
-use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform};
+use patchbay_sdk::{Config, Error, Key, Message, Metadata, Outcome, Transform, files};
 
 const KEYS: &[Key] = &[
     Key::text(
@@ -54,16 +54,7 @@ impl Transform for JsonSchema {
     fn init(config: Config) -> Result<Self, Error> {
         let c = config.checked(KEYS)?;
         let path = c.text("schema")?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let folder = std::path::Path::new(path)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/".into());
-            Error::fatal(format!(
-                "config key `schema`: cannot read `{path}`: {e}; check the path, and grant its \
-                 folder: grants = {{ dirs = [{{ host = \"…\", guest = \"{folder}\", mode = \"ro\" }}] }}"
-            ))
-        })?;
+        let text = files::read_to_string("schema", path)?;
         let schema: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::fatal(format!("config key `schema`: `{path}` is not JSON: {e}")))?;
         let validator = jsonschema::options()
