@@ -5,6 +5,51 @@
 
 use crate::{Scratch, text};
 
+// Pipeline-file pieces. Every test works in a scratch folder with `in/` (read), `out/`
+// (written; the dead letters go there too) and, for schemas, a folder of its own.
+
+/// `[plugins.NAME]`: file-source reading `/in/FILE`, the scratch's `in/` granted `ro`.
+fn source(name: &str, file: &str) -> String {
+    plugin(
+        name,
+        "file-source",
+        &format!(r#"{{ path = "/in/{file}" }}"#),
+        Some("in"),
+    )
+}
+
+/// `[plugins.NAME]`: file-sink writing `/out/FILE`, the scratch's `out/` granted `rw`.
+fn sink(name: &str, file: &str) -> String {
+    format!(
+        "[plugins.{name}]\npath = \"{{plugin:file-sink}}\"\nconfig = {{ path = \"/out/{file}\" }}\n\
+         grants = {{ dirs = [{{ host = \"out\", guest = \"/out\", mode = \"rw\" }}] }}\n\n"
+    )
+}
+
+/// `[plugins.NAME]` for a first-party plugin with its config (an inline table), and the
+/// scratch's folder `ro` at the same path when it reads files.
+fn plugin(name: &str, wasm: &str, config: &str, folder: Option<&str>) -> String {
+    let grants = folder
+        .map(|f| {
+            format!(
+                "grants = {{ dirs = [{{ host = \"{f}\", guest = \"/{f}\", mode = \"ro\" }}] }}\n"
+            )
+        })
+        .unwrap_or_default();
+    format!("[plugins.{name}]\npath = \"{{plugin:{wasm}}}\"\nconfig = {config}\n{grants}\n")
+}
+
+/// A `[[pipeline]]` whose failed records go to `out/DEAD`.
+fn pipeline(name: &str, source: &str, transforms: &[&str], sink: &str, dead: &str) -> String {
+    let transforms: Vec<String> = transforms.iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        "[[pipeline]]\nname = \"{name}\"\nsource = \"{source}\"\ntransforms = [{}]\n\
+         sinks = [\"{sink}\"]\non_error = \"dead-letter\"\n\
+         dead_letter = {{ path = \"out/{dead}\" }}\n\n",
+        transforms.join(", ")
+    )
+}
+
 /// One document per line (file-source reads lines).
 const CORPUS: &[&str] = &[
     r#"<order id="7" xmlns:p="urn:parts"><p:item sku="a">2</p:item><p:item sku="b"/><note><![CDATA[<fragile> & "dry"]]></note><city>K&#246;ln &amp; Bonn</city></order>"#,
@@ -23,62 +68,35 @@ fn xml_to_json_and_back_keeps_the_content_and_dead_letters_bad_input() {
     let mut input: Vec<&str> = CORPUS.to_vec();
     input.extend(BAD);
     s.write("in/docs.xml", &(input.join("\n") + "\n"));
-    s.write(
-        "p.toml",
-        r#"
-[plugins.src]
-path = "{plugin:file-source}"
-config = { path = "/in/docs.xml" }
-grants = { dirs = [{ host = "in", guest = "/in", mode = "ro" }] }
-
-[plugins.to_json]
-path = "{plugin:xml-to-json}"
-config = { arrays = ["single.entry"] }
-
-[plugins.to_xml]
-path = "{plugin:json-to-xml}"
-config = { declaration = false }
-
-[plugins.json_out]
-path = "{plugin:file-sink}"
-config = { path = "/out/first.jsonl" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[plugins.xml_out]
-path = "{plugin:file-sink}"
-config = { path = "/out/back.xml" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[plugins.again_out]
-path = "{plugin:file-sink}"
-config = { path = "/out/second.jsonl" }
-grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
-
-[[pipeline]]
-name = "first"
-source = "src"
-transforms = ["to_json"]
-sinks = ["json_out"]
-on_error = "dead-letter"
-dead_letter = { path = "out/dead.jsonl" }
-
-[[pipeline]]
-name = "back"
-source = "src"
-transforms = ["to_json", "to_xml"]
-sinks = ["xml_out"]
-on_error = "dead-letter"
-dead_letter = { path = "out/dead-back.jsonl" }
-
-[[pipeline]]
-name = "again"
-source = "src"
-transforms = ["to_json", "to_xml", "to_json"]
-sinks = ["again_out"]
-on_error = "dead-letter"
-dead_letter = { path = "out/dead-again.jsonl" }
-"#,
-    );
+    let config = [
+        source("src", "docs.xml"),
+        plugin(
+            "to_json",
+            "xml-to-json",
+            r#"{ arrays = ["single.entry"] }"#,
+            None,
+        ),
+        plugin("to_xml", "json-to-xml", "{ declaration = false }", None),
+        sink("json_out", "first.jsonl"),
+        sink("xml_out", "back.xml"),
+        sink("again_out", "second.jsonl"),
+        pipeline("first", "src", &["to_json"], "json_out", "dead.jsonl"),
+        pipeline(
+            "back",
+            "src",
+            &["to_json", "to_xml"],
+            "xml_out",
+            "dead-back.jsonl",
+        ),
+        pipeline(
+            "again",
+            "src",
+            &["to_json", "to_xml", "to_json"],
+            "again_out",
+            "dead-again.jsonl",
+        ),
+    ];
+    s.write("p.toml", &config.concat());
     let run = s.run(&["run", "p.toml"]);
     let (_, stderr) = text(&run);
     assert!(run.status.success(), "{stderr}");
@@ -254,32 +272,14 @@ fn json_schema_passes_valid_documents_and_names_pointer_and_rule_for_invalid_one
     let lines: Vec<&str> = corpus.iter().map(|(doc, _)| *doc).collect();
     s.write("in/docs.jsonl", &(lines.join("\n") + "\n"));
     let pipeline = |schema: &str| {
-        format!(
-            r#"
-[plugins.src]
-path = "{{plugin:file-source}}"
-config = {{ path = "/in/docs.jsonl" }}
-grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
-
-[plugins.check]
-path = "{{plugin:json-schema}}"
-config = {{ schema = "/schemas/{schema}" }}
-grants = {{ dirs = [{{ host = "schemas", guest = "/schemas", mode = "ro" }}] }}
-
-[plugins.out]
-path = "{{plugin:file-sink}}"
-config = {{ path = "/out/valid.jsonl" }}
-grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
-
-[[pipeline]]
-name = "p"
-source = "src"
-transforms = ["check"]
-sinks = ["out"]
-on_error = "dead-letter"
-dead_letter = {{ path = "out/dead.jsonl" }}
-"#
-        )
+        let config = format!(r#"{{ schema = "/schemas/{schema}" }}"#);
+        [
+            source("src", "docs.jsonl"),
+            plugin("check", "json-schema", &config, Some("schemas")),
+            sink("out", "valid.jsonl"),
+            pipeline("p", "src", &["check"], "out", "dead.jsonl"),
+        ]
+        .concat()
     };
     s.write("p.toml", &pipeline("order.json"));
     let run = s.run(&["run", "p.toml"]);
@@ -404,53 +404,24 @@ fn avro_encode_then_decode_returns_the_input() {
     );
     s.write("in/garbage.txt", "garbage\n");
     let pipeline = |schema: &str| {
-        format!(
-            r#"
-[plugins.src]
-path = "{{plugin:file-source}}"
-config = {{ path = "/in/orders.jsonl" }}
-grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
-
-[plugins.garbage]
-path = "{{plugin:file-source}}"
-config = {{ path = "/in/garbage.txt" }}
-grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
-
-[plugins.encode]
-path = "{{plugin:avro}}"
-config = {{ mode = "encode", schema = "/schemas/{schema}" }}
-grants = {{ dirs = [{{ host = "schemas", guest = "/schemas", mode = "ro" }}] }}
-
-[plugins.decode]
-path = "{{plugin:avro}}"
-config = {{ mode = "decode", schema = "/schemas/{schema}" }}
-grants = {{ dirs = [{{ host = "schemas", guest = "/schemas", mode = "ro" }}] }}
-
-[plugins.out]
-path = "{{plugin:file-sink}}"
-config = {{ path = "/out/back.jsonl" }}
-grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
-
-[plugins.none]
-path = "{{plugin:blackhole}}"
-
-[[pipeline]]
-name = "round"
-source = "src"
-transforms = ["encode", "decode"]
-sinks = ["out"]
-on_error = "dead-letter"
-dead_letter = {{ path = "out/dead.jsonl" }}
-
-[[pipeline]]
-name = "garbage"
-source = "garbage"
-transforms = ["decode"]
-sinks = ["none"]
-on_error = "dead-letter"
-dead_letter = {{ path = "out/dead-garbage.jsonl" }}
-"#
-        )
+        let config = |mode: &str| format!(r#"{{ mode = "{mode}", schema = "/schemas/{schema}" }}"#);
+        [
+            source("src", "orders.jsonl"),
+            source("garbage", "garbage.txt"),
+            plugin("encode", "avro", &config("encode"), Some("schemas")),
+            plugin("decode", "avro", &config("decode"), Some("schemas")),
+            sink("out", "back.jsonl"),
+            plugin("none", "blackhole", "{}", None),
+            pipeline("round", "src", &["encode", "decode"], "out", "dead.jsonl"),
+            pipeline(
+                "garbage",
+                "garbage",
+                &["decode"],
+                "none",
+                "dead-garbage.jsonl",
+            ),
+        ]
+        .concat()
     };
     s.write("p.toml", &pipeline("order.avsc"));
     let run = s.run(&["run", "p.toml"]);
@@ -527,37 +498,17 @@ fn protobuf_encode_then_decode_returns_the_input() {
         &format!("{}\n{}\n{}\n{}\n", good[0], bad[0], good[1], bad[1]),
     );
     let pipeline = |proto: &str, message: &str| {
-        format!(
-            r#"
-[plugins.src]
-path = "{{plugin:file-source}}"
-config = {{ path = "/in/orders.jsonl" }}
-grants = {{ dirs = [{{ host = "in", guest = "/in", mode = "ro" }}] }}
-
-[plugins.encode]
-path = "{{plugin:protobuf}}"
-config = {{ mode = "encode", proto = "/protos/{proto}", message = "{message}" }}
-grants = {{ dirs = [{{ host = "protos", guest = "/protos", mode = "ro" }}] }}
-
-[plugins.decode]
-path = "{{plugin:protobuf}}"
-config = {{ mode = "decode", proto = "/protos/{proto}", message = "{message}" }}
-grants = {{ dirs = [{{ host = "protos", guest = "/protos", mode = "ro" }}] }}
-
-[plugins.out]
-path = "{{plugin:file-sink}}"
-config = {{ path = "/out/back.jsonl" }}
-grants = {{ dirs = [{{ host = "out", guest = "/out", mode = "rw" }}] }}
-
-[[pipeline]]
-name = "round"
-source = "src"
-transforms = ["encode", "decode"]
-sinks = ["out"]
-on_error = "dead-letter"
-dead_letter = {{ path = "out/dead.jsonl" }}
-"#
-        )
+        let config = |mode: &str| {
+            format!(r#"{{ mode = "{mode}", proto = "/protos/{proto}", message = "{message}" }}"#)
+        };
+        [
+            source("src", "orders.jsonl"),
+            plugin("encode", "protobuf", &config("encode"), Some("protos")),
+            plugin("decode", "protobuf", &config("decode"), Some("protos")),
+            sink("out", "back.jsonl"),
+            pipeline("round", "src", &["encode", "decode"], "out", "dead.jsonl"),
+        ]
+        .concat()
     };
     s.write("p.toml", &pipeline("order.proto", "shop.Order"));
     let run = s.run(&["run", "p.toml"]);
