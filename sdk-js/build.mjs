@@ -37,7 +37,7 @@ try {
   const { component } = await componentize({
     sourcePath: 'plugin.js',
     witPath: resolve(here, 'wit'),
-    worldName: `patchbay:connector/${world}@0.1.0`,
+    worldName: `patchbay:connector/${world}@0.2.0`,
     // The contract needs neither; leaving them out keeps wasi:http out of the imports.
     disableFeatures: ['http', 'fetch-event'],
   });

@@ -16,10 +16,10 @@ wit_bindgen::generate!({
         package patchbay:sdk;
 
         world imports {
-            import patchbay:connector/types@0.1.0;
-            import patchbay:connector/logging@0.1.0;
-            import patchbay:connector/metrics@0.1.0;
-            import patchbay:connector/state@0.1.0;
+            import patchbay:connector/types@0.2.0;
+            import patchbay:connector/logging@0.2.0;
+            import patchbay:connector/metrics@0.2.0;
+            import patchbay:connector/state@0.2.0;
         }
     ",
     world: "patchbay:sdk/imports",

@@ -82,6 +82,18 @@ pub fn ack<T: Source>(slot: &'static Slot<T>, checkpoint: u64) -> Result<(), Err
     })
 }
 
+/// `reply`: the answer to one request of a source that answers requests.
+pub fn reply<T: crate::Replies>(
+    slot: &'static Slot<T>,
+    token: String,
+    answer: crate::Answer,
+) -> Result<(), Error> {
+    slot.with(|cell| match cell.borrow_mut().as_mut() {
+        Some(s) => s.reply(token, answer),
+        None => Err(not_initialised()),
+    })
+}
+
 /// `share`: whether this instance can share the source's work with `instances - 1` others.
 pub fn share<T: Source>(
     slot: &'static Slot<T>,

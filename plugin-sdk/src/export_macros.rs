@@ -16,7 +16,7 @@
 //! it with its `__export_*_with_wit!` macro, which receives the text as `$wit:literal`.
 
 /// Export a type implementing [`Source`](crate::Source) as this crate's component
-/// (world `source-shared` of `patchbay:connector@0.1.0`: `poll`, `poll-within`, which
+/// (world `source-shared` of `patchbay:connector@0.2.0`: `poll`, `poll-within`, which
 /// keeps each answer within the host's byte bound, and `share`, which asks
 /// [`Source::share`](crate::Source::share)). Invoke it once, at the root of a `cdylib`
 /// crate:
@@ -24,6 +24,9 @@
 /// ```ignore
 /// patchbay_sdk::export_source!(MyPlugin);
 /// ```
+///
+/// A source that also answers requests implements [`Replies`](crate::Replies) and is exported
+/// with `export_source!(MyPlugin, replies)` (world `source-reply`).
 ///
 /// The instance `init` builds lives in a `thread_local!` `RefCell<Option<T>>`; data calls made
 /// before a successful `init` answer the fatal error `plugin used before init` (per record for
@@ -33,10 +36,13 @@ macro_rules! export_source {
     ($t:ty) => {
         $crate::__patchbay_with_wit! { __export_source_with_wit! { $t } }
     };
+    ($t:ty, replies) => {
+        $crate::__patchbay_with_wit! { __export_replying_source_with_wit! { $t } }
+    };
 }
 
 /// Export a type implementing [`Transform`](crate::Transform) as this crate's component
-/// (world `transform-packed` of `patchbay:connector@0.1.0`). Invoke it once, at the root of a `cdylib`
+/// (world `transform-packed` of `patchbay:connector@0.2.0`). Invoke it once, at the root of a `cdylib`
 /// crate:
 ///
 /// ```ignore
@@ -54,7 +60,7 @@ macro_rules! export_transform {
 }
 
 /// Export a type implementing [`Sink`](crate::Sink) as this crate's component
-/// (world `sink-packed` of `patchbay:connector@0.1.0`). Invoke it once, at the root of a `cdylib`
+/// (world `sink-packed` of `patchbay:connector@0.2.0`). Invoke it once, at the root of a `cdylib`
 /// crate:
 ///
 /// ```ignore
@@ -84,17 +90,17 @@ macro_rules! __patchbay_bindings {
             // `path: []`: without it, generate! also parses the crate's own `wit/` folder
             // if one exists, and a plugin that keeps a copy of the contract there (or the
             // SDK's doc tests, whose crate carries `wit/`) fails with "attempting to re-add
-            // package patchbay:connector@0.1.0".
+            // package patchbay:connector@0.2.0".
             ::patchbay_sdk::__wit_bindgen::generate!({
                 inline: $wit,
                 path: [],
                 world: $world,
                 runtime_path: "::patchbay_sdk::__wit_bindgen::rt",
                 with: {
-                    "patchbay:connector/types@0.1.0": ::patchbay_sdk::bindings::types,
-                    "patchbay:connector/logging@0.1.0": ::patchbay_sdk::bindings::logging,
-                    "patchbay:connector/metrics@0.1.0": ::patchbay_sdk::bindings::metrics,
-                    "patchbay:connector/state@0.1.0": ::patchbay_sdk::bindings::state,
+                    "patchbay:connector/types@0.2.0": ::patchbay_sdk::bindings::types,
+                    "patchbay:connector/logging@0.2.0": ::patchbay_sdk::bindings::logging,
+                    "patchbay:connector/metrics@0.2.0": ::patchbay_sdk::bindings::metrics,
+                    "patchbay:connector/state@0.2.0": ::patchbay_sdk::bindings::state,
                 },
             });
         }
@@ -131,11 +137,34 @@ macro_rules! __patchbay_plugin_api {
 #[macro_export]
 macro_rules! __export_source_with_wit {
     ($wit:literal, $t:ty) => {
-        $crate::__patchbay_bindings!(
-            __patchbay_source_bindings,
-            $wit,
-            "patchbay:connector/source-shared@0.1.0"
-        );
+        $crate::__patchbay_source!($wit, $t, "patchbay:connector/source-shared@0.2.0", {});
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_replying_source_with_wit {
+    ($wit:literal, $t:ty) => {
+        $crate::__patchbay_source!($wit, $t, "patchbay:connector/source-reply@0.2.0", {
+            // Answers to requests (world `source-reply`).
+            impl __api::source_reply_api::Guest for Adapter {
+                fn reply(
+                    token: ::std::string::String,
+                    answer: $crate::Answer,
+                ) -> ::core::result::Result<(), $crate::Error> {
+                    $crate::export::reply(&INSTANCE, token, answer)
+                }
+            }
+        });
+    };
+}
+
+/// A source's bindings and `Guest` impls for `$world`, with `$extra` items (more exports).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __patchbay_source {
+    ($wit:literal, $t:ty, $world:literal, { $($extra:item)* }) => {
+        $crate::__patchbay_bindings!(__patchbay_source_bindings, $wit, $world);
 
         #[doc(hidden)]
         #[allow(unsafe_code)]
@@ -173,6 +202,8 @@ macro_rules! __export_source_with_wit {
                 }
             }
 
+            $($extra)*
+
             __patchbay_source_bindings::export!(
                 Adapter with_types_in __patchbay_source_bindings
             );
@@ -187,7 +218,7 @@ macro_rules! __export_transform_with_wit {
         $crate::__patchbay_bindings!(
             __patchbay_transform_bindings,
             $wit,
-            "patchbay:connector/transform-packed@0.1.0"
+            "patchbay:connector/transform-packed@0.2.0"
         );
 
         #[doc(hidden)]
@@ -226,7 +257,7 @@ macro_rules! __export_sink_with_wit {
         $crate::__patchbay_bindings!(
             __patchbay_sink_bindings,
             $wit,
-            "patchbay:connector/sink-packed@0.1.0"
+            "patchbay:connector/sink-packed@0.2.0"
         );
 
         #[doc(hidden)]

@@ -54,7 +54,7 @@
 //!   answers every data call made before a successful `init` with the fatal error
 //!   `plugin used before init`.
 //! - The contract's types ([`Message`], [`Outcome`], [`Error`], [`Metadata`]…), generated from
-//!   `wit/` (package `patchbay:connector@0.1.0`), with constructors such as
+//!   `wit/` (package `patchbay:connector@0.2.0`), with constructors such as
 //!   [`Error::fatal`] and [`Message::new`].
 //! - [`Key`]: a plugin's config keys declared once (`const KEYS: &[Key]`), from which come both
 //!   the metadata ([`Metadata::keys`]) and the parsing in `init` ([`Config::checked`], then the
@@ -93,11 +93,11 @@ pub mod tls;
 mod types;
 
 pub use config::Config;
-pub use roles::{Sink, Source, Transform};
+pub use roles::{REQUEST, Replies, Sink, Source, Transform};
 pub use spec::{Key, Settings};
 pub use types::{
-    ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome, PollResult,
-    SourceBatch,
+    Answer, ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome,
+    PollResult, SourceBatch,
 };
 
 #[doc(hidden)]

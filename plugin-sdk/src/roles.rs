@@ -66,6 +66,25 @@ pub trait Source: Sized + 'static {
     }
 }
 
+/// The header a source puts on a message to mark it as a request awaiting an answer, with a
+/// token of its own (unique among its open requests): see [`Replies`].
+pub const REQUEST: &str = "patchbay-request";
+
+/// A source that answers requests (request/reply; world `source-reply`, contract 0.2.0): an
+/// HTTP request held open until the pipeline computed its response, a NATS request with a
+/// reply inbox. Export it with `export_source!(MyPlugin, replies)`.
+///
+/// Mark each message that awaits an answer with the header [`REQUEST`] and a token; the host
+/// takes the header off before any stage sees the message and calls [`Replies::reply`] with the
+/// same token once the pipeline settled it: the messages that reached the pipeline's `reply`
+/// destination, the failure of a stage, or `timed-out` after the pipeline's `reply_timeout`.
+pub trait Replies: Source {
+    /// Answer the request that carried `token`. Called once per request, before the `ack` of
+    /// the batch that carried it. A token the source no longer knows (it timed out on its side,
+    /// the caller went away) is not an error: ignore it.
+    fn reply(&mut self, token: String, answer: crate::Answer) -> Result<(), Error>;
+}
+
 /// A sink: delivers messages and answers ok or an error for each.
 ///
 /// Export it with [`export_sink!`](crate::export_sink).

@@ -1,8 +1,8 @@
 //! The contract's data types (generated from `wit/types.wit`) and constructors for them.
 
 pub use crate::bindings::types::{
-    ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome, PollResult,
-    SourceBatch,
+    Answer, ConfigEntry, ConfigKey, Error, ErrorKind, Header, Message, Metadata, Outcome,
+    PollResult, SourceBatch,
 };
 
 impl Error {

@@ -536,6 +536,21 @@ async fn plan_one(
             );
         }
     }
+    if let Some(at) = &pipeline.reply {
+        if let Some(SourcePlan::Plugin { plugin, instances }) = &source
+            && !instances.iter().any(|i| i.calls.replies())
+        {
+            problems.push(format!(
+                "{at}: pipeline `{}`: `reply` is one of its destinations, but source `{plugin}` \
+                 does not answer requests (it exports no `source-reply-api`); use a source that \
+                 does (http-source with respond = \"pipeline\", nats-source with reply = true) \
+                 or remove `reply` from `sinks`",
+                pipeline.name
+            ));
+            return None;
+        }
+        sinks.push(Some(Slot::Reply));
+    }
     let dead_letters = match &pipeline.dead_letter_sink {
         Some(r) => {
             let sink = stage(r, Role::Sink).await?;
@@ -575,6 +590,7 @@ async fn plan_one(
         retry: pipeline.retry,
         breaker: pipeline.breaker,
         dead_letters,
+        reply_timeout: pipeline.reply_timeout,
     })
 }
 

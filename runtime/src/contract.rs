@@ -1,5 +1,6 @@
-//! Host bindings of the WIT contract (`wit/`, package `patchbay:connector@0.1.0`) and the host
-//! side of the interfaces every plugin imports: logging, metrics, state.
+//! Host bindings of the WIT contract (`wit/`, package `patchbay:connector@0.2.0`; `v0_1` binds
+//! the 0.1.0 contract that older plugins were built against) and the host side of the
+//! interfaces every plugin imports: logging, metrics, state.
 //!
 //! Also the check of a plugin's configuration keys against its metadata.
 //! It may import `config` and `sandbox` (for the log line rules).
@@ -120,9 +121,27 @@ pub mod sink_packed {
     });
 }
 
+/// World `source-reply`: a shared source that answers requests (`reply`, new in 0.2.0).
+#[allow(missing_docs, clippy::all)]
+pub mod source_reply {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "source-reply",
+        exports: { default: async },
+        with: {
+            "patchbay:connector/types": super::source::patchbay::connector::types,
+            "patchbay:connector/logging": super::source::patchbay::connector::logging,
+            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+            "patchbay:connector/state": super::source::patchbay::connector::state,
+        },
+    });
+}
+
+pub mod v0_1;
+
 pub use source::patchbay::connector::types::{
-    ConfigEntry, ConfigKey, Error as WitError, ErrorKind, Header, Message, Metadata, Outcome,
-    PollResult, SourceBatch,
+    Answer, ConfigEntry, ConfigKey, Error as WitError, ErrorKind, Header, Message, Metadata,
+    Outcome, PollResult, SourceBatch,
 };
 
 use source::patchbay::connector::{logging, metrics, state};
@@ -515,7 +534,7 @@ pub fn add_to_linker<T: Send + 'static>(
     logging::add_to_linker::<T, HasSelf<HostImports>>(linker, get)?;
     metrics::add_to_linker::<T, HasSelf<HostImports>>(linker, get)?;
     state::add_to_linker::<T, HasSelf<HostImports>>(linker, get)?;
-    Ok(())
+    v0_1::add_to_linker(linker, get)
 }
 
 /// A message with the given payload and nothing else.

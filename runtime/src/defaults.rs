@@ -20,6 +20,8 @@ pub const CONCURRENCY: u32 = 1;
 pub const MAX_CONCURRENCY: u32 = 256;
 /// In-flight payload bytes of a pipeline (`max_in_flight`).
 pub const MAX_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+/// How long a request waits for its answer in a request/reply pipeline (`reply_timeout`).
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Cap of a plugin's linear memory (`limits.memory`).
 pub const MEMORY: u64 = 64 * 1024 * 1024;

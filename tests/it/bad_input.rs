@@ -143,7 +143,7 @@ fn a_component_of_another_world_is_refused() {
         &s,
         "empty.wasm",
         b"\0asm\x0d\0\x01\0",
-        "`empty.wasm` does not implement a patchbay:connector@0.1.0 world: it exports nothing",
+        "`empty.wasm` does not implement a patchbay:connector world (0.2.0 or 0.1.0): it exports nothing",
     );
 }
 

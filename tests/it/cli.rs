@@ -14,7 +14,7 @@ fn inspect_shows_world_metadata_config_keys_and_imports() {
     // Built with the Rust SDK: it has the packed fast path.
     assert!(
         stdout.contains(
-            "world    transform-packed (patchbay:connector@0.1.0): called through the packed \
+            "world    transform-packed (patchbay:connector@0.2.0): called through the packed \
              fast path"
         ),
         "{stdout}"
@@ -26,7 +26,7 @@ fn inspect_shows_world_metadata_config_keys_and_imports() {
         );
     }
     assert!(
-        stdout.contains("contract     patchbay:connector/types@0.1.0"),
+        stdout.contains("contract     patchbay:connector/types@0.2.0"),
         "{stdout}"
     );
     // Rust std always imports the environment interface; inspect names the capability.

@@ -37,6 +37,7 @@ const PLUGINS: &[&str] = &[
     "blackhole",
     "redis-source",
     "redis-sink",
+    "redis-lookup",
     "http-sink",
     "http-source",
     "mqtt-source",
@@ -78,6 +79,8 @@ const TEST_PLUGINS: &[&str] = &[
     "test-broken-source",
     "test-broken-sink",
     "test-packed",
+    "v010-upper",
+    "v010-sink",
 ];
 
 /// Plugins written with the Python SDK (sdk-python/examples): folder, world, output name.

@@ -250,10 +250,18 @@ impl Source for AmqpSource {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        let acked = conn.cast(&Method::Ack {
-            delivery_tag: tag,
-            multiple: true,
-        });
+        // basic.ack has no answer; the basic.qos round trip after it proves the broker has
+        // processed it (frames on a channel are handled in order). Without it, an ack written
+        // just before the pipeline stops can be lost: closing a socket with unread input
+        // resets the connection, and the broker may drop what it had not read yet, so the
+        // batch would be delivered again after a clean stop.
+        let prefetch = self.prefetch;
+        let acked = conn
+            .cast(&Method::Ack {
+                delivery_tag: tag,
+                multiple: true,
+            })
+            .and_then(|()| conn.call(&Method::Qos { prefetch }, SETUP).map(drop));
         acked.map_err(|e| self.lost(&e))
     }
 }

@@ -20,6 +20,11 @@
 //!   stays within its memory limit) or more than `max_connections` clients are connected.
 //! - Each record gets the request headers named in `forward_headers` as message headers, and
 //!   with `key_header` the value of that header as its key.
+//! - `respond = "pipeline"`: request/reply (the API-gateway pattern). The response is what the
+//!   pipeline sends to its `reply` destination for the request (status from header
+//!   `http-status`, `content-type` from the header of that name), `204` when nothing reaches
+//!   it, `422` for a record a stage refused, `502` when the pipeline failed it, `504` after the
+//!   pipeline's `reply_timeout` (`respond.rs`).
 //! - HTTP/1.1 with keep-alive; one request at a time per connection (a pipelined request is
 //!   read once the one before it is answered). Idle connections close after 60 s.
 //!
@@ -38,10 +43,15 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use patchbay_sdk::{Config, Error, Key, Message, Metadata, PollResult, Source, log, net};
+use patchbay_sdk::{
+    Answer, Config, Error, Header, Key, Message, Metadata, PollResult, REQUEST, Replies, Source,
+    log, net,
+};
 
 mod request;
+mod respond;
 use request::{Parsed, Reply, has_head};
+use respond::Gathering;
 
 const KEYS: &[Key] = &[
     Key::text(
@@ -70,6 +80,12 @@ const KEYS: &[Key] = &[
         "`none`: the body is one record; `lines`: one record per non-empty line (NDJSON); `json-array`: one per array element.",
     )
     .default("none"),
+    Key::choice(
+        "respond",
+        &["delivery", "pipeline"],
+        "`delivery`: answer `200 {\"accepted\":N}` once the records are delivered; `pipeline`: answer with what the pipeline sends to its `reply` destination (request/reply).",
+    )
+    .default("delivery"),
     Key::json(
         "forward_headers",
         "Array of request header names copied into each record's headers.",
@@ -167,6 +183,10 @@ struct HttpSource {
     max_pending_bytes: usize,
     max_connections: usize,
     wait: Duration,
+    /// `respond = "pipeline"`: requests are answered through `reply`, not at `ack`.
+    respond_pipeline: bool,
+    /// Answers gathered so far, by request (`respond = "pipeline"`).
+    gathering: HashMap<u64, Gathering>,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     /// Records not yet polled, with the request each belongs to.
@@ -332,7 +352,17 @@ impl HttpSource {
                                 },
                             );
                             self.in_flight += records.len();
-                            self.queue.extend(records.into_iter().map(|m| (request, m)));
+                            let token = request.to_string();
+                            let respond_pipeline = self.respond_pipeline;
+                            self.queue.extend(records.into_iter().map(|mut m| {
+                                if respond_pipeline {
+                                    m.headers.push(Header {
+                                        name: REQUEST.into(),
+                                        value: token.clone(),
+                                    });
+                                }
+                                (request, m)
+                            }));
                             conn.waiting = true;
                         }
                     }
@@ -353,6 +383,15 @@ impl HttpSource {
 
     /// Answer a request whose records are delivered.
     fn answer(&mut self, request: u64) {
+        let Some(pending) = self.requests.get(&request) else {
+            return;
+        };
+        let body = format!(r#"{{"accepted":{}}}"#, pending.records);
+        self.respond(request, 200, "application/json", body.as_bytes());
+    }
+
+    /// Write the response to `request` and forget it.
+    fn respond(&mut self, request: u64, status: u16, content_type: &str, body: &[u8]) {
         let Some(pending) = self.requests.remove(&request) else {
             return;
         };
@@ -361,12 +400,14 @@ impl HttpSource {
         let Some(conn) = self.conns.get_mut(&pending.conn) else {
             return; // the client hung up; the records are delivered all the same
         };
-        Reply {
-            status: 200,
-            body: format!(r#"{{"accepted":{}}}"#, pending.records),
-            extra: "",
-        }
-        .write(&mut conn.output, pending.keep_alive);
+        request::respond(
+            &mut conn.output,
+            status,
+            content_type,
+            body,
+            "",
+            pending.keep_alive,
+        );
         conn.waiting = false;
         conn.close = !pending.keep_alive;
         conn.last_active = Instant::now();
@@ -430,6 +471,7 @@ impl Source for HttpSource {
         let max_pending_bytes = usize_of("max_pending_bytes", c.size("max_pending_bytes")?)?;
         let max_connections = usize_of("max_connections", c.uint("max_connections")?)?;
         let wait = c.duration("wait")?;
+        let respond_pipeline = c.choice("respond")? == "pipeline";
         let listener = TcpListener::bind(&listen).map_err(|e| {
             if net::is_sandbox_denial(&e) {
                 Error::fatal(format!(
@@ -457,6 +499,8 @@ impl Source for HttpSource {
             max_pending_bytes,
             max_connections,
             wait,
+            respond_pipeline,
+            gathering: HashMap::new(),
             conns: HashMap::new(),
             next_conn: 0,
             queue: VecDeque::new(),
@@ -489,7 +533,7 @@ impl Source for HttpSource {
             batch.push(message);
             if let Some(p) = self.requests.get_mut(&request) {
                 p.unpolled -= 1;
-                if p.unpolled == 0 {
+                if p.unpolled == 0 && !self.respond_pipeline {
                     self.sealed.push_back((self.checkpoint, request));
                 }
             }
@@ -509,4 +553,30 @@ impl Source for HttpSource {
     }
 }
 
-patchbay_sdk::export_source!(HttpSource);
+impl Replies for HttpSource {
+    fn reply(&mut self, token: String, answer: Answer) -> Result<(), Error> {
+        let Some(request) = token.parse::<u64>().ok() else {
+            return Ok(());
+        };
+        let Some(records) = self.requests.get(&request).map(|p| p.records) else {
+            return Ok(()); // answered already, or the client is gone
+        };
+        let gathering = self.gathering.entry(request).or_default();
+        gathering.add(answer);
+        if gathering.got < records {
+            return Ok(());
+        }
+        if let Some(done) = self.gathering.remove(&request) {
+            let response = done.response();
+            self.respond(
+                request,
+                response.status,
+                &response.content_type,
+                &response.body,
+            );
+        }
+        Ok(())
+    }
+}
+
+patchbay_sdk::export_source!(HttpSource, replies);

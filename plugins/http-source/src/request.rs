@@ -29,28 +29,61 @@ impl Reply {
     }
 
     pub(super) fn write(&self, out: &mut Vec<u8>, keep_alive: bool) {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            411 => "Length Required",
-            413 => "Content Too Large",
-            431 => "Request Header Fields Too Large",
-            503 => "Service Unavailable",
-            _ => "Error",
-        };
-        let connection = if keep_alive { "keep-alive" } else { "close" };
-        let head = format!(
-            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: {connection}\r\n{}\r\n",
+        respond(
+            out,
             self.status,
-            self.body.len(),
-            self.extra
+            "application/json",
+            self.body.as_bytes(),
+            self.extra,
+            keep_alive,
         );
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(self.body.as_bytes());
+    }
+}
+
+/// Write one HTTP/1.1 response (no body and no length for a 204).
+pub(super) fn respond(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &str,
+    keep_alive: bool,
+) {
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    };
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let head = if status == 204 {
+        format!("HTTP/1.1 204 {reason}\r\nconnection: {connection}\r\n{extra}\r\n")
+    } else {
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+             connection: {connection}\r\n{extra}\r\n",
+            body.len()
+        )
+    };
+    out.extend_from_slice(head.as_bytes());
+    if status != 204 {
+        out.extend_from_slice(body);
     }
 }
 

@@ -24,6 +24,13 @@
 //!   timestamp is the time JetStream stored it.
 //! - Several instances (`concurrency` on the source) share the work: with JetStream they pull
 //!   from the same durable consumer, in core mode they join the `queue` group (required then).
+//! - `reply = true` (core mode): request/reply. A message that carries a reply subject (sent
+//!   with `nats req`, or any client's request) is a request: what the pipeline sends to its
+//!   `reply` destination is published to that subject (each message: payload and headers).
+//!   When nothing reaches `reply` the requester gets an empty message; a failure or a timeout
+//!   an empty message with the headers `Nats-Service-Error` (the reason) and
+//!   `Nats-Service-Error-Code` (422 refused input, 502 the pipeline failed, 504 no answer
+//!   within the pipeline's `reply_timeout`), as NATS services answer errors.
 //! - A lost connection is a `retryable` error; `poll` reconnects with a back-off that doubles
 //!   from 100 ms to 5 s (`patchbay_sdk::net::Reconnect`), and acknowledgements that could not
 //!   be sent go out after the reconnect.
@@ -33,7 +40,10 @@ use std::time::{Duration, Instant};
 
 use patchbay_sdk::net::{self, Reconnect};
 use patchbay_sdk::tls;
-use patchbay_sdk::{Config, Error, ErrorKind, Key, Message, Metadata, PollResult, Source, log};
+use patchbay_sdk::{
+    Answer, Config, Error, ErrorKind, Key, Message, Metadata, PollResult, REQUEST, Replies, Source,
+    log,
+};
 
 use patchbay_proto_nats::{self as nats, Auth, Conn, Msg};
 
@@ -57,6 +67,11 @@ const KEYS: &[Key] = &[
         "queue",
         "Core mode: a queue group name; the server gives each message to one member of the group.",
     ),
+    Key::bool(
+        "reply",
+        "Core mode: treat a message with a reply subject as a request and publish the pipeline's answer (what reaches its `reply` destination) to it.",
+    )
+    .default("false"),
     Key::text(
         "stream",
         "JetStream: the stream to read (required with mode = \"jetstream\"; it must exist).",
@@ -132,6 +147,8 @@ struct NatsSource {
     subject: Option<String>,
     queue: Option<String>,
     js: Option<JetStream>,
+    /// Core mode: requests (messages with a reply subject) get the pipeline's answer.
+    reply: bool,
     wait: Duration,
     conn: Option<Conn>,
     pull: Option<Pull>,
@@ -366,7 +383,12 @@ impl NatsSource {
             if msg.sid != SID_SUB {
                 continue;
             }
-            out.push(Self::message(msg, false));
+            let inbox = msg.reply.clone().filter(|_| self.reply);
+            let mut message = Self::message(msg, false);
+            if let Some(inbox) = inbox {
+                message = message.with_header(REQUEST, inbox);
+            }
+            out.push(message);
             deadline = (Instant::now() + DRAIN).min(end);
         }
         Ok(())
@@ -509,6 +531,13 @@ impl Source for NatsSource {
                 .map_err(|e| c.invalid("queue", &format!("a queue group name ({e})")))?;
         }
         let wait = c.duration("wait")?;
+        let reply = c.bool("reply")?;
+        if reply && mode == "jetstream" {
+            return Err(c.invalid(
+                "reply",
+                "false with mode = \"jetstream\" (a stream's messages are not requests; use mode = \"core\")",
+            ));
+        }
         let filter = text("filter_subject")?;
         if let Some(f) = &filter {
             nats::check_subject(f, true)
@@ -557,6 +586,7 @@ impl Source for NatsSource {
             subject,
             queue,
             js,
+            reply,
             wait,
             conn: None,
             pull: None,
@@ -643,4 +673,50 @@ impl Source for NatsSource {
     }
 }
 
-patchbay_sdk::export_source!(NatsSource);
+impl Replies for NatsSource {
+    fn reply(&mut self, inbox: String, answer: Answer) -> Result<(), Error> {
+        let mut out = Vec::new();
+        let error = |code: &str, reason: &str, out: &mut Vec<u8>| {
+            let reason = reason.replace(['\r', '\n'], " ");
+            let headers = nats::header_block([
+                ("Nats-Service-Error", reason.as_str()),
+                ("Nats-Service-Error-Code", code),
+            ]);
+            nats::publish(out, &inbox, None, &headers, b"");
+        };
+        match answer {
+            Answer::Replied(messages) if messages.is_empty() => {
+                nats::publish(&mut out, &inbox, None, &[], b"");
+            }
+            Answer::Replied(messages) => {
+                for m in messages {
+                    let headers = nats::header_block(
+                        m.headers
+                            .iter()
+                            .filter(|h| nats::check_header(&h.name, &h.value).is_ok())
+                            .map(|h| (h.name.as_str(), h.value.as_str())),
+                    );
+                    nats::publish(&mut out, &inbox, None, &headers, &m.payload);
+                }
+            }
+            Answer::Failed(e) if e.kind == ErrorKind::InvalidData => {
+                error("422", &e.message, &mut out)
+            }
+            Answer::Failed(e) => error("502", &e.message, &mut out),
+            Answer::TimedOut => error(
+                "504",
+                "the pipeline gave no answer within its reply_timeout",
+                &mut out,
+            ),
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::retryable(format!(
+                "nats {}: not connected; the requester at `{inbox}` gets no answer",
+                self.link.addr()
+            )));
+        };
+        conn.send(&out).map_err(|e| self.lost(&e))
+    }
+}
+
+patchbay_sdk::export_source!(NatsSource, replies);

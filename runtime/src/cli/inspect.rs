@@ -143,14 +143,24 @@ pub(super) async fn inspect(
     let meta = instance.metadata().await?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     println!("plugin   {} {}", meta.name, meta.version);
-    if loaded.packed() {
-        println!(
-            "world    {}-packed (patchbay:connector@0.1.0): called through the packed fast path",
-            loaded.role
-        );
+    let world = if loaded.replies() {
+        "source-reply".to_owned()
+    } else if loaded.packed() {
+        format!("{}-packed", loaded.role)
     } else {
-        println!("world    {} (patchbay:connector@0.1.0)", loaded.role);
-    }
+        loaded.role.to_string()
+    };
+    let how = if loaded.replies() {
+        ": answers requests (a pipeline may send to `reply`)"
+    } else if loaded.packed() {
+        ": called through the packed fast path"
+    } else {
+        ""
+    };
+    println!(
+        "world    {world} (patchbay:connector@{}){how}",
+        loaded.contract
+    );
     println!("about    {}", meta.description);
     println!(
         "file     {} ({})",

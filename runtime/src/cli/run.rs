@@ -318,6 +318,13 @@ pub(super) fn print_summary(report: &Report) {
     } else {
         String::new()
     };
+    let timeouts = c.reply_timeouts.load(Ordering::Relaxed);
+    if timeouts > 0 {
+        dead.push_str(&format!(
+            ", {timeouts} request{} timed out (reply_timeout)",
+            if timeouts == 1 { "" } else { "s" }
+        ));
+    }
     let restarts = c.restarts.load(Ordering::Relaxed);
     if restarts > 0 {
         dead.push_str(&format!(

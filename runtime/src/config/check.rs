@@ -17,6 +17,9 @@ use super::{
     PluginRef, Retry, Role, RouteDecl,
 };
 use crate::defaults;
+
+/// The name of a pipeline's reply destination in `sinks` and route targets.
+pub const REPLY: &str = "reply";
 use crate::sandbox::grants::{GrantProblem, absolute};
 use crate::sandbox::{DirGrant, Grants, HttpPattern, Limits, NetPattern, TlsGrant, TlsProblem};
 
@@ -112,12 +115,19 @@ pub(super) fn check(
             .iter()
             .map(|t| reference(t, Role::Transform, &mut problems))
             .collect();
+        // `reply` is the reply destination, not a plugin.
+        let reply = raw_pipeline
+            .sinks
+            .iter()
+            .find(|s| s.get_ref() == REPLY)
+            .map(|s| locator.at(s));
         let mut sinks: Vec<PluginRef> = raw_pipeline
             .sinks
             .iter()
+            .filter(|s| s.get_ref() != REPLY)
             .map(|s| reference(s, Role::Sink, &mut problems))
             .collect();
-        if sinks.is_empty() {
+        if sinks.is_empty() && reply.is_none() {
             problems.push(
                 Diagnostic::new(loc.clone(), format!("pipeline `{name}` has no sinks"))
                     .hint("add sinks = [\"NAME\"] naming at least one sink plugin"),
@@ -266,7 +276,12 @@ pub(super) fn check(
         for raw_route in &raw_pipeline.route {
             let mut to = Vec::new();
             for target in raw_route.to.get_ref() {
-                match sinks.iter().position(|s| &s.name == target.get_ref()) {
+                let position = if target.get_ref() == REPLY && reply.is_some() {
+                    Some(sinks.len())
+                } else {
+                    sinks.iter().position(|s| &s.name == target.get_ref())
+                };
+                match position {
                     Some(i) => to.push(i),
                     None => problems.push(
                         Diagnostic::new(
@@ -300,6 +315,20 @@ pub(super) fn check(
             routes.push(RouteDecl { when, to });
         }
         if !raw_pipeline.route.is_empty() {
+            if let Some(at) = &reply
+                && !routes.iter().any(|r| r.to.contains(&sinks.len()))
+            {
+                problems.push(
+                    Diagnostic::new(
+                        at.clone(),
+                        format!(
+                            "pipeline `{name}`: `reply` is the target of no route, so no request \
+                             would get an answer"
+                        ),
+                    )
+                    .hint("route to it (to = [\"reply\"]) or remove it from `sinks`"),
+                );
+            }
             for (i, sink) in sinks.iter().enumerate() {
                 if !routes.iter().any(|r| r.to.contains(&i)) {
                     problems.push(Diagnostic::new(sink.loc.clone(), format!("pipeline `{name}`: sink `{}` is the target of no route, so it would never get a message", sink.name
@@ -349,6 +378,10 @@ pub(super) fn check(
             source,
             transforms,
             sinks,
+            reply,
+            reply_timeout: raw_pipeline
+                .reply_timeout
+                .map_or(defaults::REPLY_TIMEOUT, |d| d.0),
             routing: raw_pipeline.routing,
             routes,
             batch_size,
@@ -410,6 +443,15 @@ fn check_plugin(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<PluginDecl> {
     let before = problems.len();
+    if name == REPLY {
+        problems.push(
+            Diagnostic::new(
+                loc.clone(),
+                format!("plugin name `{REPLY}` is taken by the pipelines' reply destination"),
+            )
+            .hint("give the plugin another name"),
+        );
+    }
     if !valid_name(name) {
         problems.push(
             Diagnostic::new(loc.clone(), format!("plugin name `{name}` is not allowed"))

@@ -201,6 +201,11 @@ pub struct PipelineDecl {
     pub transforms: Vec<PluginRef>,
     /// Sink plugin names.
     pub sinks: Vec<PluginRef>,
+    /// Where `reply` stands in `sinks` as written, when it does: the reply destination, which
+    /// the pipeline places after the sink plugins (route targets count it as `sinks.len()`).
+    pub reply: Option<Loc>,
+    /// How long a request waits for its answer (`reply_timeout`).
+    pub reply_timeout: std::time::Duration,
     /// Largest batch per poll.
     pub batch_size: u32,
     /// Most bytes per poll.

@@ -209,10 +209,17 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub(super) transforms: Vec<Spanned<String>>,
-    /// Names of sink plugins; every message goes to each of them.
+    /// Names of sink plugins; every message goes to each of them. `reply` names the
+    /// pipeline's reply destination: what reaches it answers the request the message came
+    /// from (a source that answers requests: `http-source` with `respond = "pipeline"`,
+    /// `nats-source` with `reply = true`).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub(super) sinks: Vec<Spanned<String>>,
+    /// How long a request waits for its answer before the source is told it timed out
+    /// (HTTP 504), e.g. "30s" (the default).
+    #[serde(default)]
+    pub(super) reply_timeout: Option<HumanDuration>,
     /// Largest number of messages the source returns per poll.
     #[serde(default)]
     #[schemars(with = "Option<u32>")]

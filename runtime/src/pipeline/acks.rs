@@ -16,6 +16,9 @@ pub(super) struct AckTracker {
     /// Where the queue depth is published.
     pub(super) counters: Arc<Counters>,
     bytes: u64,
+    /// Sequence numbers of the batches settled since last taken, when asked for (a
+    /// request/reply pipeline answers each batch's requests once it is settled).
+    pub(super) settled: Option<Vec<u64>>,
 }
 
 /// A batch sent on and not yet settled by every sink.
@@ -38,6 +41,7 @@ impl AckTracker {
             first_seq: 0,
             counters,
             bytes: 0,
+            settled: None,
         }
     }
 
@@ -81,6 +85,9 @@ impl AckTracker {
         let mut settled = false;
         while self.pending.front().is_some_and(|f| f.remaining == 0) {
             if let Some(front) = self.pending.pop_front() {
+                if let Some(settled) = &mut self.settled {
+                    settled.push(self.first_seq);
+                }
                 newest = front.checkpoint.or(newest);
                 self.bytes = self.bytes.saturating_sub(front.bytes);
                 settled = true;

@@ -23,4 +23,8 @@ pub struct Counters {
     pub in_flight_batches: AtomicU64,
     /// Payload bytes of those batches.
     pub in_flight_bytes: AtomicU64,
+    /// Requests answered (request/reply pipelines), timed-out ones included.
+    pub replies: AtomicU64,
+    /// Requests answered `timed-out` (no answer within `reply_timeout`).
+    pub reply_timeouts: AtomicU64,
 }

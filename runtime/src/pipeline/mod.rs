@@ -44,6 +44,7 @@ mod lanes;
 mod native;
 mod partition;
 mod replay;
+mod reply;
 mod retry;
 mod route;
 mod source;
@@ -57,6 +58,7 @@ pub use dead_letter::{DeadLetters, Entry, StageKind};
 pub use failure::{Cause, PipelineFailure, StageRef};
 use partition::Partitioner;
 pub use replay::Replayed;
+pub use reply::REQUEST;
 pub use retry::backoff;
 pub use route::Router;
 pub use swap::{Code, CodeSender, CodeWatch};
@@ -91,6 +93,8 @@ pub enum Slot<C: ?Sized> {
         /// Plugin name.
         plugin: String,
     },
+    /// The reply destination of a request/reply pipeline (sinks only, always the last).
+    Reply,
 }
 
 impl<C: ?Sized> Slot<C> {
@@ -99,6 +103,7 @@ impl<C: ?Sized> Slot<C> {
         match self {
             Slot::Live(s) => &s.plugin,
             Slot::Idle { plugin } => plugin,
+            Slot::Reply => "reply",
         }
     }
 }
@@ -155,6 +160,8 @@ pub struct PipelinePlan {
     pub router: Option<Arc<Router>>,
     /// Most payload bytes polled and not yet settled; a full budget pauses the source.
     pub max_in_flight: u64,
+    /// How long a request waits for its answer (a source that answers requests).
+    pub reply_timeout: Duration,
 }
 
 /// The outcome of a finished pipeline.
@@ -285,7 +292,15 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
 
     let mut tasks: JoinSet<Result<(), PipelineFailure>> = JoinSet::new();
 
+    // A source that answers requests: the book of what its requests gathered.
+    let book = match &plan.source {
+        SourcePlan::Plugin { instances, .. } if instances.iter().any(|i| i.calls.replies()) => {
+            Some(Arc::new(reply::Book::default()))
+        }
+        _ => None,
+    };
     let policy = Policy {
+        book: book.clone(),
         pipeline: name.clone(),
         on_error: plan.on_error,
         retry: plan.retry,
@@ -304,6 +319,10 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
             }
             Slot::Idle { .. } => {
                 tasks.spawn(flow::run_idle_sink(rx, done_tx.clone()));
+            }
+            Slot::Reply => {
+                let (book, counters) = (book.clone(), counters.clone());
+                tasks.spawn(reply::run_reply(rx, done_tx.clone(), book, counters, i));
             }
         }
     }
@@ -325,7 +344,8 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
             Slot::Live(transform) => {
                 tasks.spawn(transform_task(*transform, i, &policy, rx, downstream));
             }
-            Slot::Idle { .. } => {
+            // (`Reply` is a destination; it never stands among transforms.)
+            Slot::Idle { .. } | Slot::Reply => {
                 tasks.spawn(flow::run_idle_transform(rx, downstream));
             }
         }
@@ -375,6 +395,9 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
                     abort: abort_rx.clone(),
                     budget: budget.clone(),
                     budget_units,
+                    requests: book
+                        .clone()
+                        .map(|b| reply::Requests::new(b, plan.reply_timeout)),
                 };
                 tasks.spawn(run_source(task, downstream.clone()));
             }

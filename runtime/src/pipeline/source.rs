@@ -29,8 +29,9 @@ use super::acks::AckTracker;
 use super::counters::Counters;
 use super::failure::{Cause, PipelineFailure, StageRef};
 use super::flow::{Batch, Downstream, Enter};
+use super::reply::Requests;
 use crate::config::Retry;
-use crate::contract::{ErrorKind, Message, PollResult};
+use crate::contract::{Answer, ErrorKind, Message, PollResult};
 use crate::plugin::{SourceCalls, Start, Trap, message_size};
 
 /// How long a source that returned an empty batch rests before it is polled again: the first
@@ -65,6 +66,8 @@ pub(super) struct SourceTask {
     /// In-flight byte budget, in units of [`BUDGET_UNIT`] bytes.
     pub(super) budget: Arc<Semaphore>,
     pub(super) budget_units: u32,
+    /// Its open requests, when the source answers requests (`reply.rs`).
+    pub(super) requests: Option<Requests>,
 }
 
 /// Granularity of the in-flight byte budget.
@@ -150,6 +153,9 @@ impl SourceTask {
             pause(wait, &mut self.drain, &mut self.abort).await;
             self.counters.restarts.fetch_add(1, Ordering::Relaxed);
             tracker.orphan();
+            if let Some(requests) = &mut self.requests {
+                requests.orphan();
+            }
             polling.last_checkpoint = None;
             match (self.start)().await {
                 Ok(instance) => {
@@ -167,6 +173,68 @@ impl SourceTask {
                     why = format!("could not start: {e:#}");
                 }
             }
+        }
+    }
+
+    /// Batches were settled: answer their requests, then acknowledge `newest` if there is one.
+    async fn settled(
+        &mut self,
+        newest: Option<u64>,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<(), PipelineFailure> {
+        let seqs = tracker.settled.as_mut().map(std::mem::take);
+        if let (Some(seqs), Some(requests)) = (seqs, &mut self.requests) {
+            let answers: Vec<_> = seqs.into_iter().flat_map(|s| requests.settled(s)).collect();
+            for (token, answer) in answers {
+                self.reply(&token, &answer, polling, tracker).await?;
+            }
+        }
+        match newest {
+            Some(checkpoint) => self.ack(checkpoint, polling, tracker).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Answer the requests whose time is up.
+    async fn expire(
+        &mut self,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<(), PipelineFailure> {
+        let Some(requests) = &mut self.requests else {
+            return Ok(());
+        };
+        let late = requests.expired(std::time::Instant::now());
+        for token in late {
+            self.counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+            self.reply(&token, &Answer::TimedOut, polling, tracker)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `reply(token, answer)`; an error is logged, a trap recovered like one in `poll`.
+    async fn reply(
+        &mut self,
+        token: &str,
+        answer: &Answer,
+        polling: &mut Polling,
+        tracker: &mut AckTracker,
+    ) -> Result<(), PipelineFailure> {
+        self.counters.replies.fetch_add(1, Ordering::Relaxed);
+        match self.instance.reply(token, answer).await {
+            Err(trap) => self.recover(trap, polling, tracker).await,
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    pipeline = %self.pipeline,
+                    "{} could not answer request `{token}`: {}",
+                    self.stage,
+                    crate::contract::describe(&error)
+                );
+                Ok(())
+            }
+            Ok(Ok(())) => Ok(()),
         }
     }
 
@@ -218,9 +286,7 @@ impl SourceTask {
                 },
                 _ = self.abort.changed() => return Ok(false),
             };
-            if let Some(checkpoint) = newest {
-                self.ack(checkpoint, polling, tracker).await?;
-            }
+            self.settled(newest, polling, tracker).await?;
         }
         Ok(true)
     }
@@ -231,6 +297,9 @@ pub(super) async fn run_source(
     downstream: Downstream,
 ) -> Result<(), PipelineFailure> {
     let mut tracker = AckTracker::new(task.counters.clone());
+    if task.requests.is_some() {
+        tracker.settled = Some(Vec::new());
+    }
     let mut seq = 0u64;
     let mut idle = IDLE_PAUSE;
     let mut polling = Polling {
@@ -254,9 +323,8 @@ pub(super) async fn run_source(
         while let Ok(done) = task.done.try_recv() {
             newest = tracker.done(done).or(newest);
         }
-        if let Some(checkpoint) = newest {
-            task.ack(checkpoint, &mut polling, &mut tracker).await?;
-        }
+        task.settled(newest, &mut polling, &mut tracker).await?;
+        task.expire(&mut polling, &mut tracker).await?;
         if *task.drain.borrow() {
             break;
         }
@@ -264,7 +332,7 @@ pub(super) async fn run_source(
             return Ok(());
         }
         let polled = task.instance.poll(polling.max, task.batch_bytes).await;
-        let batch = match polled {
+        let mut batch = match polled {
             Err(trap) => {
                 task.recover(trap, &mut polling, &mut tracker).await?;
                 continue;
@@ -330,9 +398,7 @@ pub(super) async fn run_source(
                 &mut task.abort,
             )
             .await;
-            if let Some(checkpoint) = newest {
-                task.ack(checkpoint, &mut polling, &mut tracker).await?;
-            }
+            task.settled(newest, &mut polling, &mut tracker).await?;
             continue;
         }
         idle = IDLE_PAUSE;
@@ -364,9 +430,10 @@ pub(super) async fn run_source(
             }
         };
         tracker.push(seq, batch.checkpoint, bytes as u64, task.sinks, budget);
-        if let Some(checkpoint) = newest {
-            task.ack(checkpoint, &mut polling, &mut tracker).await?;
+        if let Some(requests) = &mut task.requests {
+            requests.tag(seq, &mut batch.messages);
         }
+        task.settled(newest, &mut polling, &mut tracker).await?;
         let sent = match &downstream {
             Some(d) => {
                 d.send(Batch {

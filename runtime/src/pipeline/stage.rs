@@ -19,6 +19,7 @@ use super::breaker::Circuit;
 use super::counters::Counters;
 use super::dead_letter::{DeadLetters, Entry, StageKind, StoredMessage, timestamp};
 use super::failure::{Cause, PipelineFailure, StageRef};
+use super::reply::{Book, carry, hidden, id_of};
 use super::retry::{Failure, backoff, merge};
 use super::swap::CodeWatch;
 use crate::config::{Breaker, OnError, Retry};
@@ -40,6 +41,8 @@ pub struct Policy {
     pub dead_letters: Arc<DeadLetters>,
     /// Live counters.
     pub counters: Arc<Counters>,
+    /// The open requests of a request/reply pipeline (`reply.rs`); `None` otherwise.
+    pub(super) book: Option<Arc<Book>>,
 }
 
 type Answers<'a, A> = Pin<Box<dyn Future<Output = Result<Vec<A>, Trap>> + Send + 'a>>;
@@ -218,7 +221,17 @@ impl<K: Kind> Stage<K> {
     }
 
     /// Settle records that failed for good: stop, or store them as dead letters.
-    async fn settle(&mut self, dead: Vec<(Message, Failure)>) -> Result<(), PipelineFailure> {
+    async fn settle(&mut self, mut dead: Vec<(Message, Failure)>) -> Result<(), PipelineFailure> {
+        // A request's message is answered with its failure, not dead-lettered nor stopping.
+        if let Some(book) = &self.policy.book {
+            dead.retain(|(message, failure)| match id_of(message) {
+                Some(id) => {
+                    book.fail(id, failure);
+                    false
+                }
+                None => true,
+            });
+        }
         let Some((_, first)) = dead.first() else {
             return Ok(());
         };
@@ -398,7 +411,13 @@ impl Stage<TransformKind> {
         code: Option<u64>,
     ) -> Result<Vec<Message>, PipelineFailure> {
         self.follow_swap(code).await;
-        let Attempted { done, dead } = self.attempt(&records).await?;
+        let requests = self.policy.book.is_some();
+        let Attempted { done, dead } = if requests {
+            let view = hidden(&records);
+            self.attempt(&view).await?
+        } else {
+            self.attempt(&records).await?
+        };
         let mut out = Vec::with_capacity(records.len());
         let mut dropped = 0u64;
         let mut failed = Vec::with_capacity(dead.len());
@@ -407,9 +426,12 @@ impl Stage<TransformKind> {
             match kept {
                 Some(Kept::Keep) => out.push(message),
                 Some(Kept::Drop) => dropped += 1,
-                Some(Kept::Replace(replacements)) => {
+                Some(Kept::Replace(mut replacements)) => {
                     if replacements.is_empty() {
                         dropped += 1;
+                    }
+                    if requests {
+                        carry(&message, &mut replacements);
                     }
                     out.extend(replacements);
                 }
@@ -438,7 +460,10 @@ impl Stage<SinkKind> {
         code: Option<u64>,
     ) -> Result<u64, PipelineFailure> {
         self.follow_swap(code).await;
-        let Attempted { done, dead } = self.attempt(records).await?;
+        let Attempted { done, dead } = match &self.policy.book {
+            Some(_) => self.attempt(&hidden(records)).await?,
+            None => self.attempt(records).await?,
+        };
         let written = done.iter().filter(|d| d.is_some()).count() as u64;
         let failed = dead
             .into_iter()

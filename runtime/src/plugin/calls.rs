@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::trap::Trap;
-use crate::contract::{Message, Outcome, PollResult, WitError};
+use crate::contract::{Answer, Message, Outcome, PollResult, WitError};
 
 /// A source: `poll` for batches, `ack` checkpoints once delivered.
 #[async_trait::async_trait]
@@ -29,6 +29,15 @@ pub trait SourceCalls: Send {
     async fn share(&mut self, instance: u32, instances: u32) -> Result<Result<(), String>, Trap> {
         let _ = (instance, instances);
         Ok(Err("it cannot run as several instances".into()))
+    }
+    /// Whether it answers requests (the plugin exports `reply`).
+    fn replies(&self) -> bool {
+        false
+    }
+    /// `reply(token, answer)`: the answer to the request whose messages carried `token`.
+    async fn reply(&mut self, token: &str, answer: &Answer) -> Result<Result<(), WitError>, Trap> {
+        let _ = (token, answer);
+        Ok(Ok(()))
     }
 }
 
@@ -71,6 +80,14 @@ impl SourceCalls for super::Instance {
 
     async fn share(&mut self, instance: u32, instances: u32) -> Result<Result<(), String>, Trap> {
         super::Instance::share(self, instance, instances).await
+    }
+
+    fn replies(&self) -> bool {
+        super::Instance::replies(self)
+    }
+
+    async fn reply(&mut self, token: &str, answer: &Answer) -> Result<Result<(), WitError>, Trap> {
+        super::Instance::reply(self, token, answer).await
     }
 }
 

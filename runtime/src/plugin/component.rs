@@ -10,8 +10,12 @@ use super::engine::Runtime;
 use super::instance::HostState;
 use crate::config::Role;
 use crate::contract::{
-    sink, sink_packed, source, source_bounded, source_shared, transform, transform_packed,
+    sink, sink_packed, source, source_bounded, source_reply, source_shared, transform,
+    transform_packed, v0_1,
 };
+
+/// The contract versions the host loads, newest first (wit/README.md, rule 22).
+pub const CONTRACTS: [&str; 2] = ["0.2.0", "0.1.0"];
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +50,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component does not implement a Patchbay world.
-    #[error("`{path}` does not implement a patchbay:connector@0.1.0 world: {reason}")]
+    #[error("`{path}` does not implement a patchbay:connector world (0.2.0 or 0.1.0): {reason}")]
     NoWorld {
         /// File.
         path: PathBuf,
@@ -56,7 +60,7 @@ pub enum LoadError {
     /// The component imports something the host does not provide.
     #[error(
         "`{path}` imports {import}, which Patchbay does not provide; a plugin may import \
-         patchbay:connector/{{logging,metrics,state}}@0.1.0 and WASI 0.2 interfaces"
+         patchbay:connector/{{logging,metrics,state}} (0.2.0 or 0.1.0) and WASI 0.2 interfaces"
     )]
     UnknownImport {
         /// File.
@@ -75,6 +79,8 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// The world it implements.
     pub role: Role,
+    /// The contract version it was built against (`0.2.0` or `0.1.0`).
+    pub contract: &'static str,
     /// Everything it imports, as `name` strings.
     pub imports: Vec<String>,
     pub(super) pre: RolePre,
@@ -85,20 +91,35 @@ impl LoadedPlugin {
     pub fn bounded(&self) -> bool {
         matches!(
             self.pre,
-            RolePre::SourceBounded(_) | RolePre::SourceShared(_)
+            RolePre::SourceBounded(_)
+                | RolePre::SourceShared(_)
+                | RolePre::SourceReply(_)
+                | RolePre::SourceBoundedV1(_)
+                | RolePre::SourceSharedV1(_)
         )
     }
 
     /// Whether a source exports `share`, so that several instances may share its work.
     pub fn shared(&self) -> bool {
-        matches!(self.pre, RolePre::SourceShared(_))
+        matches!(
+            self.pre,
+            RolePre::SourceShared(_) | RolePre::SourceReply(_) | RolePre::SourceSharedV1(_)
+        )
+    }
+
+    /// Whether a source answers requests (`reply`, world `source-reply`).
+    pub fn replies(&self) -> bool {
+        matches!(self.pre, RolePre::SourceReply(_))
     }
 
     /// Whether it is called through the packed fast path (`process-packed`, `write-packed`).
     pub fn packed(&self) -> bool {
         matches!(
             self.pre,
-            RolePre::TransformPacked(_) | RolePre::SinkPacked(_)
+            RolePre::TransformPacked(_)
+                | RolePre::SinkPacked(_)
+                | RolePre::TransformPackedV1(_)
+                | RolePre::SinkPackedV1(_)
         )
     }
 }
@@ -113,6 +134,16 @@ pub(super) enum RolePre {
     TransformPacked(transform_packed::TransformPackedPre<HostState>),
     Sink(sink::SinkPre<HostState>),
     SinkPacked(sink_packed::SinkPackedPre<HostState>),
+    /// A shared source that also answers requests (world `source-reply`, 0.2.0 only).
+    SourceReply(source_reply::SourceReplyPre<HostState>),
+    // The same worlds of contract 0.1.0.
+    SourceV1(v0_1::source::SourcePre<HostState>),
+    SourceBoundedV1(v0_1::source_bounded::SourceBoundedPre<HostState>),
+    SourceSharedV1(v0_1::source_shared::SourceSharedPre<HostState>),
+    TransformV1(v0_1::transform::TransformPre<HostState>),
+    TransformPackedV1(v0_1::transform_packed::TransformPackedPre<HostState>),
+    SinkV1(v0_1::sink::SinkPre<HostState>),
+    SinkPackedV1(v0_1::sink_packed::SinkPackedPre<HostState>),
 }
 
 impl Runtime {
@@ -143,10 +174,20 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(name, _)| name.to_owned())
             .collect();
+        // The version of its `plugin` export; 0.2.0 when it exports none (the error below
+        // then names what it does export).
+        let contract = CONTRACTS
+            .into_iter()
+            .find(|v| {
+                exports
+                    .iter()
+                    .any(|e| e == &format!("patchbay:connector/plugin@{v}"))
+            })
+            .unwrap_or(CONTRACTS[0]);
         let exports_api = |api: &str| {
             exports
                 .iter()
-                .any(|e| e == &format!("patchbay:connector/{api}@0.1.0"))
+                .any(|e| e == &format!("patchbay:connector/{api}@{contract}"))
         };
         let role = if exports_api("source-api") {
             Role::Source
@@ -163,7 +204,7 @@ impl Runtime {
             return Err(LoadError::NoWorld {
                 path: path.to_owned(),
                 reason: format!(
-                    "{found}; a plugin exports patchbay:connector/plugin@0.1.0 and one of \
+                    "{found}; a plugin exports patchbay:connector/plugin@0.2.0 and one of \
                      source-api, transform-api or sink-api (see wit/worlds.wit)"
                 ),
             });
@@ -189,35 +230,63 @@ impl Runtime {
                 "it looks like a {role} but its exports do not match world `{role}`: {e:#}"
             ),
         };
+        let v1 = contract == "0.1.0";
+        macro_rules! pre {
+            ($variant:ident, $pre:ty) => {
+                RolePre::$variant(<$pre>::new(instance_pre).map_err(world_error)?)
+            };
+        }
+        let shared = exports_api("source-shared-api") && exports_api("source-bounded-api");
         let pre = match role {
-            Role::Source
-                if exports_api("source-shared-api") && exports_api("source-bounded-api") =>
-            {
-                RolePre::SourceShared(
-                    source_shared::SourceSharedPre::new(instance_pre).map_err(world_error)?,
+            Role::Source if !v1 && shared && exports_api("source-reply-api") => {
+                pre!(SourceReply, source_reply::SourceReplyPre<HostState>)
+            }
+            Role::Source if v1 && shared => {
+                pre!(
+                    SourceSharedV1,
+                    v0_1::source_shared::SourceSharedPre<HostState>
                 )
             }
-            Role::Source if exports_api("source-bounded-api") => RolePre::SourceBounded(
-                source_bounded::SourceBoundedPre::new(instance_pre).map_err(world_error)?,
-            ),
-            Role::Source => {
-                RolePre::Source(source::SourcePre::new(instance_pre).map_err(world_error)?)
+            Role::Source if shared => pre!(SourceShared, source_shared::SourceSharedPre<HostState>),
+            Role::Source if v1 && exports_api("source-bounded-api") => {
+                pre!(
+                    SourceBoundedV1,
+                    v0_1::source_bounded::SourceBoundedPre<HostState>
+                )
             }
-            Role::Transform if exports_api("transform-packed-api") => RolePre::TransformPacked(
-                transform_packed::TransformPackedPre::new(instance_pre).map_err(world_error)?,
-            ),
-            Role::Transform => {
-                RolePre::Transform(transform::TransformPre::new(instance_pre).map_err(world_error)?)
+            Role::Source if exports_api("source-bounded-api") => {
+                pre!(SourceBounded, source_bounded::SourceBoundedPre<HostState>)
             }
-            Role::Sink if exports_api("sink-packed-api") => RolePre::SinkPacked(
-                sink_packed::SinkPackedPre::new(instance_pre).map_err(world_error)?,
-            ),
-            Role::Sink => RolePre::Sink(sink::SinkPre::new(instance_pre).map_err(world_error)?),
+            Role::Source if v1 => pre!(SourceV1, v0_1::source::SourcePre<HostState>),
+            Role::Source => pre!(Source, source::SourcePre<HostState>),
+            Role::Transform if v1 && exports_api("transform-packed-api") => {
+                pre!(
+                    TransformPackedV1,
+                    v0_1::transform_packed::TransformPackedPre<HostState>
+                )
+            }
+            Role::Transform if exports_api("transform-packed-api") => {
+                pre!(
+                    TransformPacked,
+                    transform_packed::TransformPackedPre<HostState>
+                )
+            }
+            Role::Transform if v1 => pre!(TransformV1, v0_1::transform::TransformPre<HostState>),
+            Role::Transform => pre!(Transform, transform::TransformPre<HostState>),
+            Role::Sink if v1 && exports_api("sink-packed-api") => {
+                pre!(SinkPackedV1, v0_1::sink_packed::SinkPackedPre<HostState>)
+            }
+            Role::Sink if exports_api("sink-packed-api") => {
+                pre!(SinkPacked, sink_packed::SinkPackedPre<HostState>)
+            }
+            Role::Sink if v1 => pre!(SinkV1, v0_1::sink::SinkPre<HostState>),
+            Role::Sink => pre!(Sink, sink::SinkPre<HostState>),
         };
         Ok(LoadedPlugin {
             path: path.to_owned(),
             sha256,
             role,
+            contract,
             imports,
             pre,
         })

@@ -20,7 +20,8 @@ use super::trap::{Blocked, Trap, guard};
 mod source_calls;
 use crate::contract::{
     ConfigEntry, HostImports, Message, Metadata, Outcome, PluginState, PollResult, WitError, sink,
-    sink_packed, source, source_bounded, source_shared, transform, transform_packed,
+    sink_packed, source, source_bounded, source_reply, source_shared, transform, transform_packed,
+    v0_1,
 };
 use crate::sandbox::{self, Grants, Limits};
 
@@ -113,6 +114,16 @@ enum Bindings {
     Sink(sink::Sink),
     /// A sink that exports `write-packed` too: called through it.
     SinkPacked(sink_packed::SinkPacked),
+    /// A shared source that also answers requests (`reply`).
+    SourceReply(source_reply::SourceReply),
+    // The same worlds of contract 0.1.0 (the same calls, distinct binding types).
+    SourceV1(v0_1::source::Source),
+    SourceBoundedV1(v0_1::source_bounded::SourceBounded),
+    SourceSharedV1(v0_1::source_shared::SourceShared),
+    TransformV1(v0_1::transform::Transform),
+    TransformPackedV1(v0_1::transform_packed::TransformPacked),
+    SinkV1(v0_1::sink::Sink),
+    SinkPackedV1(v0_1::sink_packed::SinkPacked),
 }
 
 /// `$call` on the `plugin` interface of whichever world the instance implements (`$b` names
@@ -127,6 +138,14 @@ macro_rules! plugin_call {
             Some(Bindings::TransformPacked($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::Sink($b)) => guard($self.guard_for($timeout), $call).await,
             Some(Bindings::SinkPacked($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SourceReply($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SourceV1($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SourceBoundedV1($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SourceSharedV1($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::TransformV1($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::TransformPackedV1($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SinkV1($b)) => guard($self.guard_for($timeout), $call).await,
+            Some(Bindings::SinkPackedV1($b)) => guard($self.guard_for($timeout), $call).await,
             None => return Err($self.wrong_role($what)),
         }
     };
@@ -213,35 +232,29 @@ impl Runtime {
             typed_only: false,
             pool: self.pool,
         };
+        macro_rules! start {
+            ($pre:ident, $variant:ident) => {
+                $pre.instantiate_async(&mut instance.store)
+                    .await
+                    .map(Bindings::$variant)
+            };
+        }
         let result = match &plugin.pre {
-            RolePre::Source(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::Source),
-            RolePre::SourceBounded(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::SourceBounded),
-            RolePre::SourceShared(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::SourceShared),
-            RolePre::Transform(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::Transform),
-            RolePre::TransformPacked(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::TransformPacked),
-            RolePre::Sink(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::Sink),
-            RolePre::SinkPacked(pre) => pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map(Bindings::SinkPacked),
+            RolePre::Source(pre) => start!(pre, Source),
+            RolePre::SourceBounded(pre) => start!(pre, SourceBounded),
+            RolePre::SourceShared(pre) => start!(pre, SourceShared),
+            RolePre::Transform(pre) => start!(pre, Transform),
+            RolePre::TransformPacked(pre) => start!(pre, TransformPacked),
+            RolePre::Sink(pre) => start!(pre, Sink),
+            RolePre::SinkPacked(pre) => start!(pre, SinkPacked),
+            RolePre::SourceReply(pre) => start!(pre, SourceReply),
+            RolePre::SourceV1(pre) => start!(pre, SourceV1),
+            RolePre::SourceBoundedV1(pre) => start!(pre, SourceBoundedV1),
+            RolePre::SourceSharedV1(pre) => start!(pre, SourceSharedV1),
+            RolePre::TransformV1(pre) => start!(pre, TransformV1),
+            RolePre::TransformPackedV1(pre) => start!(pre, TransformPackedV1),
+            RolePre::SinkV1(pre) => start!(pre, SinkV1),
+            RolePre::SinkPackedV1(pre) => start!(pre, SinkPackedV1),
         };
         match result {
             Ok(bindings) => instance.bindings = Some(bindings),
@@ -472,17 +485,26 @@ impl Instance {
                 .map_err(|e| self.trap("process", timeout, e))?
             };
         }
-        let outcomes = match &self.bindings {
-            Some(Bindings::TransformPacked(b)) if !self.typed_only => {
+        macro_rules! packed {
+            ($b:ident) => {{
                 let frame = packed::batch(std::mem::take(&mut self.frame), batch);
                 let result = guard(
                     self.guard_for(timeout),
-                    b.patchbay_connector_transform_packed_api()
+                    $b.patchbay_connector_transform_packed_api()
                         .call_process_packed(&mut self.store, &frame),
                 )
                 .await;
                 self.frame = frame;
-                let answer = result.map_err(|e| self.trap("process", timeout, e))?;
+                Some(result.map_err(|e| self.trap("process", timeout, e))?)
+            }};
+        }
+        let answer = match &self.bindings {
+            Some(Bindings::TransformPacked(b)) if !self.typed_only => packed!(b),
+            Some(Bindings::TransformPackedV1(b)) if !self.typed_only => packed!(b),
+            _ => None,
+        };
+        let outcomes = match (answer, &self.bindings) {
+            (Some(answer), _) => {
                 match packed::outcomes(&answer, batch.len(), self.limits.max_output) {
                     Ok(outcomes) => outcomes,
                     Err(packed::Refusal::Frame(e)) => {
@@ -510,8 +532,10 @@ impl Instance {
                     }
                 }
             }
-            Some(Bindings::Transform(b)) => typed!(b),
-            Some(Bindings::TransformPacked(b)) => typed!(b),
+            (None, Some(Bindings::Transform(b))) => typed!(b),
+            (None, Some(Bindings::TransformPacked(b))) => typed!(b),
+            (None, Some(Bindings::TransformV1(b))) => typed!(b),
+            (None, Some(Bindings::TransformPackedV1(b))) => typed!(b),
             _ => return Err(self.wrong_role("process")),
         };
         let size: u64 = outcomes
@@ -540,41 +564,48 @@ impl Instance {
                 .map_err(|e| self.trap("write", timeout, e))
             };
         }
-        match &self.bindings {
-            Some(Bindings::SinkPacked(b)) if !self.typed_only => {
+        macro_rules! packed {
+            ($b:ident) => {{
                 let frame = packed::batch(std::mem::take(&mut self.frame), batch);
                 let result = guard(
                     self.guard_for(timeout),
-                    b.patchbay_connector_sink_packed_api()
+                    $b.patchbay_connector_sink_packed_api()
                         .call_write_packed(&mut self.store, &frame),
                 )
                 .await;
                 self.frame = frame;
-                let answer = result.map_err(|e| self.trap("write", timeout, e))?;
-                match packed::results(&answer, batch.len()) {
-                    Ok(results) => Ok(results),
-                    Err(packed::Refusal::Count(n)) => Err(Trap {
-                        plugin: self.label.clone(),
-                        function: "write",
-                        over_limit: false,
-                        reason: format!(
-                            "`write-packed` returned {n} results for {} messages (not decoded); \
-                             it must return exactly one result per input, in order",
-                            batch.len()
-                        ),
-                    }),
-                    Err(packed::Refusal::Frame(e)) => {
-                        Err(self.malformed("write", "write-packed", &e))
-                    }
-                    // Results carry no messages: never over the output limit.
-                    Err(packed::Refusal::Output(size)) => {
-                        self.check_size("write", size)?;
-                        Ok(Vec::new())
-                    }
+                Some(result.map_err(|e| self.trap("write", timeout, e))?)
+            }};
+        }
+        let answer = match &self.bindings {
+            Some(Bindings::SinkPacked(b)) if !self.typed_only => packed!(b),
+            Some(Bindings::SinkPackedV1(b)) if !self.typed_only => packed!(b),
+            _ => None,
+        };
+        match (answer, &self.bindings) {
+            (Some(answer), _) => match packed::results(&answer, batch.len()) {
+                Ok(results) => Ok(results),
+                Err(packed::Refusal::Count(n)) => Err(Trap {
+                    plugin: self.label.clone(),
+                    function: "write",
+                    over_limit: false,
+                    reason: format!(
+                        "`write-packed` returned {n} results for {} messages (not decoded); \
+                         it must return exactly one result per input, in order",
+                        batch.len()
+                    ),
+                }),
+                Err(packed::Refusal::Frame(e)) => Err(self.malformed("write", "write-packed", &e)),
+                // Results carry no messages: never over the output limit.
+                Err(packed::Refusal::Output(size)) => {
+                    self.check_size("write", size)?;
+                    Ok(Vec::new())
                 }
-            }
-            Some(Bindings::Sink(b)) => typed!(b),
-            Some(Bindings::SinkPacked(b)) => typed!(b),
+            },
+            (None, Some(Bindings::Sink(b))) => typed!(b),
+            (None, Some(Bindings::SinkPacked(b))) => typed!(b),
+            (None, Some(Bindings::SinkV1(b))) => typed!(b),
+            (None, Some(Bindings::SinkPackedV1(b))) => typed!(b),
             _ => Err(self.wrong_role("write")),
         }
     }

@@ -3,13 +3,20 @@
 //! its private parts (the call guard, trap reports, output checks); this file adds no state.
 
 use super::*;
+use crate::contract::Answer;
 
 impl Instance {
     /// Whether this source is polled with a byte bound (`poll-within`).
     pub fn bounded(&self) -> bool {
         matches!(
             self.bindings,
-            Some(Bindings::SourceBounded(_) | Bindings::SourceShared(_))
+            Some(
+                Bindings::SourceBounded(_)
+                    | Bindings::SourceShared(_)
+                    | Bindings::SourceReply(_)
+                    | Bindings::SourceBoundedV1(_)
+                    | Bindings::SourceSharedV1(_)
+            )
         )
     }
 
@@ -52,19 +59,29 @@ impl Instance {
     ) -> Result<Result<(), String>, Trap> {
         let timeout = self.limits.call_timeout;
         self.arm(timeout);
-        let result = match &self.bindings {
-            Some(Bindings::SourceShared(b)) => {
+        macro_rules! share {
+            ($b:ident) => {
                 guard(
                     self.guard_for(timeout),
-                    b.patchbay_connector_source_shared_api().call_share(
+                    $b.patchbay_connector_source_shared_api().call_share(
                         &mut self.store,
                         instance,
                         instances,
                     ),
                 )
                 .await
-            }
-            Some(Bindings::Source(_) | Bindings::SourceBounded(_)) => {
+            };
+        }
+        let result = match &self.bindings {
+            Some(Bindings::SourceShared(b)) => share!(b),
+            Some(Bindings::SourceReply(b)) => share!(b),
+            Some(Bindings::SourceSharedV1(b)) => share!(b),
+            Some(
+                Bindings::Source(_)
+                | Bindings::SourceBounded(_)
+                | Bindings::SourceV1(_)
+                | Bindings::SourceBoundedV1(_),
+            ) => {
                 return Ok(Err(NOT_SHARED.to_owned()));
             }
             _ => return Err(self.wrong_role("share")),
@@ -103,8 +120,19 @@ impl Instance {
                 )
                 .await
             }
+            Some(Bindings::SourceV1(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_api()
+                        .call_poll(&mut self.store, max),
+                )
+                .await
+            }
             Some(Bindings::SourceBounded(b)) => within!(b),
             Some(Bindings::SourceShared(b)) => within!(b),
+            Some(Bindings::SourceReply(b)) => within!(b),
+            Some(Bindings::SourceBoundedV1(b)) => within!(b),
+            Some(Bindings::SourceSharedV1(b)) => within!(b),
             _ => return Err(self.wrong_role("poll")),
         };
         let result = result.map_err(|e| self.trap("poll", timeout, e))?;
@@ -133,8 +161,45 @@ impl Instance {
             Some(Bindings::Source(b)) => ack!(b),
             Some(Bindings::SourceBounded(b)) => ack!(b),
             Some(Bindings::SourceShared(b)) => ack!(b),
+            Some(Bindings::SourceReply(b)) => ack!(b),
+            Some(Bindings::SourceV1(b)) => ack!(b),
+            Some(Bindings::SourceBoundedV1(b)) => ack!(b),
+            Some(Bindings::SourceSharedV1(b)) => ack!(b),
             _ => return Err(self.wrong_role("ack")),
         };
         result.map_err(|e| self.trap("ack", timeout, e))
+    }
+
+    /// Whether this source answers requests (`reply`).
+    pub fn replies(&self) -> bool {
+        matches!(self.bindings, Some(Bindings::SourceReply(_)))
+    }
+
+    /// `reply(token, answer)` of a source that answers requests.
+    pub async fn reply(
+        &mut self,
+        token: &str,
+        answer: &Answer,
+    ) -> Result<Result<(), WitError>, Trap> {
+        let timeout = self.limits.call_timeout;
+        self.arm(timeout);
+        let started = Instant::now();
+        let result = match &self.bindings {
+            Some(Bindings::SourceReply(b)) => {
+                guard(
+                    self.guard_for(timeout),
+                    b.patchbay_connector_source_reply_api().call_reply(
+                        &mut self.store,
+                        token,
+                        answer,
+                    ),
+                )
+                .await
+            }
+            _ => return Err(self.wrong_role("reply")),
+        };
+        let result = result.map_err(|e| self.trap("reply", timeout, e));
+        self.observe("reply", started, 0, &result);
+        result
     }
 }

@@ -1,4 +1,5 @@
-//! `test-packed` (test only): a transform written without the SDK, straight from `wit/`
+//! `test-packed` (test only): a transform written without the SDK, straight from `wit/0.1.0/`
+//! (contract 0.1.0, so that the host keeps loading it: wit/README.md, rule 22)
 //! (world `transform-packed`), that keeps every message. Its `process-packed` answers like
 //! `process` unless the environment variable `BREAK` (granted through a pipeline file) says:
 //!
@@ -6,7 +7,7 @@
 //! - `malformed`: `process-packed` answers three bytes that are not a frame (rule 23).
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/0.1.0",
     world: "patchbay:connector/transform-packed@0.1.0",
     generate_all,
 });

@@ -8,7 +8,7 @@ wit_bindgen::generate!({
         package evil:plugin;
 
         world evil {
-            include patchbay:connector/transform@0.1.0;
+            include patchbay:connector/transform@0.2.0;
             import evil:backdoor/shell@1.0.0;
         }
 
