@@ -27,17 +27,17 @@
 // with its text, so one bad message never takes the plugin down (wit/README.md rules 6, 10,
 // 18 hold by construction).
 
-import { log as hostLog } from 'patchbay:connector/logging@0.1.0';
+import { log as hostLog } from 'patchbay:connector/logging@0.2.0';
 import {
   counterAdd,
   gaugeSet,
   histogramObserve,
-} from 'patchbay:connector/metrics@0.1.0';
+} from 'patchbay:connector/metrics@0.2.0';
 import {
   get as stateGet,
   set as stateSet,
   delete as stateDelete,
-} from 'patchbay:connector/state@0.1.0';
+} from 'patchbay:connector/state@0.2.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });

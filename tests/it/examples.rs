@@ -34,6 +34,75 @@ fn post(addr: &str, path: &str, token: &str, body: &str) -> String {
     answer
 }
 
+/// GET `path` on a fresh connection: the status and body of the answer.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn api_gateway_answers_each_caller_from_redis() {
+    let _redis = crate::redis::redis_lock();
+    crate::redis::require_redis();
+    for n in 1..=50 {
+        let customer = format!(r#"{{"name":"c{n}","tier":"t{}","email":"x"}}"#, n % 3);
+        crate::redis::cli(&["SET", &format!("customer:{n}"), &customer]);
+    }
+    let mut child = start("api-gateway");
+    child.wait_for(
+        "http-source listening on 127.0.0.1:8089",
+        Duration::from_secs(60),
+        || TcpStream::connect("127.0.0.1:8089").is_ok(),
+    );
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for n in (1 + t..=60).step_by(8) {
+                    let (status, body) = get("127.0.0.1:8089", &format!("/customers/{n}"));
+                    if n <= 50 {
+                        assert_eq!(status, 200, "{body}");
+                        assert_eq!(
+                            body,
+                            format!(r#"{{"id":"{n}","name":"c{n}","tier":"t{}"}}"#, n % 3)
+                        );
+                    } else {
+                        assert_eq!(status, 404, "{body}");
+                        assert_eq!(body, format!(r#"{{"error":"no customer {n}"}}"#));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (code, stderr) = child.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("60 in, 0 dropped, 60 written to `reply`"),
+        "{stderr}"
+    );
+    for n in 1..=50 {
+        crate::redis::cli(&["DEL", &format!("customer:{n}")]);
+    }
+}
+
 #[test]
 fn webhook_to_redis_appends_every_posted_event_once() {
     let _redis = crate::redis::redis_lock();
@@ -455,4 +524,64 @@ fn mqtt_to_postgres_over_tls_writes_every_reading_once() {
         format!("{COUNT}|{COUNT}|0|{}", COUNT - 1)
     );
     psql("DROP TABLE patchbay_example_readings");
+}
+
+#[test]
+fn xml_orders_to_json_writes_the_valid_orders_and_dead_letters_the_others_with_the_reason() {
+    let dir = example("xml-orders-to-json");
+    let _ = std::fs::remove_file(dir.join("out/orders.jsonl"));
+    let _ = std::fs::remove_dir_all(dir.join("dead-letter"));
+    let out = crate::run_in(&dir, &["run", "pipeline.toml"]);
+    let (_, stderr) = crate::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "pipeline `xml-orders`: 5 in, 0 dropped, 3 written to `out`, 2 dead-lettered"
+        ),
+        "{stderr}"
+    );
+    let written = std::fs::read_to_string(dir.join("out/orders.jsonl")).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"currency":"EUR","customer":"Ada Lovelace","id":1001,"items":[{"price":9.5,"qty":2,"sku":"A-1"},{"price":24.0,"qty":1,"sku":"B-7"}],"lines":2}"#,
+            r#"{"currency":"EUR","customer":"Grace Hopper","id":1002,"items":[{"price":1.25,"qty":5,"sku":"C-3"}],"lines":1}"#,
+            r#"{"currency":"CHF","customer":"Barbara Liskov","id":1005,"items":[{"price":0.8,"qty":12,"sku":"E-2"},{"price":9.5,"qty":1,"sku":"A-1"},{"price":15.0,"qty":2,"sku":"F-4"}],"lines":3}"#,
+        ]
+    );
+    let dead = std::fs::read_to_string(dir.join("dead-letter/orders.jsonl")).unwrap();
+    let entries: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["message"]["headers"][0][1].as_str().unwrap(),
+                e["plugin"].as_str().unwrap(),
+                e["error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "order-0004.xml",
+                "xml",
+                "payload is not well-formed XML (at byte 219): ill-formed document: expected \
+                 `</item>`, but `</order>` was found"
+            ),
+            (
+                "order-0003.xml",
+                "schema",
+                "payload does not match the schema: /order: \"customer\" is a required property \
+                 (rule required at /properties/order/required)"
+            ),
+        ]
+    );
+    let _ = std::fs::remove_file(dir.join("out/orders.jsonl"));
+    let _ = std::fs::remove_dir_all(dir.join("dead-letter"));
 }

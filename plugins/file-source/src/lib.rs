@@ -18,6 +18,11 @@
 //! `resume = true`, `init` skips the lines up to it, so a restarted instance goes on after the
 //! last delivered line instead of from the top (assuming the file was only appended to).
 //!
+//! - `format = "whole"`: each file is one message (XML or JSON documents that span lines). With
+//!   `path` a directory, every regular file in it whose name ends with `suffix`, in name order,
+//!   each with the header `file-name`; the checkpoint is the file's number in that order (from
+//!   1), stored as `acked-line` likewise, so `resume` goes on after the last delivered file.
+//!
 //! With `path = "-"`, `poll` waits for stdin to produce lines (or to close): meant for piping a
 //! finite input into a pipeline.
 
@@ -34,10 +39,15 @@ const KEYS: &[Key] = &[
     .required(),
     Key::choice(
         "format",
-        &["lines", "jsonl"],
-        "`lines` (each line as is, empty ones included) or `jsonl` (empty lines skipped, every other line must be valid JSON, else a fatal error).",
+        &["lines", "jsonl", "whole"],
+        "`lines` (each line as is, empty ones included), `jsonl` (empty lines skipped, every other line must be valid JSON, else a fatal error) or `whole` (each file one message; `path` may be a directory).",
     )
     .default("lines"),
+    Key::text(
+        "suffix",
+        "With format = \"whole\" and a directory: only files whose names end with this, e.g. \".xml\". Empty: every file.",
+    )
+    .default(""),
     Key::bool(
         "skip_header",
         "Boolean: do not deliver the first line (a CSV header the next step does not need).",
@@ -66,6 +76,8 @@ struct FileSource {
     /// An error found after some lines of a batch, reported by the next `poll`.
     pending: Option<Error>,
     buf: Vec<u8>,
+    /// `format = "whole"`: the files to read, one message each, in order.
+    files: Option<Vec<String>>,
 }
 
 impl Source for FileSource {
@@ -84,7 +96,14 @@ impl Source for FileSource {
         let jsonl = c.choice("format")? == "jsonl";
         let skip_header = c.bool("skip_header")?;
         let resume = c.bool("resume")?;
-        let reader: Box<dyn BufRead> = if path == "-" {
+        let files = if c.choice("format")? == "whole" {
+            Some(whole_files(&path, c.text("suffix")?)?)
+        } else {
+            None
+        };
+        let reader: Box<dyn BufRead> = if files.is_some() {
+            Box::new(std::io::empty())
+        } else if path == "-" {
             Box::new(BufReader::with_capacity(64 * 1024, std::io::stdin()))
         } else {
             let file = File::open(&path).map_err(|e| {
@@ -109,6 +128,7 @@ impl Source for FileSource {
             done: false,
             pending: None,
             buf: Vec::new(),
+            files,
         })
     }
 
@@ -117,6 +137,9 @@ impl Source for FileSource {
             // Keep failing: the bad line is never skipped silently.
             self.pending = Some(e.clone());
             return Err(e);
+        }
+        if let Some(files) = &self.files {
+            return self.poll_files(files.clone(), max);
         }
         let mut messages = Vec::new();
         let mut checkpoint = self.line;
@@ -170,6 +193,55 @@ impl Source for FileSource {
             ))
         })
     }
+}
+
+impl FileSource {
+    /// `format = "whole"`: the next files, one message each (`line` counts files).
+    fn poll_files(&mut self, files: Vec<String>, max: u32) -> Result<PollResult, Error> {
+        let mut messages = Vec::new();
+        while messages.len() < max as usize {
+            let Some(file) = usize::try_from(self.line).ok().and_then(|i| files.get(i)) else {
+                break;
+            };
+            self.line += 1;
+            if self.line <= self.skip_until {
+                continue;
+            }
+            let bytes = std::fs::read(file)
+                .map_err(|e| Error::retryable(format!("cannot read `{file}`: {e}")))?;
+            let name = file.rsplit('/').next().unwrap_or(file);
+            messages.push(Message::new(bytes).with_header("file-name", name));
+        }
+        if messages.is_empty() && self.line >= files.len() as u64 {
+            return Ok(PollResult::EndOfStream);
+        }
+        Ok(PollResult::batch(messages, self.line))
+    }
+}
+
+/// The files `format = "whole"` reads: `path` itself, or the files of the directory `path`
+/// whose names end with `suffix`, in name order.
+fn whole_files(path: &str, suffix: &str) -> Result<Vec<String>, Error> {
+    let unreadable = |e: std::io::Error| {
+        Error::fatal(format!(
+            "config key `path`: cannot read `{path}`: {e}; grant its directory and give the \
+             path as the plugin sees it (e.g. /data/in)"
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_ok_and(|t| t.is_file()) && name.ends_with(suffix) {
+            files.push(format!("{}/{name}", path.trim_end_matches('/')));
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// The last acknowledged line stored by an earlier instance.

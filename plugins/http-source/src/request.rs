@@ -204,8 +204,9 @@ impl HttpSource {
             return Parsed::Incomplete;
         }
         let method = request.method.unwrap_or_default().to_owned();
-        let path = request.path.unwrap_or_default();
-        let path = path.split_once('?').map_or(path, |(p, _)| p).to_owned();
+        let target = request.path.unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let (path, query) = (path.to_owned(), query.to_owned());
         let authorization = header("authorization");
         let forwarded: Vec<(String, String)> = self
             .forward_headers
@@ -227,9 +228,21 @@ impl HttpSource {
                 format!("no such path `{path}`; records go to `{}`", self.path),
             ));
         }
-        if method != "POST" && method != "PUT" {
-            let mut reply = Reply::error(405, format!("{method} is not accepted; use POST or PUT"));
-            reply.extra = "allow: POST, PUT\r\n";
+        // Request/reply serves reads and deletes too (an API); ingress takes bodies only.
+        let (accepted, allow) = if self.respond_pipeline {
+            (
+                &["POST", "PUT", "GET", "DELETE", "PATCH"][..],
+                "allow: GET, POST, PUT, PATCH, DELETE\r\n",
+            )
+        } else {
+            (&["POST", "PUT"][..], "allow: POST, PUT\r\n")
+        };
+        if !accepted.contains(&method.as_str()) {
+            let mut reply = Reply::error(
+                405,
+                format!("{method} is not accepted; use {}", accepted.join(" or ")),
+            );
+            reply.extra = allow;
             return answer(reply);
         }
         if let Some(token) = &self.token {
@@ -267,6 +280,14 @@ impl HttpSource {
                 }
                 if let Some(key) = &key {
                     m = m.with_key(key.clone().into_bytes());
+                }
+                if self.respond_pipeline {
+                    m = m
+                        .with_header("http-method", method.clone())
+                        .with_header("http-path", path.clone());
+                    if !query.is_empty() {
+                        m = m.with_header("http-query", query.clone());
+                    }
                 }
                 m
             })

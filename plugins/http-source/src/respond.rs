@@ -1,4 +1,7 @@
-//! `respond = "pipeline"`: the HTTP response is what the pipeline computed. Each record of a
+//! `respond = "pipeline"`: the HTTP response is what the pipeline computed. GET, DELETE and
+//! PATCH are taken besides POST and PUT (a GET's record has an empty payload), and each record
+//! carries the headers `http-method`, `http-path` and (when there is one) `http-query`, for
+//! the pipeline to route and map by. Each record of a
 //! request carries the request's number as its token (header `patchbay-request`); the host
 //! answers each record through `reply`, and once every record of the request is answered the
 //! response is made of the answers:

@@ -9,6 +9,7 @@
 //! delete = ["first", "last"]
 //! drop_if = "json.status == 'test'"
 //! # root = "{'id': json.id, 'lines': json.items.map(i, i.sku)}"   # a whole new document
+//! headers = { "http-status" = "has(json.customer) ? '200' : '404'" }
 //! ```
 //!
 //! The expressions are CEL (<https://cel.dev>), as in the host's routes (`when = "…"`), with
@@ -21,7 +22,10 @@
 //!
 //! The steps: `drop_if` (true drops the message), then `root` (its value becomes the output
 //! document; without it the output starts as the input), then each `set` entry (the field at
-//! that dotted path gets the expression's value, parents created), then `delete`. An
+//! that dotted path gets the expression's value, parents created), then `delete`, then each
+//! `headers` entry (the output's header of that name gets the value as text: a string as it
+//! is, a number or boolean as JSON text; `null` removes it — e.g. `http-status` and
+//! `content-type` of a request/reply pipeline's answer). An
 //! expression that does not parse is a config error naming the key and the entry; one that
 //! fails for a message (a missing field, a wrong type) fails that message with `invalid-data`,
 //! naming the entry. A message left unchanged passes on untouched (`keep`).
@@ -47,6 +51,11 @@ const KEYS: &[Key] = &[
     .default(""),
     Key::json("delete", "Array of field paths to remove from the output, after set.")
         .default("[]"),
+    Key::json(
+        "headers",
+        "Table of header name = CEL expression: the output's header of that name gets the value as text (null removes it), e.g. { \"http-status\" = \"json.ok ? '200' : '404'\" }.",
+    )
+    .default("{}"),
     Key::text(
         "drop_if",
         "CEL expression; when it is true the message is dropped. Empty: none is.",
@@ -61,6 +70,7 @@ struct MapTransform {
     root: Option<Program>,
     set: Vec<(String, Program)>,
     delete: Vec<String>,
+    headers: Vec<(String, Program)>,
 }
 
 impl Transform for MapTransform {
@@ -103,6 +113,22 @@ impl Transform for MapTransform {
             };
             set.push((path.clone(), compile("set", Some(&path), &source)?));
         }
+        let mut headers = Vec::new();
+        for (name, source) in c.json::<Map<String, Value>>("headers")?.unwrap_or_default() {
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err(Error::fatal(format!(
+                    "config key `headers`: `{name}` is not a header name (no spaces or control \
+                     characters)"
+                )));
+            }
+            let Value::String(source) = source else {
+                return Err(Error::fatal(format!(
+                    "config key `headers`: entry `{name}` is {source}, not a CEL expression in a \
+                     string; write \"{name}\" = \"'text'\""
+                )));
+            };
+            headers.push((name.clone(), compile("headers", Some(&name), &source)?));
+        }
         let delete = c.json::<Vec<String>>("delete")?.unwrap_or_default();
         for path in &delete {
             check_path("delete", path)?;
@@ -110,7 +136,8 @@ impl Transform for MapTransform {
         let programs = drop_if
             .iter()
             .chain(root.iter())
-            .chain(set.iter().map(|(_, p)| p));
+            .chain(set.iter().map(|(_, p)| p))
+            .chain(headers.iter().map(|(_, p)| p));
         let uses = Uses::of(programs);
         Ok(MapTransform {
             cel,
@@ -119,6 +146,7 @@ impl Transform for MapTransform {
             root,
             set,
             delete,
+            headers,
         })
     }
 
@@ -126,7 +154,16 @@ impl Transform for MapTransform {
         match self.try_map(message) {
             Ok(Step::Keep) => Outcome::Keep,
             Ok(Step::Drop) => Outcome::Drop,
-            Ok(Step::Write(bytes)) => Outcome::Replace(vec![message.with_payload(bytes)]),
+            Ok(Step::Write(bytes, headers)) => {
+                let mut out = message.with_payload(bytes);
+                for (name, value) in headers {
+                    out.headers.retain(|h| h.name != name);
+                    if let Some(value) = value {
+                        out = out.with_header(name, value);
+                    }
+                }
+                Outcome::Replace(vec![out])
+            }
             Err(e) => Outcome::Fail(e),
         }
     }
@@ -136,7 +173,8 @@ impl Transform for MapTransform {
 enum Step {
     Keep,
     Drop,
-    Write(Vec<u8>),
+    /// The output payload, and headers to set (`None`: remove).
+    Write(Vec<u8>, Vec<(String, Option<String>)>),
 }
 
 impl MapTransform {
@@ -184,11 +222,27 @@ impl MapTransform {
         for path in &self.delete {
             json::remove(&mut out, path);
         }
-        if self.root.is_none() && doc.as_ref() == Some(&out) {
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, program) in &self.headers {
+            let what = format!("headers.{name}");
+            let value = match expr::cel_to_json(&run(&what, program)?) {
+                Ok(Value::Null) => None,
+                Ok(Value::String(s)) => Some(s),
+                Ok(other) => Some(other.to_string()),
+                Err(e) => return Err(Error::invalid_data(format!("{what}: {e}"))),
+            };
+            if value.as_deref().is_some_and(|v| v.contains(['\r', '\n'])) {
+                return Err(Error::invalid_data(format!(
+                    "{what}: a header value cannot hold a line break"
+                )));
+            }
+            headers.push((name.clone(), value));
+        }
+        if self.root.is_none() && headers.is_empty() && doc.as_ref() == Some(&out) {
             return Ok(Step::Keep);
         }
         serde_json::to_vec(&out)
-            .map(Step::Write)
+            .map(|bytes| Step::Write(bytes, headers))
             .map_err(|e| Error::invalid_data(format!("cannot write the output: {e}")))
     }
 }

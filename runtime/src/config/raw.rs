@@ -216,10 +216,6 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub(super) sinks: Vec<Spanned<String>>,
-    /// How long a request waits for its answer before the source is told it timed out
-    /// (HTTP 504), e.g. "30s" (the default).
-    #[serde(default)]
-    pub(super) reply_timeout: Option<HumanDuration>,
     /// Largest number of messages the source returns per poll.
     #[serde(default)]
     #[schemars(with = "Option<u32>")]
@@ -279,6 +275,10 @@ pub(super) struct RawPipeline {
     /// source is single on exactly one.
     #[serde(default)]
     pub(super) placement: Option<RawPlacement>,
+    /// How long a request waits for its answer before the source is told it timed out
+    /// (HTTP 504), e.g. "30s" (the default).
+    #[serde(default)]
+    pub(super) reply_timeout: Option<HumanDuration>,
 }
 
 /// `placement = { nodes = N, tags = { zone = "eu" } }`.
