@@ -51,6 +51,15 @@ const PLUGINS: &[&str] = &[
     "amqp-sink",
     "mariadb-sink",
 ];
+/// Plugins with unit tests of their own (`#[cfg(test)]`), run natively by `test`.
+const UNIT_TESTED_PLUGINS: &[&str] = &[
+    "http-source",
+    "json-map",
+    "postgres-sink",
+    "redis-lookup",
+    "flaky-sink",
+    "slow-sink",
+];
 /// The protocol libraries that connector plugins share (plugins/proto/): package names. They
 /// are not components, so not in `PLUGINS`: `test` lints them for wasm32-wasip2 with the
 /// plugins, and lints and runs their unit tests natively.
@@ -443,10 +452,10 @@ fn test() -> Result<()> {
     run(cargo()
         .args(["test", "--release"])
         .env("PATCHBAY_CACHE_DIR", cache))?;
-    // The protocol libraries' unit tests (their codecs), run natively.
+    // The protocol libraries' unit tests (their codecs) and the plugins' own, run natively.
     let mut units = cargo();
     units.args(["test", "--release"]);
-    for p in PROTO_CRATES {
+    for p in PROTO_CRATES.iter().chain(UNIT_TESTED_PLUGINS) {
         units.args(["-p", p]);
     }
     run(&mut units)?;

@@ -64,6 +64,7 @@ const KEYS: &[Key] = &[
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A piece of the key template.
+#[derive(Debug)]
 enum Part {
     Text(String),
     Field(String),

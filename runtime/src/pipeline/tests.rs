@@ -228,6 +228,7 @@ fn rig(
         dead_letters: Arc::new(DeadLetters::new(dir.path().join("dl.jsonl"))),
         router: None,
         max_in_flight: 1 << 20,
+        reply_timeout: Duration::from_secs(30),
     };
     Rig {
         acks,
@@ -271,6 +272,7 @@ async fn run_rig(rig: Rig) -> (Report, Rig) {
         dead_letters: Arc::new(DeadLetters::new(dead_letter_file.path().join("x"))),
         router: None,
         max_in_flight: 1,
+        reply_timeout: Duration::from_secs(30),
     };
     let rig = Rig {
         acks,
@@ -550,6 +552,7 @@ async fn an_open_breaker_lets_one_trial_through_after_its_cool_down() {
             breaker: plan.breaker,
             dead_letters: plan.dead_letters.clone(),
             counters: Arc::new(Counters::default()),
+            book: None,
         };
         match super::stages(*t, Role::Transform, 1, &policy) {
             Ok(mut lanes) => lanes.stages.remove(0),
