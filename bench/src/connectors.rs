@@ -80,7 +80,7 @@ fn unique() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-fn connect(addr: &str) -> anyhow::Result<TcpStream> {
+pub(crate) fn connect(addr: &str) -> anyhow::Result<TcpStream> {
     let parsed: SocketAddr = addr.parse()?;
     let stream = TcpStream::connect_timeout(&parsed, Duration::from_secs(5))
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -112,13 +112,18 @@ fn k(rate: f64) -> String {
 // `patchbay run`
 
 /// A `patchbay run` in the background, its log read as it comes; killed if dropped.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     log: Option<JoinHandle<String>>,
 }
 
 impl Running {
-    fn start(o: &Options, dir: &Path, name: &str, toml: &str) -> anyhow::Result<Running> {
+    pub(crate) fn start(
+        o: &Options,
+        dir: &Path,
+        name: &str,
+        toml: &str,
+    ) -> anyhow::Result<Running> {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, toml)?;
         let mut child = Command::new(&o.patchbay)
@@ -152,7 +157,7 @@ impl Running {
     }
 
     /// Wait until `ready` holds, checking that the run is still going.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &mut self,
         what: &str,
         mut ready: impl FnMut() -> anyhow::Result<bool>,
@@ -169,7 +174,7 @@ impl Running {
     }
 
     /// Ctrl-C, then the log; fails if the run did not end well.
-    fn stop(mut self) -> anyhow::Result<String> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<String> {
         Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status()?;
@@ -273,7 +278,7 @@ fn http_load(port: u16, token: &str, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Resu
 }
 
 /// One HTTP answer: status, whether the server closes the connection, body.
-fn http_answer(c: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, bool, String)> {
+pub(crate) fn http_answer(c: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, bool, String)> {
     let mut line = String::new();
     if c.read_line(&mut line)? == 0 {
         bail!("http-source closed the connection without an answer");
@@ -828,11 +833,11 @@ on_error = "dead-letter"
 }
 
 /// The plugins' folder as an absolute path (a pipeline file's paths are relative to it).
-fn plugins(o: &Options) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn plugins(o: &Options) -> anyhow::Result<std::path::PathBuf> {
     Ok(std::path::absolute(&o.plugins)?)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -27,13 +27,15 @@ const SECTIONS: &[&str] = &[
     "scaling",
     "isolation",
     "connectors",
+    "reply",
+    "formats",
     "databases",
     "cluster",
 ];
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors,databases,cluster`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors,reply,formats,databases,cluster`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -105,6 +107,7 @@ mod cluster;
 mod connectors;
 mod databases;
 mod e2e;
+mod formats;
 mod isolation;
 /// json-map's own mapping code (`plugins/json-map/src/mapping.rs`), compiled natively here: the
 /// native row runs the very code the plugin runs.
@@ -112,6 +115,7 @@ mod isolation;
 mod mapping;
 #[cfg(feature = "peers")]
 mod peers;
+mod reply;
 mod scaling;
 mod transform;
 
@@ -987,6 +991,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("isolation") {
         isolation::table(&o, &mut r)?;
+    }
+    if run("reply") {
+        reply::table(&o, &mut r)?;
+    }
+    if run("formats") {
+        formats::table(&o, &mut r).await?;
     }
     // The bridges need Redis, Mosquitto and nats-server: a full run, or `--only connectors`;
     // the quick smoke test in CI leaves them to the connector tests.

@@ -118,6 +118,9 @@ macro_rules! __patchbay_plugin_api {
                 const { ::core::cell::RefCell::new(::core::option::Option::None) };
         }
 
+        // Built for another target than wasm32 (unit tests, a native benchmark), nothing is
+        // exported: several plugins may then link into one program.
+        #[allow(dead_code)]
         struct Adapter;
 
         impl __api::plugin::Guest for Adapter {
@@ -204,6 +207,8 @@ macro_rules! __patchbay_source {
 
             $($extra)*
 
+
+            #[cfg(target_arch = "wasm32")]
             __patchbay_source_bindings::export!(
                 Adapter with_types_in __patchbay_source_bindings
             );
@@ -243,6 +248,7 @@ macro_rules! __export_transform_with_wit {
                 }
             }
 
+            #[cfg(target_arch = "wasm32")]
             __patchbay_transform_bindings::export!(
                 Adapter with_types_in __patchbay_transform_bindings
             );
@@ -282,6 +288,7 @@ macro_rules! __export_sink_with_wit {
                 }
             }
 
+            #[cfg(target_arch = "wasm32")]
             __patchbay_sink_bindings::export!(
                 Adapter with_types_in __patchbay_sink_bindings
             );

@@ -10,7 +10,20 @@
 //! log::warn!("{n} messages on `{topic}` had no key");
 //! ```
 
-use crate::bindings::logging::{Level, log};
+//!
+//! Built for another target than wasm32 (a plugin's own unit tests, a native benchmark), there
+//! is no host: lines go to stderr.
+
+use crate::bindings::logging::Level;
+
+#[cfg(target_arch = "wasm32")]
+use crate::bindings::logging::log;
+
+/// A line to stderr, without a host.
+#[cfg(not(target_arch = "wasm32"))]
+fn log(level: Level, message: &str) {
+    eprintln!("{level:?}: {message}");
+}
 
 /// Log a line at trace level.
 pub fn trace(message: &str) {

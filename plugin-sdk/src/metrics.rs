@@ -6,8 +6,23 @@
 //! metrics::counter_add("rows_skipped_total", 2, &[("reason", "empty")]);
 //! metrics::gauge_set("queue_depth", 17.0, &[]);
 //! ```
+//!
+//! Built for another target than wasm32 (a plugin's own unit tests, a native benchmark), there
+//! is no host: the calls do nothing.
 
-use crate::bindings::metrics::{self as host, Label};
+use crate::bindings::metrics::Label;
+#[cfg(target_arch = "wasm32")]
+use crate::bindings::metrics::{self as host};
+
+/// No host: metrics go nowhere.
+#[cfg(not(target_arch = "wasm32"))]
+mod host {
+    use super::Label;
+
+    pub fn counter_add(_: &str, _: u64, _: &[Label]) {}
+    pub fn gauge_set(_: &str, _: f64, _: &[Label]) {}
+    pub fn histogram_observe(_: &str, _: f64, _: &[Label]) {}
+}
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {
     pairs

@@ -12,8 +12,36 @@
 //!     .unwrap_or(0);
 //! state::set("offset", (last + 1).to_string().as_bytes()).ok();
 //! ```
+//!
+//! Built for another target than wasm32 (a plugin's own unit tests, a native benchmark), there
+//! is no host: the store is an in-memory map of the calling thread.
 
+#[cfg(target_arch = "wasm32")]
 use crate::bindings::state as host;
+
+/// The store without a host: one map per thread.
+#[cfg(not(target_arch = "wasm32"))]
+mod host {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    thread_local! {
+        static MAP: RefCell<BTreeMap<String, Vec<u8>>> = const { RefCell::new(BTreeMap::new()) };
+    }
+
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        MAP.with(|m| m.borrow().get(key).cloned())
+    }
+
+    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+        MAP.with(|m| m.borrow_mut().insert(key.to_owned(), value.to_vec()));
+        Ok(())
+    }
+
+    pub fn delete(key: &str) {
+        MAP.with(|m| m.borrow_mut().remove(key));
+    }
+}
 
 /// Read a key; `None` when it was never set or was deleted.
 pub fn get(key: &str) -> Option<Vec<u8>> {

@@ -38,7 +38,7 @@ const KEYS: &[Key] = &[
     .required(),
 ];
 
-struct AvroTransform {
+pub struct AvroTransform {
     schema: Schema,
     encode: bool,
 }

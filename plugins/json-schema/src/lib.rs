@@ -36,7 +36,7 @@ const KEYS: &[Key] = &[
     .range(1, 100),
 ];
 
-struct JsonSchema {
+pub struct JsonSchema {
     validator: jsonschema::Validator,
     max_errors: usize,
 }

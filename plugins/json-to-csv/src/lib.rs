@@ -52,7 +52,7 @@ const KEYS: &[Key] = &[
 /// The state key that says the header was written.
 const HEADER_WRITTEN: &str = "header-written";
 
-struct JsonToCsv {
+pub struct JsonToCsv {
     columns: Vec<String>,
     header: Option<Vec<u8>>,
     delimiter: u8,

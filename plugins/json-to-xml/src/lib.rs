@@ -33,7 +33,7 @@ const KEYS: &[Key] = &[
         .default("0"),
 ];
 
-struct JsonToXml {
+pub struct JsonToXml {
     root: Option<String>,
     declaration: bool,
     indent: usize,

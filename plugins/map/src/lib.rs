@@ -63,7 +63,7 @@ const KEYS: &[Key] = &[
     .default(""),
 ];
 
-struct MapTransform {
+pub struct MapTransform {
     cel: Cel,
     uses: Uses,
     drop_if: Option<Program>,

@@ -45,7 +45,7 @@ const KEYS: &[Key] = &[
     .default(""),
 ];
 
-struct Protobuf {
+pub struct Protobuf {
     message: MessageDescriptor,
     encode: bool,
 }

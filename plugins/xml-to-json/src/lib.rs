@@ -28,7 +28,7 @@ const KEYS: &[Key] = &[Key::json(
 )
 .default("[]")];
 
-struct XmlToJson {
+pub struct XmlToJson {
     arrays: Vec<String>,
 }
 
