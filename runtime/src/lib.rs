@@ -1,6 +1,6 @@
 //! Patchbay runtime: loads WebAssembly component plugins (sources, transforms, sinks described
-//! by the WIT package `patchbay:connector@0.1.0`), gives each only what it was granted, and
-//! pipes batches of messages between them.
+//! by the WIT package `patchbay:connector@0.2.0`; plugins built against 0.1.0 still load),
+//! gives each only what it was granted, and pipes batches of messages between them.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
