@@ -113,6 +113,19 @@ pub async fn load(runtime: &Runtime, config: &Config) -> Result<Loaded, Assemble
                 source.loc, pipeline.name, source.name, source.parallel.instances, source.name
             ));
         }
+        if let Some(at) = &pipeline.reply
+            && let Some(loaded) = plugins.get(&source.name)
+            && loaded.role == Role::Source
+            && !loaded.replies()
+        {
+            problems.push(format!(
+                "{at}: pipeline `{}`: `reply` is one of its destinations, but source `{}` does \
+                 not answer requests (it exports no `source-reply-api`); use a source that does \
+                 (http-source with respond = \"pipeline\", nats-source with reply = true) or \
+                 remove `reply` from `sinks`",
+                pipeline.name, source.name
+            ));
+        }
     }
     AssembleError::check(problems)?;
 
@@ -536,19 +549,8 @@ async fn plan_one(
             );
         }
     }
-    if let Some(at) = &pipeline.reply {
-        if let Some(SourcePlan::Plugin { plugin, instances }) = &source
-            && !instances.iter().any(|i| i.calls.replies())
-        {
-            problems.push(format!(
-                "{at}: pipeline `{}`: `reply` is one of its destinations, but source `{plugin}` \
-                 does not answer requests (it exports no `source-reply-api`); use a source that \
-                 does (http-source with respond = \"pipeline\", nats-source with reply = true) \
-                 or remove `reply` from `sinks`",
-                pipeline.name
-            ));
-            return None;
-        }
+    // (`load` checked that the source answers requests.)
+    if pipeline.reply.is_some() {
         sinks.push(Some(Slot::Reply));
     }
     let dead_letters = match &pipeline.dead_letter_sink {

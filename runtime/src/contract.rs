@@ -25,117 +25,62 @@ pub mod source {
     });
 }
 
-/// World `transform`.
-#[allow(missing_docs, clippy::all)]
-pub mod transform {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "transform",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
+/// One more world of the contract, its types and host imports those of `source`.
+macro_rules! world {
+    ($(#[$doc:meta])* $module:ident, $world:literal) => {
+        $(#[$doc])*
+        #[allow(missing_docs, clippy::all)]
+        pub mod $module {
+            wasmtime::component::bindgen!({
+                path: "../wit",
+                world: $world,
+                exports: { default: async },
+                with: {
+                    "patchbay:connector/types": super::source::patchbay::connector::types,
+                    "patchbay:connector/logging": super::source::patchbay::connector::logging,
+                    "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
+                    "patchbay:connector/state": super::source::patchbay::connector::state,
+                },
+            });
+        }
+    };
 }
 
-/// World `sink`.
-#[allow(missing_docs, clippy::all)]
-pub mod sink {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "sink",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
-}
-
-/// World `source-bounded`: a source that honours a byte bound per poll (`poll-within`).
-#[allow(missing_docs, clippy::all)]
-pub mod source_bounded {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "source-bounded",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
-}
-
-/// World `source-shared`: a bounded source whose instances can share its work (`share`).
-#[allow(missing_docs, clippy::all)]
-pub mod source_shared {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "source-shared",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
-}
-
-/// World `transform-packed`: a transform with the packed fast path (`process-packed`).
-#[allow(missing_docs, clippy::all)]
-pub mod transform_packed {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "transform-packed",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
-}
-
-/// World `sink-packed`: a sink with the packed fast path (`write-packed`).
-#[allow(missing_docs, clippy::all)]
-pub mod sink_packed {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "sink-packed",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
-}
-
-/// World `source-reply`: a shared source that answers requests (`reply`, new in 0.2.0).
-#[allow(missing_docs, clippy::all)]
-pub mod source_reply {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "source-reply",
-        exports: { default: async },
-        with: {
-            "patchbay:connector/types": super::source::patchbay::connector::types,
-            "patchbay:connector/logging": super::source::patchbay::connector::logging,
-            "patchbay:connector/metrics": super::source::patchbay::connector::metrics,
-            "patchbay:connector/state": super::source::patchbay::connector::state,
-        },
-    });
-}
+world!(
+    /// World `transform`.
+    transform,
+    "transform"
+);
+world!(
+    /// World `sink`.
+    sink,
+    "sink"
+);
+world!(
+    /// World `source-bounded`: a source that honours a byte bound per poll (`poll-within`).
+    source_bounded,
+    "source-bounded"
+);
+world!(
+    /// World `source-shared`: a bounded source whose instances can share its work (`share`).
+    source_shared,
+    "source-shared"
+);
+world!(
+    /// World `transform-packed`: a transform with the packed fast path (`process-packed`).
+    transform_packed,
+    "transform-packed"
+);
+world!(
+    /// World `sink-packed`: a sink with the packed fast path (`write-packed`).
+    sink_packed,
+    "sink-packed"
+);
+world!(
+    /// World `source-reply`: a shared source that answers requests (`reply`, new in 0.2.0).
+    source_reply,
+    "source-reply"
+);
 
 pub mod v0_1;
 

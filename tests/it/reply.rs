@@ -111,7 +111,7 @@ fn a_thousand_requests_over_16_connections_each_get_their_own_answer() {
     let addr = free_addr();
     let (_s, child) = gateway(
         &addr,
-        r#"{ root = "{'id': json.id, 'twice': json.n * 2, 'hello': 'hello ' + json.name}" }"#,
+        r#"{ root = "{'id': json.id, 'twice': json.n * 2, 'hello': 'hello ' + json.name}", drop_if = "json.id < 0" }"#,
         r#"["reply"]"#,
         "",
         "10s",
@@ -149,6 +149,9 @@ fn a_thousand_requests_over_16_connections_each_get_their_own_answer() {
     assert_eq!(status, 422, "{answer}");
     assert!(answer.starts_with(r#"{"error":""#), "{answer}");
     assert!(answer.contains("not JSON"), "{answer}");
+    // One the pipeline drops: nothing reaches `reply`, so no content.
+    let (status, _, answer) = conn.post(r#"{"id":-1,"n":1,"name":"dropped"}"#);
+    assert_eq!((status, answer.as_str()), (204, ""));
     let (status, _, answer) = conn.post(r#"{"id":1,"n":1,"name":"again"}"#);
     assert_eq!(
         (status, answer.as_str()),
@@ -272,4 +275,32 @@ sinks = ["reply"]
     );
     let (code, stderr) = child.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn reply_needs_a_source_that_answers_requests() {
+    let s = Scratch::new();
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 1 }
+
+[[pipeline]]
+name = "p"
+source = "gen"
+sinks = ["reply"]
+"#,
+    );
+    let out = s.run(&["validate", "p.toml"]);
+    let (_, stderr) = crate::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "p.toml:9:10: pipeline `p`: `reply` is one of its destinations, but source `gen` \
+             does not answer requests (it exports no `source-reply-api`)"
+        ),
+        "{stderr}"
+    );
 }
