@@ -1,5 +1,6 @@
 //! The admin HTTP API (`patchbay run --admin ADDR`, `patchbay node --admin ADDR`): health,
-//! Prometheus metrics, pipelines, plugins and hot swaps, and on a cluster node the cluster.
+//! Prometheus metrics, pipelines, plugins and hot swaps, dead letters, and on a cluster node
+//! the cluster.
 //!
 //! Off unless asked for. Bound to loopback it needs no token; bound to any other address it
 //! refuses to start without one (`--admin-token` or `PATCHBAY_ADMIN_TOKEN`). With a token, every
@@ -21,6 +22,7 @@ use crate::pipeline::Counters;
 use crate::plugin::Runtime;
 use crate::reload::ReloadError;
 
+mod dead_letters;
 mod metrics;
 
 use metrics::MetricsCollector;
@@ -48,6 +50,8 @@ pub struct PipelineStatus {
     phase: AtomicU8,
     /// Why it failed, once it did.
     error: std::sync::Mutex<Option<String>>,
+    /// Its dead-letter file, when its dead letters go to one (`/v1/dead-letters`).
+    pub dead_letters: Option<std::path::PathBuf>,
 }
 
 impl PipelineStatus {
@@ -59,7 +63,14 @@ impl PipelineStatus {
             counters,
             phase: AtomicU8::new(0),
             error: std::sync::Mutex::new(None),
+            dead_letters: None,
         }
+    }
+
+    /// With its dead-letter file.
+    pub fn with_dead_letters(mut self, path: std::path::PathBuf) -> PipelineStatus {
+        self.dead_letters = Some(path);
+        self
     }
 
     /// Record how it ended: finished, or failed with the reason.
@@ -407,6 +418,7 @@ pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
         .route("/v1/pipelines", get(status))
         .route("/v1/plugins", get(plugins))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/plugins/{name}/reload", post(reload))
         .with_state(admin);
     if let Ok(bound) = listener.local_addr() {

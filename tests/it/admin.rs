@@ -407,3 +407,118 @@ batch_size = 1
         "a forged plugin label"
     );
 }
+
+#[test]
+fn dead_letters_are_listed_filtered_and_paged() {
+    let s = Scratch::new();
+    s.mkdir("out");
+    s.write(
+        "p.toml",
+        r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 100 }
+
+[plugins.inverse]
+path = "{plugin:map}"
+config = { set = { inverse = "100 / (json.seq % 10)" } }
+
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/out.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.ticker]
+path = "{plugin:generator}"
+config = { count = 0, rate = 20 }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "orders"
+source = "gen"
+transforms = ["inverse"]
+sinks = ["out"]
+on_error = "dead-letter"
+dead_letter = { path = "out/dead.jsonl" }
+
+[[pipeline]]
+name = "forever"
+source = "ticker"
+sinks = ["null"]
+"#,
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = patchbay()
+        .args(["run", "p.toml", "--admin", &format!("127.0.0.1:{port}")])
+        .current_dir(s.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let all = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no dead letters"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(answer) = rt.block_on(call("GET", &format!("{base}/v1/dead-letters"), None, None))
+        else {
+            continue;
+        };
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let page: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        if page["total"] == 10 {
+            break page;
+        }
+    };
+    // Every tenth record divides by zero: seq 0, 10, … 90, in order, with their context.
+    let entries = all["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 10);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["id"], format!("orders:{}", i + 1));
+        assert_eq!(e["pipeline"], "orders");
+        assert_eq!(e["stage"], "transform");
+        assert_eq!(e["plugin"], "inverse");
+        assert_eq!(e["error_kind"], "invalid-data");
+        let payload: serde_json::Value =
+            serde_json::from_str(e["message"]["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(payload["seq"], i as u64 * 10);
+    }
+    let page = get(
+        &rt,
+        &format!("{base}/v1/dead-letters?pipeline=orders&offset=8&limit=5"),
+        None,
+    );
+    let page: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), page["offset"].as_u64()),
+        (Some(10), Some(8))
+    );
+    let ids: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["orders:9", "orders:10"]);
+    let none = get(&rt, &format!("{base}/v1/dead-letters?stage=sink"), None);
+    assert!(none.body.contains(r#""total":0"#), "{}", none.body);
+    let unknown = get(&rt, &format!("{base}/v1/dead-letters?pipeline=nope"), None);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.body,
+        r#"{"error":"no pipeline `nope`; the pipelines are: orders, forever"}"#
+    );
+    let bad = get(&rt, &format!("{base}/v1/dead-letters?limit=0"), None);
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.body,
+        r#"{"error":"limit 0 is out of range; give 1 to 1000"}"#
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -66,17 +66,15 @@ pub(super) async fn run(
     for plan in plans {
         let counters = plan.counters();
         live.push((plan.name.clone(), counters.clone()));
-        let sinks = config
-            .pipelines
-            .iter()
-            .find(|p| p.name == plan.name)
+        let decl = config.pipelines.iter().find(|p| p.name == plan.name);
+        let sinks = decl
             .map(|p| p.sinks.iter().map(|s| s.name.clone()).collect())
             .unwrap_or_default();
-        let status = Arc::new(PipelineStatus::new(
-            plan.name.clone(),
-            sinks,
-            counters.clone(),
-        ));
+        let mut status = PipelineStatus::new(plan.name.clone(), sinks, counters.clone());
+        if let Some(decl) = decl.filter(|d| d.dead_letter_sink.is_none()) {
+            status = status.with_dead_letters(decl.dead_letter.clone());
+        }
+        let status = Arc::new(status);
         statuses.push(status.clone());
         running.push(status.clone());
         let control = control.clone();

@@ -446,11 +446,11 @@ impl Node {
         self.keeper.hold(name, lease, fence).await;
         let counters = plan.counters();
         let sinks = decl.sinks.iter().map(|s| s.name.clone()).collect();
-        let status = Arc::new(PipelineStatus::new(
-            name.to_owned(),
-            sinks,
-            counters.clone(),
-        ));
+        let mut status = PipelineStatus::new(name.to_owned(), sinks, counters.clone());
+        if decl.dead_letter_sink.is_none() {
+            status = status.with_dead_letters(decl.dead_letter.clone());
+        }
+        let status = Arc::new(status);
         let (drain, drain_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let control = Control {
