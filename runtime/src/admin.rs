@@ -23,6 +23,7 @@ use crate::plugin::Runtime;
 use crate::reload::ReloadError;
 
 mod dead_letters;
+mod events;
 mod metrics;
 
 use metrics::MetricsCollector;
@@ -419,6 +420,7 @@ pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
         .route("/v1/plugins", get(plugins))
         .route("/v1/cluster", get(cluster))
         .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/events", get(events::stream))
         .route("/v1/plugins/{name}/reload", post(reload))
         .with_state(admin);
     if let Ok(bound) = listener.local_addr() {

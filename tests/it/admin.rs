@@ -409,7 +409,7 @@ batch_size = 1
 }
 
 #[test]
-fn dead_letters_are_listed_filtered_and_paged() {
+fn dead_letters_are_listed_filtered_and_paged_and_events_stream_the_counters() {
     let s = Scratch::new();
     s.mkdir("out");
     s.write(
@@ -519,6 +519,36 @@ sinks = ["null"]
         bad.body,
         r#"{"error":"limit 0 is out of range; give 1 to 1000"}"#
     );
+
+    // /v1/events: `status` events whose counters rise (the ticker runs at 20 a second).
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /v1/events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut counts = Vec::new();
+    let mut saw_type = false;
+    // Until the count rose (at most 30 events: 30 s).
+    while counts.len() < 30 && counts.first() >= counts.last() {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0);
+        saw_type |= line.trim_end() == "content-type: text/event-stream";
+        if line.starts_with("event:") {
+            assert_eq!(line.trim_end(), "event: status");
+        }
+        if let Some(data) = line.strip_prefix("data: ") {
+            let status: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(status["pipelines"][1]["name"], "forever");
+            counts.push(status["pipelines"][1]["in"].as_u64().unwrap());
+        }
+    }
+    assert!(saw_type);
+    assert!(counts.first() < counts.last(), "{counts:?}");
     let _ = child.kill();
     let _ = child.wait();
 }
