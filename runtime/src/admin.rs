@@ -17,11 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
-use crate::assemble::Swappables;
-use crate::pipeline::Counters;
+use crate::assemble::{Replayer, Swappables};
+use crate::pipeline::{Counters, DeadLetters};
 use crate::plugin::Runtime;
 use crate::reload::ReloadError;
 
+mod console;
 mod dead_letters;
 mod events;
 mod metrics;
@@ -51,8 +52,8 @@ pub struct PipelineStatus {
     phase: AtomicU8,
     /// Why it failed, once it did.
     error: std::sync::Mutex<Option<String>>,
-    /// Its dead-letter file, when its dead letters go to one (`/v1/dead-letters`).
-    pub dead_letters: Option<std::path::PathBuf>,
+    /// Its dead-letter channel, when its dead letters go to a file (`/v1/dead-letters`).
+    pub dead_letters: Option<Arc<DeadLetters>>,
 }
 
 impl PipelineStatus {
@@ -68,9 +69,9 @@ impl PipelineStatus {
         }
     }
 
-    /// With its dead-letter file.
-    pub fn with_dead_letters(mut self, path: std::path::PathBuf) -> PipelineStatus {
-        self.dead_letters = Some(path);
+    /// With its dead-letter channel (kept only when it writes a file).
+    pub fn with_dead_letters(mut self, channel: Arc<DeadLetters>) -> PipelineStatus {
+        self.dead_letters = (!channel.path().as_os_str().is_empty()).then_some(channel);
         self
     }
 
@@ -116,6 +117,8 @@ pub struct Admin {
     token: Option<String>,
     /// A cluster node's name (a `node` label on every metric) and its view of the cluster.
     node: Option<(String, ClusterView)>,
+    /// Replays dead letters for `POST /v1/dead-letters/replay` (`run` only).
+    replayer: Option<Arc<Replayer>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -134,6 +137,7 @@ impl Admin {
         pipelines: Vec<Arc<PipelineStatus>>,
         plugins: Swappables,
         token: Option<String>,
+        replayer: Option<Arc<Replayer>>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             runtime,
@@ -141,6 +145,7 @@ impl Admin {
             plugins,
             token,
             node: None,
+            replayer,
         })
     }
 
@@ -158,6 +163,7 @@ impl Admin {
             plugins: Swappables::new(),
             token,
             node: Some((name, view)),
+            replayer: None,
         })
     }
 
@@ -386,6 +392,17 @@ async fn reload(
             format!("no plugin `{name}`; this file has {}", known.join(", ")),
         );
     };
+    let wasm = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/wasm"));
+    if wasm {
+        return match plugin.reload_upload(&admin.runtime, &body).await {
+            Ok(swapped) => axum::Json(swapped).into_response(),
+            Err(ReloadError::Forbidden(e)) => refusal(StatusCode::FORBIDDEN, e),
+            Err(ReloadError::Invalid(e)) => refusal(StatusCode::UNPROCESSABLE_ENTITY, e),
+        };
+    }
     let request = match ReloadRequest::from_body(&body) {
         Ok(r) => r,
         Err(e) => return refusal(StatusCode::BAD_REQUEST, e),
@@ -396,6 +413,9 @@ async fn reload(
         Err(ReloadError::Invalid(e)) => refusal(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }
+
+/// Largest component `POST /v1/plugins/NAME/reload` accepts as an upload.
+const MAX_UPLOAD: usize = 64 << 20;
 
 /// Bind the admin API's address, before any pipeline starts. Refuses a non-loopback address
 /// without a token.
@@ -414,14 +434,22 @@ pub async fn bind(addr: SocketAddr, has_token: bool) -> anyhow::Result<tokio::ne
 /// Serve the admin API on a bound listener until the process ends.
 pub fn spawn(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
     let app = Router::new()
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/pipelines", get(status))
         .route("/v1/plugins", get(plugins))
         .route("/v1/cluster", get(cluster))
         .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/replay", post(dead_letters::replay))
         .route("/v1/events", get(events::stream))
-        .route("/v1/plugins/{name}/reload", post(reload))
+        // An uploaded component may be larger than axum's 2 MB default.
+        .route(
+            "/v1/plugins/{name}/reload",
+            post(reload).layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .with_state(admin);
     if let Ok(bound) = listener.local_addr() {
         tracing::info!("admin API on http://{bound}");

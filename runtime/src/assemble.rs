@@ -20,8 +20,10 @@ use crate::plugin::{
 use crate::reload::Swappable;
 use crate::state_store::StateStore;
 
+mod replay;
 mod source;
 
+pub use replay::{Replay, ReplayError, Replayer, check_entries};
 pub use source::Numbering;
 use source::shared_source;
 

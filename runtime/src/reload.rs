@@ -147,9 +147,35 @@ impl Swappable {
                     .collect()
             })
             .unwrap_or_default();
+        let grants = &self.decl.grants;
+        let mut ungranted = std::collections::BTreeSet::new();
+        let imports: Vec<serde_json::Value> = current
+            .plugin
+            .imports
+            .iter()
+            .map(|import| {
+                let capability = crate::sandbox::capability(import);
+                // As `inspect` warns: dns matters only when a granted address is a name.
+                if (capability != "dns" || grants.names_a_host())
+                    && !grants.grants_capability(capability)
+                {
+                    ungranted.insert(capability);
+                }
+                serde_json::json!({"capability": capability, "interface": import})
+            })
+            .collect();
+        let granted: Vec<serde_json::Value> = grants
+            .rows()
+            .into_iter()
+            .map(|(capability, granted)| serde_json::json!({"capability": capability, "granted": granted}))
+            .collect();
         serde_json::json!({
             "name": self.name,
             "world": self.role.to_string(),
+            "contract": current.plugin.contract,
+            "imports": imports,
+            "granted": granted,
+            "imported_not_granted": ungranted,
             "version": current.version,
             "sha256": current.plugin.sha256,
             "path": current.plugin.path.display().to_string(),
@@ -195,6 +221,34 @@ impl Swappable {
         Ok(self.publish(candidate))
     }
 
+    /// Load, check and publish a component sent as bytes (the console's upload). It is kept
+    /// as `NAME-SHA256.wasm` in [`Runtime::uploads_dir`] and goes through every check a file
+    /// does, the configured `sha256` pin included; only the directory rule does not apply: the
+    /// caller holds the admin token, and the bytes are not a path on this machine.
+    pub async fn reload_upload(
+        &self,
+        runtime: &Arc<Runtime>,
+        bytes: &[u8],
+    ) -> Result<Swapped, ReloadError> {
+        use sha2::Digest as _;
+        let _one_at_a_time = self.reloading.lock().await;
+        let sha: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = runtime.uploads_dir();
+        let path = dir.join(format!("{}-{}.wasm", self.name, &sha[..16]));
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, bytes))
+            .map_err(|e| {
+                ReloadError::Invalid(format!("cannot keep the upload in {}: {e}", dir.display()))
+            })?;
+        let candidate = self
+            .prepare_at(runtime, path, self.decl.sha256.as_deref())
+            .await?;
+        Ok(self.publish(candidate))
+    }
+
     /// Load and check new code from `path` (default: the configured file), pinned to `pin`
     /// when given, and run its trial `init`; nothing changes until [`Swappable::publish`].
     /// A cluster's rolling upgrade prepares on every node first, then publishes node by node.
@@ -208,6 +262,15 @@ impl Swappable {
             Some(p) => self.check_path(p)?,
             None => self.decl.path.clone(),
         };
+        self.prepare_at(runtime, path, pin).await
+    }
+
+    async fn prepare_at(
+        &self,
+        runtime: &Arc<Runtime>,
+        path: PathBuf,
+        pin: Option<&str>,
+    ) -> Result<Candidate, ReloadError> {
         if self.role == Role::Source {
             return Err(ReloadError::Invalid(format!(
                 "plugin `{}` is a source; sources are not swapped under traffic (their \

@@ -552,3 +552,153 @@ sinks = ["null"]
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A pipeline whose records wait for data in Redis: `gen` (20 records) → `lookup` (key
+/// `PREFIX:{seq}`, missing → invalid-data) → `out` (out/out.jsonl), dead letters in
+/// out/dead.jsonl; and `forever`, a ticker at 20 a second into a blackhole. The browser tests
+/// run it too.
+pub(crate) fn enrichment_pipeline(prefix: &str) -> String {
+    r#"
+[plugins.gen]
+path = "{plugin:generator}"
+config = { count = 20 }
+
+[plugins.lookup]
+path = "{plugin:redis-lookup}"
+grants = { tcp = ["127.0.0.1:6379"] }
+config = { url = "redis://127.0.0.1:6379", key = "PREFIX:{seq}", into = "found", missing = "fail" }
+
+[plugins.out]
+path = "{plugin:file-sink}"
+config = { path = "/out/out.jsonl" }
+grants = { dirs = [{ host = "out", guest = "/out", mode = "rw" }] }
+
+[plugins.ticker]
+path = "{plugin:generator}"
+config = { count = 0, rate = 20 }
+
+[plugins.null]
+path = "{plugin:blackhole}"
+
+[[pipeline]]
+name = "orders"
+source = "gen"
+transforms = ["lookup"]
+sinks = ["out"]
+batch_size = 5
+on_error = "dead-letter"
+dead_letter = { path = "out/dead.jsonl" }
+
+[[pipeline]]
+name = "forever"
+source = "ticker"
+sinks = ["null"]
+"#
+    .replace("PREFIX", prefix)
+}
+
+/// Wait until `GET /v1/dead-letters` holds `n` entries; the page.
+pub(crate) fn wait_for_dead_letters(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    n: u64,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{n} dead letters never showed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(answer) = rt.block_on(call("GET", &format!("{base}/v1/dead-letters"), None, None))
+        else {
+            continue;
+        };
+        let page: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        if page["total"] == n {
+            return page;
+        }
+    }
+}
+
+#[test]
+fn dead_letters_replayed_through_the_api_are_delivered_and_leave_the_list() {
+    let _redis = crate::redis::redis_lock();
+    crate::redis::require_redis();
+    let s = Scratch::new();
+    s.mkdir("out");
+    let port = free_port();
+    let prefix = format!("replay-api-{port}");
+    // Even records find their data; odd ones fail until it arrives.
+    for seq in (0..20).step_by(2) {
+        crate::redis::cli(&["SET", &format!("{prefix}:{seq}"), r#"{"ok":true}"#]);
+    }
+    s.write("p.toml", &enrichment_pipeline(&prefix));
+    let base = format!("http://127.0.0.1:{port}");
+    let _patchbay = crate::Running::start(
+        s.path(),
+        &["run", "p.toml", "--admin", &format!("127.0.0.1:{port}")],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let page = wait_for_dead_letters(&rt, &base, 10);
+    assert_eq!(page["entries"][0]["error_kind"], "invalid-data");
+    let post = |body: &str| {
+        rt.block_on(call(
+            "POST",
+            &format!("{base}/v1/dead-letters/replay"),
+            None,
+            Some(body.to_owned()),
+        ))
+        .unwrap()
+    };
+    // Nothing is taken for a request that names an entry that is not there.
+    let missing = post(r#"{"ids": ["orders:1", "orders:11"]}"#);
+    assert_eq!(missing.status, 409, "{}", missing.body);
+    assert_eq!(
+        missing.body,
+        r#"{"error":"no dead letter `orders:11`: pipeline `orders` has 10 (ids change after a replay; list them again)","replays":[]}"#
+    );
+    let bad = post(r#"{"ids": ["orders"]}"#);
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.body,
+        r#"{"error":"id `orders` is not PIPELINE:N (N from 1); take ids from GET /v1/dead-letters"}"#
+    );
+    // The data arrives; records 1, 3, 5 and 7 (the first four entries) go back.
+    for seq in (1..20).step_by(2) {
+        crate::redis::cli(&["SET", &format!("{prefix}:{seq}"), r#"{"ok":true}"#]);
+    }
+    let done = post(r#"{"ids": ["orders:1", "orders:2", "orders:3", "orders:4"]}"#);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(
+        done.body,
+        r#"{"replays":[{"dead_lettered_again":0,"delivered":4,"pipeline":"orders","replayed":4}]}"#
+    );
+    let written = s.read("out/out.jsonl");
+    let mut seqs: Vec<u64> = written
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    let mut expected: Vec<u64> = (0..20).step_by(2).chain([1, 3, 5, 7]).collect();
+    expected.sort_unstable();
+    assert_eq!(seqs, expected);
+    // Six remain, renumbered from 1: records 9 … 19.
+    let page = wait_for_dead_letters(&rt, &base, 6);
+    let first: serde_json::Value =
+        serde_json::from_str(page["entries"][0]["message"]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (page["entries"][0]["id"].as_str(), first["seq"].as_u64()),
+        (Some("orders:1"), Some(9))
+    );
+    crate::redis::cli(&[
+        "EVAL",
+        "for _,k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end",
+        "0",
+        &format!("{prefix}:*"),
+    ]);
+}

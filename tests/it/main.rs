@@ -13,6 +13,7 @@ mod cluster;
 mod compat;
 mod compliance;
 mod concurrency;
+mod console;
 mod delivery;
 mod examples;
 mod formats;

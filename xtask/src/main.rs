@@ -1,9 +1,11 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `build`: install the wasm32-wasip2 target if missing, build every plugin (profile `plugin`: release with LTO, wasm32-wasip2)
-//!   into `target/plugins/<name>.wasm`, and the `patchbay` binary (release).
+//!   into `target/plugins/<name>.wasm`, the operator's console (`console/`, with npm; without npm
+//!   a warning, and the binary says it has no console), and the `patchbay` binary (release).
 //! - `quickstart`: `build`, then run `examples/quickstart/pipeline.toml` and show the output.
-//! - `test`: `build`, then fmt check, clippy (host and guests), the whole test suite, and
+//! - `test`: `build` (the console required, and Chromium with ChromeDriver installed for its
+//!   browser tests), then fmt check, clippy (host and guests), the whole test suite, and
 //!   `bench --quick` as a smoke test (it checks results and that every row has a number; without
 //!   the peers, which only `bench` builds).
 //! - `fuzz [--minutes N]`: the fuzz tests (`runtime/tests/fuzz.rs`: packed answers, pipeline
@@ -14,6 +16,7 @@
 //!   `peers` feature), which writes `bench/results.md`.
 
 mod c_sdk;
+mod console;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -355,6 +358,7 @@ fn build_plugins() -> Result<()> {
 fn build() -> Result<()> {
     ensure_target()?;
     build_plugins()?;
+    console::build_console(false)?;
     run(cargo().args(["build", "--release", "-p", "patchbay-runtime"]))
 }
 
@@ -411,6 +415,8 @@ fn test() -> Result<()> {
     build_plugins()?;
     build_sdk_plugins()?;
     c_sdk::build_c_plugins()?;
+    console::build_console(true)?;
+    console::ensure_browser()?;
     build_host_for_tests()?;
     let cache = target_dir().join("patchbay-cache");
     // The README's first command, end to end, so that it cannot silently break.

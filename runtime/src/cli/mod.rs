@@ -17,7 +17,7 @@ use crate::assemble;
 use crate::config::{Config, OnStartFailure, Role, parse_duration};
 use crate::contract::PluginState;
 use crate::pipeline::dead_letter;
-use crate::pipeline::{self, Control, Counters, Report, StageKind};
+use crate::pipeline::{self, Control, Counters, Report};
 use crate::plugin::Runtime;
 use crate::sandbox::capability;
 use crate::scaffold;

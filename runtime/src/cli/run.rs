@@ -63,6 +63,7 @@ pub(super) async fn run(
     let mut live: Vec<(String, Arc<Counters>)> = Vec::new();
     let mut running: Vec<Arc<PipelineStatus>> = Vec::new();
     let mut statuses = Vec::new();
+    let mut dead_letter_files = std::collections::BTreeMap::new();
     for plan in plans {
         let counters = plan.counters();
         live.push((plan.name.clone(), counters.clone()));
@@ -71,8 +72,9 @@ pub(super) async fn run(
             .map(|p| p.sinks.iter().map(|s| s.name.clone()).collect())
             .unwrap_or_default();
         let mut status = PipelineStatus::new(plan.name.clone(), sinks, counters.clone());
-        if let Some(decl) = decl.filter(|d| d.dead_letter_sink.is_none()) {
-            status = status.with_dead_letters(decl.dead_letter.clone());
+        if decl.is_some_and(|d| d.dead_letter_sink.is_none()) {
+            status = status.with_dead_letters(plan.dead_letters.clone());
+            dead_letter_files.insert(plan.name.clone(), plan.dead_letters.clone());
         }
         let status = Arc::new(status);
         statuses.push(status.clone());
@@ -105,7 +107,18 @@ pub(super) async fn run(
     if let Some((listener, token)) = admin {
         crate::admin::spawn(
             listener,
-            Admin::new(runtime.clone(), statuses, swappables, token),
+            Admin::new(
+                runtime.clone(),
+                statuses,
+                swappables,
+                token,
+                Some(Arc::new(assemble::Replayer::new(
+                    runtime.clone(),
+                    Arc::new(config),
+                    Arc::new(loaded),
+                    dead_letter_files,
+                ))),
+            ),
         );
     }
 
@@ -217,37 +230,8 @@ pub(super) async fn replay(
         return Ok(ExitCode::SUCCESS);
     }
     let entries = dead_letter::read(&file).map_err(anyhow::Error::msg)?;
-    let mut replayed = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.into_iter().enumerate() {
-        let line = i + 1;
-        let where_ = format!("{}: entry {line}", file.display());
-        if entry.pipeline != name {
-            anyhow::bail!(
-                "{where_} belongs to pipeline `{}`, not `{name}`; replay it with --pipeline {}",
-                entry.pipeline,
-                entry.pipeline
-            );
-        }
-        let expected = match entry.stage {
-            StageKind::Transform => pipeline.transforms.get(entry.stage_index.wrapping_sub(1)),
-            StageKind::Sink => pipeline.sinks.get(entry.stage_index.wrapping_sub(1)),
-        };
-        match expected {
-            Some(r) if r.name == entry.plugin => {}
-            _ => anyhow::bail!(
-                "{where_} failed at {} #{} (`{}`), which pipeline `{name}` no longer has at that \
-                 place; restore the pipeline as it was, or edit the entry's stage_index",
-                entry.stage,
-                entry.stage_index,
-                entry.plugin
-            ),
-        }
-        let message = entry
-            .message
-            .to_message()
-            .map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
-        replayed.push(pipeline::Replayed { entry, message });
-    }
+    let replayed = assemble::check_entries(pipeline, entries, &file.display().to_string())
+        .map_err(anyhow::Error::msg)?;
     if replayed.is_empty() {
         println!("pipeline `{name}`: no dead letters in {}", file.display());
         return Ok(ExitCode::SUCCESS);

@@ -448,7 +448,7 @@ impl Node {
         let sinks = decl.sinks.iter().map(|s| s.name.clone()).collect();
         let mut status = PipelineStatus::new(name.to_owned(), sinks, counters.clone());
         if decl.dead_letter_sink.is_none() {
-            status = status.with_dead_letters(decl.dead_letter.clone());
+            status = status.with_dead_letters(plan.dead_letters.clone());
         }
         let status = Arc::new(status);
         let (drain, drain_rx) = watch::channel(false);

@@ -167,6 +167,15 @@ pub struct DeadLetters {
     sink: Option<(String, tokio::sync::Mutex<Box<dyn SinkCalls>>)>,
 }
 
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sink {
+            Some((name, _)) => write!(f, "DeadLetters(sink `{name}`)"),
+            None => write!(f, "DeadLetters({})", self.path.display()),
+        }
+    }
+}
+
 impl DeadLetters {
     /// A channel writing to `path`; the file and its directory are created on first use.
     pub fn new(path: PathBuf) -> DeadLetters {
@@ -202,16 +211,81 @@ impl DeadLetters {
         self.append(entries)
     }
 
-    fn append(&self, entries: &[Entry]) -> Result<(), String> {
+    /// Every entry of the file, read under the lock appends take (none half-written). Empty
+    /// when the file does not exist yet or the dead letters go to a sink plugin.
+    pub fn entries(&self) -> Result<Vec<Entry>, String> {
+        let _guard = self.lock();
+        if self.sink.is_some() || !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        read(&self.path)
+    }
+
+    /// Remove the entries at 1-based positions `numbers` from the file and return them, in file
+    /// order. The rest are written to a new file that replaces the old one in one rename, under
+    /// the lock appends take: an entry stored meanwhile is neither lost nor taken. Positions
+    /// past the end are an error and nothing is removed.
+    pub fn take(&self, numbers: &std::collections::BTreeSet<usize>) -> Result<Vec<Entry>, String> {
+        let mut guard = self.lock();
+        if numbers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = if self.path.exists() {
+            read(&self.path)?
+        } else {
+            Vec::new()
+        };
+        if let Some(past) = numbers.iter().find(|&&n| n == 0 || n > all.len()) {
+            return Err(format!(
+                "no dead letter {past} in `{}`: it holds {} entries",
+                self.path.display(),
+                all.len()
+            ));
+        }
+        let mut taken = Vec::with_capacity(numbers.len());
+        let mut kept = Vec::with_capacity(all.len());
+        for (i, entry) in all.into_iter().enumerate() {
+            if numbers.contains(&(i + 1)) {
+                taken.push(entry);
+            } else {
+                kept.push(entry);
+            }
+        }
+        let mut text = Vec::new();
+        for entry in &kept {
+            serde_json::to_writer(&mut text, entry).map_err(|e| e.to_string())?;
+            text.push(b'\n');
+        }
+        let fresh = self.path.with_extension("jsonl.rewrite");
+        std::fs::write(&fresh, &text)
+            .and_then(|()| File::open(&fresh).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&fresh, &self.path))
+            .map_err(|e| {
+                format!(
+                    "cannot rewrite the dead-letter file `{}`: {e}",
+                    self.path.display()
+                )
+            })?;
+        // The handle still points at the replaced file: the next append reopens.
+        *guard = None;
+        Ok(taken)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<File>> {
+        match self.file.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Append entries to the file and flush (the file channel's half of [`DeadLetters::store`]).
+    pub fn append(&self, entries: &[Entry]) -> Result<(), String> {
         let mut text = Vec::new();
         for entry in entries {
             serde_json::to_writer(&mut text, entry).map_err(|e| e.to_string())?;
             text.push(b'\n');
         }
-        let mut guard = match self.file.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = self.lock();
         if guard.is_none() {
             if let Some(dir) = self.path.parent()
                 && !dir.as_os_str().is_empty()
@@ -326,6 +400,46 @@ pub fn read(path: &Path) -> Result<Vec<Entry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(n: u32) -> Entry {
+        Entry {
+            pipeline: "p".into(),
+            stage: StageKind::Sink,
+            stage_index: 1,
+            plugin: "out".into(),
+            plugin_version: "0.1.0".into(),
+            error_kind: "fatal".into(),
+            error: format!("no {n}"),
+            attempts: n,
+            first_failure: String::new(),
+            last_failure: String::new(),
+            message: StoredMessage::from_message(&Message {
+                payload: n.to_string().into_bytes(),
+                key: None,
+                headers: Vec::new(),
+                timestamp: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn take_removes_the_chosen_entries_and_later_appends_land_in_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = DeadLetters::new(dir.path().join("dl.jsonl"));
+        channel
+            .append(&[entry(1), entry(2), entry(3), entry(4)])
+            .unwrap();
+        let taken = channel.take(&[2, 4].into_iter().collect()).unwrap();
+        assert_eq!(taken, vec![entry(2), entry(4)]);
+        channel.append(&[entry(5)]).unwrap();
+        assert_eq!(
+            channel.entries().unwrap(),
+            vec![entry(1), entry(3), entry(5)]
+        );
+        let err = channel.take(&[4].into_iter().collect()).unwrap_err();
+        assert!(err.ends_with("dl.jsonl`: it holds 3 entries"), "{err}");
+        assert_eq!(channel.entries().unwrap().len(), 3);
+    }
 
     #[test]
     fn binary_payloads_round_trip() {

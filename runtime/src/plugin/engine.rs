@@ -47,6 +47,15 @@ impl Runtime {
         Runtime::build(cache_dir, false)
     }
 
+    /// Where components uploaded through the admin API are kept: `uploads/` in the cache
+    /// directory, or in the system's temporary directory without one.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.cache_dir.as_ref().map_or_else(
+            || std::env::temp_dir().join("patchbay-uploads"),
+            |dir| dir.join("uploads"),
+        )
+    }
+
     fn build(cache_dir: Option<PathBuf>, enforce: bool) -> anyhow::Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(enforce);
