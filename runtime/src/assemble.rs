@@ -595,6 +595,7 @@ async fn plan_one(
         breaker: pipeline.breaker,
         dead_letters,
         reply_timeout: pipeline.reply_timeout,
+        tracer: None,
     })
 }
 

@@ -51,3 +51,4 @@ pub mod reload;
 pub mod sandbox;
 pub mod scaffold;
 pub mod state_store;
+pub mod telemetry;

@@ -32,6 +32,7 @@ mod resilience;
 mod routing;
 mod sandbox;
 mod sdk;
+mod telemetry;
 pub(crate) mod tls;
 mod webhook;
 

@@ -18,7 +18,8 @@
 //!   with `Retry-After` when more than `max_pending` records or `max_pending_bytes` of bodies
 //!   wait for delivery (back-pressure; a body is admitted before it is read, so the plugin
 //!   stays within its memory limit) or more than `max_connections` clients are connected.
-//! - Each record gets the request headers named in `forward_headers` as message headers, and
+//! - Each record gets the request headers named in `forward_headers` (and always the W3C
+//!   trace context, `traceparent` and `tracestate`) as message headers, and
 //!   with `key_header` the value of that header as its key.
 //! - `respond = "pipeline"`: request/reply (the API-gateway pattern). The response is what the
 //!   pipeline sends to its `reply` destination for the request (status from header
@@ -462,10 +463,17 @@ impl Source for HttpSource {
             _ => Split::None,
         };
         let forward_headers: Vec<String> = c.json("forward_headers")?.unwrap_or_default();
-        let forward_headers = forward_headers
+        let mut forward_headers: Vec<String> = forward_headers
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
+        // W3C trace context always goes on with the record: a trace the caller started
+        // continues through the pipeline (`[telemetry]`).
+        for trace_header in ["traceparent", "tracestate"] {
+            if !forward_headers.iter().any(|h| h == trace_header) {
+                forward_headers.push(trace_header.to_owned());
+            }
+        }
         let key_header = c.text_opt("key_header")?.map(str::to_owned);
         let max_pending = usize_of("max_pending", c.uint("max_pending")?)?;
         let max_pending_bytes = usize_of("max_pending_bytes", c.size("max_pending_bytes")?)?;

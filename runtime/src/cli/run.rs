@@ -20,6 +20,10 @@ pub(super) async fn run(
         None => None,
     };
     let loaded = assemble::load(runtime, &config).await?;
+    let telemetry = match &config.telemetry {
+        Some(decl) => Some(crate::telemetry::Telemetry::start(decl)?),
+        None => None,
+    };
     let assemble::Planned {
         plans,
         swappables,
@@ -64,7 +68,8 @@ pub(super) async fn run(
     let mut running: Vec<Arc<PipelineStatus>> = Vec::new();
     let mut statuses = Vec::new();
     let mut dead_letter_files = std::collections::BTreeMap::new();
-    for plan in plans {
+    for mut plan in plans {
+        plan.tracer = telemetry.as_ref().map(crate::telemetry::Telemetry::tracer);
         let counters = plan.counters();
         live.push((plan.name.clone(), counters.clone()));
         let decl = config.pipelines.iter().find(|p| p.name == plan.name);
@@ -158,6 +163,10 @@ pub(super) async fn run(
         }
     };
 
+    if let Some(telemetry) = telemetry {
+        // The last spans leave before the summary.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
     let mut stopped = !failed.is_empty();
     for report in &reports {
         print_summary(report);

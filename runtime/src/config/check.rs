@@ -33,25 +33,8 @@ pub(super) fn check(
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
     let mut problems = Vec::new();
 
-    let admin =
-        raw.admin.as_ref().and_then(
-            |a| match a.listen.get_ref().parse::<std::net::SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    problems.push(
-                        Diagnostic::new(
-                            locator.at(&a.listen),
-                            format!(
-                                "[admin] listen = `{}` is not an address",
-                                a.listen.get_ref()
-                            ),
-                        )
-                        .hint("write IP:PORT, e.g. \"127.0.0.1:7400\""),
-                    );
-                    None
-                }
-            },
-        );
+    let admin = super::sections::admin(raw.admin.as_ref(), locator, &mut problems);
+    let telemetry = super::sections::telemetry(raw.telemetry, locator, &mut problems);
     let declared: BTreeSet<String> = raw.plugins.keys().map(|k| k.get_ref().clone()).collect();
     let mut plugins = BTreeMap::new();
     for (name, raw_plugin) in raw.plugins {
@@ -404,6 +387,7 @@ pub(super) fn check(
             plugins,
             pipelines,
             admin,
+            telemetry,
             on_start_failure: raw.on_start_failure,
             state_dir: raw.state.map(|s| base.join(s.dir)),
         })

@@ -44,6 +44,7 @@ mod check;
 mod diagnostic;
 mod raw;
 pub mod schema;
+mod sections;
 mod stages;
 mod units;
 
@@ -150,10 +151,23 @@ pub struct Config {
     pub pipelines: Vec<PipelineDecl>,
     /// `[admin] listen`, when the file turns the admin API on.
     pub admin: Option<std::net::SocketAddr>,
+    /// `[telemetry]`, when the file turns tracing on.
+    pub telemetry: Option<TelemetryDecl>,
     /// What `run` does when a pipeline cannot start.
     pub on_start_failure: OnStartFailure,
     /// `[state] dir`, resolved against the file's folder: plugins' host state is kept there.
     pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// `[telemetry]`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryDecl {
+    /// The collector's OTLP/HTTP address, as written.
+    pub otlp: String,
+    /// Share of new traces recorded, 0 to 1.
+    pub sample: f64,
+    /// The spans' `service.name`.
+    pub service: String,
 }
 
 /// A checked plugin declaration.

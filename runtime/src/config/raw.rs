@@ -37,6 +37,28 @@ pub(super) struct RawFile {
     /// Durable host state: without `[state]` a plugin's `state` lives as long as the process.
     #[serde(default)]
     pub(super) state: Option<RawState>,
+    /// Traces across plugins, exported over OpenTelemetry; off without `[telemetry]`.
+    #[serde(default)]
+    pub(super) telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`: every record carries a W3C `traceparent` (kept when it came in, created at
+/// the source otherwise) and each plugin call is a span, exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    /// The collector's OTLP/HTTP address, e.g. `"http://127.0.0.1:4318"`; `/v1/traces` is
+    /// added unless the address has a path. Plain `http://`: a local collector or agent.
+    #[schemars(with = "String")]
+    pub(super) otlp: Spanned<String>,
+    /// Share of new traces recorded, 0 to 1 (default 1). A record that came with a
+    /// `traceparent` follows its sampled flag.
+    #[serde(default)]
+    #[schemars(with = "Option<f64>")]
+    pub(super) sample: Option<Spanned<f64>>,
+    /// The spans' `service.name` (default `patchbay`).
+    #[serde(default)]
+    pub(super) service: Option<String>,
 }
 
 /// `[state]`: keep every plugin's host state (the `state` interface) on disk, so a source that

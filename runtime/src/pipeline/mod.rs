@@ -52,6 +52,7 @@ mod stage;
 mod swap;
 #[cfg(test)]
 mod tests;
+pub mod trace;
 
 pub use counters::Counters;
 pub use dead_letter::{DeadLetters, Entry, StageKind};
@@ -162,6 +163,8 @@ pub struct PipelinePlan {
     pub max_in_flight: u64,
     /// How long a request waits for its answer (a source that answers requests).
     pub reply_timeout: Duration,
+    /// Makes spans when `[telemetry]` is on (`trace.rs`).
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 /// The outcome of a finished pipeline.
@@ -233,6 +236,14 @@ fn stages<C: ?Sized, K: stage::Kind<Calls = C>>(
             generation,
             policy: policy.clone(),
             circuit: breaker::Circuit::default(),
+            spans: policy.tracer.clone().map(|tracer| {
+                let stage = if role == Role::Sink {
+                    "sink"
+                } else {
+                    "transform"
+                };
+                trace::StageSpans::new(tracer, &policy.pipeline, stage, index, &at.plugin)
+            }),
         })
         .collect();
     Ok(lanes::Lanes {
@@ -307,6 +318,7 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
         breaker: plan.breaker,
         dead_letters: plan.dead_letters.clone(),
         counters: counters.clone(),
+        tracer: plan.tracer.clone(),
     };
     // Sinks first, so every channel has its receiver.
     let mut sink_txs = Vec::new();
@@ -398,6 +410,10 @@ pub async fn run(plan: PipelinePlan, control: Control, counters: Arc<Counters>) 
                     requests: book
                         .clone()
                         .map(|b| reply::Requests::new(b, plan.reply_timeout)),
+                    spans: plan
+                        .tracer
+                        .clone()
+                        .map(|tracer| trace::StageSpans::new(tracer, &name, "source", 1, &plugin)),
                 };
                 tasks.spawn(run_source(task, downstream.clone()));
             }

@@ -68,6 +68,8 @@ pub(super) struct SourceTask {
     pub(super) budget_units: u32,
     /// Its open requests, when the source answers requests (`reply.rs`).
     pub(super) requests: Option<Requests>,
+    /// Its spans, when tracing is on (`trace.rs`).
+    pub(super) spans: Option<super::trace::StageSpans>,
 }
 
 /// Granularity of the in-flight byte budget.
@@ -331,6 +333,7 @@ pub(super) async fn run_source(
         if polling.probation && !task.settle(&mut polling, &mut tracker).await? {
             return Ok(());
         }
+        let poll_started = std::time::SystemTime::now();
         let polled = task.instance.poll(polling.max, task.batch_bytes).await;
         let mut batch = match polled {
             Err(trap) => {
@@ -432,6 +435,9 @@ pub(super) async fn run_source(
         tracker.push(seq, batch.checkpoint, bytes as u64, task.sinks, budget);
         if let Some(requests) = &mut task.requests {
             requests.tag(seq, &mut batch.messages);
+        }
+        if let Some(spans) = &task.spans {
+            spans.polled(&mut batch.messages, poll_started);
         }
         task.settled(newest, &mut polling, &mut tracker).await?;
         let sent = match &downstream {

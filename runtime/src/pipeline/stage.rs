@@ -22,6 +22,7 @@ use super::failure::{Cause, PipelineFailure, StageRef};
 use super::reply::{Book, carry, hidden, id_of};
 use super::retry::{Failure, backoff, merge};
 use super::swap::CodeWatch;
+use super::trace::{self, StageSpans};
 use crate::config::{Breaker, OnError, Retry};
 use crate::contract::{ErrorKind, Message, Outcome, WitError};
 use crate::plugin::{SinkCalls, Start, TransformCalls, Trap};
@@ -43,6 +44,8 @@ pub struct Policy {
     pub counters: Arc<Counters>,
     /// The open requests of a request/reply pipeline (`reply.rs`); `None` otherwise.
     pub(super) book: Option<Arc<Book>>,
+    /// Makes the spans of `[telemetry]`; `None`: tracing is off.
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 type Answers<'a, A> = Pin<Box<dyn Future<Output = Result<Vec<A>, Trap>> + Send + 'a>>;
@@ -140,6 +143,8 @@ pub struct Stage<K: Kind> {
     pub policy: Policy,
     /// This stage's circuit breaker.
     pub circuit: Circuit,
+    /// Its spans, when tracing is on.
+    pub spans: Option<StageSpans>,
 }
 
 /// Per input: done (with what), or failed for good (with why), by position.
@@ -260,6 +265,19 @@ impl<K: Kind> Stage<K> {
                 message: StoredMessage::from_message(message),
             })
             .collect();
+        if self.spans.is_some() {
+            // With tracing on, each dead letter is a log line carrying its trace id.
+            for (message, failure) in &dead {
+                tracing::warn!(
+                    pipeline = %self.policy.pipeline,
+                    plugin = %self.at.plugin,
+                    trace_id = %trace::trace_id(message).unwrap_or_default(),
+                    "dead-lettered a record: {}: {}",
+                    failure.kind,
+                    failure.error
+                );
+            }
+        }
         let stored = self.policy.dead_letters.store(&entries).await;
         stored.map_err(|e| self.failure(Cause::Host(format!("dead-letter channel: {e}"))))?;
         self.policy
@@ -412,6 +430,8 @@ impl Stage<TransformKind> {
     ) -> Result<Vec<Message>, PipelineFailure> {
         self.follow_swap(code).await;
         let requests = self.policy.book.is_some();
+        let parents = trace::parents(self.spans.as_ref(), &records);
+        let started = std::time::SystemTime::now();
         let Attempted { done, dead } = if requests {
             let view = hidden(&records);
             self.attempt(&view).await?
@@ -422,10 +442,25 @@ impl Stage<TransformKind> {
         let mut dropped = 0u64;
         let mut failed = Vec::with_capacity(dead.len());
         let mut dead = dead.into_iter().peekable();
+        // With tracing: what became of each input, and which input each output came from.
+        let tracing = self.spans.is_some();
+        let mut outcomes = Vec::new();
+        let mut origins = Vec::new();
         for (i, (message, kept)) in records.into_iter().zip(done).enumerate() {
             match kept {
-                Some(Kept::Keep) => out.push(message),
-                Some(Kept::Drop) => dropped += 1,
+                Some(Kept::Keep) => {
+                    if tracing {
+                        outcomes.push(trace::Outcome::Done("kept"));
+                        origins.push(i);
+                    }
+                    out.push(message);
+                }
+                Some(Kept::Drop) => {
+                    dropped += 1;
+                    if tracing {
+                        outcomes.push(trace::Outcome::Replaced(0));
+                    }
+                }
                 Some(Kept::Replace(mut replacements)) => {
                     if replacements.is_empty() {
                         dropped += 1;
@@ -433,12 +468,31 @@ impl Stage<TransformKind> {
                     if requests {
                         carry(&message, &mut replacements);
                     }
+                    if tracing {
+                        outcomes.push(trace::Outcome::Replaced(replacements.len()));
+                        origins.extend(std::iter::repeat_n(i, replacements.len()));
+                    }
                     out.extend(replacements);
                 }
                 None => {
-                    if let Some((_, failure)) = dead.next_if(|(d, _)| *d == i) {
+                    let failure = dead.next_if(|(d, _)| *d == i).map(|(_, f)| f);
+                    if tracing {
+                        outcomes.push(trace::Outcome::Failed(failure.as_ref().map_or_else(
+                            || "unsettled".to_owned(),
+                            |f| format!("{}: {}", f.kind, f.error),
+                        )));
+                    }
+                    if let Some(failure) = failure {
                         failed.push((message, failure));
                     }
+                }
+            }
+        }
+        if let Some(spans) = &self.spans {
+            let next = spans.called(&parents, &outcomes, started);
+            for (message, origin) in out.iter_mut().zip(origins) {
+                if let Some(Some(traceparent)) = next.get(origin) {
+                    trace::set(message, traceparent);
                 }
             }
         }
@@ -460,10 +514,22 @@ impl Stage<SinkKind> {
         code: Option<u64>,
     ) -> Result<u64, PipelineFailure> {
         self.follow_swap(code).await;
+        let parents = trace::parents(self.spans.as_ref(), records);
+        let started = std::time::SystemTime::now();
         let Attempted { done, dead } = match &self.policy.book {
             Some(_) => self.attempt(&hidden(records)).await?,
             None => self.attempt(records).await?,
         };
+        if let Some(spans) = &self.spans {
+            let mut dead = dead.iter().peekable();
+            let outcomes: Vec<trace::Outcome> = (0..records.len())
+                .map(|i| match dead.next_if(|(d, _)| *d == i) {
+                    Some((_, f)) => trace::Outcome::Failed(format!("{}: {}", f.kind, f.error)),
+                    None => trace::Outcome::Done("written"),
+                })
+                .collect();
+            spans.called(&parents, &outcomes, started);
+        }
         let written = done.iter().filter(|d| d.is_some()).count() as u64;
         let failed = dead
             .into_iter()

@@ -229,6 +229,7 @@ fn rig(
         router: None,
         max_in_flight: 1 << 20,
         reply_timeout: Duration::from_secs(30),
+        tracer: None,
     };
     Rig {
         acks,
@@ -273,6 +274,7 @@ async fn run_rig(rig: Rig) -> (Report, Rig) {
         router: None,
         max_in_flight: 1,
         reply_timeout: Duration::from_secs(30),
+        tracer: None,
     };
     let rig = Rig {
         acks,
@@ -553,6 +555,7 @@ async fn an_open_breaker_lets_one_trial_through_after_its_cool_down() {
             dead_letters: plan.dead_letters.clone(),
             counters: Arc::new(Counters::default()),
             book: None,
+            tracer: None,
         };
         match super::stages(*t, Role::Transform, 1, &policy) {
             Ok(mut lanes) => lanes.stages.remove(0),
