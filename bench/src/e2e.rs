@@ -81,8 +81,21 @@ pub(crate) fn pipeline_run(
     batch: u32,
     rate: Option<u64>,
 ) -> anyhow::Result<Run> {
+    pipeline_run_with(o, dir, count, batch, rate, "")
+}
+
+/// [`pipeline_run`] with `head` (tables such as `[telemetry]`) at the top of the file.
+pub(crate) fn pipeline_run_with(
+    o: &Options,
+    dir: &Path,
+    count: u64,
+    batch: u32,
+    rate: Option<u64>,
+    head: &str,
+) -> anyhow::Result<Run> {
     let file = dir.join(format!("bench-{batch}.toml"));
-    std::fs::write(&file, pipeline_toml(o, "", "bench", count, batch, rate)?)?;
+    let text = pipeline_toml(o, "", "bench", count, batch, rate)?;
+    std::fs::write(&file, format!("{head}\n{text}"))?;
     let cpu = children_cpu()?;
     let started = Instant::now();
     let out = Command::new(&o.patchbay)

@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "startup",
     "languages",
     "e2e",
+    "telemetry",
     "swap",
     "scaling",
     "isolation",
@@ -35,7 +36,7 @@ const SECTIONS: &[&str] = &[
 
 struct Options {
     quick: bool,
-    /// Run only these sections (`--only transform,startup,e2e,swap,scaling,isolation,connectors,reply,formats,databases,cluster`); empty: all.
+    /// Run only these sections (`--only transform,startup,e2e,telemetry,swap,scaling,isolation,connectors,reply,formats,databases,cluster`); empty: all.
     only: Vec<String>,
     out: PathBuf,
     plugins: PathBuf,
@@ -117,6 +118,7 @@ mod mapping;
 mod peers;
 mod reply;
 mod scaling;
+mod telemetry;
 mod transform;
 
 /// The mapping's configuration, as every row passes it (Patchbay's `init`, Extism's manifest
@@ -982,6 +984,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("e2e") {
         e2e::table(&o, &mut r).await?;
+    }
+    if run("telemetry") {
+        telemetry::table(&o, &mut r)?;
     }
     if run("swap") {
         swap_table(&o, &mut r).await?;

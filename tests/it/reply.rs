@@ -233,12 +233,19 @@ sinks = ["reply"]
     );
     let mut child = Running::start(s.path(), &["run", "p.toml"]);
     let mut client = Client::connect();
-    // The subscription is up once a request gets an answer.
+    // The subscription is up once a request gets the service's answer (before that, the
+    // server answers at once with an empty "no responders" status).
     child.wait_for("the service answering", Duration::from_secs(60), || {
         let inbox = client.reply_subject();
         client.publish(&subject, Some(&inbox), &[], br#"{"a":0,"b":0}"#);
         client.flush();
-        client.next(Duration::from_millis(500)).is_some()
+        let answered = client
+            .next(Duration::from_millis(500))
+            .is_some_and(|m| !m.payload.is_empty());
+        if !answered {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        answered
     });
     while client.next(Duration::from_millis(300)).is_some() {}
     let mut inboxes = Vec::new();

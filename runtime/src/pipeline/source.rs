@@ -333,7 +333,7 @@ pub(super) async fn run_source(
         if polling.probation && !task.settle(&mut polling, &mut tracker).await? {
             return Ok(());
         }
-        let poll_started = std::time::SystemTime::now();
+        let poll_started = task.spans.as_ref().map(|_| std::time::SystemTime::now());
         let polled = task.instance.poll(polling.max, task.batch_bytes).await;
         let mut batch = match polled {
             Err(trap) => {
@@ -437,7 +437,10 @@ pub(super) async fn run_source(
             requests.tag(seq, &mut batch.messages);
         }
         if let Some(spans) = &task.spans {
-            spans.polled(&mut batch.messages, poll_started);
+            spans.polled(
+                &mut batch.messages,
+                poll_started.unwrap_or_else(std::time::SystemTime::now),
+            );
         }
         task.settled(newest, &mut polling, &mut tracker).await?;
         let sent = match &downstream {

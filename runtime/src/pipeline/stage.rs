@@ -431,7 +431,7 @@ impl Stage<TransformKind> {
         self.follow_swap(code).await;
         let requests = self.policy.book.is_some();
         let parents = trace::parents(self.spans.as_ref(), &records);
-        let started = std::time::SystemTime::now();
+        let started = self.spans.as_ref().map(|_| std::time::SystemTime::now());
         let Attempted { done, dead } = if requests {
             let view = hidden(&records);
             self.attempt(&view).await?
@@ -489,7 +489,11 @@ impl Stage<TransformKind> {
             }
         }
         if let Some(spans) = &self.spans {
-            let next = spans.called(&parents, &outcomes, started);
+            let next = spans.called(
+                &parents,
+                &outcomes,
+                started.unwrap_or_else(std::time::SystemTime::now),
+            );
             for (message, origin) in out.iter_mut().zip(origins) {
                 if let Some(Some(traceparent)) = next.get(origin) {
                     trace::set(message, traceparent);
@@ -515,7 +519,7 @@ impl Stage<SinkKind> {
     ) -> Result<u64, PipelineFailure> {
         self.follow_swap(code).await;
         let parents = trace::parents(self.spans.as_ref(), records);
-        let started = std::time::SystemTime::now();
+        let started = self.spans.as_ref().map(|_| std::time::SystemTime::now());
         let Attempted { done, dead } = match &self.policy.book {
             Some(_) => self.attempt(&hidden(records)).await?,
             None => self.attempt(records).await?,
@@ -528,7 +532,11 @@ impl Stage<SinkKind> {
                     None => trace::Outcome::Done("written"),
                 })
                 .collect();
-            spans.called(&parents, &outcomes, started);
+            spans.called(
+                &parents,
+                &outcomes,
+                started.unwrap_or_else(std::time::SystemTime::now),
+            );
         }
         let written = done.iter().filter(|d| d.is_some()).count() as u64;
         let failed = dead

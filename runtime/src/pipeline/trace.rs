@@ -5,8 +5,8 @@
 //!
 //! Off unless `[telemetry] otlp` is set: then no header is added and no span made, and the
 //! stages pay one `Option` check per batch. Sampling is decided once per trace at its root (a
-//! ratio for new traces, the caller's flag for one that came in); records of unsampled traces
-//! carry their `traceparent` (flag 00) but make no spans.
+//! ratio for new traces, the caller's flag for one that came in). A record of an unsampled
+//! trace makes no spans: a new one carries no `traceparent`, one that came in keeps its own.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -182,15 +182,22 @@ impl StageSpans {
         context
     }
 
-    /// The source's spans: one per polled record, a new trace unless it came with a
-    /// `traceparent`; each record then carries its span's context.
+    /// The source's spans: one per polled record of a sampled trace, a new trace unless it
+    /// came with a `traceparent`; each such record then carries its span's context. A record
+    /// whose trace is not sampled makes no span: one that came with a `traceparent` keeps it
+    /// as it came, a new one gets none (so `sample = 0` costs a sampling decision a record).
     pub fn polled(&self, records: &mut [Message], started: SystemTime) {
         let ended = SystemTime::now();
         let batch = records.len();
         for record in records {
             let parent = of(record);
+            if parent.as_ref().is_some_and(|p| !p.is_sampled()) {
+                continue;
+            }
             let context = self.span(parent, batch, &Outcome::Done("polled"), started, ended);
-            set(record, &format(&context));
+            if context.is_sampled() {
+                set(record, &format(&context));
+            }
         }
     }
 
@@ -210,7 +217,8 @@ impl StageSpans {
             .map(|(parent, outcome)| {
                 let parent = parent.as_ref()?;
                 if !parent.is_sampled() {
-                    return Some(format(parent));
+                    // Passed on as it came; replacements get it back.
+                    return matches!(outcome, Outcome::Replaced(1..)).then(|| format(parent));
                 }
                 let context =
                     self.span(Some(parent.clone()), parents.len(), outcome, started, ended);
