@@ -202,26 +202,7 @@ fn the_console_shows_live_counters_replays_a_dead_letter_and_refuses_a_broken_up
 #[test]
 fn with_a_token_the_console_asks_for_it_and_shows_nothing_without_it() {
     let s = Scratch::new();
-    s.write(
-        "p.toml",
-        &format!(
-            r#"
-[plugins.ticker]
-path = "{}"
-config = {{ count = 0, rate = 20 }}
-
-[plugins.null]
-path = "{}"
-
-[[pipeline]]
-name = "forever"
-source = "ticker"
-sinks = ["null"]
-"#,
-            crate::plugin("generator"),
-            crate::plugin("blackhole")
-        ),
-    );
+    s.write("p.toml", crate::admin::FOREVER);
     let port = free_port();
     let _patchbay = Running::start(
         s.path(),
